@@ -1,0 +1,1 @@
+"""The client-facing HTTP API."""

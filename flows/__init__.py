@@ -1,0 +1,1 @@
+"""Prefect flows, deployments, settings and the `prewarm` CLI: the composition root."""

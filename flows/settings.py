@@ -1,0 +1,94 @@
+"""The one settings object (prefix PREWARM_), and the environment it implies for libraries.
+
+This is the only module that reads or writes `os.environ`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import date
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_FREQ_UNITS = {"s": 1, "sec": 1, "min": 60, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_freq(text: str) -> int:
+    """Turn a frequency such as '5min', '1min', '300s' or '1h' into seconds."""
+    match = re.fullmatch(r"\s*(\d+)\s*([a-z]+)\s*", text.lower())
+    if not match or match.group(2) not in _FREQ_UNITS:
+        raise ValueError(
+            f"frequency {text!r} is not understood; use e.g. '1min', '5min', '300s' or '1h'"
+        )
+    seconds = int(match.group(1)) * _FREQ_UNITS[match.group(2)]
+    if seconds <= 0 or 86400 % seconds:
+        raise ValueError(f"frequency {text!r} must divide a day evenly (e.g. 1min, 5min, 15min, 1h)")
+    return seconds
+
+
+class Settings(BaseSettings):
+    """Everything prewarm can be configured with; every field reads PREWARM_<NAME>."""
+
+    model_config = SettingsConfigDict(env_prefix="PREWARM_", extra="ignore")
+
+    data_dir: Path = Path("data")
+    duckdb_path: Path | None = Field(
+        default=None, description="DuckDB warehouse file; default <data_dir>/warehouse.duckdb"
+    )
+    mlflow_tracking_uri: str = "sqlite:///mlruns/mlflow.db"
+    mlflow_artifacts_dir: Path = Path("mlruns/artifacts")
+    freq: str = Field(default="5min", description="series frequency of usage, e.g. 5min")
+    quarantine_max_share: float = Field(
+        default=0.05, ge=0.0, le=1.0, description="reject a batch when more rows than this fail"
+    )
+    trace_day: date = Field(
+        default=date(2019, 7, 15), description="day the Azure Functions trace minutes refer to"
+    )
+    ingest_source: Literal["synthetic", "azure-functions", "events"] = "synthetic"
+    ingest_path: Path | None = None
+    synthetic_clients: int = Field(default=50, ge=1)
+    synthetic_days: int = Field(default=14, ge=1)
+    synthetic_seed: int = 7
+
+    @field_validator("freq")
+    @classmethod
+    def _check_freq(cls, value: str) -> str:
+        parse_freq(value)
+        return value
+
+    @model_validator(mode="after")
+    def _default_paths(self) -> Settings:
+        if self.duckdb_path is None:
+            self.duckdb_path = self.data_dir / "warehouse.duckdb"
+        return self
+
+    @property
+    def warehouse_path(self) -> Path:
+        """The DuckDB file (always set after validation)."""
+        assert self.duckdb_path is not None
+        return self.duckdb_path
+
+    @property
+    def freq_seconds(self) -> int:
+        return parse_freq(self.freq)
+
+    @property
+    def prefect_home(self) -> Path:
+        return self.data_dir / "prefect"
+
+
+def configure_environment(settings: Settings) -> None:
+    """Point Prefect and Great Expectations at our state, quietly and offline.
+
+    Called once by the CLI before any flow module (and so Prefect) is imported.
+    """
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("PREFECT_HOME", str(settings.prefect_home.resolve()))
+    # This machine may have no internet: never try to send telemetry.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")

@@ -1,0 +1,1 @@
+"""Features, forecasters, backtests, predicted profiles and the MLflow adapter."""

@@ -1,0 +1,1 @@
+"""Inventory, costs, planner, composite schemas, container runtimes and the reconciler."""

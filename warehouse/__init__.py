@@ -1,0 +1,1 @@
+"""DuckDB warehouse: schema, migrations, sources, validation, reads and writes."""

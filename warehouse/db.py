@@ -1,0 +1,105 @@
+"""DuckDB connections and schema migrations.
+
+Connections are short-lived: DuckDB lets one process write a file at a time, so every
+caller opens, works and closes, and a held lock is retried briefly, then explained.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+
+import duckdb
+
+from warehouse.errors import PrewarmError, WarehouseBusy
+
+log = logging.getLogger(__name__)
+
+_LOCK_WAIT_S = 30.0
+
+
+def _is_lock_error(error: duckdb.Error) -> bool:
+    text = str(error).lower()
+    return "lock" in text and ("conflicting" in text or "could not set" in text)
+
+
+def _open(path: Path, read_only: bool, wait_s: float) -> duckdb.DuckDBPyConnection:
+    deadline = time.monotonic() + wait_s
+    delay = 0.05
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as error:
+            if not _is_lock_error(error) or time.monotonic() >= deadline:
+                if _is_lock_error(error):
+                    raise WarehouseBusy(
+                        f"The warehouse {path} is locked by another process (a running flow?) "
+                        f"and stayed locked for {wait_s:.0f} s. Try again when it finishes."
+                    ) from error
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+
+@contextmanager
+def connect(
+    path: Path, read_only: bool = False, wait_s: float = _LOCK_WAIT_S
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Open the warehouse (creating and migrating it on first write), yield, always close."""
+    path = Path(path)
+    if read_only and not path.exists():
+        raise PrewarmError(
+            f"No warehouse at {path}. Create one with `prewarm ingest` (or `make demo`)."
+        )
+    if not read_only:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    con = _open(path, read_only, wait_s)
+    try:
+        if not read_only:
+            migrate(con)
+        yield con
+    finally:
+        con.close()
+
+
+
+def _migration_files() -> list[tuple[str, str]]:
+    folder = resources.files("warehouse.migrations")
+    files = sorted(f for f in folder.iterdir() if f.name.endswith(".sql"))
+    return [(f.name.removesuffix(".sql"), f.read_text()) for f in files]
+
+
+def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Apply the migrations not yet recorded in `schema_migrations`, in order; return them."""
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        " version VARCHAR PRIMARY KEY, checksum VARCHAR NOT NULL,"
+        " applied_at TIMESTAMP NOT NULL DEFAULT current_timestamp)"
+    )
+    done = dict(con.execute("SELECT version, checksum FROM schema_migrations").fetchall())
+    applied = []
+    for version, sql in _migration_files():
+        checksum = hashlib.sha256(sql.encode()).hexdigest()[:16]
+        if version in done:
+            if done[version] != checksum:
+                log.warning("migration %s changed after it was applied; not re-applied", version)
+            continue
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute(sql)
+            con.execute(
+                "INSERT INTO schema_migrations (version, checksum) VALUES (?, ?)",
+                [version, checksum],
+            )
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+        applied.append(version)
+        log.info("applied migration %s", version)
+    return applied

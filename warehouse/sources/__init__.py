@@ -1,0 +1,1 @@
+"""Where usage comes from: the synthetic generator, the Azure Functions trace, event logs."""

@@ -1,0 +1,93 @@
+"""The contract every source fulfils: an extracted batch, ready to validate and load."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import polars as pl
+
+METRICS: tuple[str, ...] = (
+    "requests",
+    "concurrency",
+    "cpu_cores",
+    "memory_mb",
+    "net_mbps",
+    "io_ops",
+)
+
+USAGE_SCHEMA: dict[str, pl.DataType] = {
+    "client_id": pl.String(),
+    "ts": pl.Datetime("us"),
+    **{metric: pl.Float64() for metric in METRICS},
+}
+
+CLIENT_COLUMNS: dict[str, pl.DataType] = {
+    "client_id": pl.String(),
+    "tier": pl.String(),
+    "region": pl.String(),
+    "service": pl.String(),
+    "container_cpu": pl.Float64(),
+    "container_memory_mb": pl.Float64(),
+    "attributes": pl.String(),  # JSON text
+}
+
+CALENDAR_COLUMNS: dict[str, pl.DataType] = {
+    "region": pl.String(),
+    "start_ts": pl.Datetime("us"),
+    "end_ts": pl.Datetime("us"),
+    "name": pl.String(),
+    "kind": pl.String(),
+}
+
+
+@dataclass
+class ExtractedBatch:
+    """One source's output before validation.
+
+    `rows` holds client_id (String), ts (naive UTC, Datetime us) and the numeric value
+    columns the source provides, typed Float64; an unparsable or empty cell in a provided
+    column is null, which validation rejects. A source never drops a column it cannot read:
+    validation reports what is missing. `raw` is the same rows as read (strings), row for row,
+    kept for quarantine; None when `rows` is itself the original (generated data). `kind`
+    says whether rows are already a series on the frequency grid ('series', value columns
+    drawn from METRICS) or calls to aggregate ('events'). `read_error` is set when the input
+    could not be parsed at all (rows then empty): validation rejects the batch with it.
+    """
+
+    source: str
+    location: str
+    content_hash: str
+    freq_seconds: int
+    rows: pl.DataFrame
+    kind: Literal["series", "events"] = "series"
+    raw: pl.DataFrame | None = None
+    clients: pl.DataFrame | None = None
+    calendar: pl.DataFrame | None = None
+    read_error: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def value_columns(self) -> list[str]:
+        """The numeric columns this batch provides (everything but client_id and ts)."""
+        return [c for c in self.rows.columns if c not in ("client_id", "ts")]
+
+
+def hash_files(paths: list[Path], *extra: object) -> str:
+    """Content hash of files (bytes, in the given order) plus parameters that change output."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+        digest.update(b"\0")
+    for item in extra:
+        digest.update(repr(item).encode())
+    return digest.hexdigest()
+
+
+def hash_params(*params: object) -> str:
+    """Content hash of generator parameters (same parameters, same rows)."""
+    return hashlib.sha256(repr(params).encode()).hexdigest()
