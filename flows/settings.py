@@ -26,7 +26,9 @@ def parse_freq(text: str) -> int:
         )
     seconds = int(match.group(1)) * _FREQ_UNITS[match.group(2)]
     if seconds <= 0 or 86400 % seconds:
-        raise ValueError(f"frequency {text!r} must divide a day evenly (e.g. 1min, 5min, 15min, 1h)")
+        raise ValueError(
+            f"frequency {text!r} must divide a day evenly (e.g. 1min, 5min, 15min, 1h)"
+        )
     return seconds
 
 

@@ -15,6 +15,7 @@ from importlib import resources
 from pathlib import Path
 
 import duckdb
+import polars as pl
 
 from warehouse.errors import PrewarmError, WarehouseBusy
 
@@ -67,7 +68,6 @@ def connect(
         con.close()
 
 
-
 def _migration_files() -> list[tuple[str, str]]:
     folder = resources.files("warehouse.migrations")
     files = sorted(f for f in folder.iterdir() if f.name.endswith(".sql"))
@@ -103,3 +103,25 @@ def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
         applied.append(version)
         log.info("applied migration %s", version)
     return applied
+
+
+def fetch_one(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> tuple | None:
+    """First row of a query, with the result fully consumed (DuckDB 2 refuses new work on a
+    connection while an earlier result is still open)."""
+    rows = con.execute(sql, params or []).fetchall()
+    return rows[0] if rows else None
+
+
+def fetch_value(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> object:
+    """First column of the first row, or None."""
+    row = fetch_one(con, sql, params)
+    return row[0] if row else None
+
+
+def fetch_frame(
+    con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None
+) -> pl.DataFrame:
+    """A query's whole result as a polars frame (through Arrow, no copies per row)."""
+    result = pl.from_arrow(con.execute(sql, params or []).to_arrow_table())
+    assert isinstance(result, pl.DataFrame)
+    return result

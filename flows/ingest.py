@@ -1,0 +1,208 @@
+"""Flow `ingest-usage`: extract a source, validate it with Great Expectations, load it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Literal
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NONE
+from prefect.states import Failed
+
+from flows.progress import tracker
+from flows.settings import Settings
+from warehouse.errors import IngestRejected, SourceError
+from warehouse.ingest import (
+    BatchRecord,
+    find_loaded_batch,
+    frequency_conflicts,
+    load_batch,
+    new_batch_id,
+    record_attempt,
+    utc_now,
+)
+from warehouse.sources.azure_functions import load_azure_functions
+from warehouse.sources.base import ExtractedBatch
+from warehouse.sources.events import aggregate_events, read_events
+from warehouse.sources.synthetic import generate_synthetic
+from warehouse.validation import ValidationReport, describe_rejection, validate_batch
+
+_EPOCH = datetime(1970, 1, 1)
+SourceName = Literal["synthetic", "azure-functions", "events"]
+
+
+@dataclass
+class IngestOutcome:
+    """What one ingest did, for people (CLI) and for the pipeline."""
+
+    status: Literal["loaded", "skipped"]
+    batch_id: str
+    location: str
+    rows_in: int = 0
+    rows_loaded: int = 0
+    rows_quarantined: int = 0
+    rows_replaced: int = 0
+    clients: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def default_end(freq_seconds: int, now: datetime | None = None) -> datetime:
+    """The synthetic history ends at the latest bucket boundary, so the data is 'live'."""
+    seconds = int(((now or utc_now()) - _EPOCH).total_seconds())
+    return _EPOCH + timedelta(seconds=seconds - seconds % freq_seconds)
+
+
+@task(cache_policy=NONE)
+def extract(
+    settings: Settings,
+    source: SourceName,
+    path: Path | None,
+    clients: int,
+    days: int,
+    seed: int,
+    end: datetime | None,
+) -> ExtractedBatch:
+    """Read or generate the batch from the chosen source."""
+    if source == "synthetic":
+        return generate_synthetic(
+            n_clients=clients,
+            days=days,
+            end=end or default_end(settings.freq_seconds),
+            freq_seconds=settings.freq_seconds,
+            seed=seed,
+        )
+    if path is None:
+        raise SourceError(f"--path is required for the {source} source.")
+    if source == "azure-functions":
+        return load_azure_functions(Path(path), day=settings.trace_day)
+    return read_events(Path(path), freq_seconds=settings.freq_seconds)
+
+
+@task(cache_policy=NONE)
+def validate(batch: ExtractedBatch) -> ValidationReport:
+    """Run the Great Expectations suites over the batch."""
+    return validate_batch(batch)
+
+
+@task(cache_policy=NONE)
+def load(
+    settings: Settings,
+    batch: ExtractedBatch,
+    report: ValidationReport,
+    batch_id: str,
+    started_at: datetime,
+) -> IngestOutcome:
+    """Load the good rows (aggregated first for event logs) and the quarantine in one go."""
+    usage = (
+        aggregate_events(report.good, batch.freq_seconds) if batch.kind == "events" else report.good
+    )
+    record = BatchRecord(
+        batch_id=batch_id,
+        status="loaded",
+        rows_in=report.rows_in,
+        rows_loaded=usage.height,
+        rows_quarantined=report.rows_failed,
+        message="; ".join(f"{d}: {n}" for d, n in report.row_failures.items()),
+    )
+    replaced = load_batch(
+        settings.warehouse_path,
+        batch,
+        usage,
+        report.quarantine,
+        record,
+        started_at,
+        on_progress=tracker("Loading usage"),
+    )
+    return IngestOutcome(
+        status="loaded",
+        batch_id=batch_id,
+        location=batch.location,
+        rows_in=report.rows_in,
+        rows_loaded=usage.height,
+        rows_quarantined=report.rows_failed,
+        rows_replaced=replaced,
+        clients=usage["client_id"].n_unique(),
+        notes=batch.notes,
+    )
+
+
+@task(cache_policy=NONE)
+def reject(
+    settings: Settings,
+    batch: ExtractedBatch,
+    report: ValidationReport,
+    batch_id: str,
+    started_at: datetime,
+    message: str,
+) -> str:
+    """Record the rejected batch and its quarantined rows; return the full explanation."""
+    record = BatchRecord(
+        batch_id=batch_id,
+        status="rejected",
+        rows_in=report.rows_in,
+        rows_loaded=0,
+        rows_quarantined=report.rows_failed,
+        message=message,
+    )
+    record_attempt(settings.warehouse_path, batch, record, report.quarantine, started_at)
+    return (
+        f"{message} The failing rows are kept in quarantine: "
+        f"prewarm sql \"select * from quarantine where batch_id = '{batch_id}'\""
+    )
+
+
+@flow(name="ingest-usage", log_prints=False)
+def ingest_usage(
+    source: SourceName = "synthetic",
+    path: Path | None = None,
+    clients: int | None = None,
+    days: int | None = None,
+    seed: int | None = None,
+    end: datetime | None = None,
+) -> IngestOutcome:
+    """Extract -> validate -> load one batch; a batch already loaded is a no-op."""
+    settings = Settings()
+    logger = get_run_logger()
+    batch = extract(
+        settings,
+        source,
+        path,
+        clients or settings.synthetic_clients,
+        days or settings.synthetic_days,
+        settings.synthetic_seed if seed is None else seed,
+        end,
+    )
+    existing = find_loaded_batch(settings.warehouse_path, batch.content_hash)
+    if existing:
+        logger.info("already loaded as batch %s; nothing to do", existing)
+        return IngestOutcome(status="skipped", batch_id=existing, location=batch.location)
+
+    started_at = utc_now()
+    batch_id = new_batch_id(batch.content_hash, started_at)
+    report = validate(batch)
+    problem = None
+    if report.batch_failures or report.failed_share > settings.quarantine_max_share:
+        problem = describe_rejection(batch, report, settings.quarantine_max_share)
+    elif conflicts := frequency_conflicts(
+        settings.warehouse_path, report.good["client_id"].unique().to_list(), batch.freq_seconds
+    ):
+        problem = (
+            f"Rejected {batch.location}: clients already stored at another bucket width than "
+            f"{batch.freq_seconds}s: {', '.join(conflicts[:5])}. Nothing was loaded."
+        )
+    if problem:
+        message = reject(settings, batch, report, batch_id, started_at, problem)
+        # A Failed state (not a raise) so the run fails visibly without a traceback.
+        return Failed(message=message, data=IngestRejected(message))  # type: ignore[return-value]
+    outcome = load(settings, batch, report, batch_id, started_at)
+    logger.info(
+        "batch %s: %d rows in, %d loaded, %d quarantined, %d replaced",
+        batch_id,
+        outcome.rows_in,
+        outcome.rows_loaded,
+        outcome.rows_quarantined,
+        outcome.rows_replaced,
+    )
+    return outcome

@@ -1,0 +1,84 @@
+"""Read side of the warehouse: summaries, client lists, usage series, ad-hoc queries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+from warehouse.db import connect, fetch_frame, fetch_one, fetch_value
+from warehouse.errors import PrewarmError
+
+
+@dataclass(frozen=True)
+class WarehouseSummary:
+    """What landed: table sizes and the usage time span."""
+
+    clients: int
+    usage_rows: int
+    first_ts: object
+    last_ts: object
+    calendar_events: int
+    batches_loaded: int
+    batches_rejected: int
+    quarantined_rows: int
+    clients_by_tier: dict[str, int]
+
+
+def summarize_warehouse(path: Path) -> WarehouseSummary:
+    """Counts a person checks after an ingest."""
+    with connect(path, read_only=True) as con:
+        usage_rows, first_ts, last_ts = fetch_one(
+            con, "SELECT count(*), min(ts), max(ts) FROM usage"
+        ) or (0, None, None)
+
+        def one(sql: str) -> int:
+            return int(fetch_value(con, sql) or 0)
+
+        tiers = con.execute(
+            "SELECT coalesce(tier, 'unset'), count(*) FROM clients GROUP BY 1 ORDER BY 1"
+        ).fetchall()
+        return WarehouseSummary(
+            clients=one("SELECT count(*) FROM clients"),
+            usage_rows=usage_rows,
+            first_ts=first_ts,
+            last_ts=last_ts,
+            calendar_events=one("SELECT count(*) FROM calendar"),
+            batches_loaded=one("SELECT count(*) FROM ingest_batches WHERE status = 'loaded'"),
+            batches_rejected=one("SELECT count(*) FROM ingest_batches WHERE status <> 'loaded'"),
+            quarantined_rows=one("SELECT count(*) FROM quarantine"),
+            clients_by_tier=dict(tiers),
+        )
+
+
+def list_clients(path: Path) -> list[str]:
+    """Every client id with usage, sorted."""
+    with connect(path, read_only=True) as con:
+        return [
+            r[0] for r in con.execute("SELECT DISTINCT client_id FROM usage ORDER BY 1").fetchall()
+        ]
+
+
+def read_usage(path: Path, client_ids: list[str] | None = None) -> pl.DataFrame:
+    """Usage rows (all metrics) for some or all clients, sorted by client and time."""
+    with connect(path, read_only=True) as con:
+        if client_ids is None:
+            return fetch_frame(con, "SELECT * EXCLUDE (batch_id) FROM usage ORDER BY client_id, ts")
+        con.register("wanted", pl.DataFrame({"client_id": client_ids}).to_arrow())
+        return fetch_frame(
+            con,
+            "SELECT u.* EXCLUDE (batch_id) FROM usage u SEMI JOIN wanted USING (client_id)"
+            " ORDER BY client_id, ts",
+        )
+
+
+def run_query(path: Path, sql: str) -> pl.DataFrame:
+    """Run ad-hoc SQL on a read-only connection; errors come back as one clear message."""
+    with connect(path, read_only=True) as con:
+        try:
+            return fetch_frame(con, sql)
+        except duckdb.Error as error:
+            first_line = str(error).strip().splitlines()[0]
+            raise PrewarmError(f"The query failed: {first_line}") from error
