@@ -121,7 +121,6 @@ def fetch_value(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = 
 def fetch_frame(
     con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None
 ) -> pl.DataFrame:
-    """A query's whole result as a polars frame (through Arrow, no copies per row)."""
-    result = pl.from_arrow(con.execute(sql, params or []).to_arrow_table())
-    assert isinstance(result, pl.DataFrame)
-    return result
+    """A query's whole result as a polars frame (empty for a statement returning nothing)."""
+    relation = con.sql(sql, params=params or None)
+    return relation.pl() if relation is not None else pl.DataFrame()
