@@ -82,3 +82,48 @@ def run_query(path: Path, sql: str) -> pl.DataFrame:
         except duckdb.Error as error:
             first_line = str(error).strip().splitlines()[0]
             raise PrewarmError(f"The query failed: {first_line}") from error
+
+
+def read_clients(path: Path) -> pl.DataFrame:
+    """The clients table (attributes as JSON text)."""
+    with connect(path, read_only=True) as con:
+        return fetch_frame(
+            con,
+            "SELECT client_id, tier, region, service, container_cpu, container_memory_mb,"
+            " freq_seconds, source, attributes::VARCHAR AS attributes, first_ts FROM clients"
+            " ORDER BY client_id",
+        )
+
+
+def read_calendar(path: Path) -> pl.DataFrame:
+    """Every known event (holidays, launches...), past and future."""
+    with connect(path, read_only=True) as con:
+        return fetch_frame(con, "SELECT * FROM calendar ORDER BY start_ts, region")
+
+
+def read_recent_usage(path: Path, days: float, client_ids: list[str] | None = None) -> pl.DataFrame:
+    """Each client's last `days` of usage, measured back from that client's latest bucket."""
+    with connect(path, read_only=True) as con:
+        if client_ids is not None:
+            con.register("wanted", pl.DataFrame({"client_id": client_ids}).to_arrow())
+        only = "SEMI JOIN wanted USING (client_id)" if client_ids is not None else ""
+        return fetch_frame(
+            con,
+            f"""
+            WITH latest AS (SELECT client_id, max(ts) AS last_ts FROM usage GROUP BY client_id)
+            SELECT u.* EXCLUDE (batch_id) FROM usage u JOIN latest l USING (client_id) {only}
+            WHERE u.ts > l.last_ts - to_microseconds(CAST(? * 86400e6 AS BIGINT))
+            ORDER BY client_id, ts
+            """,
+            [days],
+        )
+
+
+def read_feedback_signals(path: Path, since: object) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Reconciliations and client feedback received since `since` (both possibly empty)."""
+    with connect(path, read_only=True) as con:
+        reconciliations = fetch_frame(
+            con, "SELECT * FROM reconciliations WHERE reconciled_at >= ?", [since]
+        )
+        feedback = fetch_frame(con, "SELECT * FROM feedback WHERE received_at >= ?", [since])
+    return reconciliations, feedback

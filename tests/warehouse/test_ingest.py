@@ -51,12 +51,13 @@ def _count(path: Path, sql: str) -> int:
 
 def test_migrations_are_recorded_once(warehouse_path):
     with connect(warehouse_path) as con:
-        first = con.execute("SELECT version FROM schema_migrations").fetchall()
+        first = con.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall()
     with connect(warehouse_path) as con:
-        again = con.execute("SELECT version FROM schema_migrations").fetchall()
+        again = con.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall()
         tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
-    assert first == again == [("0001_core",)]
+    assert first == again == [("0001_core",), ("0002_forecasts_profiles",)]
     assert {"clients", "usage", "calendar", "ingest_batches", "quarantine"} <= tables
+    assert {"forecasts", "profiles", "feedback", "reconciliations", "model_runs"} <= tables
 
 
 def test_load_writes_usage_clients_and_record(warehouse_path):

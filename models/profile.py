@@ -1,0 +1,218 @@
+"""Predicted resource profiles: what each client will need, when, for how long, how sure.
+
+A profile window is a contiguous span of forecast buckets where the client's demand metric
+(concurrency when known, else requests) is expected above its idle floor: p50 above the
+floor, or, for sparse clients whose quantiles are all zero, P(concurrency >= 1) at least
+`p_active`. For each window: start, end (exclusive), duration, the peak p50 and p90 of
+every resource, the peak P(active), and a confidence.
+
+Confidence in [0, 1] multiplies three scores, each 1 when perfect:
+
+    coverage score  = max(0, 1 - |coverage_80 - 0.8| / 0.8)   calibrated intervals
+    accuracy score  = 1 / (1 + pinball / mean level)            small, scale-free loss
+    sharpness score = 1 / (1 + mean((p90 - p10) / max(p50, floor, 1e-9)) over the window)
+
+coverage and pinball come from the model's holdout backtest on the demand metric; the width
+from the forecast itself, so a wide band lowers confidence even for a well-scored model.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import polars as pl
+
+from warehouse.sources.base import METRICS
+
+PROFILE_METRICS = METRICS
+DEMAND_METRICS = ("concurrency", "requests")
+FLOOR_QUANTILE = 0.25
+FLOOR_LOOKBACK_DAYS = 7
+
+
+def demand_metric(metrics: list[str]) -> str:
+    """The metric that says 'the client is busy': concurrency, else requests, else the first."""
+    for metric in DEMAND_METRICS:
+        if metric in metrics:
+            return metric
+    return metrics[0]
+
+
+def idle_floors(history: pl.DataFrame, freq_seconds: int) -> pl.DataFrame:
+    """Per client and metric, the level below which it counts as idle: the 25th percentile of
+    its last week (0 for clients idle at least a quarter of the time)."""
+    lookback = FLOOR_LOOKBACK_DAYS * 86_400 // freq_seconds
+    metrics = [m for m in PROFILE_METRICS if m in history.columns]
+    recent = history.sort("client_id", "ts").group_by("client_id").tail(lookback)
+    return (
+        recent.unpivot(index=["client_id", "ts"], on=metrics, variable_name="metric")
+        .drop_nulls("value")
+        .group_by("client_id", "metric")
+        .agg(
+            pl.col("value").quantile(FLOOR_QUANTILE, interpolation="lower").alias("floor"),
+            pl.col("value").mean().alias("mean_level"),
+        )
+    )
+
+
+def confidence_score(
+    coverage_80: float | None, pinball: float | None, mean_level: float, relative_width: float
+) -> float:
+    """The documented confidence formula (see module docstring)."""
+    coverage_score = 0.5 if coverage_80 is None else max(0.0, 1 - abs(coverage_80 - 0.8) / 0.8)
+    accuracy_score = 0.5 if pinball is None else 1 / (1 + pinball / max(mean_level, 1e-9))
+    sharpness_score = 1 / (1 + max(relative_width, 0.0))
+    return round(min(1.0, coverage_score * accuracy_score * sharpness_score), 4)
+
+
+def build_profiles(
+    forecasts: pl.DataFrame,
+    floors: pl.DataFrame,
+    quality: pl.DataFrame,
+    freq_seconds: int,
+    generated_at: datetime,
+    exceedance: pl.DataFrame | None = None,
+    p_active: float = 0.5,
+) -> pl.DataFrame:
+    """Turn forecasts into profile windows (one row per client and window).
+
+    Args:
+        forecasts: client_id, metric, origin, ts, horizon, p10, p50, p90, model_name, model_version.
+        floors: client_id, metric, floor, mean_level (from `idle_floors`).
+        quality: client_id, metric, coverage_80, pinball (holdout scores of the model).
+        exceedance: client_id, ts, level, p_exceed (optional; level 1 marks sparse activity).
+    """
+    if forecasts.height == 0:
+        return _empty_profiles()
+    demand = (
+        forecasts.group_by("client_id")
+        .agg(pl.col("metric").unique().alias("metrics"))
+        .with_columns(
+            pl.col("metrics")
+            .map_elements(lambda ms: demand_metric(list(ms)), return_dtype=pl.String)
+            .alias("metric")
+        )
+        .select("client_id", "metric")
+    )
+    buckets = (
+        forecasts.join(demand, on=["client_id", "metric"])
+        .join(floors.select("client_id", "metric", "floor"), on=["client_id", "metric"], how="left")
+        .with_columns(pl.col("floor").fill_null(0.0))
+    )
+    if exceedance is not None and exceedance.height:
+        p_one = exceedance.filter(pl.col("level") == 1).select(
+            "client_id", "ts", pl.col("p_exceed").alias("p_active")
+        )
+        buckets = buckets.join(p_one, on=["client_id", "ts"], how="left")
+    else:
+        buckets = buckets.with_columns(pl.lit(None, dtype=pl.Float64).alias("p_active"))
+    step = pl.duration(seconds=freq_seconds)
+    buckets = (
+        buckets.with_columns(
+            (
+                (pl.col("p50") > pl.col("floor")) | (pl.col("p_active").fill_null(0.0) >= p_active)
+            ).alias("active")
+        )
+        .sort("client_id", "ts")
+        .with_columns(
+            # A new run starts when activity flips or the grid has a hole.
+            (
+                (pl.col("active") != pl.col("active").shift(1).over("client_id"))
+                | ((pl.col("ts") - pl.col("ts").shift(1).over("client_id")) != step)
+            )
+            .fill_null(True)
+            .cum_sum()
+            .over("client_id")
+            .alias("run")
+        )
+        .filter(pl.col("active"))
+    )
+    if buckets.height == 0:
+        return _empty_profiles()
+    windows = buckets.group_by("client_id", "run").agg(
+        pl.col("ts").min().alias("window_start"),
+        (pl.col("ts").max() + step).alias("window_end"),
+        pl.col("origin").first(),
+        pl.col("metric").first().alias("demand_metric"),
+        pl.col("p_active").max(),
+        (
+            (pl.col("p90") - pl.col("p10"))
+            / pl.max_horizontal(pl.col("p50"), pl.col("floor"), pl.lit(1e-9))
+        )
+        .mean()
+        .alias("relative_width"),
+        pl.col("model_name").first(),
+        pl.col("model_version").first(),
+    )
+    peaks = _peaks(forecasts, buckets.select("client_id", "run", "ts"))
+    scored = (
+        windows.join(peaks, on=["client_id", "run"], how="left")
+        .join(
+            quality.rename({"metric": "demand_metric"}),
+            on=["client_id", "demand_metric"],
+            how="left",
+        )
+        .join(
+            floors.select("client_id", pl.col("metric").alias("demand_metric"), "mean_level"),
+            on=["client_id", "demand_metric"],
+            how="left",
+        )
+    )
+    confidence = [
+        confidence_score(cov, pin, level or 0.0, width or 0.0)
+        for cov, pin, level, width in scored.select(
+            "coverage_80", "pinball", "mean_level", "relative_width"
+        ).iter_rows()
+    ]
+    profiles = scored.with_columns(
+        pl.Series("confidence", confidence, dtype=pl.Float64),
+        pl.lit(generated_at).cast(pl.Datetime("us")).alias("generated_at"),
+        ((pl.col("window_end") - pl.col("window_start")).dt.total_seconds() / 60.0).alias(
+            "duration_minutes"
+        ),
+    )
+    return profiles.select(_empty_profiles().columns).sort("client_id", "window_start")
+
+
+def _peaks(forecasts: pl.DataFrame, window_buckets: pl.DataFrame) -> pl.DataFrame:
+    """Max p50 and p90 of every metric over each window's buckets, one column per pair."""
+    in_windows = forecasts.join(window_buckets, on=["client_id", "ts"])
+    per_metric = in_windows.group_by("client_id", "run", "metric").agg(
+        pl.col("p50").max(), pl.col("p90").max()
+    )
+    wide = per_metric.pivot(on="metric", index=["client_id", "run"], values=["p50", "p90"])
+    renames = {}
+    for column in wide.columns:
+        for q in ("p50", "p90"):
+            prefix = f"{q}_"
+            if column.startswith(prefix):
+                renames[column] = f"{column.removeprefix(prefix)}_{q}"
+    wide = wide.rename(renames)
+    for metric in PROFILE_METRICS:
+        for q in ("p50", "p90"):
+            if f"{metric}_{q}" not in wide.columns:
+                wide = wide.with_columns(pl.lit(None, dtype=pl.Float64).alias(f"{metric}_{q}"))
+    return wide
+
+
+def _empty_profiles() -> pl.DataFrame:
+    schema: dict[str, pl.DataType] = {
+        "client_id": pl.String(),
+        "generated_at": pl.Datetime("us"),
+        "origin": pl.Datetime("us"),
+        "window_start": pl.Datetime("us"),
+        "window_end": pl.Datetime("us"),
+        "duration_minutes": pl.Float64(),
+    }
+    for metric in PROFILE_METRICS:
+        schema[f"{metric}_p50"] = pl.Float64()
+        schema[f"{metric}_p90"] = pl.Float64()
+    schema.update(
+        {
+            "p_active": pl.Float64(),
+            "confidence": pl.Float64(),
+            "model_name": pl.String(),
+            "model_version": pl.String(),
+        }
+    )
+    return pl.DataFrame(schema=schema)

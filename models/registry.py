@@ -1,0 +1,222 @@
+"""The one MLflow adapter: log, register, promote and load per-client forecasters.
+
+Each client has a registered model `forecaster-<client_id>`. A version is a pyfunc wrapping the
+client's fitted forecaster (boosters for every metric, feature spec, calibration), so
+`mlflow.pyfunc.load_model("models:/forecaster-<id>@champion").predict(history)` turns a
+history frame into a forecast frame. A new version gets the alias `challenger`; the caller's
+promotion decision (see models/promotion.py) may also give it `champion`.
+
+MLflow's fluent API keeps global state (tracking URI, active run), so every call here runs
+under one lock: training may run in threads, registration is serialised.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import mlflow.pyfunc
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT = "prewarm-forecasters"
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+_LOCK = threading.RLock()
+# What a serving environment needs besides the prewarm package itself (pip install -e .):
+# pinned to what trained the model. Given explicitly: auto-detection costs ~10 s per model.
+_REQUIREMENTS = ("lightgbm", "polars", "pandas", "numpy", "pyarrow", "cloudpickle")
+
+
+def model_name(client_id: str) -> str:
+    """The registered model name of a client's forecaster."""
+    return f"forecaster-{client_id}"
+
+
+@dataclass
+class Registration:
+    """What registering one forecaster did."""
+
+    client_id: str
+    name: str
+    version: str
+    promoted: bool
+    reason: str
+    run_id: str
+    mlflow_seconds: float  # wall time spent inside MLflow calls
+
+
+@dataclass
+class ModelCard:
+    """Everything logged next to the model for a reviewer in the MLflow UI."""
+
+    params: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    plot_png: bytes | None = None
+    input_example: pd.DataFrame | None = None
+    output_example: pd.DataFrame | None = None
+
+
+class ForecasterPyfunc(mlflow.pyfunc.PythonModel):
+    """pyfunc face of a fitted forecaster: history frame in, forecast frame out.
+
+    `params={"output": "exceedance"}` returns P(concurrency >= k) rows instead, when the
+    forecaster carries an exceedance model.
+    """
+
+    def load_context(self, context: Any) -> None:
+        with open(context.artifacts["forecaster"], "rb") as handle:
+            self.forecaster = pickle.load(handle)
+
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict | None = None
+    ) -> pd.DataFrame:
+        import polars as pl
+
+        history = pl.from_pandas(model_input)
+        if "ts" in history.columns:
+            history = history.with_columns(pl.col("ts").cast(pl.Datetime("us")))
+        if (params or {}).get("output") == "exceedance":
+            result = self.forecaster.predict_exceedance(history)
+        else:
+            result = self.forecaster.predict(history)
+        return result.to_pandas()
+
+
+def _requirements() -> list[str]:
+    pins = []
+    for package in _REQUIREMENTS:
+        try:
+            pins.append(f"{package}=={metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            pins.append(package)
+    return pins
+
+
+def _experiment_id(client: MlflowClient, artifacts_dir: Path) -> str:
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    if experiment is not None:
+        return str(experiment.experiment_id)
+    artifacts_dir.mkdir(parents=True, exist_ok=True)
+    return str(
+        client.create_experiment(EXPERIMENT, artifact_location=artifacts_dir.resolve().as_uri())
+    )
+
+
+def _ensure_sqlite_dir(tracking_uri: str) -> None:
+    if tracking_uri.startswith("sqlite:///"):
+        Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+
+
+def register_forecaster(
+    forecaster: Any,
+    client_id: str,
+    card: ModelCard,
+    promote: bool,
+    reason: str,
+    tracking_uri: str,
+    artifacts_dir: Path,
+) -> Registration:
+    """Log a fitted forecaster as a new version of `forecaster-<client_id>`.
+
+    The version becomes `challenger`; with `promote` it also becomes `champion`, otherwise
+    `reason` is tagged on it (`promotion`), so a reviewer sees why it was held back.
+    """
+    name = model_name(client_id)
+    with _LOCK:
+        started = time.perf_counter()
+        _ensure_sqlite_dir(tracking_uri)
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
+        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        experiment_id = _experiment_id(client, artifacts_dir)
+        signature = None
+        if card.input_example is not None and card.output_example is not None:
+            signature = infer_signature(card.input_example, card.output_example)
+        with tempfile.TemporaryDirectory() as tmp:
+            pickled = Path(tmp) / "forecaster.pkl"
+            pickled.write_bytes(pickle.dumps(forecaster, protocol=pickle.HIGHEST_PROTOCOL))
+            with mlflow.start_run(
+                experiment_id=experiment_id, run_name=f"train-{client_id}"
+            ) as run:
+                mlflow.set_tags({"client_id": client_id, **card.tags})
+                if card.params:
+                    mlflow.log_params({k: str(v)[:500] for k, v in card.params.items()})
+                if card.metrics:
+                    mlflow.log_metrics({k: float(v) for k, v in card.metrics.items()})
+                if card.plot_png:
+                    plot = Path(tmp) / "holdout_forecast.png"
+                    plot.write_bytes(card.plot_png)
+                    mlflow.log_artifact(str(plot), artifact_path="plots")
+                info = mlflow.pyfunc.log_model(
+                    name="forecaster",
+                    python_model=ForecasterPyfunc(),
+                    artifacts={"forecaster": str(pickled)},
+                    pip_requirements=_requirements(),
+                    signature=signature,
+                    input_example=card.input_example,
+                    registered_model_name=name,
+                    await_registration_for=0,
+                )
+        version = str(info.registered_model_version)
+        for key, value in {"client_id": client_id, **card.tags}.items():
+            client.set_model_version_tag(name, version, key, str(value))
+        client.set_model_version_tag(name, version, "promotion", reason)
+        client.set_registered_model_alias(name, CHALLENGER, version)
+        if promote:
+            client.set_registered_model_alias(name, CHAMPION, version)
+        elapsed = time.perf_counter() - started
+    return Registration(client_id, name, version, promote, reason, run.info.run_id, elapsed)
+
+
+def load_forecaster(
+    client_id: str, tracking_uri: str, alias: str = CHAMPION
+) -> tuple[Any, str] | None:
+    """The forecaster behind `forecaster-<id>@alias` and its version, or None if unset."""
+    name = model_name(client_id)
+    with _LOCK:
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
+        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        try:
+            version = client.get_model_version_by_alias(name, alias)
+        except MlflowException:
+            return None
+        model = mlflow.pyfunc.load_model(f"models:/{name}@{alias}")
+    return model.unwrap_python_model().forecaster, str(version.version)
+
+
+def current_aliases(tracking_uri: str) -> dict[str, dict[str, str]]:
+    """For every registered forecaster: client id -> {alias: version}."""
+    models: list[Any] = []
+    with _LOCK:
+        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        token = None
+        while True:
+            try:
+                page = client.search_registered_models(max_results=1000, page_token=token)
+            except MlflowException:
+                return {}
+            models += list(page)
+            token = page.token
+            if not token:
+                break
+    prefix = "forecaster-"
+    return {
+        m.name.removeprefix(prefix): dict(m.aliases or {})
+        for m in models
+        if m.name.startswith(prefix)
+    }

@@ -1,0 +1,144 @@
+"""Profile windows from hand-made forecasts: when, how long, peaks and confidence."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import polars as pl
+import pytest
+
+from models.profile import build_profiles, confidence_score, idle_floors
+
+T0 = datetime(2026, 1, 5, 12, 0)
+STEP = timedelta(minutes=5)
+
+
+def _forecasts(client: str, metric: str, p50: list[float], spread: float = 1.0) -> pl.DataFrame:
+    n = len(p50)
+    return pl.DataFrame(
+        {
+            "client_id": [client] * n,
+            "metric": [metric] * n,
+            "origin": [T0] * n,
+            "ts": [T0 + STEP * (h + 1) for h in range(n)],
+            "horizon": list(range(1, n + 1)),
+            "p10": [max(0.0, v - spread) for v in p50],
+            "p50": [float(v) for v in p50],
+            "p90": [float(v + spread) for v in p50],
+            "model_name": [f"forecaster-{client}"] * n,
+            "model_version": ["3"] * n,
+        }
+    )
+
+
+def _floors(client: str, metric: str, floor: float, level: float = 4.0) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "client_id": [client],
+            "metric": [metric],
+            "floor": [float(floor)],
+            "mean_level": [float(level)],
+        }
+    )
+
+
+def _quality(client: str, metric: str, coverage: float = 0.8, pinball: float = 0.0) -> pl.DataFrame:
+    return pl.DataFrame(
+        {"client_id": [client], "metric": [metric], "coverage_80": [coverage], "pinball": [pinball]}
+    )
+
+
+def test_two_windows_with_start_end_duration_and_peaks():
+    # floor 1: buckets 2-4 (p50 2,5,3) and bucket 7 (p50 4) are above it.
+    concurrency = _forecasts("a", "concurrency", [0, 1, 2, 5, 3, 1, 0, 4])
+    memory = _forecasts("a", "memory_mb", [0, 0, 100, 400, 300, 0, 0, 50], spread=10)
+    profiles = build_profiles(
+        pl.concat([concurrency, memory]),
+        pl.concat([_floors("a", "concurrency", 1.0), _floors("a", "memory_mb", 0.0, 100)]),
+        _quality("a", "concurrency"),
+        300,
+        T0,
+    )
+    assert profiles.height == 2
+    first, second = profiles.to_dicts()
+    assert first["window_start"] == T0 + STEP * 3  # horizon 3 is the third bucket
+    assert first["window_end"] == T0 + STEP * 6  # exclusive: after horizon 5
+    assert first["duration_minutes"] == 15.0
+    assert first["concurrency_p50"] == 5.0 and first["concurrency_p90"] == 6.0
+    assert first["memory_mb_p50"] == 400.0 and first["memory_mb_p90"] == 410.0
+    assert first["requests_p50"] is None  # a metric the client lacks stays unknown
+    assert second["window_start"] == T0 + STEP * 8 and second["duration_minutes"] == 5.0
+    assert first["model_version"] == "3"
+
+
+def test_sparse_client_window_comes_from_exceedance():
+    forecasts = _forecasts("s", "concurrency", [0, 0, 0, 0], spread=0.0)
+    exceedance = pl.DataFrame(
+        {
+            "client_id": ["s"] * 4,
+            "ts": [T0 + STEP * (h + 1) for h in range(4)],
+            "level": [1] * 4,
+            "p_exceed": [0.1, 0.7, 0.6, 0.2],
+        }
+    )
+    profiles = build_profiles(
+        forecasts,
+        _floors("s", "concurrency", 0.0),
+        _quality("s", "concurrency"),
+        300,
+        T0,
+        exceedance,
+    )
+    assert profiles.height == 1
+    row = profiles.row(0, named=True)
+    assert row["window_start"] == T0 + STEP * 2 and row["duration_minutes"] == 10.0
+    assert row["p_active"] == 0.7
+
+
+def test_no_demand_means_no_windows():
+    forecasts = _forecasts("q", "requests", [0, 0, 0], spread=0.0)
+    profiles = build_profiles(
+        forecasts, _floors("q", "requests", 0.0), _quality("q", "requests"), 300, T0
+    )
+    assert profiles.height == 0
+    assert "confidence" in profiles.columns
+
+
+def test_confidence_formula_by_hand():
+    # coverage 0.8 -> 1; pinball 1 over level 4 -> 1/1.25 = 0.8; width 1 -> 1/2 = 0.5
+    assert confidence_score(0.8, 1.0, 4.0, 1.0) == pytest.approx(0.4)
+    # coverage 0.4 -> 1 - 0.4/0.8 = 0.5; perfect accuracy and sharpness
+    assert confidence_score(0.4, 0.0, 4.0, 0.0) == pytest.approx(0.5)
+    assert confidence_score(0.0, 0.0, 1.0, 0.0) == 0.0
+
+
+def test_wider_band_lowers_confidence():
+    narrow = build_profiles(
+        _forecasts("a", "concurrency", [4, 4], spread=0.5),
+        _floors("a", "concurrency", 1.0),
+        _quality("a", "concurrency"),
+        300,
+        T0,
+    )
+    wide = build_profiles(
+        _forecasts("a", "concurrency", [4, 4], spread=3.0),
+        _floors("a", "concurrency", 1.0),
+        _quality("a", "concurrency"),
+        300,
+        T0,
+    )
+    # widths (1/4 and 6/4): 1/(1.25) = 0.8 and 1/(2.5) = 0.4
+    assert narrow["confidence"][0] == pytest.approx(0.8)
+    assert wide["confidence"][0] == pytest.approx(0.4)
+
+
+def test_idle_floor_is_lower_quartile_of_last_week():
+    ts = [T0 + STEP * i for i in range(8)]
+    history = pl.DataFrame(
+        {"client_id": ["a"] * 8, "ts": ts, "requests": [0.0, 0, 0, 4, 8, 8, 8, 12]}
+    )
+    floors = idle_floors(history, 300)
+    row = floors.row(0, named=True)
+    # sorted 0,0,0,4,8,8,8,12: 25th percentile with 'lower' interpolation -> index 1.75 -> 0
+    assert row["floor"] == 0.0
+    assert row["mean_level"] == 5.0

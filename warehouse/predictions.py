@@ -1,0 +1,56 @@
+"""Write what the models produced: forecasts, exceedance, profiles and training runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from warehouse.db import connect
+
+_FORECAST_COLUMNS = (
+    "client_id, metric, origin, ts, horizon, p10, p50, p90, model_name, model_version, generated_at"
+)
+_EXCEEDANCE_COLUMNS = "client_id, origin, ts, horizon, level, p_exceed, model_version, generated_at"
+
+
+def write_predictions(
+    path: Path,
+    forecasts: pl.DataFrame,
+    profiles: pl.DataFrame,
+    exceedance: pl.DataFrame | None = None,
+) -> None:
+    """Append one prediction run (forecasts, exceedance, profiles) in a single transaction."""
+    with connect(path) as con:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            if forecasts.height:
+                con.register("new_forecasts", forecasts.to_arrow())
+                con.execute(
+                    f"INSERT INTO forecasts ({_FORECAST_COLUMNS})"
+                    f" SELECT {_FORECAST_COLUMNS} FROM new_forecasts"
+                )
+            if exceedance is not None and exceedance.height:
+                con.register("new_exceedance", exceedance.to_arrow())
+                con.execute(
+                    f"INSERT INTO forecast_exceedance ({_EXCEEDANCE_COLUMNS})"
+                    f" SELECT {_EXCEEDANCE_COLUMNS} FROM new_exceedance"
+                )
+            if profiles.height:
+                con.register("new_profiles", profiles.to_arrow())
+                columns = ", ".join(profiles.columns)
+                con.execute(f"INSERT INTO profiles ({columns}) SELECT {columns} FROM new_profiles")
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+
+def write_model_runs(path: Path, runs: pl.DataFrame) -> None:
+    """Append training outcomes (one row per client) for ad-hoc SQL next to the usage."""
+    if runs.height == 0:
+        return
+    with connect(path) as con:
+        con.register("new_runs", runs.to_arrow())
+        columns = ", ".join(runs.columns)
+        con.execute(f"INSERT INTO model_runs ({columns}) SELECT {columns} FROM new_runs")
