@@ -32,6 +32,14 @@ def parse_freq(text: str) -> int:
     return seconds
 
 
+def parse_freq_any(text: str) -> int:
+    """Seconds in a duration such as '1h' or '48h' (need not divide a day)."""
+    match = re.fullmatch(r"\s*(\d+)\s*([a-z]+)\s*", text.lower())
+    if not match or match.group(2) not in _FREQ_UNITS:
+        raise ValueError(f"duration {text!r} is not understood; use e.g. '1h', '6h' or '90min'")
+    return int(match.group(1)) * _FREQ_UNITS[match.group(2)]
+
+
 class Settings(BaseSettings):
     """Everything prewarm can be configured with; every field reads PREWARM_<NAME>."""
 
@@ -55,11 +63,31 @@ class Settings(BaseSettings):
     synthetic_clients: int = Field(default=50, ge=1)
     synthetic_days: int = Field(default=14, ge=1)
     synthetic_seed: int = 7
+    horizon: str = Field(default="1h", description="how far forecasts reach: 1h .. 48h")
+    train_history_days: float = Field(default=28.0, gt=0, description="history a fit sees")
+    predict_history_days: float = Field(
+        default=8.0, gt=0, description="history a prediction reads (lags reach one week)"
+    )
+    train_workers: int = Field(default=2, ge=1, description="clients fitted at once")
+    dask_address: str | None = Field(
+        default=None, description="run train-forecasters tasks on this Dask scheduler"
+    )
+    exceedance_levels: int = Field(
+        default=16, ge=1, description="instance levels k modelled (caps warm instances)"
+    )
 
     @field_validator("freq")
     @classmethod
     def _check_freq(cls, value: str) -> str:
         parse_freq(value)
+        return value
+
+    @field_validator("horizon")
+    @classmethod
+    def _check_horizon(cls, value: str) -> str:
+        seconds = parse_freq_any(value)
+        if not 3600 <= seconds <= 48 * 3600:
+            raise ValueError(f"horizon {value!r} must be between 1h and 48h")
         return value
 
     @model_validator(mode="after")
@@ -77,6 +105,11 @@ class Settings(BaseSettings):
     @property
     def freq_seconds(self) -> int:
         return parse_freq(self.freq)
+
+    @property
+    def horizon_steps(self) -> int:
+        """The forecast horizon in buckets of the series frequency."""
+        return max(1, parse_freq_any(self.horizon) // self.freq_seconds)
 
     @property
     def prefect_home(self) -> Path:

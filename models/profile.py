@@ -2,7 +2,7 @@
 
 A profile window is a contiguous span of forecast buckets where the client's demand metric
 (concurrency when known, else requests) is expected above its idle floor: p50 above the
-floor, or, for sparse clients whose quantiles are all zero, P(concurrency >= 1) at least
+floor (and at least half a call or instance), or, for sparse clients whose quantiles are all zero, P(concurrency >= 1) at least
 `p_active`. For each window: start, end (exclusive), duration, the peak p50 and p90 of
 every resource, the peak P(active), and a confidence.
 
@@ -28,6 +28,8 @@ PROFILE_METRICS = METRICS
 DEMAND_METRICS = ("concurrency", "requests")
 FLOOR_QUANTILE = 0.25
 FLOOR_LOOKBACK_DAYS = 7
+# Demand is counted (calls, instances): below half a unit the median rounds to nothing.
+MIN_ACTIVE_LEVEL = 0.5
 
 
 def demand_metric(metrics: list[str]) -> str:

@@ -1,0 +1,156 @@
+"""Flow `predict-profiles`: refresh forecasts and predicted profiles from the latest usage.
+
+No training here: each client's champion (or, before any champion exists, its latest
+challenger) predicts from its recent history. Loaded models are cached per process by
+version, so a served deployment running every few minutes pays MLflow's load cost once.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NONE
+
+from flows.settings import Settings
+from models.profile import build_profiles, idle_floors
+from models.registry import CHALLENGER, CHAMPION, current_aliases, load_forecaster, model_name
+from warehouse.errors import PrewarmError
+from warehouse.ingest import utc_now
+from warehouse.predictions import write_predictions
+from warehouse.reads import read_calendar, read_clients, read_recent_usage
+
+_CACHE: dict[tuple[str, str], Any] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+@dataclass
+class PredictSummary:
+    """What one prediction run wrote."""
+
+    clients: int = 0
+    forecasts: int = 0
+    profiles: int = 0
+    without_model: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _forecaster(client_id: str, alias: str, version: str, tracking_uri: str) -> Any:
+    key = (client_id, version)
+    with _CACHE_LOCK:
+        if key in _CACHE:
+            return _CACHE[key]
+    loaded = load_forecaster(client_id, tracking_uri, alias)
+    if loaded is None:
+        return None
+    with _CACHE_LOCK:
+        _CACHE[key] = loaded[0]
+    return loaded[0]
+
+
+@task(cache_policy=NONE)
+def predict_client(
+    client_id: str,
+    history: pl.DataFrame,
+    calendar: pl.DataFrame,
+    alias: str,
+    version: str,
+    tracking_uri: str,
+) -> tuple[pl.DataFrame, pl.DataFrame | None, pl.DataFrame]:
+    """One client's forecasts, exceedance and holdout quality, from its registered model."""
+    forecaster = _forecaster(client_id, alias, version, tracking_uri)
+    labels = [
+        pl.lit(model_name(client_id)).alias("model_name"),
+        pl.lit(version).alias("model_version"),
+    ]
+    forecasts = forecaster.predict(history, calendar).with_columns(labels)
+    exceedance = None
+    if getattr(forecaster, "exceedance", None) is not None:
+        own = history.filter(pl.col("client_id") == client_id).select(
+            "client_id", "ts", "concurrency"
+        )
+        exceedance = forecaster.exceedance.predict(
+            own.drop_nulls(), horizon_steps=forecaster.config.horizon_steps
+        ).with_columns(pl.lit(version).alias("model_version"))
+    quality = pl.DataFrame(
+        [
+            {"client_id": client_id, "metric": metric, "coverage_80": report.get("coverage_80"),
+             "pinball": report.get("pinball")}
+            for metric, report in forecaster.holdout.items()
+        ],
+        schema={"client_id": pl.String, "metric": pl.String, "coverage_80": pl.Float64,
+                "pinball": pl.Float64},
+    )  # fmt: skip
+    return forecasts, exceedance, quality
+
+
+@flow(name="predict-profiles")
+def predict_profiles(client_ids: list[str] | None = None) -> PredictSummary:
+    """Forecast every client with a registered model and write forecasts and profiles."""
+    started = time.perf_counter()
+    settings = Settings()
+    logger = get_run_logger()
+    path = settings.warehouse_path
+    usage = read_recent_usage(path, settings.predict_history_days, client_ids)
+    if usage.height == 0:
+        raise PrewarmError("No usage to predict from. Ingest some first: `prewarm ingest`.")
+    calendar = read_calendar(path)
+    frequencies = read_clients(path).select("client_id", "freq_seconds")
+    aliases = current_aliases(settings.mlflow_tracking_uri)
+    summary = PredictSummary()
+    generated_at = utc_now()
+    all_forecasts, all_exceedance, all_profiles = [], [], []
+    for (freq,), group in usage.join(frequencies, on="client_id").group_by(
+        "freq_seconds", maintain_order=True
+    ):
+        group = group.drop("freq_seconds")
+        futures = []
+        for (cid,), history in group.partition_by("client_id", as_dict=True).items():
+            known = aliases.get(cid, {})
+            alias = CHAMPION if CHAMPION in known else CHALLENGER if CHALLENGER in known else None
+            if alias is None:
+                summary.without_model.append(cid)
+                continue
+            futures.append(
+                predict_client.submit(
+                    cid, history, calendar, alias, known[alias], settings.mlflow_tracking_uri
+                )
+            )
+        results = [f.result() for f in futures]
+        if not results:
+            continue
+        stamp = pl.lit(generated_at).cast(pl.Datetime("us")).alias("generated_at")
+        forecasts = pl.concat([r[0] for r in results]).with_columns(stamp)
+        exceedance_parts = [r[1] for r in results if r[1] is not None and r[1].height]
+        exceedance = pl.concat(exceedance_parts).with_columns(stamp) if exceedance_parts else None
+        quality = pl.concat([r[2] for r in results])
+        profiles = build_profiles(
+            forecasts, idle_floors(group, int(freq)), quality, int(freq), generated_at, exceedance
+        )
+        all_forecasts.append(forecasts)
+        all_profiles.append(profiles)
+        if exceedance is not None:
+            all_exceedance.append(exceedance)
+        summary.clients += len(results)
+    if all_forecasts:
+        forecasts = pl.concat(all_forecasts)
+        profiles = pl.concat(all_profiles)
+        write_predictions(
+            path, forecasts, profiles, pl.concat(all_exceedance) if all_exceedance else None
+        )
+        summary.forecasts, summary.profiles = forecasts.height, profiles.height
+    if summary.without_model:
+        logger.warning(
+            "%d clients have no registered model yet (run `prewarm train`): %s",
+            len(summary.without_model), ", ".join(summary.without_model[:10]),
+        )  # fmt: skip
+    summary.seconds = time.perf_counter() - started
+    logger.info(
+        "predicted %d clients: %d forecast rows, %d profile windows in %.1f s",
+        summary.clients, summary.forecasts, summary.profiles, summary.seconds,
+    )  # fmt: skip
+    return summary

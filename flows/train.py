@@ -1,0 +1,340 @@
+"""Flow `train-forecasters`: fit one forecaster per client, register it, gate its promotion.
+
+Fits fan out as Prefect tasks on a local thread pool (LightGBM releases the GIL; one thread
+per booster) or, when PREWARM_DASK_ADDRESS is set, on that Dask cluster. Registration runs in
+the flow as each fit completes: MLflow is used from one place, one call at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import polars as pl
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NONE
+from prefect.futures import as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows.settings import Settings, parse_freq_any
+from models.evaluation import WindowScore, holdout_start, score_window
+from models.exceedance import ExceedanceConfig, fit_exceedance_model
+from models.feedback import adjustments_from_signals
+from models.forecaster import (
+    Adjustments,
+    ClientForecaster,
+    ForecastConfig,
+    GlobalForecaster,
+    fit_client_forecaster,
+    fit_global_forecaster,
+    needs_fallback,
+)
+from models.plots import plot_forecast_vs_actual
+from models.profile import demand_metric
+from models.promotion import decide_promotion
+from models.registry import ModelCard, Registration, load_forecaster, register_forecaster
+from warehouse.errors import PrewarmError
+from warehouse.ingest import utc_now
+from warehouse.predictions import write_model_runs
+from warehouse.reads import (
+    read_calendar,
+    read_clients,
+    read_feedback_signals,
+    read_recent_usage,
+)
+
+INPUT_EXAMPLE_ROWS = 12  # a small, valid history slice shown in the MLflow UI
+
+
+@dataclass
+class FittedClient:
+    """A fitted forecaster and what was measured about it before registration."""
+
+    client_id: str
+    forecaster: ClientForecaster
+    score: WindowScore | None
+    plot_png: bytes | None
+    fit_seconds: float
+
+
+@dataclass
+class TrainSummary:
+    """What one training run did, per client and in total."""
+
+    registrations: list[Registration] = field(default_factory=list)
+    fallbacks: dict[str, str] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+    scores: dict[str, WindowScore | None] = field(default_factory=dict)
+    fit_seconds: float = 0.0
+    mlflow_seconds: float = 0.0
+    wall_seconds: float = 0.0
+
+    @property
+    def promoted(self) -> int:
+        return sum(r.promoted for r in self.registrations)
+
+
+def forecast_config(settings: Settings, freq_seconds: int) -> ForecastConfig:
+    """The forecaster configuration for series of one bucket width."""
+    steps = max(1, parse_freq_any(settings.horizon) // freq_seconds)
+    return ForecastConfig(freq_seconds=freq_seconds, horizon_steps=steps)
+
+
+@task(cache_policy=NONE)
+def fit_client(
+    client_id: str,
+    history: pl.DataFrame,
+    calendar: pl.DataFrame,
+    client: dict[str, Any] | None,
+    config: ForecastConfig,
+    adjustments: Adjustments | None,
+    global_model: GlobalForecaster | None,
+    exceedance: Any,
+) -> FittedClient:
+    """Fit one client's forecaster (its own, or its view of the global model) and score it."""
+    started = time.perf_counter()
+    reason = needs_fallback(history, config)
+    if reason is not None and global_model is not None:
+        forecaster = global_model.for_client(client_id, client, reason)
+    else:
+        forecaster = fit_client_forecaster(history, config, calendar, client, adjustments)
+    if "concurrency" in forecaster.metrics:
+        forecaster.exceedance = exceedance
+    score = score_window(forecaster, history, holdout_start(history, config.holdout_days), calendar)
+    plot = None
+    if score is not None:
+        metric = demand_metric(forecaster.metrics)
+        shown = score.predictions.filter(pl.col("metric") == metric)
+        kind = f"global model ({forecaster.fallback})" if forecaster.fallback else "own model"
+        plot = plot_forecast_vs_actual(
+            shown, f"{client_id}: {metric}, holdout forecast vs actual, {kind}", metric
+        )
+    return FittedClient(client_id, forecaster, score, plot, time.perf_counter() - started)
+
+
+@task(cache_policy=NONE)
+def register_client(
+    fitted: FittedClient,
+    history: pl.DataFrame,
+    calendar: pl.DataFrame,
+    client: dict[str, Any] | None,
+    settings: Settings,
+) -> Registration:
+    """Register the fitted forecaster; promote it past the champion only when it is better."""
+    forecaster, score = fitted.forecaster, fitted.score
+    champion_wmape = None
+    current = load_forecaster(fitted.client_id, settings.mlflow_tracking_uri)
+    if current is not None and score is not None:
+        start = holdout_start(history, forecaster.config.holdout_days)
+        champion_score = score_window(current[0], history, start, calendar)
+        champion_wmape = champion_score.wmape if champion_score else None
+    promote, reason = decide_promotion(
+        score.wmape if score else float("nan"),
+        champion_wmape,
+        score.baseline_wmape if score else None,
+        score.baseline if score else "seasonal naive",
+    )
+    card = _model_card(fitted, history, client, champion_wmape)
+    return register_forecaster(
+        forecaster,
+        fitted.client_id,
+        card,
+        promote,
+        reason,
+        settings.mlflow_tracking_uri,
+        settings.mlflow_artifacts_dir,
+    )
+
+
+def _model_card(
+    fitted: FittedClient,
+    history: pl.DataFrame,
+    client: dict[str, Any] | None,
+    champion_wmape: float | None,
+) -> ModelCard:
+    forecaster, score = fitted.forecaster, fitted.score
+    config = forecaster.config
+    metrics: dict[str, float] = {}
+    for metric, report in forecaster.holdout.items():
+        for key, value in report.items():
+            if value is not None:
+                metrics[f"{metric}.{key}"] = float(value)
+    if score is not None:
+        metrics["window.wmape"] = score.wmape
+        if score.baseline_wmape is not None:
+            metrics["window.baseline_wmape"] = score.baseline_wmape
+        if score.coverage_80 is not None:
+            metrics["window.coverage_80"] = score.coverage_80
+    if champion_wmape is not None:
+        metrics["window.champion_wmape"] = champion_wmape
+    metrics["fit_seconds"] = fitted.fit_seconds
+    first, last = history.get_column("ts").min(), history.get_column("ts").max()
+    example = history.tail(INPUT_EXAMPLE_ROWS)
+    return ModelCard(
+        params={
+            "freq_seconds": config.freq_seconds,
+            "horizon_steps": config.horizon_steps,
+            "n_estimators": config.n_estimators,
+            "num_leaves": config.num_leaves,
+            "learning_rate": config.learning_rate,
+            "max_train_rows": config.max_train_rows,
+            "metrics": ",".join(forecaster.metrics),
+            "history_rows": history.height,
+        },
+        metrics=metrics,
+        tags={
+            "tier": str((client or {}).get("tier") or "unset"),
+            "region": str((client or {}).get("region") or "unset"),
+            "model_kind": "global" if forecaster.fallback else "per-client",
+            "fallback": forecaster.fallback or "none",
+            "data_window": f"{first:%Y-%m-%dT%H:%M} .. {last:%Y-%m-%dT%H:%M}",
+        },
+        plot_png=fitted.plot_png,
+        input_example=example.to_pandas(),
+        output_example=forecaster.predict(example).to_pandas(),
+    )
+
+
+def _client_dicts(clients: pl.DataFrame) -> dict[str, dict[str, Any]]:
+    out = {}
+    for row in clients.iter_rows(named=True):
+        attributes = json.loads(row["attributes"]) if row.get("attributes") else {}
+        out[row["client_id"]] = {
+            **attributes,
+            **{k: v for k, v in row.items() if k != "attributes"},
+        }
+    return out
+
+
+def _fit_shared_models(
+    usage: pl.DataFrame,
+    clients: pl.DataFrame,
+    calendar: pl.DataFrame,
+    config: ForecastConfig,
+    reasons: dict[str, str | None],
+    settings: Settings,
+) -> tuple[GlobalForecaster | None, Any]:
+    """The models shared by a frequency group: the global fallback (only if some client needs
+    it) and the P(concurrency >= k) classifier."""
+    global_model = None
+    if any(reasons.values()):
+        global_model = fit_global_forecaster(usage, clients, calendar, config)
+    exceedance = None
+    if "concurrency" in usage.columns and usage.get_column("concurrency").drop_nulls().len():
+        exceedance = fit_exceedance_model(
+            usage.select("client_id", "ts", "concurrency").drop_nulls(),
+            ExceedanceConfig(
+                freq_seconds=config.freq_seconds,
+                horizon_steps=config.horizon_steps,
+                max_level=settings.exceedance_levels,
+            ),
+            clients.select("client_id", "container_memory_mb"),
+        )
+    return global_model, exceedance
+
+
+def train_flow(settings: Settings) -> Any:
+    """`train_forecasters` on a local thread pool, or on the Dask cluster at
+    PREWARM_DASK_ADDRESS (the path beyond one machine)."""
+    if settings.dask_address:
+        from prefect_dask import DaskTaskRunner
+
+        return train_forecasters.with_options(
+            task_runner=DaskTaskRunner(address=settings.dask_address)
+        )
+    return train_forecasters.with_options(
+        task_runner=ThreadPoolTaskRunner(max_workers=settings.train_workers)
+    )
+
+
+@flow(name="train-forecasters", task_runner=ThreadPoolTaskRunner(max_workers=2))
+def train_forecasters(client_ids: list[str] | None = None) -> TrainSummary:
+    """Fit, score, register and gate one forecaster per client (all clients by default)."""
+    started = time.perf_counter()
+    settings = Settings()
+    logger = get_run_logger()
+    path = settings.warehouse_path
+    usage = read_recent_usage(path, settings.train_history_days, client_ids)
+    if usage.height == 0:
+        raise PrewarmError("No usage to train on. Ingest some first: `prewarm ingest`.")
+    clients = read_clients(path)
+    calendar = read_calendar(path)
+    attributes = _client_dicts(clients)
+    reconciliations, feedback = read_feedback_signals(path, since=datetime(1970, 1, 1))
+    adjustments = adjustments_from_signals(reconciliations, feedback, utc_now())
+    summary = TrainSummary()
+
+    frequencies = clients.select("client_id", "freq_seconds")
+    for (freq,), group in usage.join(frequencies, on="client_id").group_by(
+        "freq_seconds", maintain_order=True
+    ):
+        config = forecast_config(settings, int(freq))
+        group = group.drop("freq_seconds")
+        histories = group.partition_by("client_id", as_dict=True, maintain_order=True)
+        reasons = {cid: needs_fallback(h, config) for (cid,), h in histories.items()}
+        group_clients = clients.filter(pl.col("client_id").is_in(list(reasons)))
+        global_model, exceedance = _fit_shared_models(
+            group, group_clients, calendar, config, reasons, settings
+        )
+        futures = {
+            fit_client.submit(
+                cid, history, calendar, attributes.get(cid), config, adjustments.get(cid),
+                global_model, exceedance,
+            ): cid
+            for (cid,), history in histories.items()
+        }  # fmt: skip
+        for future in as_completed(list(futures)):
+            cid = futures[future]
+            try:
+                fitted = future.result()
+            except Exception as error:  # one client's failure must not stop the others
+                summary.failures[cid] = f"{type(error).__name__}: {error}"
+                logger.warning("client %s: fit failed: %s", cid, error)
+                continue
+            summary.fit_seconds += fitted.fit_seconds
+            summary.scores[cid] = fitted.score
+            if fitted.forecaster.fallback:
+                summary.fallbacks[cid] = fitted.forecaster.fallback
+            history = histories[(cid,)]
+            registration = register_client(fitted, history, calendar, attributes.get(cid), settings)
+            summary.registrations.append(registration)
+            summary.mlflow_seconds += registration.mlflow_seconds
+
+    write_model_runs(path, _model_runs(summary, usage))
+    summary.wall_seconds = time.perf_counter() - started
+    logger.info(
+        "trained %d clients (%d promoted, %d on the global model, %d failed) in %.1f s",
+        len(summary.registrations), summary.promoted, len(summary.fallbacks),
+        len(summary.failures), summary.wall_seconds,
+    )  # fmt: skip
+    return summary
+
+
+def _model_runs(summary: TrainSummary, usage: pl.DataFrame) -> pl.DataFrame:
+    last_ts = dict(usage.group_by("client_id").agg(pl.col("ts").max()).iter_rows())
+    now = utc_now()
+    rows = [
+        {
+            "client_id": r.client_id,
+            "model_name": r.name,
+            "model_version": r.version,
+            "alias": "champion" if r.promoted else "challenger",
+            "fallback": summary.fallbacks.get(r.client_id),
+            "reason": r.reason,
+            "trained_until": last_ts[r.client_id],
+            "wmape": score.wmape if (score := summary.scores.get(r.client_id)) else None,
+            "baseline_wmape": score.baseline_wmape if score else None,
+            "trained_at": now,
+        }
+        for r in summary.registrations
+    ]
+    schema = {
+        "client_id": pl.String, "model_name": pl.String, "model_version": pl.String,
+        "alias": pl.String, "fallback": pl.String, "reason": pl.String,
+        "trained_until": pl.Datetime("us"), "wmape": pl.Float64, "baseline_wmape": pl.Float64,
+        "trained_at": pl.Datetime("us"),
+    }  # fmt: skip
+    return pl.DataFrame(rows, schema=schema)
