@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint bench bench-ingest clean-data
+.PHONY: install demo test lint bench bench-ingest bench-activation clean-data
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "prewarm needs Python 3.11, found " + sys.version' 
@@ -23,10 +23,13 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
-bench: bench-ingest
+bench: bench-ingest bench-activation
 
 bench-ingest: $(STAMP)
 	$(BIN)/python bench/ingest.py
 
 clean-data:
 	rm -rf data mlruns/mlflow.db mlruns/artifacts
+
+bench-activation: $(STAMP)
+	$(BIN)/python bench/activation.py

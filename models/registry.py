@@ -145,7 +145,10 @@ def register_forecaster(
         experiment_id = _experiment_id(client, artifacts_dir)
         signature = None
         if card.input_example is not None and card.output_example is not None:
-            signature = infer_signature(card.input_example, card.output_example)
+            # Declaring the params lets callers ask for {"output": "exceedance"}.
+            signature = infer_signature(
+                card.input_example, card.output_example, params={"output": "forecast"}
+            )
         with tempfile.TemporaryDirectory() as tmp:
             pickled = Path(tmp) / "forecaster.pkl"
             pickled.write_bytes(pickle.dumps(forecaster, protocol=pickle.HIGHEST_PROTOCOL))
@@ -216,7 +219,7 @@ def current_aliases(tracking_uri: str) -> dict[str, dict[str, str]]:
                 break
     prefix = "forecaster-"
     return {
-        m.name.removeprefix(prefix): dict(m.aliases or {})
+        m.name.removeprefix(prefix): {alias: str(v) for alias, v in (m.aliases or {}).items()}
         for m in models
         if m.name.startswith(prefix)
     }

@@ -1,0 +1,161 @@
+"""train-forecasters and predict-profiles end to end: real DuckDB, real MLflow (SQLite), real
+LightGBM, on a small seeded synthetic warehouse plus a one-day client."""
+
+from __future__ import annotations
+
+import copy
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import polars as pl
+import pytest
+from mlflow import MlflowClient
+
+from flows.ingest import ingest_usage
+from flows.predict import predict_profiles
+from flows.settings import Settings
+from flows.train import train_flow
+from models.registry import load_forecaster, register_forecaster
+from warehouse.db import connect, fetch_value
+from warehouse.reads import read_recent_usage
+
+END = datetime(2026, 1, 19)
+
+
+@pytest.fixture
+def trained(prefect_harness, data_dir, tmp_path_factory) -> Settings:
+    """Three synthetic clients x 14 days and a one-day events client, trained once."""
+    events = tmp_path_factory.mktemp("events") / "newbie.csv"
+    start = END - timedelta(days=1)
+    lines = ["client_id,ts,requests,concurrency"]
+    for i in range(288):
+        ts = start + timedelta(minutes=5 * i)
+        lines.append(f"newbie,{ts:%Y-%m-%dT%H:%M:%S}Z,{(i % 12) + 1},{1 + (i % 3)}")
+    events.write_text("\n".join(lines) + "\n")
+    ingest_usage(source="synthetic", clients=3, days=14, seed=11, end=END)
+    ingest_usage(source="events", path=events)
+    settings = Settings()
+    summary = train_flow(settings)(client_ids=None)
+    assert not summary.failures, summary.failures
+    return settings
+
+
+def _client(settings: Settings) -> MlflowClient:
+    return MlflowClient(settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri)
+
+
+def test_every_client_gets_a_registered_forecaster_with_champion_or_reason(trained):
+    client = _client(trained)
+    models = {m.name: m for m in client.search_registered_models()}
+    assert set(models) == {"forecaster-c0000", "forecaster-c0001", "forecaster-c0002", "forecaster-newbie"}
+    for name, model in models.items():
+        assert str(model.aliases.get("challenger")) == "1", name
+        version = client.get_model_version(name, "1")
+        if "champion" in model.aliases:
+            assert version.tags["promotion"].startswith("promoted")
+        else:
+            assert version.tags["promotion"].startswith("held back")
+        assert version.tags["data_window"].count("..") == 1
+    newbie = client.get_model_version("forecaster-newbie", "1")
+    assert newbie.tags["model_kind"] == "global"
+    assert "too little history" in newbie.tags["fallback"]
+    assert client.get_model_version("forecaster-c0000", "1").tags["model_kind"] == "per-client"
+
+
+def test_registered_run_has_metrics_params_plot_and_signature(trained):
+    client = _client(trained)
+    version = client.get_model_version("forecaster-c0000", "1")
+    run = client.get_run(version.run_id)
+    assert "requests.wmape" in run.data.metrics
+    assert "window.baseline_wmape" in run.data.metrics
+    assert run.data.params["horizon_steps"] == "12"
+    artifacts = {a.path for a in client.list_artifacts(version.run_id, "plots")}
+    assert artifacts == {"plots/holdout_forecast.png"}
+    info = mlflow.models.get_model_info(f"models:/forecaster-c0000/1")
+    assert info.signature is not None
+    assert "ts" in info.signature.inputs.input_names()
+
+
+def test_pyfunc_round_trip_gives_identical_forecasts(trained):
+    history = read_recent_usage(trained.warehouse_path, 8, ["c0001"])
+    mlflow.set_tracking_uri(trained.mlflow_tracking_uri)
+    pyfunc = mlflow.pyfunc.load_model("models:/forecaster-c0001@challenger")
+    served = pyfunc.predict(history.to_pandas())
+    direct = pyfunc.unwrap_python_model().forecaster.predict(history).to_pandas()
+    assert len(served) == 6 * 12  # six metrics x twelve 5-minute steps
+    pd.testing.assert_frame_equal(served.reset_index(drop=True), direct.reset_index(drop=True))
+    assert (served["p10"] <= served["p50"]).all() and (served["p50"] <= served["p90"]).all()
+    exceedance = pyfunc.predict(history.to_pandas(), params={"output": "exceedance"})
+    assert set(exceedance["level"]) == set(range(1, 17))
+
+
+def test_promotion_gate_keeps_a_worse_challenger_out(trained, monkeypatch):
+    client = _client(trained)
+    champion_before = str(client.get_registered_model("forecaster-c0002").aliases.get("champion"))
+    assert champion_before == "1", "the seeded client's first model should have been promoted"
+
+    import flows.train as train_module
+
+    real_fit = train_module.fit_client_forecaster
+
+    def sabotaged_fit(*args, **kwargs):
+        forecaster = real_fit(*args, **kwargs)
+        worse = copy.copy(forecaster)
+        worse.bias = {metric: 1_000.0 for metric in forecaster.metrics}  # far off every actual
+        return worse
+
+    monkeypatch.setattr(train_module, "fit_client_forecaster", sabotaged_fit)
+    summary = train_flow(trained)(client_ids=["c0002"])
+    (registration,) = summary.registrations
+    assert registration.version == "2" and not registration.promoted
+    model = client.get_registered_model("forecaster-c0002")
+    assert str(model.aliases["champion"]) == "1"
+    assert str(model.aliases["challenger"]) == "2"
+    reason = client.get_model_version("forecaster-c0002", "2").tags["promotion"]
+    assert "does not beat" in reason
+
+
+def test_predict_writes_forecasts_exceedance_and_profiles(trained):
+    summary = predict_profiles()
+    assert summary.clients == 4 and not summary.without_model
+    path = trained.warehouse_path
+    with connect(path, read_only=True) as con:
+        per_client = dict(
+            con.execute("SELECT client_id, count(*) FROM forecasts GROUP BY 1").fetchall()
+        )
+        crossing = fetch_value(con, "SELECT count(*) FROM forecasts WHERE p10 > p50 OR p50 > p90")
+        exceed = fetch_value(con, "SELECT count(DISTINCT level) FROM forecast_exceedance")
+        profiles = fetch_value(con, "SELECT count(*) FROM profiles")
+        confidence = con.execute("SELECT min(confidence), max(confidence) FROM profiles").fetchall()[0]
+        last_ts = fetch_value(con, "SELECT max(ts) FROM usage WHERE client_id = 'c0000'")
+        first_forecast = fetch_value(con, "SELECT min(ts) FROM forecasts WHERE client_id = 'c0000'")
+    assert per_client["c0000"] == 6 * 12
+    assert per_client["newbie"] == 2 * 12  # requests and concurrency only
+    assert crossing == 0
+    assert exceed == 16
+    assert profiles >= 1
+    assert 0.0 <= confidence[0] <= confidence[1] <= 1.0
+    assert first_forecast == last_ts + timedelta(minutes=5)
+
+
+def test_training_on_a_dask_cluster(trained, monkeypatch):
+    from dask.distributed import LocalCluster
+
+    # Threads in one process: the workers share this test's Prefect harness settings.
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
+        monkeypatch.setenv("PREWARM_DASK_ADDRESS", cluster.scheduler_address)
+        settings = Settings()
+        summary = train_flow(settings)(client_ids=["c0000", "c0001"])
+    assert sorted(r.client_id for r in summary.registrations) == ["c0000", "c0001"]
+    assert {r.version for r in summary.registrations} == {"2"}
+
+
+def test_model_runs_table_records_each_training(trained):
+    with connect(trained.warehouse_path, read_only=True) as con:
+        rows = con.execute(
+            "SELECT client_id, model_version, alias, fallback FROM model_runs ORDER BY client_id"
+        ).fetchall()
+    assert [r[0] for r in rows] == ["c0000", "c0001", "c0002", "newbie"]
+    assert rows[3][3] is not None and rows[0][3] is None
