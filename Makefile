@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint bench bench-ingest bench-activation clean-data
+.PHONY: install demo test lint bench bench-ingest bench-activation bench-planner clean-data
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "prewarm needs Python 3.11, found " + sys.version' 
@@ -23,7 +23,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
-bench: bench-ingest bench-activation
+bench: bench-ingest bench-activation bench-planner
 
 bench-ingest: $(STAMP)
 	$(BIN)/python bench/ingest.py
@@ -33,3 +33,6 @@ clean-data:
 
 bench-activation: $(STAMP)
 	$(BIN)/python bench/activation.py
+
+bench-planner: $(STAMP)
+	$(BIN)/python bench/planner.py

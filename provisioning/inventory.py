@@ -1,0 +1,213 @@
+"""Inventory: the hosts prewarm may place containers on, their capacity and their price.
+
+Read from a TOML file (`inventory.toml` at the repository root is the example) into a polars
+frame with one row per host; the lead stores it in the DuckDB table `inventory` (DDL below).
+Without a file, `default_inventory()` describes this machine as one host.
+
+File format:
+
+    [host_defaults]              # optional: values every host inherits unless it sets them
+    cost_core_minute = 0.0008
+
+    [[hosts]]
+    name = "node-a"              # required, unique
+    cpu_cores = 16               # required, > 0
+    memory_mb = 65536            # required, > 0
+    net_mbps = 10000             # optional, >= 0; absent = not tracked (no limit)
+    io_ops = 50000               # optional, >= 0; absent = not tracked (no limit)
+    cost_core_minute = 0.0008    # optional $ / core-minute; absent = the cost model's rate
+    cost_memory_gib_minute = 0.0001  # optional $ / GiB-minute; absent = the cost model's
+
+Sections other modules read (`[costs]`, `[planner]`) may share the file and are ignored here;
+any other top-level key, and any unknown host key, is an error that names it. Validation
+collects every problem before raising, so one run of `prewarm` shows all of them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+INVENTORY_SCHEMA: dict[str, pl.DataType] = {
+    "host": pl.String(),
+    "cpu_cores": pl.Float64(),
+    "memory_mb": pl.Float64(),
+    "net_mbps": pl.Float64(),
+    "io_ops": pl.Float64(),
+    "cost_core_minute": pl.Float64(),
+    "cost_memory_gib_minute": pl.Float64(),
+}
+
+REQUIRED_KEYS: tuple[str, ...] = ("name", "cpu_cores", "memory_mb")
+OPTIONAL_KEYS: tuple[str, ...] = (
+    "net_mbps",
+    "io_ops",
+    "cost_core_minute",
+    "cost_memory_gib_minute",
+)
+# Capacities must be > 0 (a host with no cores or memory is a typo, not a host); the rest >= 0.
+_POSITIVE = ("cpu_cores", "memory_mb")
+_TOP_LEVEL = ("hosts", "host_defaults")
+_OTHER_SECTIONS = ("costs", "planner")
+
+INVENTORY_DDL = """\
+CREATE TABLE inventory (
+    host                    VARCHAR PRIMARY KEY,
+    cpu_cores               DOUBLE  NOT NULL CHECK (cpu_cores > 0),
+    memory_mb               DOUBLE  NOT NULL CHECK (memory_mb > 0),
+    net_mbps                DOUBLE  CHECK (net_mbps >= 0),        -- NULL: not tracked
+    io_ops                  DOUBLE  CHECK (io_ops >= 0),          -- NULL: not tracked
+    cost_core_minute        DOUBLE  CHECK (cost_core_minute >= 0),        -- NULL: cost model
+    cost_memory_gib_minute  DOUBLE  CHECK (cost_memory_gib_minute >= 0),  -- NULL: cost model
+    source                  VARCHAR NOT NULL,  -- file path, or 'default' for this machine
+    updated_at              TIMESTAMP NOT NULL DEFAULT current_timestamp
+);
+"""
+
+
+class InventoryError(ValueError):
+    """An inventory is invalid; the message lists every problem with its host and key."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        listing = "\n".join(f"  - {problem}" for problem in problems)
+        super().__init__(f"invalid inventory {source}:\n{listing}")
+
+
+def load_inventory(path: str | Path) -> pl.DataFrame:
+    """Read a TOML inventory file into the inventory frame (INVENTORY_SCHEMA)."""
+    path = Path(path)
+    try:
+        document = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise InventoryError(str(path), ["file not found"]) from None
+    except tomllib.TOMLDecodeError as error:
+        raise InventoryError(str(path), [f"not valid TOML: {error}"]) from None
+    return inventory_from_dict(document, source=str(path))
+
+
+def inventory_from_dict(document: Mapping[str, Any], source: str = "<dict>") -> pl.DataFrame:
+    """Validate a parsed inventory document and return the inventory frame."""
+    problems: list[str] = []
+    for key in document:
+        if key not in _TOP_LEVEL + _OTHER_SECTIONS:
+            problems.append(
+                f"unknown top-level key {key!r} (known: {', '.join(_TOP_LEVEL + _OTHER_SECTIONS)})"
+            )
+    defaults = document.get("host_defaults", {})
+    if not isinstance(defaults, Mapping):
+        problems.append("host_defaults must be a table")
+        defaults = {}
+    for key in defaults:
+        if key not in OPTIONAL_KEYS:
+            problems.append(
+                f"host_defaults: unknown key {key!r} (allowed: {', '.join(OPTIONAL_KEYS)})"
+            )
+    hosts = document.get("hosts")
+    if not isinstance(hosts, list) or not hosts:
+        problems.append("no hosts: add at least one [[hosts]] table")
+        hosts = []
+
+    rows: list[dict[str, Any]] = []
+    first_seen: dict[str, int] = {}
+    for index, raw in enumerate(hosts):
+        where = f"hosts[{index}]"
+        if not isinstance(raw, Mapping):
+            problems.append(f"{where}: expected a table, got {type(raw).__name__}")
+            continue
+        merged = {**{k: v for k, v in defaults.items() if k in OPTIONAL_KEYS}, **raw}
+        row, host_problems = _validate_host(merged, where)
+        problems.extend(host_problems)
+        name = row.get("host")
+        if isinstance(name, str):
+            if name in first_seen:
+                problems.append(
+                    f"{where} ({name}): duplicate host {name!r}"
+                    f" (first at hosts[{first_seen[name]}])"
+                )
+            else:
+                first_seen[name] = index
+        if not host_problems:
+            rows.append(row)
+    if problems:
+        raise InventoryError(source, problems)
+    return _frame(rows)
+
+
+def default_inventory() -> pl.DataFrame:
+    """This machine as the only host: cores from os.cpu_count(), memory from the OS."""
+    row = {
+        "host": platform.node() or "localhost",
+        "cpu_cores": float(os.cpu_count() or 1),
+        "memory_mb": machine_memory_mb(),
+        "net_mbps": None,
+        "io_ops": None,
+        "cost_core_minute": None,
+        "cost_memory_gib_minute": None,
+    }
+    return _frame([row])
+
+
+def machine_memory_mb(meminfo: Path = Path("/proc/meminfo")) -> float:
+    """Total memory of this machine in MiB: /proc/meminfo's MemTotal, else sysconf."""
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return float(line.split()[1]) / 1024.0  # the file counts kB (KiB)
+    except OSError:
+        pass
+    pages = os.sysconf("SC_PHYS_PAGES")
+    page_size = os.sysconf("SC_PAGE_SIZE")
+    return float(pages * page_size) / (1024.0 * 1024.0)
+
+
+def _frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
+    return pl.DataFrame(
+        {column: [row[column] for row in rows] for column in INVENTORY_SCHEMA},
+        schema=INVENTORY_SCHEMA,
+    )
+
+
+def _validate_host(raw: Mapping[str, Any], where: str) -> tuple[dict[str, Any], list[str]]:
+    """One host table -> (row, problems); every message names the host and the key."""
+    problems: list[str] = []
+    name = raw.get("name")
+    label = f"{where} ({name})" if isinstance(name, str) and name else where
+    for key in raw:
+        if key not in REQUIRED_KEYS + OPTIONAL_KEYS:
+            problems.append(
+                f"{label}: unknown key {key!r} (known: {', '.join(REQUIRED_KEYS + OPTIONAL_KEYS)})"
+            )
+    for key in REQUIRED_KEYS:
+        if key not in raw:
+            problems.append(f"{label}: missing required key {key!r}")
+    if "name" in raw and (not isinstance(name, str) or not name.strip()):
+        problems.append(f"{label}: name must be a non-empty string, got {name!r}")
+
+    row: dict[str, Any] = {"host": name if isinstance(name, str) else None}
+    for key in REQUIRED_KEYS[1:] + OPTIONAL_KEYS:
+        value = raw.get(key)
+        if value is None:
+            row[key] = None
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            problems.append(
+                f"{label}: {key} must be a number, got {type(value).__name__} {value!r}"
+            )
+            continue
+        if not math.isfinite(value):
+            problems.append(f"{label}: {key} must be finite, got {value}")
+        elif key in _POSITIVE and value <= 0:
+            problems.append(f"{label}: {key} must be > 0, got {value}")
+        elif value < 0:
+            problems.append(f"{label}: {key} must be >= 0, got {value}")
+        row[key] = float(value)
+    return row, problems
