@@ -270,6 +270,177 @@ def _fmt(value: object) -> str:
 
 
 @app.command()
+def provision(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only plan and record the plan; touch no container.")
+    ] = False,
+) -> None:
+    """Plan warm pools from the latest forecasts and make the runtime match the plan.
+
+    The planner keeps instance k of a client warm when P(demand >= k) x cold-start penalty
+    outweighs the idle cost of holding it (per tier: active, shadow = paused, cold = created),
+    within host capacity. Forecast-only clients are planned and recorded, never touched.
+    """
+    _settings()
+    from flows.provision import provision_pools
+
+    summary = provision_pools(dry_run=dry_run)
+    totals = summary.totals
+    desired = ", ".join(f"{n} {tier}" for tier, n in sorted(summary.desired.items())) or "none"
+    console.print(f"Plan {summary.plan_id}: containers wanted now: {desired}.")
+    console.print(
+        f"Expected over the plan: cost {totals.get('expected_cost', 0):.4f} and "
+        f"{totals.get('expected_cold_starts', 0):.1f} cold starts, vs a reactive policy's "
+        f"{totals.get('reactive_cost', 0):.4f} and {totals.get('reactive_cold_starts', 0):.1f}."
+    )
+    if summary.unserved:
+        console.print(
+            f"[yellow]{summary.unserved} instance-windows could not be placed[/] "
+            "(see table unserved)."
+        )
+    if summary.forecast_only:
+        console.print(f"Forecast-only (not touched): {', '.join(summary.forecast_only)}")
+    if dry_run:
+        console.print(
+            "Dry run: the plan is recorded in plans/allocations; no container was touched."
+        )
+        return
+    actions = (
+        ", ".join(f"{n} {kind}" for kind, n in sorted(summary.actions.items())) or "no changes"
+    )
+    console.print(f"Applied on {summary.runtime}: {actions}.")
+    for failure in summary.failures:
+        console.print(f"  [red]failed[/] {failure}")
+    console.print("See the pools: prewarm pools")
+    if summary.failures:
+        raise typer.Exit(1)
+
+
+@app.command()
+def pools(
+    release_all: Annotated[
+        bool, typer.Option("--release-all", help="Release every container prewarm holds.")
+    ] = False,
+) -> None:
+    """List warm pools by client and tier, as the runtime reports them."""
+    settings = _settings()
+    from flows.provision import open_runtime
+    from provisioning.apply import release_all as release_everything
+
+    runtime = open_runtime(settings)
+    if release_all:
+        released = release_everything(runtime)
+        console.print(f"Released {released} members on {runtime.name}.")
+        return
+    members = runtime.list({"prewarm.managed": "1"})
+    table = Table(
+        "client", "active", "shadow", "cold", "endpoints", title=f"pools on {runtime.name}"
+    )
+    by_client: dict[str, dict[str, list]] = {}
+    for member in members:
+        by_client.setdefault(member.client_id, {}).setdefault(member.tier, []).append(member)
+    for client_id in sorted(by_client):
+        tiers = by_client[client_id]
+        endpoints = [m.endpoint for m in tiers.get("active", []) if m.endpoint]
+        table.add_row(
+            client_id,
+            *(str(len(tiers.get(tier, []))) for tier in ("active", "shadow", "cold")),
+            ", ".join(endpoints[:2]) + (" ..." if len(endpoints) > 2 else ""),
+        )
+    console.print(table)
+    console.print(f"{len(members)} members. Recorded history: table pool_members, pool_events.")
+
+
+clients_app = typer.Typer(help="Client settings: mode, and (later) API keys.", no_args_is_help=True)
+app.add_typer(clients_app, name="clients")
+
+
+class Mode(StrEnum):
+    provision = "provision"
+    forecast_only = "forecast-only"
+
+
+@clients_app.command("mode")
+def clients_mode(
+    client_id: Annotated[str, typer.Argument(help="The client id.")],
+    mode: Annotated[
+        Mode, typer.Argument(help="provision, or forecast-only (plan, touch nothing).")
+    ],
+) -> None:
+    """Set whether prewarm provisions for a client or only forecasts and records plans."""
+    settings = _settings()
+    from warehouse.pools import set_client_mode
+
+    previous = set_client_mode(settings.warehouse_path, client_id, mode.value)
+    console.print(f"{client_id}: {previous} -> {mode.value}")
+
+
+schema_app = typer.Typer(
+    help="Composite workload schemas: base <- extensions <- anticipated.", no_args_is_help=True
+)
+app.add_typer(schema_app, name="schema")
+
+
+@schema_app.command("show")
+def schema_show(client_id: Annotated[str, typer.Argument(help="The client id.")]) -> None:
+    """Print a client's composite schema (with its anticipated section when forecast)."""
+    settings = _settings()
+    from flows.schemas import client_composite
+    from provisioning.schema import show_composite
+
+    sys.stdout.write(show_composite(client_composite(settings, client_id)) + "\n")
+
+
+@schema_app.command("add")
+def schema_add(
+    client_id: Annotated[str, typer.Argument(help="The client id.")],
+    path: Annotated[Path, typer.Argument(help="A JSON extension document.")],
+) -> None:
+    """Validate a schema extension file and store it for a client (replaces a namesake)."""
+    settings = _settings()
+    from flows.schemas import add_extension
+
+    name = add_extension(settings, client_id, path)
+    console.print(
+        f"Stored extension {name!r} for {client_id}. See: prewarm schema show {client_id}"
+    )
+
+
+images_app = typer.Typer(help="The local worker image (no registry needed).", no_args_is_help=True)
+app.add_typer(images_app, name="images")
+
+
+@images_app.command("build")
+def images_build(
+    force: Annotated[bool, typer.Option("--force", help="Rebuild even if it exists.")] = False,
+) -> None:
+    """Build prewarm/worker:latest from busybox-static with `docker import`."""
+    _settings()
+    from provisioning.runtime.images import build_image
+
+    tag = build_image(force=force)
+    console.print(f"Image {tag} is ready.")
+
+
+inventory_app = typer.Typer(help="Hosts and their capacity.", no_args_is_help=True)
+app.add_typer(inventory_app, name="inventory")
+
+
+@inventory_app.command("load")
+def inventory_load(
+    path: Annotated[Path, typer.Argument(help="A TOML inventory (see inventory.toml).")],
+) -> None:
+    """Replace the stored inventory with the hosts of a TOML file."""
+    settings = _settings()
+    from provisioning.inventory import load_inventory
+    from warehouse.pools import store_inventory
+
+    inventory = load_inventory(path)
+    store_inventory(settings.warehouse_path, inventory, str(path))
+    console.print(f"Stored {inventory.height} hosts from {path}.")
+
+
+@app.command()
 def demo() -> None:
     """Run the main job on the embedded defaults: synthetic clients through the pipeline."""
     settings = _settings()

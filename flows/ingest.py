@@ -114,6 +114,7 @@ def load(
         record,
         started_at,
         on_progress=tracker("Loading usage"),
+        new_client_mode=settings.new_client_mode,
     )
     return IngestOutcome(
         status="loaded",

@@ -72,6 +72,18 @@ class Settings(BaseSettings):
     dask_address: str | None = Field(
         default=None, description="run train-forecasters tasks on this Dask scheduler"
     )
+    runtime: Literal["auto", "docker", "process"] = Field(
+        default="auto", description="where pools run: Docker when a daemon answers, else processes"
+    )
+    inventory_path: Path | None = Field(
+        default=None, description="TOML inventory of hosts; default: this machine as one host"
+    )
+    costs_path: Path | None = Field(
+        default=None, description="TOML with a [costs] section overriding the cost model"
+    )
+    new_client_mode: Literal["provision", "forecast-only"] = Field(
+        default="provision", description="mode a client starts in when first ingested"
+    )
     exceedance_levels: int = Field(
         default=16, ge=1, description="instance levels k modelled (caps warm instances)"
     )
@@ -126,4 +138,5 @@ def configure_environment(settings: Settings) -> None:
     # This machine may have no internet: never try to send telemetry.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DO_NOT_TRACK", "true")

@@ -64,6 +64,8 @@ from typing import Any
 
 import numpy as np
 
+from warehouse.errors import PrewarmError
+
 WARM_TIERS: tuple[str, ...] = ("active", "shadow", "cold")
 MIB_PER_GIB = 1024.0
 
@@ -72,7 +74,7 @@ _DEFAULT_PENALTIES: Mapping[str, float] = MappingProxyType(
 )
 
 
-class CostConfigError(ValueError):
+class CostConfigError(PrewarmError, ValueError):
     """A cost configuration (TOML section or dict) is malformed; the message names the key."""
 
 

@@ -35,6 +35,8 @@ from typing import Any
 
 import polars as pl
 
+from warehouse.errors import PrewarmError
+
 INVENTORY_SCHEMA: dict[str, pl.DataType] = {
     "host": pl.String(),
     "cpu_cores": pl.Float64(),
@@ -57,22 +59,8 @@ _POSITIVE = ("cpu_cores", "memory_mb")
 _TOP_LEVEL = ("hosts", "host_defaults")
 _OTHER_SECTIONS = ("costs", "planner")
 
-INVENTORY_DDL = """\
-CREATE TABLE inventory (
-    host                    VARCHAR PRIMARY KEY,
-    cpu_cores               DOUBLE  NOT NULL CHECK (cpu_cores > 0),
-    memory_mb               DOUBLE  NOT NULL CHECK (memory_mb > 0),
-    net_mbps                DOUBLE  CHECK (net_mbps >= 0),        -- NULL: not tracked
-    io_ops                  DOUBLE  CHECK (io_ops >= 0),          -- NULL: not tracked
-    cost_core_minute        DOUBLE  CHECK (cost_core_minute >= 0),        -- NULL: cost model
-    cost_memory_gib_minute  DOUBLE  CHECK (cost_memory_gib_minute >= 0),  -- NULL: cost model
-    source                  VARCHAR NOT NULL,  -- file path, or 'default' for this machine
-    updated_at              TIMESTAMP NOT NULL DEFAULT current_timestamp
-);
-"""
 
-
-class InventoryError(ValueError):
+class InventoryError(PrewarmError, ValueError):
     """An inventory is invalid; the message lists every problem with its host and key."""
 
     def __init__(self, source: str, problems: list[str]) -> None:

@@ -83,6 +83,7 @@ import numpy as np
 import polars as pl
 
 from provisioning.costs import MIB_PER_GIB, CostModel
+from warehouse.errors import PrewarmError
 
 log = logging.getLogger(__name__)
 
@@ -138,45 +139,8 @@ MEMBERS_SCHEMA: dict[str, pl.DataType] = {
     "count": pl.Int64(),
 }
 
-PLAN_DDL = """\
-CREATE TABLE plans (
-    plan_id         VARCHAR   PRIMARY KEY,
-    created_at      TIMESTAMP NOT NULL,
-    first_window    TIMESTAMP NOT NULL,
-    tick_seconds    INTEGER   NOT NULL,
-    windows         INTEGER   NOT NULL,
-    buffer_seconds  DOUBLE    NOT NULL,
-    totals          JSON      NOT NULL   -- Plan.totals
-);
 
-CREATE TABLE allocations (                -- Plan.desired
-    plan_id               VARCHAR   NOT NULL,
-    client_id             VARCHAR   NOT NULL,
-    window_start          TIMESTAMP NOT NULL,
-    window_end            TIMESTAMP NOT NULL,
-    tier                  VARCHAR   NOT NULL,  -- active | shadow | cold | none
-    count                 BIGINT    NOT NULL,  -- 0 on 'none' rows
-    host                  VARCHAR,             -- NULL on 'none' rows
-    mode                  VARCHAR   NOT NULL,  -- provision | forecast-only
-    expected_cost         DOUBLE    NOT NULL,
-    expected_cold_starts  DOUBLE    NOT NULL,
-    priority              DOUBLE    NOT NULL
-);
-
-CREATE TABLE unserved (                   -- Plan.unserved
-    plan_id       VARCHAR   NOT NULL,
-    client_id     VARCHAR   NOT NULL,
-    window_start  TIMESTAMP NOT NULL,
-    tier          VARCHAR   NOT NULL,
-    placed_as     VARCHAR   NOT NULL,
-    instances     BIGINT    NOT NULL,
-    mode          VARCHAR   NOT NULL,
-    reason        VARCHAR   NOT NULL
-);
-"""
-
-
-class PlanWindowError(ValueError):
+class PlanWindowError(PrewarmError, ValueError):
     """A time outside the plan's windows was asked for: the plan is stale or early."""
 
 

@@ -40,6 +40,8 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from warehouse.errors import PrewarmError
+
 EXAMPLES_DIR = Path(__file__).parent / "schemas" / "examples"
 ENV_PREFIX = "PREWARM_"
 RESOURCE_METRICS: tuple[str, ...] = (
@@ -53,19 +55,8 @@ RESOURCE_METRICS: tuple[str, ...] = (
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _EXTENSION_NAME = r"^[a-z0-9][a-z0-9._-]*$"
 
-SCHEMA_EXTENSIONS_DDL = """\
-CREATE TABLE client_schema_extensions (
-    client_id    VARCHAR   NOT NULL,
-    name         VARCHAR   NOT NULL,            -- the extension's name, unique per client
-    precedence   INTEGER   NOT NULL DEFAULT 0,  -- copied from the document, for listing
-    document     JSON      NOT NULL,            -- the extension document, validated
-    updated_at   TIMESTAMP NOT NULL DEFAULT current_timestamp,
-    PRIMARY KEY (client_id, name)
-);
-"""
 
-
-class SchemaError(ValueError):
+class SchemaError(PrewarmError, ValueError):
     """A workload schema, extension or composite is invalid."""
 
 

@@ -60,12 +60,30 @@ def connect(
     if not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)
     con = _open(path, read_only, wait_s)
+    if read_only and _pending_migrations(con):
+        # A newer prewarm reading an older warehouse: bring the schema up to date first.
+        con.close()
+        writer = _open(path, False, wait_s)
+        try:
+            migrate(writer)
+        finally:
+            writer.close()
+        con = _open(path, True, wait_s)
     try:
         if not read_only:
             migrate(con)
         yield con
     finally:
         con.close()
+
+
+def _pending_migrations(con: duckdb.DuckDBPyConnection) -> bool:
+    known = {version for version, _ in _migration_files()}
+    try:
+        applied = {row[0] for row in con.execute("SELECT version FROM schema_migrations").fetchall()}
+    except duckdb.CatalogException:
+        return True
+    return bool(known - applied)
 
 
 def _migration_files() -> list[tuple[str, str]]:

@@ -84,12 +84,16 @@ def load_batch(
     record: BatchRecord,
     started_at: datetime,
     on_progress: Progress | None = None,
+    new_client_mode: str = "provision",
 ) -> int:
-    """Load one batch in a single transaction; return how many existing rows it replaced."""
+    """Load one batch in a single transaction; return how many existing rows it replaced.
+
+    Clients seen for the first time start in `new_client_mode` (provision | forecast-only).
+    """
     with connect(path) as con:
         con.execute("BEGIN TRANSACTION")
         try:
-            _upsert_clients(con, batch, usage)
+            _upsert_clients(con, batch, usage, new_client_mode)
             if batch.calendar is not None and batch.calendar.height:
                 _upsert_calendar(con, batch.calendar)
             replaced = _upsert_usage(con, usage, record.batch_id, on_progress)
@@ -122,7 +126,7 @@ def record_attempt(
 
 
 def _upsert_clients(
-    con: duckdb.DuckDBPyConnection, batch: ExtractedBatch, usage: pl.DataFrame
+    con: duckdb.DuckDBPyConnection, batch: ExtractedBatch, usage: pl.DataFrame, mode: str
 ) -> None:
     first_ts = usage.group_by("client_id").agg(pl.col("ts").min().alias("first_ts"))
     if batch.clients is not None:
@@ -136,14 +140,15 @@ def _upsert_clients(
         if column not in clients.columns:
             clients = clients.with_columns(pl.lit(None, dtype=pl.Float64).alias(column))
     con.register("incoming_clients", clients.to_arrow())
-    # Attributes a later batch does not know (null) keep their earlier value.
+    # Attributes a later batch does not know (null) keep their earlier value; the mode is
+    # the operator's choice and is never changed by an ingest.
     con.execute(
         """
         INSERT INTO clients (client_id, tier, region, service, container_cpu,
                              container_memory_mb, freq_seconds, source, attributes, first_ts,
-                             updated_at)
+                             updated_at, mode)
         SELECT client_id, tier, region, service, container_cpu, container_memory_mb,
-               ?, ?, attributes::JSON, first_ts, ?
+               ?, ?, attributes::JSON, first_ts, ?, ?
         FROM incoming_clients
         ON CONFLICT (client_id) DO UPDATE SET
             tier = coalesce(excluded.tier, clients.tier),
@@ -156,7 +161,7 @@ def _upsert_clients(
             first_ts = least(excluded.first_ts, clients.first_ts),
             updated_at = excluded.updated_at
         """,
-        [batch.freq_seconds, batch.source, utc_now()],
+        [batch.freq_seconds, batch.source, utc_now(), mode],
     )
     con.unregister("incoming_clients")
 

@@ -90,7 +90,8 @@ def read_clients(path: Path) -> pl.DataFrame:
         return fetch_frame(
             con,
             "SELECT client_id, tier, region, service, container_cpu, container_memory_mb,"
-            " freq_seconds, source, attributes::VARCHAR AS attributes, first_ts FROM clients"
+            " freq_seconds, source, attributes::VARCHAR AS attributes, first_ts,"
+            " coalesce(mode, 'provision') AS mode FROM clients"
             " ORDER BY client_id",
         )
 

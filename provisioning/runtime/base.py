@@ -16,6 +16,8 @@ from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
+from warehouse.errors import PrewarmError
+
 Tier = Literal["active", "shadow", "cold"]
 RuntimeName = Literal["docker", "process"]
 TIERS: tuple[Tier, ...] = ("active", "shadow", "cold")
@@ -37,7 +39,7 @@ LABEL_TIER = "prewarm.tier"
 LABEL_PORT = "prewarm.port"
 
 
-class PrewarmRuntimeError(Exception):
+class PrewarmRuntimeError(PrewarmError):
     """Base of every error a runtime raises on purpose."""
 
 

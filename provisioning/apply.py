@@ -1,0 +1,292 @@
+"""Apply: run the reconciler's actions on a container runtime and report what happened.
+
+`reconcile_once` is the whole loop (list -> diff -> apply); `apply_actions` executes a list
+of actions; `activate_one` serves the API's "a request arrived" path.
+
+**Order.** Actions run in phases, each keeping the reconciler's deterministic order:
+
+1. activations (shadow -> active, cold -> active): they serve demand soonest, and they reuse
+   capacity the member already holds (a shadow keeps its memory; only CPU is added, which
+   runtimes share rather than reserve, so an activation never fails for want of room);
+2. releases (orphans, config changed, scale down): free memory before anything new needs it;
+3. shadows (pause a surplus active: frees CPU; warm a cold member: needs memory);
+4. creates, warmest first (active, shadow, cold): the new memory comes last, after the
+   releases made room, and an active create is the next thing demand waits on.
+
+**Failures.** Each action's failure is caught, logged and recorded (`ok` false, `error`
+text) and the others continue: a half-applied pool is healed by the next run, because the
+reconciler diffs against what the runtime lists, not against what we meant to do.
+
+**Frames.** `pool_events` has one row per action (member_id, client_id, runtime, action,
+tier, host, ms, ok, error, at, reason): `ms` is the runtime's activation time (call to first
+health answer) for activations and the wall time of the call otherwise. `pool_members` is
+the runtime's list after applying (member_id, client_id, plan_id: the plan applied, runtime,
+tier, host, endpoint, created_at, observed_at). Times are naive UTC, the warehouse's
+convention.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import polars as pl
+
+from provisioning.reconciler import LABEL_HOST, Action, diff
+from provisioning.runtime.base import (
+    LABEL_CLIENT,
+    LABEL_MANAGED,
+    LABEL_PLAN,
+    ContainerRuntime,
+    Member,
+    MemberNotFound,
+    ms_since,
+)
+
+log = logging.getLogger(__name__)
+
+POOL_EVENTS_SCHEMA: dict[str, pl.DataType] = {
+    "member_id": pl.String(),
+    "client_id": pl.String(),
+    "runtime": pl.String(),
+    "action": pl.String(),  # create | shadow | activate | release
+    "tier": pl.String(),  # the target tier (for a release, the tier the member had)
+    "host": pl.String(),
+    "ms": pl.Float64(),
+    "ok": pl.Boolean(),
+    "error": pl.String(),
+    "at": pl.Datetime("us"),
+    "reason": pl.String(),
+}
+POOL_MEMBERS_SCHEMA: dict[str, pl.DataType] = {
+    "member_id": pl.String(),
+    "client_id": pl.String(),
+    "plan_id": pl.String(),
+    "runtime": pl.String(),
+    "tier": pl.String(),
+    "host": pl.String(),
+    "endpoint": pl.String(),
+    "created_at": pl.Datetime("us"),
+    "observed_at": pl.Datetime("us"),
+}
+
+ProgressCallback = Callable[[int, int, dict[str, Any]], None]
+
+_CREATE_PHASE = {"active": 3, "shadow": 4, "cold": 5}
+_PHASE = {"activate": 0, "release": 1, "shadow": 2}
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """What one apply did (`pool_events`, in execution order) and the pool it left."""
+
+    actions: list[Action]
+    pool_events: pl.DataFrame
+    pool_members: pl.DataFrame
+
+    @property
+    def failed(self) -> int:
+        """How many actions failed."""
+        return int((~self.pool_events["ok"]).sum())
+
+
+def execution_order(actions: Iterable[Action]) -> list[Action]:
+    """Actions in apply order: activations, releases, shadows, creates (warmest first)."""
+    return sorted(actions, key=_phase)
+
+
+def apply_actions(
+    runtime: ContainerRuntime,
+    actions: Iterable[Action],
+    plan_id: str,
+    on_progress: ProgressCallback | None = None,
+    *,
+    scope: Mapping[str, str] | None = None,
+) -> ApplyResult:
+    """Execute `actions` in `execution_order`, recording each; then list the pool.
+
+    `on_progress(done, total, event)` is called after every action with its event row.
+    `scope` restricts the final listing (as in `reconcile_once`).
+    """
+    ordered = execution_order(actions)
+    events = []
+    for done, action in enumerate(ordered, start=1):
+        event = _run(runtime, action)
+        events.append(event)
+        if on_progress is not None:
+            on_progress(done, len(ordered), event)
+    pool_events = pl.DataFrame(events, schema=POOL_EVENTS_SCHEMA)
+    members = runtime.list(_selector(scope))
+    failed = sum(not event["ok"] for event in events)
+    log.info(
+        "applied %d action(s) for plan %s on %s: %d failed; pool now %d member(s)",
+        len(ordered),
+        plan_id,
+        runtime.name,
+        failed,
+        len(members),
+    )
+    return ApplyResult(ordered, pool_events, members_frame(members, plan_id))
+
+
+def reconcile_once(
+    runtime: ContainerRuntime,
+    desired: pl.DataFrame,
+    specs: Mapping[str, Mapping[str, Any]],
+    untouchable: Iterable[str],
+    plan_id: str,
+    *,
+    scope: Mapping[str, str] | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> ApplyResult:
+    """List the pool, diff it against `desired`, apply the actions.
+
+    `scope`: extra labels selecting the members this pool owns (default: every
+    prewarm-managed member the runtime lists); created members carry them too, so the next
+    run sees them. Scoping by `prewarm.plan` works only with that same `plan_id`.
+    """
+    scope = dict(scope or {})
+    if scope.get(LABEL_PLAN, plan_id) != plan_id:
+        raise ValueError(
+            f"scope {LABEL_PLAN}={scope[LABEL_PLAN]} differs from plan_id {plan_id}: "
+            "members created now would never be listed again"
+        )
+    members = runtime.list(_selector(scope))
+    extra_labels = {key: value for key, value in scope.items() if key != LABEL_PLAN}
+    actions = diff(desired, specs, members, untouchable, plan_id=plan_id, labels=extra_labels)
+    return apply_actions(runtime, actions, plan_id, on_progress, scope=scope)
+
+
+def activate_one(
+    runtime: ContainerRuntime, client_id: str, *, scope: Mapping[str, str] | None = None
+) -> tuple[Member, float] | None:
+    """Claim a warm member for a request that just arrived: activate it, return it and ms.
+
+    The client's shadow members are tried first (an unpause: milliseconds), then its cold
+    ones (a start); active members are not candidates, since /activate means the request
+    needs capacity beyond what is already serving. None when the client has no shadow or
+    cold member: the caller takes the cold-start fallback (create with tier active). A
+    member released between the listing and the activation is skipped for the next one.
+    Two concurrent calls may activate the same member (both get it); the next reconcile
+    demotes or releases the surplus the activation created.
+    """
+    members = runtime.list({**_selector(scope), LABEL_CLIENT: client_id})
+    candidates = sorted(
+        (m for m in members if m.tier != "active"),
+        key=lambda m: (m.tier != "shadow", m.id),
+    )
+    for member in candidates:
+        try:
+            activated, ms = runtime.activate(member.id)
+        except MemberNotFound:
+            log.info("member %s vanished before activation; trying the next", member.id)
+            continue
+        log.info("activated %s %s for %s in %.1f ms", member.tier, member.id, client_id, ms)
+        return activated, ms
+    log.info("no warm member for %s: the caller cold-starts", client_id)
+    return None
+
+
+def members_frame(members: Iterable[Member], plan_id: str) -> pl.DataFrame:
+    """Members as `pool_members` rows observed now under `plan_id`."""
+    observed_at = _naive_utc(datetime.now(UTC))
+    rows = [
+        {
+            "member_id": m.id,
+            "client_id": m.client_id,
+            "plan_id": plan_id,
+            "runtime": m.runtime,
+            "tier": m.tier,
+            "host": m.labels.get(LABEL_HOST),
+            "endpoint": m.endpoint,
+            "created_at": _naive_utc(m.created_at),
+            "observed_at": observed_at,
+        }
+        for m in sorted(members, key=lambda m: (m.client_id, m.id))
+    ]
+    return pl.DataFrame(rows, schema=POOL_MEMBERS_SCHEMA)
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+def _phase(action: Action) -> int:
+    if action.kind == "create":
+        return _CREATE_PHASE[action.tier]
+    return _PHASE[action.kind]
+
+
+def _selector(scope: Mapping[str, str] | None) -> dict[str, str]:
+    return {LABEL_MANAGED: "1", **(scope or {})}
+
+
+def _run(runtime: ContainerRuntime, action: Action) -> dict[str, Any]:
+    """Execute one action; its event row, with the error instead of raising it."""
+    at = _naive_utc(datetime.now(UTC))
+    started = time.perf_counter()
+    member_id = action.member_id
+    ms: float | None = None
+    error: str | None = None
+    try:
+        member_id, ms = _execute(runtime, action)
+    except Exception as failure:  # recorded; the next reconcile retries what is missing
+        error = f"{type(failure).__name__}: {failure}"
+        log.warning(
+            "%s %s for %s (%s) failed: %s",
+            action.kind,
+            member_id or action.tier,
+            action.client_id,
+            action.reason,
+            error,
+        )
+    return {
+        "member_id": member_id,
+        "client_id": action.client_id,
+        "runtime": runtime.name,
+        "action": action.kind,
+        "tier": action.tier,
+        "host": action.host,
+        "ms": ms if ms is not None else ms_since(started),
+        "ok": error is None,
+        "error": error,
+        "at": at,
+        "reason": action.reason,
+    }
+
+
+def _execute(runtime: ContainerRuntime, action: Action) -> tuple[str | None, float | None]:
+    """Run one action; the member's id and the runtime's ms when it reports one."""
+    if action.kind == "create":
+        if action.spec is None:
+            raise ValueError("a create action needs a spec")
+        return runtime.create(action.spec).id, None
+    if action.member_id is None:
+        raise ValueError(f"a {action.kind} action needs a member id")
+    if action.kind == "activate":
+        _, ms = runtime.activate(action.member_id)
+        return action.member_id, ms
+    if action.kind == "shadow":
+        runtime.shadow(action.member_id)
+    elif action.kind == "release":
+        runtime.release(action.member_id)
+    else:
+        raise ValueError(f"unknown action kind {action.kind!r}")
+    return action.member_id, None
+
+
+def _naive_utc(moment: datetime) -> datetime:
+    if moment.tzinfo is None:
+        return moment
+    return moment.astimezone(UTC).replace(tzinfo=None)
+
+
+def release_all(runtime: ContainerRuntime, scope: Mapping[str, str] | None = None) -> int:
+    """Release every member prewarm manages (within `scope`); return how many."""
+    members = runtime.list(_selector(scope))
+    for member in members:
+        runtime.release(member.id)
+    return len(members)

@@ -1,0 +1,242 @@
+"""Provisioning state in the warehouse: inventory, client modes and schema extensions,
+plans and allocations, and the pool members the runtimes hold."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from warehouse.db import connect, fetch_frame, fetch_value
+from warehouse.errors import PrewarmError
+from warehouse.ingest import utc_now
+
+MODES = ("provision", "forecast-only")
+
+
+def store_inventory(path: Path, inventory: pl.DataFrame, source: str) -> None:
+    """Replace the inventory with `inventory` (a file is the whole truth about hosts)."""
+    frame = inventory.with_columns(
+        pl.lit(source).alias("source"), pl.lit(utc_now()).cast(pl.Datetime("us")).alias("updated_at")
+    )
+    columns = ", ".join(frame.columns)
+    with connect(path) as con:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute("DELETE FROM inventory")
+            con.register("new_inventory", frame.to_arrow())
+            con.execute(f"INSERT INTO inventory ({columns}) SELECT {columns} FROM new_inventory")
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+
+def read_inventory(path: Path) -> pl.DataFrame:
+    """The stored hosts (empty when none were loaded yet)."""
+    with connect(path, read_only=True) as con:
+        return fetch_frame(
+            con, "SELECT * EXCLUDE (source, updated_at) FROM inventory ORDER BY host"
+        )
+
+
+def set_client_mode(path: Path, client_id: str, mode: str) -> str:
+    """Set a client's mode; return the previous one. Unknown clients are an error."""
+    if mode not in MODES:
+        raise PrewarmError(f"Mode must be one of {', '.join(MODES)}, not {mode!r}.")
+    with connect(path) as con:
+        previous = fetch_value(con, "SELECT mode FROM clients WHERE client_id = ?", [client_id])
+        if previous is None and not fetch_value(
+            con, "SELECT count(*) FROM clients WHERE client_id = ?", [client_id]
+        ):
+            raise PrewarmError(f"No client {client_id!r} in the warehouse.")
+        con.execute("UPDATE clients SET mode = ? WHERE client_id = ?", [mode, client_id])
+    return str(previous or "provision")
+
+
+def store_schema_extension(path: Path, client_id: str, document: dict[str, Any]) -> None:
+    """Insert or replace one (already validated) schema extension of a client."""
+    with connect(path) as con:
+        if not fetch_value(con, "SELECT count(*) FROM clients WHERE client_id = ?", [client_id]):
+            raise PrewarmError(f"No client {client_id!r} in the warehouse.")
+        con.execute(
+            "INSERT OR REPLACE INTO client_schema_extensions"
+            " (client_id, name, precedence, document, updated_at) VALUES (?, ?, ?, ?::JSON, ?)",
+            [
+                client_id,
+                document["name"],
+                int(document.get("precedence", 0)),
+                json.dumps(document),
+                utc_now(),
+            ],
+        )
+
+
+def read_schema_extensions(path: Path) -> dict[str, list[dict[str, Any]]]:
+    """Every client's extension documents."""
+    with connect(path, read_only=True) as con:
+        rows = con.execute(
+            "SELECT client_id, document::VARCHAR FROM client_schema_extensions ORDER BY 1, 2"
+        ).fetchall()
+    extensions: dict[str, list[dict[str, Any]]] = {}
+    for client_id, document in rows:
+        extensions.setdefault(client_id, []).append(json.loads(document))
+    return extensions
+
+
+def read_latest_forecasts(path: Path) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Each client's latest prediction run: concurrency quantiles, exceedance, profiles."""
+    with connect(path, read_only=True) as con:
+        quantiles = fetch_frame(
+            con,
+            """
+            SELECT client_id, metric, origin, ts, p10, p50, p90 FROM forecasts
+            QUALIFY generated_at = max(generated_at) OVER (PARTITION BY client_id)
+                AND origin = max(origin) OVER (PARTITION BY client_id)
+            """,
+        )
+        exceedance = fetch_frame(
+            con,
+            """
+            SELECT client_id, origin, ts, level, p_exceed FROM forecast_exceedance
+            QUALIFY generated_at = max(generated_at) OVER (PARTITION BY client_id)
+            """,
+        )
+        profiles = fetch_frame(
+            con,
+            """
+            SELECT * FROM profiles
+            QUALIFY generated_at = max(generated_at) OVER (PARTITION BY client_id)
+            ORDER BY client_id, window_start
+            """,
+        )
+    return quantiles, exceedance, profiles
+
+
+def write_plan(
+    path: Path,
+    plan: Any,
+    dry_run: bool,
+    configs: dict[str, dict[str, Any]],
+) -> None:
+    """Record a plan: its totals, the desired pool (with each client's container config) and
+    what went unserved."""
+    allocations = plan.desired.with_columns(
+        pl.col("client_id")
+        .replace_strict(
+            {cid: json.dumps(cfg) for cid, cfg in configs.items()}, default=None, return_dtype=pl.String
+        )
+        .alias("config")
+    )
+    with connect(path) as con:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute(
+                "INSERT INTO plans (plan_id, created_at, first_window, tick_seconds, windows,"
+                " buffer_seconds, dry_run, totals) VALUES (?, ?, ?, ?, ?, ?, ?, ?::JSON)",
+                [
+                    plan.plan_id, plan.created_at, plan.first_window, plan.tick_seconds,
+                    plan.windows, plan.buffer_seconds, dry_run, json.dumps(plan.totals),
+                ],
+            )  # fmt: skip
+            _insert(con, "allocations", allocations, {"config": "config::JSON"})
+            _insert(con, "unserved", plan.unserved)
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+
+def write_pool_state(
+    path: Path,
+    runtime: str,
+    events: pl.DataFrame,
+    members: pl.DataFrame,
+    observed_at: datetime,
+) -> None:
+    """Record applied actions and the members that now exist on `runtime`.
+
+    Members present are upserted with their current tier; members recorded as live on this
+    runtime but no longer present are marked released. Activation events add to each
+    member's activation count and last activation time.
+    """
+    with connect(path) as con:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            if events.height:
+                _insert(con, "pool_events", events)
+            con.register("present", members.to_arrow() if members.height else _empty_members())
+            con.execute(
+                """
+                INSERT INTO pool_members (member_id, client_id, plan_id, runtime, tier, host,
+                                          endpoint, created_at, observed_at)
+                SELECT member_id, client_id, plan_id, runtime, tier, host, endpoint,
+                       created_at, ? FROM present
+                ON CONFLICT (member_id) DO UPDATE SET
+                    tier = excluded.tier, endpoint = excluded.endpoint,
+                    host = coalesce(excluded.host, pool_members.host),
+                    released_at = NULL, observed_at = excluded.observed_at
+                """,
+                [observed_at],
+            )
+            con.execute(
+                """
+                UPDATE pool_members SET tier = 'released', released_at = ?, observed_at = ?
+                WHERE runtime = ? AND released_at IS NULL
+                  AND member_id NOT IN (SELECT member_id FROM present)
+                """,
+                [observed_at, observed_at, runtime],
+            )
+            con.execute(
+                """
+                UPDATE pool_members SET
+                    activations = pool_members.activations + a.n,
+                    last_activation_ms = a.last_ms
+                FROM (
+                    SELECT member_id, count(*) AS n, arg_max(ms, happened_at) AS last_ms
+                    FROM pool_events
+                    WHERE action = 'activate' AND ok AND happened_at = ?
+                    GROUP BY member_id
+                ) a
+                WHERE pool_members.member_id = a.member_id
+                """,
+                [observed_at],
+            )
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+
+def read_pool(path: Path) -> pl.DataFrame:
+    """Members that exist now (not released), by client and tier."""
+    with connect(path, read_only=True) as con:
+        return fetch_frame(
+            con,
+            "SELECT * FROM pool_members WHERE released_at IS NULL ORDER BY client_id, tier, member_id",
+        )
+
+
+def _insert(con: Any, table: str, frame: pl.DataFrame, casts: dict[str, str] | None = None) -> None:
+    if frame.height == 0:
+        return
+    casts = casts or {}
+    name = f"new_{table}"
+    con.register(name, frame.to_arrow())
+    columns = ", ".join(frame.columns)
+    selected = ", ".join(casts.get(c, c) for c in frame.columns)
+    con.execute(f"INSERT INTO {table} ({columns}) SELECT {selected} FROM {name}")
+    con.unregister(name)
+
+
+def _empty_members() -> Any:
+    return pl.DataFrame(
+        schema={
+            "member_id": pl.String, "client_id": pl.String, "plan_id": pl.String,
+            "runtime": pl.String, "tier": pl.String, "host": pl.String, "endpoint": pl.String,
+            "created_at": pl.Datetime("us"),
+        }
+    ).to_arrow()  # fmt: skip
