@@ -329,12 +329,17 @@ def pools(
 
     runtime = open_runtime(settings)
     if release_all:
-        released = release_everything(runtime)
+        released = release_everything(runtime, settings.pool_scope)
         console.print(f"Released {released} members on {runtime.name}.")
         return
-    members = runtime.list({"prewarm.managed": "1"})
+    members = runtime.list({"prewarm.managed": "1", **settings.pool_scope})
     table = Table(
-        "client", "active", "shadow", "cold", "endpoints", title=f"pools on {runtime.name}"
+        "client",
+        "active",
+        "shadow",
+        "cold",
+        "endpoints",
+        title=f"pool {settings.pool!r} on {runtime.name}",
     )
     by_client: dict[str, dict[str, list]] = {}
     for member in members:

@@ -153,10 +153,12 @@ def make_plan(settings: Settings, plan_id: str | None = None) -> tuple[Plan, dic
         pl.col("client_id")
         .replace_strict({c: v["memory_mb"] for c, v in composites.items()})
         .alias("container_memory_mb"),
+        # A client with no profile window is forecast idle: nothing to temper, so the
+        # forecast is taken as it is (confidence 1).
         pl.col("client_id")
         .replace_strict(
             dict(profiles.group_by("client_id").agg(pl.col("confidence").max()).iter_rows()),
-            default=0.5,
+            default=1.0,
             return_dtype=pl.Float64,
         )
         .alias("confidence"),
@@ -215,7 +217,9 @@ def apply_plan(
     """Reconcile the runtime with the plan's current window and record the pool."""
     runtime = open_runtime(settings)
     desired = desired_members(plan, plan.created_at)
-    result = reconcile_once(runtime, desired, configs, untouchable, plan.plan_id)
+    result = reconcile_once(
+        runtime, desired, configs, untouchable, plan.plan_id, scope=settings.pool_scope
+    )
     observed_at = utc_now()
     events = result.pool_events
     if "at" in events.columns:

@@ -75,6 +75,11 @@ class Settings(BaseSettings):
     runtime: Literal["auto", "docker", "process"] = Field(
         default="auto", description="where pools run: Docker when a daemon answers, else processes"
     )
+    pool: str = Field(
+        default="default",
+        pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$",
+        description="name of this prewarm's pool: it only ever touches members labelled with it",
+    )
     inventory_path: Path | None = Field(
         default=None, description="TOML inventory of hosts; default: this machine as one host"
     )
@@ -122,6 +127,11 @@ class Settings(BaseSettings):
     def horizon_steps(self) -> int:
         """The forecast horizon in buckets of the series frequency."""
         return max(1, parse_freq_any(self.horizon) // self.freq_seconds)
+
+    @property
+    def pool_scope(self) -> dict[str, str]:
+        """The labels that mark this prewarm's members (another pool's are never touched)."""
+        return {"prewarm.pool": self.pool}
 
     @property
     def prefect_home(self) -> Path:
