@@ -20,7 +20,8 @@ MODES = ("provision", "forecast-only")
 def store_inventory(path: Path, inventory: pl.DataFrame, source: str) -> None:
     """Replace the inventory with `inventory` (a file is the whole truth about hosts)."""
     frame = inventory.with_columns(
-        pl.lit(source).alias("source"), pl.lit(utc_now()).cast(pl.Datetime("us")).alias("updated_at")
+        pl.lit(source).alias("source"),
+        pl.lit(utc_now()).cast(pl.Datetime("us")).alias("updated_at"),
     )
     columns = ", ".join(frame.columns)
     with connect(path) as con:
@@ -127,7 +128,9 @@ def write_plan(
     allocations = plan.desired.with_columns(
         pl.col("client_id")
         .replace_strict(
-            {cid: json.dumps(cfg) for cid, cfg in configs.items()}, default=None, return_dtype=pl.String
+            {cid: json.dumps(cfg) for cid, cfg in configs.items()},
+            default=None,
+            return_dtype=pl.String,
         )
         .alias("config")
     )
@@ -216,7 +219,8 @@ def read_pool(path: Path) -> pl.DataFrame:
     with connect(path, read_only=True) as con:
         return fetch_frame(
             con,
-            "SELECT * FROM pool_members WHERE released_at IS NULL ORDER BY client_id, tier, member_id",
+            "SELECT * FROM pool_members WHERE released_at IS NULL"
+            " ORDER BY client_id, tier, member_id",
         )
 
 
