@@ -74,8 +74,9 @@ def test_reconciliation_rows_cold_starts_and_reactive_scale_up(settings, tmp_pat
     with connect(settings.warehouse_path, read_only=True) as con:
         rows = fetch_frame(
             con,
-            "SELECT window_start, actual, predicted_p50, covered, cold_starts, reactive_cold_starts,"
-            " action FROM reconciliations WHERE metric = 'concurrency' ORDER BY window_start",
+            "SELECT window_start, actual, predicted_p50, covered, cold_starts,"
+            " reactive_cold_starts, action FROM reconciliations"
+            " WHERE metric = 'concurrency' ORDER BY window_start",
         )
     assert rows.height == 12  # the 12-step forecast from END - 5 min covers END .. END + 55 min
     assert rows["predicted_p50"].to_list() == [2.0] * 12

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import copy
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import mlflow
 import pandas as pd
-import polars as pl
 import pytest
 from mlflow import MlflowClient
 
@@ -17,7 +15,6 @@ from flows.ingest import ingest_usage
 from flows.predict import predict_profiles
 from flows.settings import Settings
 from flows.train import train_flow
-from models.registry import load_forecaster, register_forecaster
 from warehouse.db import connect, fetch_value
 from warehouse.reads import read_recent_usage
 
@@ -49,7 +46,12 @@ def _client(settings: Settings) -> MlflowClient:
 def test_every_client_gets_a_registered_forecaster_with_champion_or_reason(trained):
     client = _client(trained)
     models = {m.name: m for m in client.search_registered_models()}
-    assert set(models) == {"forecaster-c0000", "forecaster-c0001", "forecaster-c0002", "forecaster-newbie"}
+    assert set(models) == {
+        "forecaster-c0000",
+        "forecaster-c0001",
+        "forecaster-c0002",
+        "forecaster-newbie",
+    }
     for name, model in models.items():
         assert str(model.aliases.get("challenger")) == "1", name
         version = client.get_model_version(name, "1")
@@ -73,7 +75,7 @@ def test_registered_run_has_metrics_params_plot_and_signature(trained):
     assert run.data.params["horizon_steps"] == "12"
     artifacts = {a.path for a in client.list_artifacts(version.run_id, "plots")}
     assert artifacts == {"plots/holdout_forecast.png"}
-    info = mlflow.models.get_model_info(f"models:/forecaster-c0000/1")
+    info = mlflow.models.get_model_info("models:/forecaster-c0000/1")
     assert info.signature is not None
     assert "ts" in info.signature.inputs.input_names()
 
@@ -128,7 +130,9 @@ def test_predict_writes_forecasts_exceedance_and_profiles(trained):
         crossing = fetch_value(con, "SELECT count(*) FROM forecasts WHERE p10 > p50 OR p50 > p90")
         exceed = fetch_value(con, "SELECT count(DISTINCT level) FROM forecast_exceedance")
         profiles = fetch_value(con, "SELECT count(*) FROM profiles")
-        confidence = con.execute("SELECT min(confidence), max(confidence) FROM profiles").fetchall()[0]
+        confidence = con.execute(
+            "SELECT min(confidence), max(confidence) FROM profiles"
+        ).fetchall()[0]
         last_ts = fetch_value(con, "SELECT max(ts) FROM usage WHERE client_id = 'c0000'")
         first_forecast = fetch_value(con, "SELECT min(ts) FROM forecasts WHERE client_id = 'c0000'")
     assert per_client["c0000"] == 6 * 12
@@ -144,7 +148,9 @@ def test_training_on_a_dask_cluster(trained, monkeypatch):
     from dask.distributed import LocalCluster
 
     # Threads in one process: the workers share this test's Prefect harness settings.
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
+    with LocalCluster(
+        n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
+    ) as cluster:
         monkeypatch.setenv("PREWARM_DASK_ADDRESS", cluster.scheduler_address)
         settings = Settings()
         summary = train_flow(settings)(client_ids=["c0000", "c0001"])
