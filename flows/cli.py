@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -446,36 +447,86 @@ def inventory_load(
 
 
 @app.command()
-def demo() -> None:
-    """Run the main job on the embedded defaults: synthetic clients through the pipeline."""
+def demo(
+    trace: Annotated[
+        Path | None,
+        typer.Option(help="An Azure-Functions-format trace directory instead of synthetic data."),
+    ] = None,
+    clients: Annotated[int, typer.Option(min=1, help="Synthetic clients.")] = 50,
+    days: Annotated[int, typer.Option(min=2, help="Synthetic days of history.")] = 14,
+    replay_minutes: Annotated[
+        int, typer.Option(min=0, help="Minutes held back and replayed as if live, then reconciled.")
+    ] = 60,
+) -> None:
+    """Run the main job once on the embedded defaults and say where to look next.
+
+    ingest -> validate -> train (missing or stale models) -> predict profiles -> provision
+    (Docker when a daemon answers, processes otherwise) -> the last hour arrives -> reconcile.
+    """
     settings = _settings()
-    from flows.ingest import ingest_usage
+    from flows.pipeline import prewarm_pipeline
     from flows.progress import progress_bars
+
+    started = time.perf_counter()
+    source = "azure-functions" if trace else "synthetic"
+    with progress_bars():
+        summary = prewarm_pipeline(
+            source=source, path=trace, clients=clients, days=days, replay_minutes=replay_minutes
+        )
+    _print_demo_summary(settings, summary, time.perf_counter() - started)
+
+
+def _print_demo_summary(settings: Settings, summary: Any, seconds: float) -> None:
     from warehouse.reads import summarize_warehouse
 
-    with progress_bars():
-        outcome = ingest_usage(source="synthetic")
-    summary = summarize_warehouse(settings.warehouse_path)
-    table = Table("what", "value", title="prewarm demo: what landed")
-    table.add_row("this run", f"{outcome.status} batch {outcome.batch_id}")
-    table.add_row("clients", f"{summary.clients:,}")
+    landed = summarize_warehouse(settings.warehouse_path)
+    trained, provisioned, reconciled = summary.trained, summary.provisioned, summary.reconciled
+    totals = provisioned.totals
+    table = Table("", "", title=f"prewarm demo ({seconds:.0f} s)", show_header=False)
+    table.add_row("clients", f"{landed.clients:,} ({landed.usage_rows:,} usage rows)")
+    if trained is not None:
+        table.add_row(
+            "models",
+            f"{len(trained.registrations)} trained, {trained.promoted} promoted to champion, "
+            f"{len(trained.fallbacks)} on the global model",
+        )
+    else:
+        table.add_row("models", "all up to date (none retrained)")
     table.add_row(
-        "clients by tier", ", ".join(f"{k}: {v}" for k, v in summary.clients_by_tier.items())
+        "profiles",
+        f"{summary.predicted.profiles} demand windows for {summary.predicted.clients} clients",
     )
-    table.add_row("usage rows", f"{summary.usage_rows:,}")
-    table.add_row("usage span (UTC)", f"{summary.first_ts} .. {summary.last_ts}")
-    table.add_row("calendar events", f"{summary.calendar_events:,}")
+    pools = ", ".join(f"{n} {tier}" for tier, n in sorted(provisioned.desired.items())) or "none"
+    table.add_row("pools now", f"{pools} on {provisioned.runtime}")
     table.add_row(
-        "batches loaded / rejected", f"{summary.batches_loaded} / {summary.batches_rejected}"
+        "plan (next hour)",
+        f"expected cost {totals.get('expected_cost', 0):.4f}, "
+        f"{totals.get('expected_cold_starts', 0):.1f} cold starts; reactive: "
+        f"{totals.get('reactive_cost', 0):.4f}, {totals.get('reactive_cold_starts', 0):.1f}",
     )
-    table.add_row("quarantined rows", f"{summary.quarantined_rows:,}")
+    coverage = f"{reconciled.coverage:.0%}" if reconciled.coverage is not None else "-"
+    table.add_row(
+        "replayed hour",
+        f"{reconciled.buckets} buckets: 80% band covered {coverage}, "
+        f"{reconciled.cold_starts:.0f} cold starts vs reactive "
+        f"{reconciled.reactive_cold_starts:.0f}, "
+        f"cost {reconciled.cost:.4f} vs reactive {reconciled.reactive_cost:.4f}",
+    )
+    if reconciled.drifted:
+        table.add_row(
+            "drift",
+            f"{len(reconciled.drifted)} clients drifted, {len(reconciled.retrained)} retrained",
+        )
     console.print(table)
-    console.print(f"Warehouse: {settings.warehouse_path}. Try:")
-    console.print('  prewarm sql "select tier, count(*) from clients group by tier"')
-    console.print(
-        "  prewarm sql \"select client_id, date_trunc('day', ts) d, sum(requests) "
-        'from usage group by all order by 1, 2 limit 20"'
-    )
+    console.print(f"Warehouse: {settings.warehouse_path} (DuckDB). Try:")
+    for query in (
+        "select * from v_client_accuracy order by wmape desc limit 10",
+        "select * from v_pool_status",
+        "select * from v_cost_vs_reactive",
+        "select * from v_upcoming_windows limit 10",
+    ):
+        console.print(f'  prewarm sql "{query}"')
+    console.print("Watch it run: prewarm up (Prefect UI :4200, MLflow UI :5000, API :8000)")
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ from warehouse.ingest import (
     utc_now,
 )
 from warehouse.sources.azure_functions import load_azure_functions
-from warehouse.sources.base import ExtractedBatch
+from warehouse.sources.base import ExtractedBatch, restrict_batch
 from warehouse.sources.events import aggregate_events, read_events
 from warehouse.sources.synthetic import generate_synthetic
 from warehouse.validation import ValidationReport, describe_rejection, validate_batch
@@ -63,8 +63,38 @@ def extract(
     days: int,
     seed: int,
     end: datetime | None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    hold_back_minutes: int = 0,
+    only_last_minutes: int = 0,
 ) -> ExtractedBatch:
-    """Read or generate the batch from the chosen source."""
+    """Read or generate the batch from the chosen source: only since <= ts < until, and
+    without its last `hold_back_minutes` or with only its last `only_last_minutes`."""
+    batch = _extract(settings, source, path, clients, days, seed, end)
+    if (
+        (hold_back_minutes or only_last_minutes)
+        and batch.rows.height
+        and "ts" in batch.rows.columns
+    ):
+        last = batch.rows.get_column("ts").max()
+        if isinstance(last, datetime):
+            edge = last + timedelta(seconds=batch.freq_seconds)
+            if hold_back_minutes:
+                until = edge - timedelta(minutes=hold_back_minutes)
+            if only_last_minutes:
+                since = edge - timedelta(minutes=only_last_minutes)
+    return restrict_batch(batch, since, until)
+
+
+def _extract(
+    settings: Settings,
+    source: SourceName,
+    path: Path | None,
+    clients: int,
+    days: int,
+    seed: int,
+    end: datetime | None,
+) -> ExtractedBatch:
     if source == "synthetic":
         return generate_synthetic(
             n_clients=clients,
@@ -162,8 +192,16 @@ def ingest_usage(
     days: int | None = None,
     seed: int | None = None,
     end: datetime | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    hold_back_minutes: int = 0,
+    only_last_minutes: int = 0,
 ) -> IngestOutcome:
-    """Extract -> validate -> load one batch; a batch already loaded is a no-op."""
+    """Extract -> validate -> load one batch; a batch already loaded is a no-op.
+
+    `since`/`until` keep only that time slice of the input; `hold_back_minutes` leaves out the
+    input's last minutes and `only_last_minutes` keeps only them (the demo replays the last
+    hour as if it arrived live)."""
     settings = Settings()
     logger = get_run_logger()
     batch = extract(
@@ -174,6 +212,10 @@ def ingest_usage(
         days or settings.synthetic_days,
         settings.synthetic_seed if seed is None else seed,
         end,
+        since,
+        until,
+        hold_back_minutes,
+        only_last_minutes,
     )
     existing = find_loaded_batch(settings.warehouse_path, batch.content_hash)
     if existing:

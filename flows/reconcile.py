@@ -114,6 +114,7 @@ def reconcile_buckets(settings: Settings, reconciled_at: datetime) -> pl.DataFra
                 "idle_cost",
                 "reactive_cost",
                 "reactive_cold_starts",
+                "cost",
             ),
             on=["client_id", "window_start", "metric"],
             how="left",
@@ -121,7 +122,7 @@ def reconcile_buckets(settings: Settings, reconciled_at: datetime) -> pl.DataFra
     else:
         rows = rows.with_columns(
             pl.lit(None, dtype=pl.Float64).alias(c)
-            for c in ("cold_starts", "idle_cost", "reactive_cost")
+            for c in ("cold_starts", "idle_cost", "reactive_cost", "reactive_cold_starts", "cost")
         )
     rows = rows.with_columns(
         pl.lit(None, dtype=pl.String).alias("action"),
@@ -130,15 +131,10 @@ def reconcile_buckets(settings: Settings, reconciled_at: datetime) -> pl.DataFra
     ).select(
         "client_id", "window_start", "window_end", "metric", "predicted_p10", "predicted_p50",
         "predicted_p90", "actual", "error", "covered", "pinball", "cold_starts", "idle_cost",
-        "reactive_cost", "reactive_cold_starts", "action", "reason", "reconciled_at",
+        "reactive_cost", "reactive_cold_starts", "cost", "action", "reason", "reconciled_at",
     )  # fmt: skip
     write_reconciliations(path, rows)
-    if outcomes is None:
-        return rows.with_columns(pl.lit(None, dtype=pl.Float64).alias("cost"))
-    costs = outcomes.rename({"ts": "window_start"}).select(
-        "client_id", "window_start", "metric", "cost"
-    )
-    return rows.join(costs, on=["client_id", "window_start", "metric"], how="left")
+    return rows
 
 
 def _with_previous_need(settings: Settings, demand: pl.DataFrame) -> pl.DataFrame:
@@ -319,7 +315,12 @@ def reconcile_pools(retrain: bool = True) -> ReconcileSummary:
 
     history = read_reconciliation_history(settings.warehouse_path)
     _, feedback = read_feedback_signals(settings.warehouse_path, since=now - FEEDBACK_LOOKBACK)
-    drift = detect_drift(history, feedback, DriftThresholds())
+    thresholds = DriftThresholds(
+        min_windows=settings.drift_min_windows,
+        min_coverage=settings.drift_min_coverage,
+        max_relative_pinball=settings.drift_max_relative_pinball,
+    )
+    drift = detect_drift(history, feedback, thresholds)
     summary.drifted = dict(drift.select("client_id", "reason").iter_rows())
     versions: dict[str, str] = {}
     if retrain and summary.drifted:

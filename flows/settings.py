@@ -68,6 +68,18 @@ class Settings(BaseSettings):
     predict_history_days: float = Field(
         default=8.0, gt=0, description="history a prediction reads (lags reach one week)"
     )
+    model_max_age_hours: float = Field(
+        default=24.0, gt=0, description="retrain a model whose data is older than this"
+    )
+    drift_min_windows: int = Field(
+        default=24, ge=1, description="reconciled buckets needed before judging drift"
+    )
+    drift_min_coverage: float = Field(
+        default=0.5, ge=0, le=1, description="drift when the 80% band covers less than this"
+    )
+    drift_max_relative_pinball: float = Field(
+        default=0.5, gt=0, description="drift when mean pinball / mean level exceeds this"
+    )
     train_workers: int = Field(default=2, ge=1, description="clients fitted at once")
     dask_address: str | None = Field(
         default=None, description="run train-forecasters tasks on this Dask scheduler"

@@ -37,7 +37,7 @@ TIER_ORDER = ("active", "shadow", "cold")  # who serves first
 class DriftThresholds:
     """When a client's forecasts are judged to have drifted (and it is retrained)."""
 
-    min_windows: int = 12  # reconciled buckets needed before judging
+    min_windows: int = 24  # reconciled buckets needed before judging (2 h at 5 min)
     lookback_windows: int = 36  # the most recent buckets judged
     min_coverage: float = 0.5  # nominal is 0.8: half the actuals outside the band is drift
     max_relative_pinball: float = 0.5  # mean pinball / mean actual

@@ -78,9 +78,11 @@ def connect(
 
 
 def _pending_migrations(con: duckdb.DuckDBPyConnection) -> bool:
-    known = {version for version, _ in _migration_files()}
+    known = {version for version, _ in _migration_files()} | {"views"}
     try:
-        applied = {row[0] for row in con.execute("SELECT version FROM schema_migrations").fetchall()}
+        applied = {
+            row[0] for row in con.execute("SELECT version FROM schema_migrations").fetchall()
+        }
     except duckdb.CatalogException:
         return True
     return bool(known - applied)
@@ -120,7 +122,29 @@ def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
             raise
         applied.append(version)
         log.info("applied migration %s", version)
+    _apply_views(con)
     return applied
+
+
+def _apply_views(con: duckdb.DuckDBPyConnection) -> None:
+    """(Re)create the documented views when views.sql changed since they were last made."""
+    sql = resources.files("warehouse").joinpath("views.sql").read_text()
+    checksum = hashlib.sha256(sql.encode()).hexdigest()[:16]
+    current = fetch_value(con, "SELECT checksum FROM schema_migrations WHERE version = 'views'")
+    if current == checksum:
+        return
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute(sql)
+        con.execute(
+            "INSERT OR REPLACE INTO schema_migrations (version, checksum, applied_at)"
+            " VALUES ('views', ?, now()::TIMESTAMP)",
+            [checksum],
+        )
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
 
 
 def fetch_one(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> tuple | None:

@@ -128,3 +128,20 @@ def read_feedback_signals(path: Path, since: object) -> tuple[pl.DataFrame, pl.D
         )
         feedback = fetch_frame(con, "SELECT * FROM feedback WHERE received_at >= ?", [since])
     return reconciliations, feedback
+
+
+def read_training_state(path: Path) -> pl.DataFrame:
+    """Per client with usage: its latest bucket and when its newest model's data ended
+    (null when it never had one)."""
+    with connect(path, read_only=True) as con:
+        return fetch_frame(
+            con,
+            """
+            SELECT u.client_id, u.last_ts, m.trained_until
+            FROM (SELECT client_id, max(ts) AS last_ts FROM usage GROUP BY 1) u
+            LEFT JOIN (
+                SELECT client_id, max(trained_until) AS trained_until FROM model_runs GROUP BY 1
+            ) m USING (client_id)
+            ORDER BY u.client_id
+            """,
+        )

@@ -102,11 +102,11 @@ def test_drift_retrains_exactly_the_drifted_clients(settings):
     ingest_usage(source="synthetic", clients=2, days=10, seed=5, end=END)
     first = train_flow(settings)(client_ids=None)
     assert {r.version for r in first.registrations} == {"1"}
-    # c0001's last 20 windows missed the band; c0000's were fine.
+    # c0001's last 30 windows missed the band; c0000's were fine.
     rows = []
     for client, covered in (("c0000", True), ("c0001", False)):
-        for i in range(20):
-            ts = END - STEP * (20 - i)
+        for i in range(30):
+            ts = END - STEP * (30 - i)
             rows.append((client, ts, ts + STEP, "requests", 1.0, 2.0, 3.0, 2.0, 0.0, covered, 0.1))
     frame = pl.DataFrame(
         rows,
@@ -145,9 +145,10 @@ def _wmape(path: Path, since: datetime) -> float:
     return float(value)
 
 
-def test_a_step_up_recovers_after_one_reconcile_retrain_cycle(settings, tmp_path):
+def test_a_step_up_recovers_after_one_reconcile_retrain_cycle(settings, tmp_path, monkeypatch):
     """Demand triples at STEP_AT. Forecasts made before it miss badly; after one reconcile
     finds the drift and retrains, the next hour's forecasts are at least 3x more accurate."""
+    monkeypatch.setenv("PREWARM_DRIFT_MIN_WINDOWS", "12")  # judge after one hour
     step_at = END - timedelta(hours=2)
     start = END - timedelta(days=8)
 

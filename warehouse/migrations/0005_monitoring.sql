@@ -1,6 +1,7 @@
 -- Monitoring: what pool members actually used, and when a client's forecasts drifted.
 
 ALTER TABLE reconciliations ADD COLUMN reactive_cold_starts DOUBLE;  -- a reactive policy's
+ALTER TABLE reconciliations ADD COLUMN cost DOUBLE;  -- idle cost + cold starts x penalty
 
 CREATE TABLE pool_member_stats (
     member_id    VARCHAR   NOT NULL,

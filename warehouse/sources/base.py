@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
@@ -91,3 +92,27 @@ def hash_files(paths: list[Path], *extra: object) -> str:
 def hash_params(*params: object) -> str:
     """Content hash of generator parameters (same parameters, same rows)."""
     return hashlib.sha256(repr(params).encode()).hexdigest()
+
+
+def restrict_batch(
+    batch: ExtractedBatch, since: datetime | None = None, until: datetime | None = None
+) -> ExtractedBatch:
+    """The part of a batch with since <= ts < until (rows without a timestamp are kept, so
+    validation still sees them). The content hash covers the bounds: another slice of the
+    same input is another batch."""
+    if since is None and until is None:
+        return batch
+    keep = pl.lit(True)
+    if since is not None:
+        keep = keep & (pl.col("ts") >= since)
+    if until is not None:
+        keep = keep & (pl.col("ts") < until)
+    mask = batch.rows.select((keep | pl.col("ts").is_null()).alias("keep")).get_column("keep")
+    bounds = f"{since or ''}..{until or ''}"
+    return replace(
+        batch,
+        rows=batch.rows.filter(mask),
+        raw=batch.raw.filter(mask) if batch.raw is not None else None,
+        content_hash=hash_params(batch.content_hash, bounds),
+        location=f"{batch.location} [{bounds}]",
+    )

@@ -1,0 +1,69 @@
+-- Documented views for ad-hoc questions (README: "Asking the warehouse").
+-- Re-created whenever this file changes; they hold no data of their own.
+
+-- How accurate each client's forecasts have been, per metric, over every reconciled bucket.
+CREATE OR REPLACE VIEW v_client_accuracy AS
+SELECT
+    r.client_id,
+    r.metric,
+    count(*)                                                          AS buckets,
+    sum(abs(r.actual - r.predicted_p50)) / nullif(sum(abs(r.actual)), 0) AS wmape,
+    avg(r.covered::INTEGER)                                           AS coverage_80,
+    avg(r.pinball)                                                    AS mean_pinball,
+    min(r.window_start)                                               AS since,
+    max(r.window_end)                                                 AS until,
+    any_value(m.model_version)                                        AS model_version,
+    any_value(m.alias)                                                AS model_alias
+FROM reconciliations r
+LEFT JOIN (
+    SELECT client_id, model_version, alias FROM model_runs
+    QUALIFY row_number() OVER (PARTITION BY client_id ORDER BY trained_at DESC) = 1
+) m USING (client_id)
+GROUP BY r.client_id, r.metric;
+
+-- What each client holds right now, by tier, and how fast its activations have been.
+CREATE OR REPLACE VIEW v_pool_status AS
+SELECT
+    c.client_id,
+    coalesce(c.mode, 'provision')                              AS mode,
+    count(*) FILTER (WHERE p.tier = 'active')                  AS active,
+    count(*) FILTER (WHERE p.tier = 'shadow')                  AS shadow,
+    count(*) FILTER (WHERE p.tier = 'cold')                    AS cold,
+    any_value(p.runtime)                                       AS runtime,
+    sum(p.activations)                                         AS activations,
+    avg(p.last_activation_ms)                                  AS avg_last_activation_ms,
+    max(p.observed_at)                                         AS observed_at
+FROM clients c
+JOIN pool_members p ON p.client_id = c.client_id AND p.released_at IS NULL
+GROUP BY c.client_id, c.mode;
+
+-- prewarm's cost and cold starts against a purely reactive autoscaler, per client and day.
+CREATE OR REPLACE VIEW v_cost_vs_reactive AS
+SELECT
+    client_id,
+    date_trunc('day', window_start)               AS day,
+    count(*)                                      AS buckets,
+    sum(cold_starts)                              AS cold_starts,
+    sum(reactive_cold_starts)                     AS reactive_cold_starts,
+    sum(idle_cost)                                AS idle_cost,
+    sum(cost)                                     AS cost,
+    sum(reactive_cost)                            AS reactive_cost,
+    sum(reactive_cost) - sum(cost)                AS saved
+FROM reconciliations
+WHERE metric = 'concurrency'
+GROUP BY ALL;
+
+-- Demand windows ahead: the latest predicted profile of each client, from the data's clock.
+CREATE OR REPLACE VIEW v_upcoming_windows AS
+WITH latest AS (
+    SELECT * FROM profiles
+    QUALIFY generated_at = max(generated_at) OVER (PARTITION BY client_id)
+),
+clock AS (SELECT max(ts) AS now FROM usage)
+SELECT
+    l.client_id, l.window_start, l.window_end, l.duration_minutes,
+    l.concurrency_p50, l.concurrency_p90, l.requests_p50, l.requests_p90,
+    l.memory_mb_p90, l.cpu_cores_p90, l.p_active, l.confidence, l.model_version
+FROM latest l, clock
+WHERE l.window_end > clock.now
+ORDER BY l.window_start, l.client_id;
