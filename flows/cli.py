@@ -42,7 +42,12 @@ class OutputFormat(StrEnum):
 
 def _settings() -> Settings:
     settings = Settings()
-    configure_environment(settings)
+    from flows import stack
+
+    # When `prewarm up` runs, runs go to its Prefect server (they show in its UI, and no
+    # temporary server has to start).
+    running = stack.prefect_api_url(settings) if stack.prefect_server_running(settings) else None
+    configure_environment(settings, prefect_api_url=running)
     from flows.logs import hide_expected_tracebacks
 
     hide_expected_tracebacks()
@@ -447,6 +452,106 @@ def inventory_load(
 
 
 @app.command()
+def api(
+    host: Annotated[
+        str, typer.Option(help="Interface to bind (loopback by default).")
+    ] = "127.0.0.1",
+    port: Annotated[int | None, typer.Option(help="Port (default PREWARM_API_PORT, 8000).")] = None,
+) -> None:
+    """Serve the client API (FastAPI; OpenAPI docs at /docs) until interrupted."""
+    settings = _settings()
+    from api.app import create_app
+    from api.server import serve
+    from flows.provision import open_runtime
+
+    app_ = create_app(settings.warehouse_path, lambda: open_runtime(settings), settings.pool_scope)
+    serve(app_, host=host, port=port or settings.api_port)
+
+
+@clients_app.command("add")
+def clients_add(client_id: Annotated[str, typer.Argument(help="The client id.")]) -> None:
+    """Register a client (if new) and issue its API key, printed once on the last line."""
+    settings = _settings()
+    from warehouse.api_keys import issue_key
+
+    key = issue_key(settings.warehouse_path, client_id, create_client=True)
+    console.print(f"API key for {client_id} (shown once, stored only as a hash):")
+    sys.stdout.write(key + "\n")
+
+
+@clients_app.command("rotate-key")
+def clients_rotate_key(client_id: Annotated[str, typer.Argument(help="The client id.")]) -> None:
+    """Issue a new API key for a client; the old key stops working at once."""
+    settings = _settings()
+    from warehouse.api_keys import rotate_key
+
+    key = rotate_key(settings.warehouse_path, client_id)
+    console.print(f"New API key for {client_id} (the previous one no longer works):")
+    sys.stdout.write(key + "\n")
+
+
+@app.command()
+def up(
+    check: Annotated[
+        bool,
+        typer.Option("--check", help="Start everything, verify health and schedules, stop."),
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for each service.")] = 120.0,
+) -> None:
+    """Start the local stack: Prefect server and UI (:4200), MLflow UI (:5000), the API
+    (:8000) and the five scheduled deployments. Ctrl-C stops everything cleanly."""
+    settings = _settings()
+    from flows import stack
+
+    if stack.prefect_server_running(settings):
+        raise PrewarmError(
+            f"Something already answers on port {settings.prefect_port} (another `prewarm up`?). "
+            "Stop it first, or set PREWARM_PREFECT_PORT."
+        )
+    services = stack.services(settings)
+    problems: list[str] = []
+    try:
+        for service in services:
+            console.print(f"starting {service.name} ...")
+            stack.start(service)
+            problem = stack.wait_healthy(service, timeout)
+            if problem:
+                problems.append(problem)
+                break
+        if not problems:
+            lines, missing = stack.check_deployments(settings, timeout)
+            problems += missing
+            for line in lines:
+                console.print(f"  scheduled: {line}")
+        if problems:
+            for problem in problems:
+                console.print(f"[red]problem:[/] {problem}")
+            raise typer.Exit(1)
+        console.print(
+            f"[green]healthy[/]: Prefect UI http://127.0.0.1:{settings.prefect_port}, "
+            f"MLflow UI http://127.0.0.1:{settings.mlflow_port}, "
+            f"API http://127.0.0.1:{settings.api_port}/docs; logs in {settings.data_dir / 'logs'}"
+        )
+        if check:
+            console.print("check passed: 5 scheduled deployments, MLflow and the API are healthy.")
+            return
+        console.print("Press Ctrl-C to stop.")
+        while all(s.process is not None and s.process.poll() is None for s in services):
+            time.sleep(1.0)
+        dead = [s for s in services if s.process is not None and s.process.poll() is not None]
+        for service in dead:
+            code = service.process.returncode if service.process else None
+            console.print(f"[red]{service.name} stopped[/] (exit {code}); see {service.log_path}")
+        raise typer.Exit(1)
+    except KeyboardInterrupt:
+        console.print("stopping ...")
+    finally:
+        for service in reversed(services):
+            stack.stop(service)
+        console.print("stopped.")
+
+
+@app.command()
 def demo(
     trace: Annotated[
         Path | None,
@@ -550,3 +655,7 @@ def main() -> None:
             error.show()
             raise SystemExit(error.exit_code) from None
         raise
+
+
+if __name__ == "__main__":
+    main()

@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     runtime: Literal["auto", "docker", "process"] = Field(
         default="auto", description="where pools run: Docker when a daemon answers, else processes"
     )
+    prefect_port: int = Field(default=4200, ge=1, le=65535, description="prewarm up: Prefect")
+    mlflow_port: int = Field(default=5000, ge=1, le=65535, description="prewarm up: MLflow UI")
+    api_port: int = Field(default=8000, ge=1, le=65535, description="prewarm up / api: the API")
     pool: str = Field(
         default="default",
         pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$",
@@ -150,11 +153,15 @@ class Settings(BaseSettings):
         return self.data_dir / "prefect"
 
 
-def configure_environment(settings: Settings) -> None:
-    """Point Prefect and Great Expectations at our state, quietly and offline.
+def configure_environment(settings: Settings, prefect_api_url: str | None = None) -> None:
+    """Point Prefect and Great Expectations at our state, quietly and offline; with
+    `prefect_api_url` (a running `prewarm up`), runs go to that server unless the operator
+    chose another one.
 
     Called once by the CLI before any flow module (and so Prefect) is imported.
     """
+    if prefect_api_url:
+        os.environ.setdefault("PREFECT_API_URL", prefect_api_url)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PREFECT_HOME", str(settings.prefect_home.resolve()))
     # This machine may have no internet: never try to send telemetry.
