@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint bench bench-ingest bench-activation bench-planner clean-data
+.PHONY: install demo test lint bench bench-ingest bench-activation bench-planner bench-replay clean-data
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "prewarm needs Python 3.11, found " + sys.version' 
@@ -36,3 +36,6 @@ bench-activation: $(STAMP)
 
 bench-planner: $(STAMP)
 	$(BIN)/python bench/planner.py
+
+bench-replay: $(STAMP)
+	$(BIN)/python bench/replay.py

@@ -11,6 +11,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 from prefect.states import Failed
 
+from flows.locks import warehouse_write
 from flows.progress import tracker
 from flows.settings import Settings
 from warehouse.errors import IngestRejected, SourceError
@@ -136,16 +137,17 @@ def load(
         rows_quarantined=report.rows_failed,
         message="; ".join(f"{d}: {n}" for d, n in report.row_failures.items()),
     )
-    replaced = load_batch(
-        settings.warehouse_path,
-        batch,
-        usage,
-        report.quarantine,
-        record,
-        started_at,
-        on_progress=tracker("Loading usage"),
-        new_client_mode=settings.new_client_mode,
-    )
+    with warehouse_write():
+        replaced = load_batch(
+            settings.warehouse_path,
+            batch,
+            usage,
+            report.quarantine,
+            record,
+            started_at,
+            on_progress=tracker("Loading usage"),
+            new_client_mode=settings.new_client_mode,
+        )
     return IngestOutcome(
         status="loaded",
         batch_id=batch_id,
@@ -177,7 +179,8 @@ def reject(
         rows_quarantined=report.rows_failed,
         message=message,
     )
-    record_attempt(settings.warehouse_path, batch, record, report.quarantine, started_at)
+    with warehouse_write():
+        record_attempt(settings.warehouse_path, batch, record, report.quarantine, started_at)
     return (
         f"{message} The failing rows are kept in quarantine: "
         f"prewarm sql \"select * from quarantine where batch_id = '{batch_id}'\""

@@ -16,6 +16,7 @@ import polars as pl
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
+from flows.locks import warehouse_write
 from flows.settings import Settings
 from models.profile import build_profiles, idle_floors
 from models.registry import CHALLENGER, CHAMPION, current_aliases, load_forecaster, model_name
@@ -139,9 +140,10 @@ def predict_profiles(client_ids: list[str] | None = None) -> PredictSummary:
     if all_forecasts:
         forecasts = pl.concat(all_forecasts)
         profiles = pl.concat(all_profiles)
-        write_predictions(
-            path, forecasts, profiles, pl.concat(all_exceedance) if all_exceedance else None
-        )
+        with warehouse_write():
+            write_predictions(
+                path, forecasts, profiles, pl.concat(all_exceedance) if all_exceedance else None
+            )
         summary.forecasts, summary.profiles = forecasts.height, profiles.height
     if summary.without_model:
         logger.warning(

@@ -19,6 +19,8 @@ import polars as pl
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
+from flows.artifacts import publish_plan
+from flows.locks import warehouse_write
 from flows.settings import Settings
 from provisioning.apply import reconcile_once
 from provisioning.costs import CostModel, load_cost_model
@@ -68,13 +70,15 @@ def _inventory(settings: Settings) -> pl.DataFrame:
     path = settings.warehouse_path
     if settings.inventory_path:
         inventory = load_inventory(settings.inventory_path)
-        store_inventory(path, inventory, str(settings.inventory_path))
+        with warehouse_write():
+            store_inventory(path, inventory, str(settings.inventory_path))
         return inventory
     stored = read_inventory(path)
     if stored.height:
         return stored
     inventory = default_inventory()
-    store_inventory(path, inventory, "default")
+    with warehouse_write():
+        store_inventory(path, inventory, "default")
     return inventory
 
 
@@ -228,9 +232,10 @@ def apply_plan(
         pl.lit(plan.plan_id).alias("plan_id"),
         pl.lit(observed_at).cast(pl.Datetime("us")).alias("happened_at"),
     )
-    write_pool_state(
-        settings.warehouse_path, runtime.name, events, result.pool_members, observed_at
-    )
+    with warehouse_write():
+        write_pool_state(
+            settings.warehouse_path, runtime.name, events, result.pool_members, observed_at
+        )
     return runtime.name, result
 
 
@@ -241,7 +246,8 @@ def provision_pools(dry_run: bool = False) -> ProvisionSummary:
     logger = get_run_logger()
     # Unique per run: the planner's default id comes from the data clock, which repeats.
     plan, configs = make_plan(settings, plan_id=f"plan-{utc_now():%Y%m%dT%H%M%S%f}")
-    write_plan(settings.warehouse_path, plan, dry_run, configs)
+    with warehouse_write():
+        write_plan(settings.warehouse_path, plan, dry_run, configs)
     forecast_only = sorted(
         plan.desired.filter(pl.col("mode") == "forecast-only")
         .get_column("client_id")
@@ -264,6 +270,7 @@ def provision_pools(dry_run: bool = False) -> ProvisionSummary:
     )
     if dry_run:
         logger.info("dry run: plan %s recorded, runtime untouched", plan.plan_id)
+        publish_plan(summary, plan.desired)
         return summary
     runtime_name, result = apply_plan(settings, plan, configs, set(forecast_only))
     summary.runtime = runtime_name
@@ -277,4 +284,5 @@ def provision_pools(dry_run: bool = False) -> ProvisionSummary:
     logger.info(
         "plan %s applied on %s: %s", plan.plan_id, runtime_name, summary.actions or "no changes"
     )
+    publish_plan(summary, plan.desired)
     return summary

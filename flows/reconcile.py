@@ -25,6 +25,8 @@ import polars as pl
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
+from flows.artifacts import publish_reconciliation
+from flows.locks import warehouse_write
 from flows.provision import open_runtime
 from flows.settings import Settings
 from flows.train import train_flow
@@ -133,7 +135,8 @@ def reconcile_buckets(settings: Settings, reconciled_at: datetime) -> pl.DataFra
         "predicted_p90", "actual", "error", "covered", "pinball", "cold_starts", "idle_cost",
         "reactive_cost", "reactive_cold_starts", "cost", "action", "reason", "reconciled_at",
     )  # fmt: skip
-    write_reconciliations(path, rows)
+    with warehouse_write():
+        write_reconciliations(path, rows)
     return rows
 
 
@@ -205,7 +208,8 @@ def observe_members(settings: Settings, runtime: ContainerRuntime, observed_at: 
         pl.col("cpu_percent", "memory_mb").cast(pl.Float64),
         pl.col("observed_at").cast(pl.Datetime("us")),
     )
-    write_member_stats(settings.warehouse_path, frame)
+    with warehouse_write():
+        write_member_stats(settings.warehouse_path, frame)
     return frame.height
 
 
@@ -283,7 +287,8 @@ def correct_pool(
         pl.lit(plan_id).alias("plan_id"),
         pl.lit(observed_at).cast(pl.Datetime("us")).alias("happened_at"),
     )
-    write_pool_state(path, runtime.name, events, result.pool_members, observed_at)
+    with warehouse_write():
+        write_pool_state(path, runtime.name, events, result.pool_members, observed_at)
     actions = dict(events.group_by("action").len().iter_rows()) if events.height else {}
     return top_ups, actions
 
@@ -329,22 +334,25 @@ def reconcile_pools(retrain: bool = True) -> ReconcileSummary:
         versions = {r.client_id: r.version for r in trained.registrations}
         summary.retrained = {cid: summary.drifted[cid] for cid in versions}
     if drift.height:
-        write_drift_events(
-            settings.warehouse_path,
-            drift.with_columns(
-                pl.lit(now).cast(pl.Datetime("us")).alias("detected_at"),
-                pl.col("client_id").is_in(list(versions)).alias("retrained"),
-                pl.col("client_id")
-                .replace_strict(versions, default=None, return_dtype=pl.String)
-                .alias("model_version"),
-            ),
-        )
+        with warehouse_write():
+            write_drift_events(
+                settings.warehouse_path,
+                drift.with_columns(
+                    pl.lit(now).cast(pl.Datetime("us")).alias("detected_at"),
+                    pl.col("client_id").is_in(list(versions)).alias("retrained"),
+                    pl.col("client_id")
+                    .replace_strict(versions, default=None, return_dtype=pl.String)
+                    .alias("model_version"),
+                ),
+            )
     notes = {
         cid: ("scale-up", f"observed need above the plan: +{n} active")
         for cid, n in summary.scaled_up.items()
     }
     notes.update({cid: ("retrain", reason) for cid, reason in summary.drifted.items()})
-    annotate_reconciliations(settings.warehouse_path, now, notes)
+    with warehouse_write():
+        annotate_reconciliations(settings.warehouse_path, now, notes)
+    publish_reconciliation(summary, rows)
     summary.seconds = time.perf_counter() - started
     logger.info(
         "reconciled %d buckets (coverage %s, %.1f cold starts, cost %.4f vs reactive %.4f); "

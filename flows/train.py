@@ -19,6 +19,7 @@ from prefect.cache_policies import NONE
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.locks import warehouse_write
 from flows.settings import Settings, parse_freq_any
 from models.evaluation import WindowScore, holdout_start, score_window
 from models.exceedance import ExceedanceConfig, fit_exceedance_model
@@ -303,7 +304,8 @@ def train_forecasters(client_ids: list[str] | None = None) -> TrainSummary:
             summary.registrations.append(registration)
             summary.mlflow_seconds += registration.mlflow_seconds
 
-    write_model_runs(path, _model_runs(summary, usage))
+    with warehouse_write():
+        write_model_runs(path, _model_runs(summary, usage))
     summary.wall_seconds = time.perf_counter() - started
     logger.info(
         "trained %d clients (%d promoted, %d on the global model, %d failed) in %.1f s",
