@@ -519,6 +519,10 @@ def up(
             if problem:
                 problems.append(problem)
                 break
+            if service.name == "prefect":
+                from flows.locks import ensure_limit
+
+                ensure_limit(stack.prefect_api_url(settings))
         if not problems:
             lines, missing = stack.check_deployments(settings, timeout)
             problems += missing

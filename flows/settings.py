@@ -166,6 +166,9 @@ def configure_environment(settings: Settings, prefect_api_url: str | None = None
     os.environ.setdefault("PREFECT_HOME", str(settings.prefect_home.resolve()))
     # This machine may have no internet: never try to send telemetry.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # A one-off CLI run starts a temporary Prefect API; on a busy 2-core machine (another
+    # run starting at the same time) the default 20 s is not always enough.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DO_NOT_TRACK", "true")
