@@ -59,7 +59,9 @@ def main() -> None:
     batch = generate_synthetic(args.clients, args.days, END, freq_seconds=300, seed=7)
     generate_s = time.perf_counter() - started
     rows = batch.rows.height
-    print(f"generated {rows:,} rows for {args.clients} clients x {args.days} days in {generate_s:.2f} s")
+    print(
+        f"generated {rows:,} rows ({args.clients} clients x {args.days} days) in {generate_s:.2f} s"
+    )
 
     started = time.perf_counter()
     _context()  # importing GX and building its context happens once per process
@@ -77,8 +79,8 @@ def main() -> None:
             load.append(load_s)
             bare.append(_bare_load_seconds(parquet, workdir, run))
             print(
-                f"run {run}: prewarm {total_s:.2f} s (validate {validate_s:.2f}, load {load_s:.2f}),"
-                f" bare DuckDB {bare[-1]:.2f} s"
+                f"run {run}: prewarm {total_s:.2f} s (validate {validate_s:.2f},"
+                f" load {load_s:.2f}), bare DuckDB {bare[-1]:.2f} s"
             )
 
     pipeline_s = statistics.median(pipeline)

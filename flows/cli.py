@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 from datetime import datetime
@@ -397,10 +398,10 @@ app.add_typer(schema_app, name="schema")
 def schema_show(client_id: Annotated[str, typer.Argument(help="The client id.")]) -> None:
     """Print a client's composite schema (with its anticipated section when forecast)."""
     settings = _settings()
-    from flows.schemas import client_composite
+    from flows.schemas import show_client_composite
     from provisioning.schema import show_composite
 
-    sys.stdout.write(show_composite(client_composite(settings, client_id)) + "\n")
+    sys.stdout.write(show_composite(show_client_composite(settings, client_id)) + "\n")
 
 
 @schema_app.command("add")
@@ -475,7 +476,9 @@ def clients_add(client_id: Annotated[str, typer.Argument(help="The client id.")]
     settings = _settings()
     from warehouse.api_keys import issue_key
 
-    key = issue_key(settings.warehouse_path, client_id, create_client=True)
+    key = issue_key(
+        settings.warehouse_path, client_id, create_client=True, freq_seconds=settings.freq_seconds
+    )
     console.print(f"API key for {client_id} (shown once, stored only as a hash):")
     sys.stdout.write(key + "\n")
 
@@ -511,6 +514,12 @@ def up(
         )
     services = stack.services(settings)
     problems: list[str] = []
+
+    def _interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    # `kill` (SIGTERM), e.g. from a service manager, stops the stack like Ctrl-C does.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         for service in services:
             console.print(f"starting {service.name} ...")

@@ -70,13 +70,10 @@ def predict_client(
     ]
     forecasts = forecaster.predict(history, calendar).with_columns(labels)
     exceedance = None
-    if getattr(forecaster, "exceedance", None) is not None:
-        own = history.filter(pl.col("client_id") == client_id).select(
-            "client_id", "ts", "concurrency"
+    if forecaster.exceedance is not None:
+        exceedance = forecaster.predict_exceedance(history).with_columns(
+            pl.lit(version).alias("model_version")
         )
-        exceedance = forecaster.exceedance.predict(
-            own.drop_nulls(), horizon_steps=forecaster.config.horizon_steps
-        ).with_columns(pl.lit(version).alias("model_version"))
     quality = pl.DataFrame(
         [
             {"client_id": client_id, "metric": metric, "coverage_80": report.get("coverage_80"),

@@ -19,6 +19,7 @@ import polars as pl
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
+from api.composite import client_base
 from flows.artifacts import publish_plan
 from flows.locks import warehouse_write
 from flows.settings import Settings
@@ -84,17 +85,12 @@ def _inventory(settings: Settings) -> pl.DataFrame:
 
 def _static_composites(clients: pl.DataFrame, extensions: dict[str, list[dict]]) -> dict[str, dict]:
     """Each client's composite without the anticipated section (it needs the plan)."""
-    composites = {}
-    for row in clients.iter_rows(named=True):
-        base: dict[str, Any] = {}
-        if row.get("container_cpu"):
-            base["cpu"] = float(row["container_cpu"])
-        if row.get("container_memory_mb"):
-            base["memory_mb"] = float(row["container_memory_mb"])
-        composites[row["client_id"]] = compose_workload(
-            row["client_id"], extensions.get(row["client_id"], []), None, base or None
+    return {
+        row["client_id"]: compose_workload(
+            row["client_id"], extensions.get(row["client_id"], []), None, client_base(row)
         )
-    return composites
+        for row in clients.iter_rows(named=True)
+    }
 
 
 def _final_configs(

@@ -8,42 +8,19 @@ from typing import Any
 
 import polars as pl
 
+from api.composite import client_base, client_composite
 from flows.settings import Settings
-from provisioning.schema import (
-    anticipated_from_profile,
-    compose_workload,
-    load_extension,
-    validate_extension,
-)
+from provisioning.schema import compose_workload, load_extension, validate_extension
 from warehouse.errors import PrewarmError
-from warehouse.pools import read_latest_forecasts, read_schema_extensions, store_schema_extension
+from warehouse.pools import read_schema_extensions, store_schema_extension
 from warehouse.reads import read_clients
 
-
-def _base(client: dict[str, Any]) -> dict[str, Any] | None:
-    base: dict[str, Any] = {}
-    if client.get("container_cpu"):
-        base["cpu"] = float(client["container_cpu"])
-    if client.get("container_memory_mb"):
-        base["memory_mb"] = float(client["container_memory_mb"])
-    return base or None
+__all__ = ["add_extension", "show_client_composite"]
 
 
-def client_composite(settings: Settings, client_id: str) -> dict[str, Any]:
-    """base (from the clients table) <- stored extensions <- anticipated (next profile window)."""
-    path = settings.warehouse_path
-    clients = read_clients(path).filter(pl.col("client_id") == client_id)
-    if clients.height == 0:
-        raise PrewarmError(f"No client {client_id!r} in the warehouse.")
-    extensions = read_schema_extensions(path).get(client_id, [])
-    _, _, profiles = read_latest_forecasts(path)
-    mine = profiles.filter(pl.col("client_id") == client_id).sort("window_start")
-    anticipated = None
-    if mine.height:
-        row = mine.row(0, named=True)
-        pool_size = int(round(row.get("concurrency_p90") or row.get("concurrency_p50") or 0))
-        anticipated = anticipated_from_profile(row, pool_size)
-    return compose_workload(client_id, extensions, anticipated, _base(clients.row(0, named=True)))
+def show_client_composite(settings: Settings, client_id: str) -> dict[str, Any]:
+    """What `prewarm schema show` prints: exactly what the API serves."""
+    return client_composite(settings.warehouse_path, client_id)
 
 
 def add_extension(settings: Settings, client_id: str, path: Path) -> str:
@@ -58,7 +35,7 @@ def add_extension(settings: Settings, client_id: str, path: Path) -> str:
         if e.get("name") != document["name"]
     ]
     clients = read_clients(settings.warehouse_path).filter(pl.col("client_id") == client_id)
-    base = _base(clients.row(0, named=True)) if clients.height else None
+    base = client_base(clients.row(0, named=True)) if clients.height else None
     compose_workload(client_id, [*existing, document], None, base)  # conflicts surface here
     store_schema_extension(settings.warehouse_path, client_id, json.loads(json.dumps(document)))
     return str(document["name"])

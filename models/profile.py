@@ -2,9 +2,10 @@
 
 A profile window is a contiguous span of forecast buckets where the client's demand metric
 (concurrency when known, else requests) is expected above its idle floor: p50 above the
-floor (and at least half a call or instance), or, for sparse clients whose quantiles are all zero, P(concurrency >= 1) at least
-`p_active`. For each window: start, end (exclusive), duration, the peak p50 and p90 of
-every resource, the peak P(active), and a confidence.
+floor (and at least half a call or instance), or, for sparse clients whose quantiles are
+all zero, P(concurrency >= 1) at least `p_active`. For each window: start, end
+(exclusive), duration, the peak p50 and p90 of every resource, the peak P(active), and a
+confidence.
 
 Confidence in [0, 1] multiplies three scores, each 1 when perfect:
 

@@ -1,0 +1,50 @@
+"""Client feedback on predicted windows: how accurate a forecast felt, and what really ran.
+
+Rows land in `feedback` for reconciliation to weigh against the numbers; validating the
+values (score range, metric names, window order) is the caller's job (the API's request
+model), this module only stores them, with parameters, never SQL built from input.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+from warehouse.sessions import naive_utc, naive_utc_now, open_warehouse
+
+log = logging.getLogger(__name__)
+
+
+def record_feedback(
+    path: Path,
+    client_id: str,
+    window_start: datetime,
+    window_end: datetime,
+    score: int,
+    actual: dict[str, float] | None,
+    comment: str | None,
+    *,
+    wait_s: float | None = None,
+) -> str:
+    """Store one feedback row (times as naive UTC, `actual` as JSON); return its id."""
+    feedback_id = str(uuid.uuid4())
+    with open_warehouse(path, wait_s=wait_s) as con:
+        con.execute(
+            "INSERT INTO feedback (feedback_id, client_id, window_start, window_end, score,"
+            " actual, comment, received_at) VALUES (?, ?, ?, ?, ?, ?::JSON, ?, ?)",
+            [
+                feedback_id,
+                client_id,
+                naive_utc(window_start),
+                naive_utc(window_end),
+                int(score),
+                json.dumps(actual, allow_nan=False) if actual is not None else None,
+                comment,
+                naive_utc_now(),
+            ],
+        )
+    log.info("recorded feedback %s from %s (score %d)", feedback_id, client_id, score)
+    return feedback_id
