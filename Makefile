@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint bench bench-ingest bench-activation bench-planner bench-replay clean-data
+.PHONY: install demo test lint bench bench-ingest bench-train bench-accuracy bench-activation bench-planner bench-replay screenshots clean-data
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "prewarm needs Python 3.11, found " + sys.version' 
@@ -23,7 +23,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
-bench: bench-ingest bench-activation bench-planner
+bench: bench-ingest bench-train bench-accuracy bench-activation bench-planner bench-replay
 
 bench-ingest: $(STAMP)
 	$(BIN)/python bench/ingest.py
@@ -39,3 +39,13 @@ bench-planner: $(STAMP)
 
 bench-replay: $(STAMP)
 	$(BIN)/python bench/replay.py
+
+bench-train: $(STAMP)
+	$(BIN)/python bench/train.py
+
+bench-accuracy: $(STAMP)
+	$(BIN)/python bench/accuracy.py
+
+# Refresh the README's pictures: the e2e browser test writes them to docs/img.
+screenshots: $(STAMP)
+	PREWARM_SCREENSHOTS_DIR=docs/img $(BIN)/python -m pytest tests/e2e -q

@@ -325,6 +325,40 @@ def provision(
 
 
 @app.command()
+def reconcile(
+    no_retrain: Annotated[
+        bool, typer.Option("--no-retrain", help="Detect drift but do not retrain.")
+    ] = False,
+) -> None:
+    """Compare what happened with what was predicted, correct pools, retrain drifted clients.
+
+    Scores new buckets against their forecasts (error, coverage, pinball) and the plan's
+    warm capacity (cold starts, idle cost, cost of a reactive autoscaler), scales up at once
+    when demand exceeded warm capacity, releases idle capacity beyond the plan, and retrains
+    the clients whose forecasts drifted. Rows land in `reconciliations` and `drift_events`.
+    """
+    _settings()
+    from flows.reconcile import reconcile_pools
+
+    summary = reconcile_pools(retrain=not no_retrain)
+    coverage = f"{summary.coverage:.0%}" if summary.coverage is not None else "-"
+    console.print(
+        f"Reconciled {summary.buckets} buckets ({summary.rows} rows): 80% band covered {coverage}; "
+        f"{summary.cold_starts:.0f} cold starts vs {summary.reactive_cold_starts:.0f} for a "
+        f"reactive policy; cost {summary.cost:.4f} vs {summary.reactive_cost:.4f}."
+    )
+    actions = ", ".join(f"{n} {kind}" for kind, n in sorted(summary.actions.items())) or "none"
+    console.print(f"Pool corrections: {actions}; scaled up at once: {summary.scaled_up or 'none'}.")
+    for client_id, reason in sorted(summary.drifted.items()):
+        done = "retrained" if client_id in summary.retrained else "not retrained"
+        console.print(f"  drift {client_id} ({done}): {reason}")
+    console.print(
+        'See: prewarm sql "select client_id, window_start, metric, predicted_p50, actual, '
+        'cold_starts, idle_cost from reconciliations order by window_start desc limit 10"'
+    )
+
+
+@app.command()
 def pools(
     release_all: Annotated[
         bool, typer.Option("--release-all", help="Release every container prewarm holds.")
@@ -364,7 +398,7 @@ def pools(
     console.print(f"{len(members)} members. Recorded history: table pool_members, pool_events.")
 
 
-clients_app = typer.Typer(help="Client settings: mode, and (later) API keys.", no_args_is_help=True)
+clients_app = typer.Typer(help="Clients: API keys and provisioning mode.", no_args_is_help=True)
 app.add_typer(clients_app, name="clients")
 
 
@@ -502,8 +536,13 @@ def up(
     ] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for each service.")] = 120.0,
 ) -> None:
-    """Start the local stack: Prefect server and UI (:4200), MLflow UI (:5000), the API
-    (:8000) and the five scheduled deployments. Ctrl-C stops everything cleanly."""
+    """Start the local stack: Prefect UI :4200, MLflow UI :5000, API :8000, the schedules.
+
+    Runs the Prefect server, the MLflow UI, the client API and the five scheduled
+    deployments as child processes (logs in data/logs); Ctrl-C stops everything cleanly.
+    With --check it starts everything, verifies every health endpoint and every
+    deployment's schedule through the Prefect API, stops, and exits 0 or says what failed.
+    """
     settings = _settings()
     from flows import stack
 
@@ -578,8 +617,12 @@ def replay(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the results here.")] = None,
     plot: Annotated[Path | None, typer.Option(help="Draw idle vs cold starts to this PNG.")] = None,
 ) -> None:
-    """Replay a trace minute by minute: prewarm's forecasters and planner against keep-alive
-    policies (none, fixed 10/20 min, the hybrid histogram of "Serverless in the Wild")."""
+    """Replay a trace minute by minute: prewarm against production keep-alive policies.
+
+    Policies: none, fixed keep-alive 10/20 min, the hybrid histogram of "Serverless in the
+    Wild" (ATC 2020), prewarm@R (this project's forecasters and planner at cost ratio R) and
+    an oracle. Reports cold starts per invocation, p75 per-function cold %, idle memory.
+    """
     _settings()
     from flows.progress import progress_bars, tracker
     from provisioning.replay import plot_replay, render_table, run_replay

@@ -67,7 +67,13 @@ def services(settings: Settings) -> list[Service]:
              "--port", str(settings.prefect_port)],
             f"{api_url}/health",
             logs / "prefect.log",
-            {k: v for k, v in env.items() if k != "PREFECT_API_URL"},
+            {
+                **{k: v for k, v in env.items() if k != "PREFECT_API_URL"},
+                # The UI calls the API at this URL: it must follow a non-default port.
+                "PREFECT_UI_API_URL": api_url,
+                "PREFECT_SERVER_API_HOST": HOST,
+                "PREFECT_SERVER_API_PORT": str(settings.prefect_port),
+            },
         ),
         Service(
             "mlflow",

@@ -1,0 +1,90 @@
+"""Training benchmark: 200 synthetic clients x 14 days at 5 min, all six metrics, through the
+real `train-forecasters` flow (fit, holdout scoring, plot, MLflow registration and gate).
+
+Run with `make bench-train`. Reports wall time of train + register, clients per minute and
+the share of that time spent inside MLflow calls; writes bench/results/train.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results" / "train.json"
+END = datetime(2026, 1, 19)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=200)
+    parser.add_argument("--days", type=int, default=14)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp)
+        os.environ.update(
+            {
+                "PREWARM_DATA_DIR": str(home / "data"),
+                "PREWARM_MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
+                "PREWARM_MLFLOW_ARTIFACTS_DIR": str(home / "artifacts"),
+                "PREWARM_TRAIN_WORKERS": str(args.workers),
+                "PREFECT_HOME": str(home / "prefect"),
+            }
+        )
+        from flows.settings import Settings, configure_environment
+
+        settings = Settings()
+        configure_environment(settings)
+        from flows.train import train_flow
+        from warehouse.ingest import BatchRecord, load_batch, utc_now
+        from warehouse.sources.synthetic import generate_synthetic
+        from warehouse.validation import validate_batch
+
+        batch = generate_synthetic(args.clients, args.days, END, freq_seconds=300, seed=7)
+        report = validate_batch(batch)
+        record = BatchRecord("bench", "loaded", report.rows_in, report.good.height, 0, "")
+        load_batch(
+            settings.warehouse_path, batch, report.good, report.quarantine, record, utc_now()
+        )
+        print(f"warehouse: {report.good.height:,} rows for {args.clients} clients")
+
+        started = time.perf_counter()
+        summary = train_flow(settings)()
+        wall_with_prefect_startup = time.perf_counter() - started
+
+    registered = len(summary.registrations)
+    result = {
+        "clients": args.clients,
+        "days": args.days,
+        "workers": args.workers,
+        "registered": registered,
+        "failed": len(summary.failures),
+        "promoted": summary.promoted,
+        "global_fallback": len(summary.fallbacks),
+        "flow_wall_s": round(summary.wall_seconds, 2),
+        "wall_with_prefect_startup_s": round(wall_with_prefect_startup, 2),
+        "clients_per_minute": round(registered / summary.wall_seconds * 60, 1),
+        "fit_cpu_s_total": round(summary.fit_seconds, 2),
+        "mlflow_s": round(summary.mlflow_seconds, 2),
+        "mlflow_share": round(summary.mlflow_seconds / summary.wall_seconds, 3),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "measured_at": datetime.now().isoformat(timespec="seconds"),
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    print(
+        f"{result['clients_per_minute']} clients/min (target >= 100); MLflow "
+        f"{result['mlflow_share']:.0%} of the time (target <= 25%)"
+    )
+
+
+if __name__ == "__main__":
+    main()

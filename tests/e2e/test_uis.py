@@ -1,0 +1,145 @@
+"""The UIs an operator uses, in a real browser against the real stack of `prewarm up`.
+
+Debian's chromium, driven by playwright (never a browser download). The stack runs on free
+ports with its own data directory; a small warehouse is trained first so MLflow has a
+champion to show. Screenshots go to a temporary directory, or to PREWARM_SCREENSHOTS_DIR
+(`make screenshots` points it at docs/img for the README).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from flows import stack
+from flows.deployments import SCHEDULES
+from flows.settings import Settings
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+PREWARM = str(Path(sys.executable).with_name("prewarm"))
+# How the Prefect UI words each deployment's schedule.
+SCHEDULE_TEXT = {
+    "ingest-usage": "Every 5 minutes",
+    "predict-profiles": "Every 5 minutes",
+    "provision-pools": "Every 5 minutes",
+    "reconcile-pools": "Every 5 minutes",
+    "train-forecasters": "At 02:00 AM every day",
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """A trained demo warehouse and the whole stack on free ports, stopped afterwards."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"needs Debian's chromium at {CHROMIUM} (.ci/run installs it)")
+    home = tmp_path_factory.mktemp("stack")
+    env = {
+        "PREWARM_DATA_DIR": str(home / "data"),
+        "PREWARM_MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlruns' / 'mlflow.db'}",
+        "PREWARM_MLFLOW_ARTIFACTS_DIR": str(home / "mlruns" / "artifacts"),
+        "PREWARM_PREFECT_PORT": str(_free_port()),
+        "PREWARM_MLFLOW_PORT": str(_free_port()),
+        "PREWARM_API_PORT": str(_free_port()),
+        "PREWARM_RUNTIME": "process",
+        "PREFECT_HOME": str(home / "data" / "prefect"),
+    }
+    saved = {k: os.environ.get(k) for k in [*env, "PREFECT_API_URL"]}
+    os.environ.update(env)
+    os.environ.pop("PREFECT_API_URL", None)
+    settings = Settings()
+    for command in (
+        ["ingest", "--clients", "2", "--days", "4", "--seed", "3"],
+        ["train"],
+    ):
+        done = subprocess.run([PREWARM, *command], capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout + done.stderr
+    services = stack.services(settings)
+    try:
+        for service in services:
+            stack.start(service)
+            problem = stack.wait_healthy(service, 180)
+            assert problem is None, problem
+        _, missing = stack.check_deployments(settings, 120)
+        assert not missing, missing
+        yield settings
+    finally:
+        for service in reversed(services):
+            stack.stop(service)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        yield instance
+        instance.close()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    target = os.environ.get("PREWARM_SCREENSHOTS_DIR")
+    folder = Path(target) if target else tmp_path_factory.mktemp("screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _screenshot(page: object, path: Path) -> None:
+    page.screenshot(path=str(path))  # type: ignore[attr-defined]
+    page.close()  # type: ignore[attr-defined]
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+
+
+def test_prefect_ui_lists_the_five_deployments_with_their_schedules(running_stack, browser, shots):
+    page = browser.new_page(viewport={"width": 1400, "height": 760})
+    page.goto(f"http://127.0.0.1:{running_stack.prefect_port}/deployments", wait_until="load")
+    for name in SCHEDULES:
+        page.locator("tr", has_text=name).first.wait_for(timeout=60_000)
+    rows = {name: page.locator("tr", has_text=name).first.inner_text() for name in SCHEDULES}
+    for name, text in SCHEDULE_TEXT.items():
+        assert text in rows[name], f"{name}: {rows[name]!r}"
+    assert "5 Deployments" in page.inner_text("body")
+    _screenshot(page, shots / "prefect-deployments.png")
+
+
+def test_mlflow_ui_shows_forecasters_with_a_champion(running_stack, browser, shots):
+    page = browser.new_page(viewport={"width": 1400, "height": 620})
+    page.goto(f"http://127.0.0.1:{running_stack.mlflow_port}/#/models", wait_until="load")
+    page.get_by_text("forecaster-c0000", exact=True).first.wait_for(timeout=60_000)
+    # MLflow greets first-time visitors with a dialog and an assistant panel: close both.
+    page.wait_for_timeout(1_000)
+    page.keyboard.press("Escape")
+    page.locator("[role=dialog]").first.wait_for(state="hidden", timeout=10_000)
+    assistant = page.locator('[data-component-id="mlflow.assistant.chat_panel.close"]')
+    if assistant.count():
+        assistant.first.click()
+    # The UI separates "@" and the alias with a no-break space.
+    body = page.inner_text("body").replace("\xa0", " ")
+    assert "forecaster-c0001" in body
+    row = page.get_by_role("row").filter(has_text="forecaster-c0000").first.inner_text()
+    row = row.replace("\xa0", " ")
+    assert "@ champion" in row or "@ challenger" in row, row
+    assert "@ champion" in body  # at least one model made it past the promotion gate
+    _screenshot(page, shots / "mlflow-models.png")
