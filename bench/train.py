@@ -42,6 +42,10 @@ def main() -> None:
 
         settings = Settings()
         configure_environment(settings)
+        from flows.prefect_api import prefect_api_url
+
+        # One Prefect API for this process and the fit workers it starts (as the CLI does).
+        configure_environment(settings, prefect_api_url=prefect_api_url(settings))
         from flows.train import train_flow
         from warehouse.ingest import BatchRecord, load_batch, utc_now
         from warehouse.sources.synthetic import generate_synthetic
@@ -74,7 +78,7 @@ def main() -> None:
         "fit_cpu_s_total": round(summary.fit_seconds, 2),
         "mlflow_s": round(summary.mlflow_seconds, 2),
         "mlflow_share": round(summary.mlflow_seconds / summary.wall_seconds, 3),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
         "measured_at": datetime.now().isoformat(timespec="seconds"),
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -42,14 +42,16 @@ class OutputFormat(StrEnum):
     json = "json"
 
 
-def _settings() -> Settings:
+def _settings(runs_flows: bool = False) -> Settings:
+    """Settings, with the environment set for libraries; a command that runs flows also gets
+    its Prefect API: `prewarm up`'s server when it answers (runs show in its UI), else one
+    temporary server shared with the worker processes the run starts."""
     settings = Settings()
-    from flows import stack
+    configure_environment(settings)
+    if runs_flows:
+        from flows.prefect_api import prefect_api_url
 
-    # When `prewarm up` runs, runs go to its Prefect server (they show in its UI, and no
-    # temporary server has to start).
-    running = stack.prefect_api_url(settings) if stack.prefect_server_running(settings) else None
-    configure_environment(settings, prefect_api_url=running)
+        configure_environment(settings, prefect_api_url=prefect_api_url(settings))
     from flows.logs import hide_expected_tracebacks
 
     hide_expected_tracebacks()
@@ -78,7 +80,7 @@ def ingest(
     Ingesting the same input twice is a no-op. Rows failing validation go to the
     `quarantine` table; when too many fail the whole batch is rejected and nothing loads.
     """
-    settings = _settings()
+    settings = _settings(runs_flows=True)
     from flows.ingest import ingest_usage
     from flows.progress import progress_bars
 
@@ -141,7 +143,7 @@ def train(
     A new version becomes `challenger`; it is promoted to `champion` only when its holdout
     wMAPE beats both the current champion on the same window and seasonal naive.
     """
-    settings = _settings()
+    settings = _settings(runs_flows=True)
     from flows.train import train_flow
 
     summary = train_flow(settings)(client_ids=clients or None)
@@ -175,7 +177,7 @@ def predict(
     ] = None,
 ) -> None:
     """Refresh forecasts and predicted profiles from the latest usage (no retraining)."""
-    _settings()
+    _settings(runs_flows=True)
     from flows.predict import predict_profiles
 
     summary = predict_profiles(client_ids=clients or None)
@@ -289,7 +291,7 @@ def provision(
     outweighs the idle cost of holding it (per tier: active, shadow = paused, cold = created),
     within host capacity. Forecast-only clients are planned and recorded, never touched.
     """
-    _settings()
+    _settings(runs_flows=True)
     from flows.provision import provision_pools
 
     summary = provision_pools(dry_run=dry_run)
@@ -337,7 +339,7 @@ def reconcile(
     when demand exceeded warm capacity, releases idle capacity beyond the plan, and retrains
     the clients whose forecasts drifted. Rows land in `reconciliations` and `drift_events`.
     """
-    _settings()
+    _settings(runs_flows=True)
     from flows.reconcile import reconcile_pools
 
     summary = reconcile_pools(retrain=not no_retrain)
@@ -662,7 +664,7 @@ def demo(
     ingest -> validate -> train (missing or stale models) -> predict profiles -> provision
     (Docker when a daemon answers, processes otherwise) -> the last hour arrives -> reconcile.
     """
-    settings = _settings()
+    settings = _settings(runs_flows=True)
     from flows.pipeline import prewarm_pipeline
     from flows.progress import progress_bars
 

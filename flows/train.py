@@ -7,6 +7,7 @@ the flow as each fit completes: MLflow is used from one place, one call at a tim
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ import polars as pl
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 from prefect.futures import as_completed
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.task_runners import ProcessPoolTaskRunner
 
 from flows.locks import warehouse_write
 from flows.settings import Settings, parse_freq_any
@@ -36,7 +37,15 @@ from models.forecaster import (
 from models.plots import plot_forecast_vs_actual
 from models.profile import demand_metric
 from models.promotion import decide_promotion
-from models.registry import ModelCard, Registration, load_forecaster, register_forecaster
+from models.registry import (
+    CHAMPION,
+    ModelCard,
+    Registration,
+    current_aliases,
+    ensure_experiment,
+    load_forecaster,
+    register_forecaster,
+)
 from warehouse.errors import PrewarmError
 from warehouse.ingest import utc_now
 from warehouse.predictions import write_model_runs
@@ -48,6 +57,8 @@ from warehouse.reads import (
 )
 
 INPUT_EXAMPLE_ROWS = 12  # a small, valid history slice shown in the MLflow UI
+GLOBAL_MODEL_CLIENTS = 40  # clients the global fallback model learns from, at most
+EXCEEDANCE_TRAINING_ROWS = 200_000  # (client, origin, horizon, level) rows, sampled
 
 
 @dataclass
@@ -58,6 +69,19 @@ class FittedClient:
     forecaster: ClientForecaster
     score: WindowScore | None
     plot_png: bytes | None
+    fit_seconds: float
+    example_input: pl.DataFrame  # a small valid history slice, shown in the MLflow UI
+    example_output: pl.DataFrame  # what the model predicts from it (the signature's output)
+
+
+@dataclass
+class ClientOutcome:
+    """What training one client produced (small: it travels back from a worker)."""
+
+    client_id: str
+    registration: Registration
+    score: WindowScore | None
+    fallback: str | None
     fit_seconds: float
 
 
@@ -84,7 +108,6 @@ def forecast_config(settings: Settings, freq_seconds: int) -> ForecastConfig:
     return ForecastConfig(freq_seconds=freq_seconds, horizon_steps=steps)
 
 
-@task(cache_policy=NONE)
 def fit_client(
     client_id: str,
     history: pl.DataFrame,
@@ -93,17 +116,15 @@ def fit_client(
     config: ForecastConfig,
     adjustments: Adjustments | None,
     global_model: GlobalForecaster | None,
-    exceedance: Any,
 ) -> FittedClient:
-    """Fit one client's forecaster (its own, or its view of the global model) and score it."""
+    """Fit one client's forecaster (its own, or its view of the global model) and score it
+    on its holdout day, with the plot a reviewer opens."""
     started = time.perf_counter()
     reason = needs_fallback(history, config)
     if reason is not None and global_model is not None:
         forecaster = global_model.for_client(client_id, client, reason)
     else:
         forecaster = fit_client_forecaster(history, config, calendar, client, adjustments)
-    if "concurrency" in forecaster.metrics:
-        forecaster.exceedance = exceedance
     score = score_window(forecaster, history, holdout_start(history, config.holdout_days), calendar)
     plot = None
     if score is not None:
@@ -113,21 +134,54 @@ def fit_client(
         plot = plot_forecast_vs_actual(
             shown, f"{client_id}: {metric}, holdout forecast vs actual, {kind}", metric
         )
-    return FittedClient(client_id, forecaster, score, plot, time.perf_counter() - started)
+    example = history.tail(INPUT_EXAMPLE_ROWS)
+    return FittedClient(
+        client_id, forecaster, score, plot, time.perf_counter() - started,
+        example, forecaster.predict(example),
+    )  # fmt: skip
 
 
 @task(cache_policy=NONE)
+def train_client(
+    client_id: str,
+    history: pl.DataFrame,
+    calendar: pl.DataFrame,
+    client: dict[str, Any] | None,
+    config: ForecastConfig,
+    adjustments: Adjustments | None,
+    global_model: GlobalForecaster | None,
+    exceedance: Any,
+    has_champion: bool,
+    settings: Settings,
+) -> ClientOutcome:
+    """Fit, score, gate and register one client's forecaster.
+
+    Registration happens here, in the worker, right after the fit: the workers share the
+    MLflow store (SQLite or a tracking server), so registrations run as parallel as fits.
+    """
+    fitted = fit_client(client_id, history, calendar, client, config, adjustments, global_model)
+    if "concurrency" in fitted.forecaster.metrics:
+        fitted.forecaster.exceedance = exceedance
+    registration = register_client(fitted, history, calendar, client, settings, has_champion)
+    return ClientOutcome(
+        client_id, registration, fitted.score, fitted.forecaster.fallback, fitted.fit_seconds
+    )
+
+
 def register_client(
     fitted: FittedClient,
     history: pl.DataFrame,
     calendar: pl.DataFrame,
     client: dict[str, Any] | None,
     settings: Settings,
+    has_champion: bool,
 ) -> Registration:
     """Register the fitted forecaster; promote it past the champion only when it is better."""
     forecaster, score = fitted.forecaster, fitted.score
     champion_wmape = None
-    current = load_forecaster(fitted.client_id, settings.mlflow_tracking_uri)
+    current = (
+        load_forecaster(fitted.client_id, settings.mlflow_tracking_uri) if has_champion else None
+    )
     if current is not None and score is not None:
         start = holdout_start(history, forecaster.config.holdout_days)
         champion_score = score_window(current[0], history, start, calendar)
@@ -173,7 +227,6 @@ def _model_card(
         metrics["window.champion_wmape"] = champion_wmape
     metrics["fit_seconds"] = fitted.fit_seconds
     first, last = history.get_column("ts").min(), history.get_column("ts").max()
-    example = history.tail(INPUT_EXAMPLE_ROWS)
     return ModelCard(
         params={
             "freq_seconds": config.freq_seconds,
@@ -194,8 +247,8 @@ def _model_card(
             "data_window": f"{first:%Y-%m-%dT%H:%M} .. {last:%Y-%m-%dT%H:%M}",
         },
         plot_png=fitted.plot_png,
-        input_example=example.to_pandas(),
-        output_example=forecaster.predict(example).to_pandas(),
+        input_example=fitted.example_input.to_pandas(),
+        output_example=fitted.example_output.to_pandas(),
     )
 
 
@@ -219,10 +272,26 @@ def _fit_shared_models(
     settings: Settings,
 ) -> tuple[GlobalForecaster | None, Any]:
     """The models shared by a frequency group: the global fallback (only if some client needs
-    it) and the P(concurrency >= k) classifier."""
+    it) and the P(concurrency >= k) classifier.
+
+    The global model learns from the clients that need it plus a fixed sample of the others
+    (GLOBAL_MODEL_CLIENTS): enough to learn shapes shared across clients, and it is trained
+    before any client can start, so it must stay quick.
+    """
     global_model = None
     if any(reasons.values()):
-        global_model = fit_global_forecaster(usage, clients, calendar, config)
+        needing = sorted(cid for cid, why in reasons.items() if why)
+        others = sorted(
+            (cid for cid, why in reasons.items() if not why),
+            key=lambda cid: hashlib.blake2b(cid.encode(), digest_size=4).digest(),
+        )
+        chosen = [*needing, *others[: max(0, GLOBAL_MODEL_CLIENTS - len(needing))]]
+        global_model = fit_global_forecaster(
+            usage.filter(pl.col("client_id").is_in(chosen)),
+            clients.filter(pl.col("client_id").is_in(chosen)),
+            calendar,
+            config,
+        )
     exceedance = None
     if "concurrency" in usage.columns and usage.get_column("concurrency").drop_nulls().len():
         exceedance = fit_exceedance_model(
@@ -231,6 +300,7 @@ def _fit_shared_models(
                 freq_seconds=config.freq_seconds,
                 horizon_steps=config.horizon_steps,
                 max_level=settings.exceedance_levels,
+                max_rows=EXCEEDANCE_TRAINING_ROWS,
             ),
             clients.select("client_id", "container_memory_mb"),
         )
@@ -238,7 +308,7 @@ def _fit_shared_models(
 
 
 def train_flow(settings: Settings) -> Any:
-    """`train_forecasters` on a local thread pool, or on the Dask cluster at
+    """`train_forecasters` on a local process pool, or on the Dask cluster at
     PREWARM_DASK_ADDRESS (the path beyond one machine)."""
     if settings.dask_address:
         from prefect_dask import DaskTaskRunner
@@ -247,11 +317,13 @@ def train_flow(settings: Settings) -> Any:
             task_runner=DaskTaskRunner(address=settings.dask_address)
         )
     return train_forecasters.with_options(
-        task_runner=ThreadPoolTaskRunner(max_workers=settings.train_workers)
+        task_runner=ProcessPoolTaskRunner(max_workers=settings.train_workers)
     )
 
 
-@flow(name="train-forecasters", task_runner=ThreadPoolTaskRunner(max_workers=2))
+# Clients train in worker processes: feature building and scoring hold the GIL too long
+# for threads to use both cores.
+@flow(name="train-forecasters", task_runner=ProcessPoolTaskRunner(max_workers=2))
 def train_forecasters(client_ids: list[str] | None = None) -> TrainSummary:
     """Fit, score, register and gate one forecaster per client (all clients by default)."""
     started = time.perf_counter()
@@ -266,6 +338,9 @@ def train_forecasters(client_ids: list[str] | None = None) -> TrainSummary:
     attributes = _client_dicts(clients)
     reconciliations, feedback = read_feedback_signals(path, since=datetime(1970, 1, 1))
     adjustments = adjustments_from_signals(reconciliations, feedback, utc_now())
+    aliases = current_aliases(settings.mlflow_tracking_uri)
+    # Made once here: workers registering at once must not race to create it.
+    ensure_experiment(settings.mlflow_tracking_uri, settings.mlflow_artifacts_dir)
     summary = TrainSummary()
 
     frequencies = clients.select("client_id", "freq_seconds")
@@ -280,29 +355,30 @@ def train_forecasters(client_ids: list[str] | None = None) -> TrainSummary:
         global_model, exceedance = _fit_shared_models(
             group, group_clients, calendar, config, reasons, settings
         )
+        # Tasks may run in other processes: send each only what it needs (the global model
+        # goes to fallback clients only).
         futures = {
-            fit_client.submit(
+            train_client.submit(
                 cid, history, calendar, attributes.get(cid), config, adjustments.get(cid),
-                global_model, exceedance,
+                global_model if reasons[cid] else None, exceedance,
+                CHAMPION in aliases.get(cid, {}), settings,
             ): cid
             for (cid,), history in histories.items()
         }  # fmt: skip
         for future in as_completed(list(futures)):
             cid = futures[future]
             try:
-                fitted = future.result()
+                outcome = future.result()
             except Exception as error:  # one client's failure must not stop the others
                 summary.failures[cid] = f"{type(error).__name__}: {error}"
-                logger.warning("client %s: fit failed: %s", cid, error)
+                logger.warning("client %s: training failed: %s", cid, error)
                 continue
-            summary.fit_seconds += fitted.fit_seconds
-            summary.scores[cid] = fitted.score
-            if fitted.forecaster.fallback:
-                summary.fallbacks[cid] = fitted.forecaster.fallback
-            history = histories[(cid,)]
-            registration = register_client(fitted, history, calendar, attributes.get(cid), settings)
-            summary.registrations.append(registration)
-            summary.mlflow_seconds += registration.mlflow_seconds
+            summary.fit_seconds += outcome.fit_seconds
+            summary.scores[cid] = outcome.score
+            if outcome.fallback:
+                summary.fallbacks[cid] = outcome.fallback
+            summary.registrations.append(outcome.registration)
+            summary.mlflow_seconds += outcome.registration.mlflow_seconds
 
     with warehouse_write():
         write_model_runs(path, _model_runs(summary, usage))

@@ -26,6 +26,7 @@ import mlflow
 import mlflow.pyfunc
 import pandas as pd
 from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
@@ -116,6 +117,14 @@ def _experiment_id(client: MlflowClient, artifacts_dir: Path) -> str:
     )
 
 
+def ensure_experiment(tracking_uri: str, artifacts_dir: Path) -> str:
+    """The forecasters' experiment id, created (with its artifact location) if missing."""
+    with _LOCK:
+        _ensure_sqlite_dir(tracking_uri)
+        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        return _experiment_id(client, artifacts_dir)
+
+
 def _ensure_sqlite_dir(tracking_uri: str) -> None:
     if tracking_uri.startswith("sqlite:///"):
         Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -149,21 +158,26 @@ def register_forecaster(
             signature = infer_signature(
                 card.input_example, card.output_example, params={"output": "forecast"}
             )
+        version_tags = {"client_id": client_id, **card.tags, "promotion": reason}
+        now_ms = int(time.time() * 1000)
         with tempfile.TemporaryDirectory() as tmp:
             pickled = Path(tmp) / "forecaster.pkl"
             pickled.write_bytes(pickle.dumps(forecaster, protocol=pickle.HIGHEST_PROTOCOL))
             with mlflow.start_run(
                 experiment_id=experiment_id, run_name=f"train-{client_id}"
             ) as run:
-                mlflow.set_tags({"client_id": client_id, **card.tags})
-                if card.params:
-                    mlflow.log_params({k: str(v)[:500] for k, v in card.params.items()})
-                if card.metrics:
-                    mlflow.log_metrics({k: float(v) for k, v in card.metrics.items()})
+                # One batch for params, metrics and tags: every MLflow call is a transaction.
+                client.log_batch(
+                    run.info.run_id,
+                    metrics=[Metric(k, float(v), now_ms, 0) for k, v in card.metrics.items()],
+                    params=[Param(k, str(v)[:500]) for k, v in card.params.items()],
+                    tags=[RunTag(k, str(v)) for k, v in version_tags.items()],
+                )
                 if card.plot_png:
                     plot = Path(tmp) / "holdout_forecast.png"
                     plot.write_bytes(card.plot_png)
                     mlflow.log_artifact(str(plot), artifact_path="plots")
+                # `tags` land on the logged model and on the new registered version alike.
                 info = mlflow.pyfunc.log_model(
                     name="forecaster",
                     python_model=ForecasterPyfunc(),
@@ -173,11 +187,9 @@ def register_forecaster(
                     input_example=card.input_example,
                     registered_model_name=name,
                     await_registration_for=0,
+                    tags=version_tags,
                 )
         version = str(info.registered_model_version)
-        for key, value in {"client_id": client_id, **card.tags}.items():
-            client.set_model_version_tag(name, version, key, str(value))
-        client.set_model_version_tag(name, version, "promotion", reason)
         client.set_registered_model_alias(name, CHALLENGER, version)
         if promote:
             client.set_registered_model_alias(name, CHAMPION, version)

@@ -75,6 +75,8 @@ def test_registered_run_has_metrics_params_plot_and_signature(trained):
     assert run.data.params["horizon_steps"] == "12"
     artifacts = {a.path for a in client.list_artifacts(version.run_id, "plots")}
     assert artifacts == {"plots/holdout_forecast.png"}
+    mlflow.set_tracking_uri(trained.mlflow_tracking_uri)
+    mlflow.set_registry_uri(trained.mlflow_tracking_uri)
     info = mlflow.models.get_model_info("models:/forecaster-c0000/1")
     assert info.signature is not None
     assert "ts" in info.signature.inputs.input_names()
@@ -83,6 +85,7 @@ def test_registered_run_has_metrics_params_plot_and_signature(trained):
 def test_pyfunc_round_trip_gives_identical_forecasts(trained):
     history = read_recent_usage(trained.warehouse_path, 8, ["c0001"])
     mlflow.set_tracking_uri(trained.mlflow_tracking_uri)
+    mlflow.set_registry_uri(trained.mlflow_tracking_uri)
     pyfunc = mlflow.pyfunc.load_model("models:/forecaster-c0001@challenger")
     served = pyfunc.predict(history.to_pandas())
     direct = pyfunc.unwrap_python_model().forecaster.predict(history).to_pandas()
