@@ -67,9 +67,9 @@ from provisioning.schema import Composite, SchemaError, render_container_config
 from warehouse.activations import Activation, record_activation
 from warehouse.api_keys import KEY_PREFIX, parse_key, verify_key
 from warehouse.client_reads import read_latest_profile, read_planned_host
+from warehouse.db import connect
 from warehouse.errors import PrewarmError, WarehouseBusy
 from warehouse.feedback import record_feedback
-from warehouse.sessions import open_warehouse
 from warehouse.sources.base import METRICS
 from warehouse.validation import CLIENT_ID_PATTERN
 
@@ -142,7 +142,7 @@ class _Context:
         try:
             with (
                 self._db_lock,
-                open_warehouse(self.warehouse_path, True, _HEALTH_LOCK_WAIT_S) as con,
+                connect(self.warehouse_path, True, _HEALTH_LOCK_WAIT_S) as con,
             ):
                 con.execute("SELECT 1").fetchall()
         except Exception as error:  # any failure means "not usable now"; say why in the log
@@ -471,7 +471,7 @@ def _v1_router() -> APIRouter:
 
 
 def _read_profile(path: Path, client_id: str, *, wait_s: float) -> list[dict[str, Any]]:
-    with open_warehouse(path, read_only=True, wait_s=wait_s) as con:
+    with connect(path, read_only=True, wait_s=wait_s) as con:
         return read_latest_profile(con, client_id)
 
 
@@ -513,7 +513,7 @@ def _cold_start_inputs(ctx: _Context, client_id: str) -> tuple[dict[str, Any], s
 
 
 def _planned_host(path: Path, client_id: str, *, wait_s: float) -> str | None:
-    with open_warehouse(path, read_only=True, wait_s=wait_s) as con:
+    with connect(path, read_only=True, wait_s=wait_s) as con:
         return read_planned_host(con, client_id)
 
 

@@ -12,8 +12,8 @@ from typing import Any
 
 from provisioning.schema import anticipated_from_profile, compose_workload
 from warehouse.client_reads import read_client, read_client_extensions, read_latest_profile
+from warehouse.db import connect
 from warehouse.errors import PrewarmError
-from warehouse.sessions import open_warehouse
 
 
 def client_base(client: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -51,7 +51,7 @@ def client_composite(
 
     Raises PrewarmError for an unknown client; SchemaError when stored extensions conflict.
     """
-    with open_warehouse(warehouse_path, read_only=True, wait_s=wait_s) as con:
+    with connect(warehouse_path, read_only=True, wait_s=wait_s) as con:
         client = read_client(con, client_id)
         if client is None:
             raise PrewarmError(f"No client {client_id!r} in the warehouse.")

@@ -47,7 +47,8 @@ def main() -> None:
         # One Prefect API for this process and the fit workers it starts (as the CLI does).
         configure_environment(settings, prefect_api_url=prefect_api_url(settings))
         from flows.train import train_flow
-        from warehouse.ingest import BatchRecord, load_batch, utc_now
+        from warehouse.db import utc_now
+        from warehouse.ingest import BatchRecord, load_batch
         from warehouse.sources.synthetic import generate_synthetic
         from warehouse.validation import validate_batch
 
@@ -77,7 +78,12 @@ def main() -> None:
         "clients_per_minute": round(registered / summary.wall_seconds * 60, 1),
         "fit_cpu_s_total": round(summary.fit_seconds, 2),
         "mlflow_s": round(summary.mlflow_seconds, 2),
+        # MLflow calls run inside the workers, in parallel: their summed time against the wall
+        # clock, and against the workers' time (wall x workers), are both reported.
         "mlflow_share": round(summary.mlflow_seconds / summary.wall_seconds, 3),
+        "mlflow_share_of_worker_time": round(
+            summary.mlflow_seconds / (summary.wall_seconds * args.workers), 3
+        ),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
         "measured_at": datetime.now().isoformat(timespec="seconds"),
     }
@@ -86,7 +92,8 @@ def main() -> None:
     print(json.dumps(result, indent=2))
     print(
         f"{result['clients_per_minute']} clients/min (target >= 100); MLflow "
-        f"{result['mlflow_share']:.0%} of the time (target <= 25%)"
+        f"{result['mlflow_share']:.0%} of the wall time, "
+        f"{result['mlflow_share_of_worker_time']:.0%} of the workers' time (target <= 25%)"
     )
 
 

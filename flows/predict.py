@@ -20,8 +20,8 @@ from flows.locks import warehouse_write
 from flows.settings import Settings
 from models.profile import build_profiles, idle_floors
 from models.registry import CHALLENGER, CHAMPION, current_aliases, load_forecaster, model_name
+from warehouse.db import utc_now
 from warehouse.errors import PrewarmError
-from warehouse.ingest import utc_now
 from warehouse.predictions import write_predictions
 from warehouse.reads import read_calendar, read_clients, read_recent_usage
 

@@ -31,8 +31,8 @@ from provisioning.runtime.base import ContainerRuntime
 from provisioning.runtime.images import build_image
 from provisioning.runtime.select import select_runtime
 from provisioning.schema import anticipated_from_profile, compose_workload, render_container_config
+from warehouse.db import utc_now
 from warehouse.errors import PrewarmError
-from warehouse.ingest import utc_now
 from warehouse.pools import (
     read_inventory,
     read_latest_forecasts,

@@ -34,8 +34,7 @@ from provisioning.apply import reconcile_once
 from provisioning.costs import CostModel, load_cost_model
 from provisioning.monitoring import DriftThresholds, detect_drift, pool_outcomes, score_forecasts
 from provisioning.runtime.base import ContainerRuntime
-from warehouse.db import connect, fetch_frame
-from warehouse.ingest import utc_now
+from warehouse.db import connect, fetch_frame, utc_now
 from warehouse.monitoring import (
     annotate_reconciliations,
     read_planned_capacity,

@@ -46,8 +46,8 @@ from models.registry import (
     load_forecaster,
     register_forecaster,
 )
+from warehouse.db import utc_now
 from warehouse.errors import PrewarmError
-from warehouse.ingest import utc_now
 from warehouse.predictions import write_model_runs
 from warehouse.reads import (
     read_calendar,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from warehouse.sessions import naive_utc, naive_utc_now, open_warehouse, transaction
+from warehouse.db import connect, naive_utc, transaction, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +44,9 @@ def record_activation(
     wait_s: float | None = None,
 ) -> None:
     """Append the 'activate' event; for a successful one, upsert its member as active."""
-    at = naive_utc(happened_at) if happened_at is not None else naive_utc_now()
+    at = naive_utc(happened_at) if happened_at is not None else utc_now()
     a = activation
-    with open_warehouse(path, wait_s=wait_s) as con, transaction(con):
+    with connect(path, wait_s=wait_s) as con, transaction(con):
         con.execute(
             "INSERT INTO pool_events (member_id, client_id, plan_id, runtime, action, tier,"
             " host, ms, ok, error, reason, happened_at)"

@@ -28,9 +28,8 @@ from pathlib import Path
 
 import duckdb
 
-from warehouse.db import fetch_one, fetch_value
+from warehouse.db import connect, fetch_one, fetch_value, transaction, utc_now
 from warehouse.errors import PrewarmError
-from warehouse.sessions import naive_utc_now, open_warehouse, transaction
 from warehouse.validation import CLIENT_ID_PATTERN
 
 log = logging.getLogger(__name__)
@@ -66,7 +65,7 @@ def issue_key(
     error: `rotate_key` replaces keys.
     """
     _check_client_id(client_id)
-    with open_warehouse(path, read_only=False, wait_s=wait_s) as con, transaction(con):
+    with connect(path, read_only=False, wait_s=wait_s) as con, transaction(con):
         if not _client_exists(con, client_id):
             if not create_client:
                 raise PrewarmError(
@@ -76,7 +75,7 @@ def issue_key(
             con.execute(
                 "INSERT INTO clients (client_id, freq_seconds, source, updated_at)"
                 " VALUES (?, ?, ?, ?)",
-                [client_id, freq_seconds, _BARE_CLIENT_SOURCE, naive_utc_now()],
+                [client_id, freq_seconds, _BARE_CLIENT_SOURCE, utc_now()],
             )
             log.info("created bare client %s for its API key", client_id)
         live = fetch_value(
@@ -97,13 +96,13 @@ def issue_key(
 def rotate_key(path: Path, client_id: str, *, wait_s: float | None = None) -> str:
     """Replace a client's key with a new one (returned once); the old key stops working."""
     _check_client_id(client_id)
-    with open_warehouse(path, read_only=False, wait_s=wait_s) as con, transaction(con):
+    with connect(path, read_only=False, wait_s=wait_s) as con, transaction(con):
         if not _client_exists(con, client_id):
             raise PrewarmError(
                 f"No client {client_id!r} in the warehouse: there is no key to rotate. "
                 "Issue a first key with `prewarm clients add`."
             )
-        now = naive_utc_now()
+        now = utc_now()
         con.execute(
             "UPDATE api_keys SET revoked_at = ? WHERE client_id = ? AND revoked_at IS NULL",
             [now, client_id],
@@ -119,7 +118,7 @@ def verify_key(path: Path, key: str, *, wait_s: float | None = None) -> str | No
     if parsed is None:
         return None
     key_id, secret = parsed
-    with open_warehouse(path, read_only=True, wait_s=wait_s) as con:
+    with connect(path, read_only=True, wait_s=wait_s) as con:
         row = fetch_one(
             con,
             "SELECT k.client_id, k.salt, k.secret_hash FROM api_keys k"
@@ -146,7 +145,7 @@ def _insert_key(con: duckdb.DuckDBPyConnection, client_id: str, now: datetime | 
     con.execute(
         "INSERT INTO api_keys (key_id, client_id, salt, secret_hash, created_at)"
         " VALUES (?, ?, ?, ?, ?)",
-        [key_id, client_id, salt.hex(), _hash(salt, secret), now or naive_utc_now()],
+        [key_id, client_id, salt.hex(), _hash(salt, secret), now or utc_now()],
     )
     return f"{KEY_PREFIX}_{key_id}_{secret}"
 

@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 
@@ -49,10 +50,14 @@ def _open(path: Path, read_only: bool, wait_s: float) -> duckdb.DuckDBPyConnecti
 
 @contextmanager
 def connect(
-    path: Path, read_only: bool = False, wait_s: float = _LOCK_WAIT_S
+    path: Path, read_only: bool = False, wait_s: float | None = None
 ) -> Iterator[duckdb.DuckDBPyConnection]:
-    """Open the warehouse (creating and migrating it on first write), yield, always close."""
+    """Open the warehouse (creating and migrating it on first write), yield, always close.
+
+    `wait_s` bounds the wait for a lock another process holds (None: 30 s; a web request
+    chooses less)."""
     path = Path(path)
+    wait_s = _LOCK_WAIT_S if wait_s is None else wait_s
     if read_only and not path.exists():
         raise PrewarmError(
             f"No warehouse at {path}. Create one with `prewarm ingest` (or `make demo`)."
@@ -75,6 +80,30 @@ def connect(
         yield con
     finally:
         con.close()
+
+
+@contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """Commit the block's statements together, or none of them."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+
+
+def utc_now() -> datetime:
+    """Naive UTC now, the warehouse's timestamp convention."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def naive_utc(moment: datetime) -> datetime:
+    """A datetime as naive UTC (naive input is taken to be UTC already)."""
+    if moment.tzinfo is None:
+        return moment
+    return moment.astimezone(UTC).replace(tzinfo=None)
 
 
 def _pending_migrations(con: duckdb.DuckDBPyConnection) -> bool:
@@ -109,17 +138,12 @@ def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
             if done[version] != checksum:
                 log.warning("migration %s changed after it was applied; not re-applied", version)
             continue
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(con):
             con.execute(sql)
             con.execute(
                 "INSERT INTO schema_migrations (version, checksum) VALUES (?, ?)",
                 [version, checksum],
             )
-            con.execute("COMMIT")
-        except Exception:
-            con.execute("ROLLBACK")
-            raise
         applied.append(version)
         log.info("applied migration %s", version)
     _apply_views(con)
@@ -133,18 +157,13 @@ def _apply_views(con: duckdb.DuckDBPyConnection) -> None:
     current = fetch_value(con, "SELECT checksum FROM schema_migrations WHERE version = 'views'")
     if current == checksum:
         return
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         con.execute(sql)
         con.execute(
             "INSERT OR REPLACE INTO schema_migrations (version, checksum, applied_at)"
-            " VALUES ('views', ?, now()::TIMESTAMP)",
-            [checksum],
+            " VALUES ('views', ?, ?)",
+            [checksum, utc_now()],
         )
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
 
 
 def fetch_one(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> tuple | None:

@@ -13,7 +13,7 @@ import uuid
 from datetime import datetime
 from pathlib import Path
 
-from warehouse.sessions import naive_utc, naive_utc_now, open_warehouse
+from warehouse.db import connect, naive_utc, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def record_feedback(
 ) -> str:
     """Store one feedback row (times as naive UTC, `actual` as JSON); return its id."""
     feedback_id = str(uuid.uuid4())
-    with open_warehouse(path, wait_s=wait_s) as con:
+    with connect(path, wait_s=wait_s) as con:
         con.execute(
             "INSERT INTO feedback (feedback_id, client_id, window_start, window_end, score,"
             " actual, comment, received_at) VALUES (?, ?, ?, ?, ?, ?::JSON, ?, ?)",
@@ -43,7 +43,7 @@ def record_feedback(
                 int(score),
                 json.dumps(actual, allow_nan=False) if actual is not None else None,
                 comment,
-                naive_utc_now(),
+                utc_now(),
             ],
         )
     log.info("recorded feedback %s from %s (score %d)", feedback_id, client_id, score)

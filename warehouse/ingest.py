@@ -11,13 +11,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import duckdb
 import polars as pl
 
-from warehouse.db import connect, fetch_value
+from warehouse.db import connect, fetch_value, transaction, utc_now
 from warehouse.sources.base import METRICS, ExtractedBatch
 
 log = logging.getLogger(__name__)
@@ -36,11 +36,6 @@ class BatchRecord:
     rows_loaded: int
     rows_quarantined: int
     message: str
-
-
-def utc_now() -> datetime:
-    """Naive UTC now, the warehouse's timestamp convention."""
-    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def new_batch_id(content_hash: str, started_at: datetime) -> str:
@@ -90,19 +85,13 @@ def load_batch(
 
     Clients seen for the first time start in `new_client_mode` (provision | forecast-only).
     """
-    with connect(path) as con:
-        con.execute("BEGIN TRANSACTION")
-        try:
-            _upsert_clients(con, batch, usage, new_client_mode)
-            if batch.calendar is not None and batch.calendar.height:
-                _upsert_calendar(con, batch.calendar)
-            replaced = _upsert_usage(con, usage, record.batch_id, on_progress)
-            _insert_quarantine(con, record.batch_id, quarantine)
-            _insert_record(con, batch, record, started_at)
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+    with connect(path) as con, transaction(con):
+        _upsert_clients(con, batch, usage, new_client_mode)
+        if batch.calendar is not None and batch.calendar.height:
+            _upsert_calendar(con, batch.calendar)
+        replaced = _upsert_usage(con, usage, record.batch_id, on_progress)
+        _insert_quarantine(con, record.batch_id, quarantine)
+        _insert_record(con, batch, record, started_at)
     return replaced
 
 
@@ -114,15 +103,9 @@ def record_attempt(
     started_at: datetime,
 ) -> None:
     """Record a batch that did not load (rejected or failed), with its quarantined rows."""
-    with connect(path) as con:
-        con.execute("BEGIN TRANSACTION")
-        try:
-            _insert_quarantine(con, record.batch_id, quarantine)
-            _insert_record(con, batch, record, started_at)
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+    with connect(path) as con, transaction(con):
+        _insert_quarantine(con, record.batch_id, quarantine)
+        _insert_record(con, batch, record, started_at)
 
 
 def _upsert_clients(

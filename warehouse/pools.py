@@ -10,9 +10,8 @@ from typing import Any
 
 import polars as pl
 
-from warehouse.db import connect, fetch_frame, fetch_value
+from warehouse.db import connect, fetch_frame, fetch_value, transaction, utc_now
 from warehouse.errors import PrewarmError
-from warehouse.ingest import utc_now
 
 MODES = ("provision", "forecast-only")
 
@@ -24,16 +23,10 @@ def store_inventory(path: Path, inventory: pl.DataFrame, source: str) -> None:
         pl.lit(utc_now()).cast(pl.Datetime("us")).alias("updated_at"),
     )
     columns = ", ".join(frame.columns)
-    with connect(path) as con:
-        con.execute("BEGIN TRANSACTION")
-        try:
-            con.execute("DELETE FROM inventory")
-            con.register("new_inventory", frame.to_arrow())
-            con.execute(f"INSERT INTO inventory ({columns}) SELECT {columns} FROM new_inventory")
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+    with connect(path) as con, transaction(con):
+        con.execute("DELETE FROM inventory")
+        con.register("new_inventory", frame.to_arrow())
+        con.execute(f"INSERT INTO inventory ({columns}) SELECT {columns} FROM new_inventory")
 
 
 def read_inventory(path: Path) -> pl.DataFrame:
@@ -134,23 +127,17 @@ def write_plan(
         )
         .alias("config")
     )
-    with connect(path) as con:
-        con.execute("BEGIN TRANSACTION")
-        try:
-            con.execute(
-                "INSERT INTO plans (plan_id, created_at, first_window, tick_seconds, windows,"
-                " buffer_seconds, dry_run, totals) VALUES (?, ?, ?, ?, ?, ?, ?, ?::JSON)",
-                [
-                    plan.plan_id, plan.created_at, plan.first_window, plan.tick_seconds,
-                    plan.windows, plan.buffer_seconds, dry_run, json.dumps(plan.totals),
-                ],
-            )  # fmt: skip
-            _insert(con, "allocations", allocations, {"config": "config::JSON"})
-            _insert(con, "unserved", plan.unserved)
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+    with connect(path) as con, transaction(con):
+        con.execute(
+            "INSERT INTO plans (plan_id, created_at, first_window, tick_seconds, windows,"
+            " buffer_seconds, dry_run, totals) VALUES (?, ?, ?, ?, ?, ?, ?, ?::JSON)",
+            [
+                plan.plan_id, plan.created_at, plan.first_window, plan.tick_seconds,
+                plan.windows, plan.buffer_seconds, dry_run, json.dumps(plan.totals),
+            ],
+        )  # fmt: skip
+        _insert(con, "allocations", allocations, {"config": "config::JSON"})
+        _insert(con, "unserved", plan.unserved)
 
 
 def write_pool_state(
@@ -166,14 +153,12 @@ def write_pool_state(
     runtime but no longer present are marked released. Activation events add to each
     member's activation count and last activation time.
     """
-    with connect(path) as con:
-        con.execute("BEGIN TRANSACTION")
-        try:
-            if events.height:
-                _insert(con, "pool_events", events)
-            con.register("present", members.to_arrow() if members.height else _empty_members())
-            con.execute(
-                """
+    with connect(path) as con, transaction(con):
+        if events.height:
+            _insert(con, "pool_events", events)
+        con.register("present", members.to_arrow() if members.height else _empty_members())
+        con.execute(
+            """
                 INSERT INTO pool_members (member_id, client_id, plan_id, runtime, tier, host,
                                           endpoint, created_at, observed_at)
                 SELECT member_id, client_id, plan_id, runtime, tier, host, endpoint,
@@ -183,18 +168,18 @@ def write_pool_state(
                     host = coalesce(excluded.host, pool_members.host),
                     released_at = NULL, observed_at = excluded.observed_at
                 """,
-                [observed_at],
-            )
-            con.execute(
-                """
+            [observed_at],
+        )
+        con.execute(
+            """
                 UPDATE pool_members SET tier = 'released', released_at = ?, observed_at = ?
                 WHERE runtime = ? AND released_at IS NULL
                   AND member_id NOT IN (SELECT member_id FROM present)
                 """,
-                [observed_at, observed_at, runtime],
-            )
-            con.execute(
-                """
+            [observed_at, observed_at, runtime],
+        )
+        con.execute(
+            """
                 UPDATE pool_members SET
                     activations = pool_members.activations + a.n,
                     last_activation_ms = a.last_ms
@@ -206,12 +191,8 @@ def write_pool_state(
                 ) a
                 WHERE pool_members.member_id = a.member_id
                 """,
-                [observed_at],
-            )
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+            [observed_at],
+        )
 
 
 def read_pool(path: Path) -> pl.DataFrame:

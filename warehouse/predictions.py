@@ -6,7 +6,7 @@ from pathlib import Path
 
 import polars as pl
 
-from warehouse.db import connect
+from warehouse.db import connect, transaction
 
 _FORECAST_COLUMNS = (
     "client_id, metric, origin, ts, horizon, p10, p50, p90, model_name, model_version, generated_at"
@@ -21,29 +21,23 @@ def write_predictions(
     exceedance: pl.DataFrame | None = None,
 ) -> None:
     """Append one prediction run (forecasts, exceedance, profiles) in a single transaction."""
-    with connect(path) as con:
-        con.execute("BEGIN TRANSACTION")
-        try:
-            if forecasts.height:
-                con.register("new_forecasts", forecasts.to_arrow())
-                con.execute(
-                    f"INSERT INTO forecasts ({_FORECAST_COLUMNS})"
-                    f" SELECT {_FORECAST_COLUMNS} FROM new_forecasts"
-                )
-            if exceedance is not None and exceedance.height:
-                con.register("new_exceedance", exceedance.to_arrow())
-                con.execute(
-                    f"INSERT INTO forecast_exceedance ({_EXCEEDANCE_COLUMNS})"
-                    f" SELECT {_EXCEEDANCE_COLUMNS} FROM new_exceedance"
-                )
-            if profiles.height:
-                con.register("new_profiles", profiles.to_arrow())
-                columns = ", ".join(profiles.columns)
-                con.execute(f"INSERT INTO profiles ({columns}) SELECT {columns} FROM new_profiles")
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+    with connect(path) as con, transaction(con):
+        if forecasts.height:
+            con.register("new_forecasts", forecasts.to_arrow())
+            con.execute(
+                f"INSERT INTO forecasts ({_FORECAST_COLUMNS})"
+                f" SELECT {_FORECAST_COLUMNS} FROM new_forecasts"
+            )
+        if exceedance is not None and exceedance.height:
+            con.register("new_exceedance", exceedance.to_arrow())
+            con.execute(
+                f"INSERT INTO forecast_exceedance ({_EXCEEDANCE_COLUMNS})"
+                f" SELECT {_EXCEEDANCE_COLUMNS} FROM new_exceedance"
+            )
+        if profiles.height:
+            con.register("new_profiles", profiles.to_arrow())
+            columns = ", ".join(profiles.columns)
+            con.execute(f"INSERT INTO profiles ({columns}) SELECT {columns} FROM new_profiles")
 
 
 def write_model_runs(path: Path, runs: pl.DataFrame) -> None:
