@@ -172,3 +172,8 @@ def configure_environment(settings: Settings, prefect_api_url: str | None = None
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DO_NOT_TRACK", "true")
+
+
+def child_environment(**extra: str) -> dict[str, str]:
+    """The environment a child process of prewarm starts with: ours, plus `extra`."""
+    return {**os.environ, **extra}

@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 
 from flows.deployments import SCHEDULES
-from flows.settings import Settings
+from flows.settings import Settings, child_environment
 
 HOST = "127.0.0.1"
 
@@ -57,7 +57,7 @@ def services(settings: Settings) -> list[Service]:
     logs = settings.data_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     api_url = prefect_api_url(settings)
-    env = {**os.environ, "PREFECT_API_URL": api_url, "PYTHONUNBUFFERED": "1"}
+    env = child_environment(PREFECT_API_URL=api_url, PYTHONUNBUFFERED="1")
     artifacts = settings.mlflow_artifacts_dir.resolve()
     artifacts.mkdir(parents=True, exist_ok=True)
     return [
