@@ -80,6 +80,10 @@ def test_registered_run_has_metrics_params_plot_and_signature(trained):
     info = mlflow.models.get_model_info("models:/forecaster-c0000/1")
     assert info.signature is not None
     assert "ts" in info.signature.inputs.input_names()
+    # MLflow 3's model page shows the metrics bound to the logged model, not the run's.
+    linked = {m.key: m.value for m in client.get_logged_model(info.model_id).metrics}
+    assert linked["requests.wmape"] == run.data.metrics["requests.wmape"]
+    assert "window.baseline_wmape" in linked
 
 
 def test_pyfunc_round_trip_gives_identical_forecasts(trained):
