@@ -1,14 +1,16 @@
 """Flow `train-forecasters`: fit one forecaster per client, register it, gate its promotion.
 
-Fits fan out as Prefect tasks on a local thread pool (LightGBM releases the GIL; one thread
-per booster) or, when PREWARM_DASK_ADDRESS is set, on that Dask cluster. Registration runs in
-the flow as each fit completes: MLflow is used from one place, one call at a time.
+Clients fan out as Prefect tasks on a local process pool (feature building holds the GIL, so
+threads would not use both cores) or, when PREWARM_DASK_ADDRESS is set, on that Dask cluster.
+Each task fits, scores, plots, gates and registers one client: the workers share the MLflow
+store, so registrations run as parallel as fits.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -26,6 +28,7 @@ from models.evaluation import WindowScore, holdout_start, score_window
 from models.exceedance import ExceedanceConfig, fit_exceedance_model
 from models.feedback import adjustments_from_signals
 from models.forecaster import (
+    FORECAST_SCHEMA,
     Adjustments,
     ClientForecaster,
     ForecastConfig,
@@ -135,10 +138,28 @@ def fit_client(
             shown, f"{client_id}: {metric}, holdout forecast vs actual, {kind}", metric
         )
     example = history.tail(INPUT_EXAMPLE_ROWS)
+    if score is not None:
+        # The signature's output example: this model's forecast from the last holdout
+        # origin, already computed by the scoring (a fresh prediction costs 0.05 s).
+        last = score.predictions.filter(pl.col("origin") == pl.col("origin").max())
+        output = last.select(list(FORECAST_SCHEMA))
+    else:
+        output = forecaster.predict(example)
     return FittedClient(
-        client_id, forecaster, score, plot, time.perf_counter() - started,
-        example, forecaster.predict(example),
-    )  # fmt: skip
+        client_id, forecaster, score, plot, time.perf_counter() - started, example, output
+    )
+
+
+@task(cache_policy=NONE)
+def start_worker(settings: Settings) -> int:
+    """Load what a training task needs (libraries, the MLflow store) in a worker process
+    while the flow reads usage and fits the shared models, so the first clients do not pay
+    for it (about 5 s of a 2-minute run)."""
+    import matplotlib.dates  # noqa: F401 (models.plots imports it on first use)
+    import matplotlib.figure  # noqa: F401
+
+    ensure_experiment(settings.mlflow_tracking_uri, settings.mlflow_artifacts_dir)
+    return os.getpid()
 
 
 @task(cache_policy=NONE)
@@ -263,48 +284,82 @@ def _client_dicts(clients: pl.DataFrame) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _fit_shared_models(
+def _fit_exceedance(
+    usage: pl.DataFrame, clients: pl.DataFrame, config: ForecastConfig, settings: Settings
+) -> Any:
+    """The shared P(concurrency >= k) classifier of a frequency group (None without
+    concurrency data)."""
+    if "concurrency" not in usage.columns or not usage.get_column("concurrency").drop_nulls().len():
+        return None
+    return fit_exceedance_model(
+        usage.select("client_id", "ts", "concurrency").drop_nulls(),
+        ExceedanceConfig(
+            freq_seconds=config.freq_seconds,
+            horizon_steps=config.horizon_steps,
+            max_level=settings.exceedance_levels,
+            max_rows=EXCEEDANCE_TRAINING_ROWS,
+        ),
+        clients.select("client_id", "container_memory_mb"),
+    )
+
+
+def _fit_global(
     usage: pl.DataFrame,
     clients: pl.DataFrame,
     calendar: pl.DataFrame,
     config: ForecastConfig,
     reasons: dict[str, str | None],
-    settings: Settings,
-) -> tuple[GlobalForecaster | None, Any]:
-    """The models shared by a frequency group: the global fallback (only if some client needs
-    it) and the P(concurrency >= k) classifier.
+) -> GlobalForecaster:
+    """The global fallback of a frequency group. It learns from the clients that need it plus
+    a fixed sample of the others (GLOBAL_MODEL_CLIENTS): enough to learn shapes shared across
+    clients while staying quick."""
+    needing = sorted(cid for cid, why in reasons.items() if why)
+    others = sorted(
+        (cid for cid, why in reasons.items() if not why),
+        key=lambda cid: hashlib.blake2b(cid.encode(), digest_size=4).digest(),
+    )
+    chosen = [*needing, *others[: max(0, GLOBAL_MODEL_CLIENTS - len(needing))]]
+    return fit_global_forecaster(
+        usage.filter(pl.col("client_id").is_in(chosen)),
+        clients.filter(pl.col("client_id").is_in(chosen)),
+        calendar,
+        config,
+        serve=needing,
+    )
 
-    The global model learns from the clients that need it plus a fixed sample of the others
-    (GLOBAL_MODEL_CLIENTS): enough to learn shapes shared across clients, and it is trained
-    before any client can start, so it must stay quick.
+
+def _submit_group(
+    group: pl.DataFrame,
+    clients: pl.DataFrame,
+    calendar: pl.DataFrame,
+    attributes: dict[str, dict[str, Any]],
+    adjustments: dict[str, Adjustments],
+    aliases: dict[str, dict[str, str]],
+    config: ForecastConfig,
+    settings: Settings,
+) -> dict[Any, str]:
+    """Submit one `train_client` task per client of a frequency group: future -> client id.
+
+    Clients with a model of their own start at once; the global fallback is fitted here
+    meanwhile (this process only waits on the workers), then its clients follow. Tasks may
+    run in other processes, so each gets only what it needs.
     """
-    global_model = None
-    if any(reasons.values()):
-        needing = sorted(cid for cid, why in reasons.items() if why)
-        others = sorted(
-            (cid for cid, why in reasons.items() if not why),
-            key=lambda cid: hashlib.blake2b(cid.encode(), digest_size=4).digest(),
-        )
-        chosen = [*needing, *others[: max(0, GLOBAL_MODEL_CLIENTS - len(needing))]]
-        global_model = fit_global_forecaster(
-            usage.filter(pl.col("client_id").is_in(chosen)),
-            clients.filter(pl.col("client_id").is_in(chosen)),
-            calendar,
-            config,
-        )
-    exceedance = None
-    if "concurrency" in usage.columns and usage.get_column("concurrency").drop_nulls().len():
-        exceedance = fit_exceedance_model(
-            usage.select("client_id", "ts", "concurrency").drop_nulls(),
-            ExceedanceConfig(
-                freq_seconds=config.freq_seconds,
-                horizon_steps=config.horizon_steps,
-                max_level=settings.exceedance_levels,
-                max_rows=EXCEEDANCE_TRAINING_ROWS,
-            ),
-            clients.select("client_id", "container_memory_mb"),
-        )
-    return global_model, exceedance
+    histories = group.partition_by("client_id", as_dict=True, maintain_order=True)
+    reasons = {cid: needs_fallback(h, config) for (cid,), h in histories.items()}
+    group_clients = clients.filter(pl.col("client_id").is_in(list(reasons)))
+    exceedance = _fit_exceedance(group, group_clients, config, settings)
+
+    def submit(cid: str, global_model: GlobalForecaster | None) -> Any:
+        return train_client.submit(
+            cid, histories[(cid,)], calendar, attributes.get(cid), config, adjustments.get(cid),
+            global_model, exceedance, CHAMPION in aliases.get(cid, {}), settings,
+        )  # fmt: skip
+
+    futures = {submit(cid, None): cid for cid, why in reasons.items() if not why}
+    if fallback := [cid for cid, why in reasons.items() if why]:
+        global_model = _fit_global(group, group_clients, calendar, config, reasons)
+        futures |= {submit(cid, global_model): cid for cid in fallback}
+    return futures
 
 
 def train_flow(settings: Settings) -> Any:
@@ -329,6 +384,9 @@ def train_forecasters(client_ids: list[str] | None = None) -> TrainSummary:
     started = time.perf_counter()
     settings = Settings()
     logger = get_run_logger()
+    # Made once here: workers registering at once must not race to create it.
+    ensure_experiment(settings.mlflow_tracking_uri, settings.mlflow_artifacts_dir)
+    workers = [start_worker.submit(settings) for _ in range(settings.train_workers)]
     path = settings.warehouse_path
     usage = read_recent_usage(path, settings.train_history_days, client_ids)
     if usage.height == 0:
@@ -339,8 +397,6 @@ def train_forecasters(client_ids: list[str] | None = None) -> TrainSummary:
     reconciliations, feedback = read_feedback_signals(path, since=datetime(1970, 1, 1))
     adjustments = adjustments_from_signals(reconciliations, feedback, utc_now())
     aliases = current_aliases(settings.mlflow_tracking_uri)
-    # Made once here: workers registering at once must not race to create it.
-    ensure_experiment(settings.mlflow_tracking_uri, settings.mlflow_artifacts_dir)
     summary = TrainSummary()
 
     frequencies = clients.select("client_id", "freq_seconds")
@@ -349,22 +405,9 @@ def train_forecasters(client_ids: list[str] | None = None) -> TrainSummary:
     ):
         config = forecast_config(settings, int(freq))
         group = group.drop("freq_seconds")
-        histories = group.partition_by("client_id", as_dict=True, maintain_order=True)
-        reasons = {cid: needs_fallback(h, config) for (cid,), h in histories.items()}
-        group_clients = clients.filter(pl.col("client_id").is_in(list(reasons)))
-        global_model, exceedance = _fit_shared_models(
-            group, group_clients, calendar, config, reasons, settings
+        futures = _submit_group(
+            group, clients, calendar, attributes, adjustments, aliases, config, settings
         )
-        # Tasks may run in other processes: send each only what it needs (the global model
-        # goes to fallback clients only).
-        futures = {
-            train_client.submit(
-                cid, history, calendar, attributes.get(cid), config, adjustments.get(cid),
-                global_model if reasons[cid] else None, exceedance,
-                CHAMPION in aliases.get(cid, {}), settings,
-            ): cid
-            for (cid,), history in histories.items()
-        }  # fmt: skip
         for future in as_completed(list(futures)):
             cid = futures[future]
             try:
@@ -380,6 +423,8 @@ def train_forecasters(client_ids: list[str] | None = None) -> TrainSummary:
             summary.registrations.append(outcome.registration)
             summary.mlflow_seconds += outcome.registration.mlflow_seconds
 
+    for worker in workers:
+        worker.wait()
     with warehouse_write():
         write_model_runs(path, _model_runs(summary, usage))
     summary.wall_seconds = time.perf_counter() - started

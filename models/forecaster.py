@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -83,7 +84,7 @@ class ForecastConfig:
     # LightGBM: small trees, few rounds, one thread per booster (callers parallelise
     # clients). Measured on a 2-core machine: ~0.55 s CPU per 14-day, 6-metric client.
     n_estimators: int = 40  # rounds of the p50 booster
-    tail_estimators: int = 20  # rounds of p10/p90: conformal calibration corrects them anyway
+    tail_estimators: int = 10  # rounds of p10/p90: conformal calibration corrects them anyway
     learning_rate: float = 0.15
     num_leaves: int = 15
     min_data_in_leaf: int = 30
@@ -436,8 +437,15 @@ def fit_global_forecaster(
     clients: pl.DataFrame | None,
     calendar: pl.DataFrame | None,
     config: ForecastConfig,
+    serve: Collection[str] | None = None,
 ) -> GlobalForecaster:
-    """Fit one set of quantile boosters across all clients in `usage` (time slices are global)."""
+    """Fit one set of quantile boosters across all clients in `usage` (time slices are global).
+
+    Clients in `serve` (all when None) get their own state: scale, calibration and holdout
+    report. The others only lend training rows and calibration points to the pooled
+    calibration: the per-client work is most of the fit, and training asks for the state
+    of the few clients the model will actually serve.
+    """
     metrics = present_metrics(usage, config)
     if not metrics:
         raise ValueError("usage has no metric with values to model")
@@ -470,9 +478,12 @@ def fit_global_forecaster(
         cross = cross_features(scaled, spec)
     reasons = _fallback_reasons(usage, config)
     attributes = _attributes_by_client(clients)
+    served = bounds.get_column("client_id").to_list()
+    if serve is not None:
+        wanted = set(serve)
+        served = [cid for cid in served if cid in wanted]
     states = {
-        cid: _ClientState({}, {}, {}, attributes.get(cid), reasons.get(cid), [])
-        for cid in bounds.get_column("client_id").to_list()
+        cid: _ClientState({}, {}, {}, attributes.get(cid), reasons.get(cid), []) for cid in served
     }
     boosters: dict[str, QuantileBoosters] = {}
     pooled: dict[str, Calibration] = {}
@@ -519,7 +530,8 @@ def _fit_global_metric(
     clients: pl.DataFrame | None,
     states: dict[str, _ClientState],
 ) -> tuple[QuantileBoosters, Calibration] | None:
-    """Train one metric's shared boosters; fill each client's scale, calibration and holdout."""
+    """Train one metric's shared boosters; fill each served client's scale, calibration and
+    holdout (`states` holds the served clients)."""
     cal_start, holdout_start = cuts
     long = inputs.long
     scales = inputs.scales.filter(pl.col("metric") == metric)
@@ -527,11 +539,12 @@ def _fit_global_metric(
     ids = long.select("client_id").unique()
     client_bounds = bounds.join(ids, on="client_id")
     train_bounds = client_bounds.with_columns(pl.min_horizontal("hi", cal_start - 1).alias("hi"))
+    served_bounds = client_bounds.filter(pl.col("client_id").is_in(list(states)))
     pairs = pl.concat(
         [
             _sample_pairs(train_bounds, None, None, config.global_rows_per_client, config, "train"),
             _eval_pairs(client_bounds, cal_start, holdout_start - 1, config, "cal"),
-            _eval_pairs(client_bounds, holdout_start, None, config, "holdout"),
+            _eval_pairs(served_bounds, holdout_start, None, config, "holdout"),
         ]
     )
     rows = assemble_rows(series, pairs, spec).filter(pl.col("target").is_not_null())
@@ -549,13 +562,14 @@ def _fit_global_metric(
     pooled = _fit_calibration(raw[is_cal], evaluated.filter(pl.Series(is_cal)), config)
     scale_of = dict(zip(scales["client_id"].to_list(), scales["scale"].to_list(), strict=True))
     values = inputs.values.partition_by("client_id", as_dict=True)
-    for (cid,), part in evaluated.partition_by("client_id", as_dict=True).items():
+    served = evaluated.filter(pl.col("client_id").is_in(list(states)))
+    for (cid,), part in served.partition_by("client_id", as_dict=True).items():
         state = states[cid]
         state.metrics.append(metric)
         state.scales[metric] = scale_of[cid]
         shared = (boosters, pooled, spec)
         _calibrate_client(part, state, metric, shared, config, values[(cid,)])
-    for cid in ids.get_column("client_id").to_list():
+    for cid in served_bounds.get_column("client_id").to_list():
         state = states[cid]
         if metric not in state.metrics:  # no evaluated rows: pooled calibration, no holdout
             state.metrics.append(metric)
@@ -1111,19 +1125,20 @@ def _prediction_scales(
     )
 
 
+FORECAST_SCHEMA: dict[str, pl.DataType] = {
+    "client_id": pl.String(),
+    "metric": pl.String(),
+    "origin": pl.Datetime("us"),
+    "ts": pl.Datetime("us"),
+    "horizon": pl.Int32(),
+    "p10": pl.Float64(),
+    "p50": pl.Float64(),
+    "p90": pl.Float64(),
+}
+
+
 def _empty_forecast() -> pl.DataFrame:
-    return pl.DataFrame(
-        schema={
-            "client_id": pl.String,
-            "metric": pl.String,
-            "origin": pl.Datetime("us"),
-            "ts": pl.Datetime("us"),
-            "horizon": pl.Int32,
-            "p10": pl.Float64,
-            "p50": pl.Float64,
-            "p90": pl.Float64,
-        }
-    )
+    return pl.DataFrame(schema=FORECAST_SCHEMA)
 
 
 # --- small helpers ------------------------------------------------------------------------

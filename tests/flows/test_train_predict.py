@@ -98,6 +98,12 @@ def test_pyfunc_round_trip_gives_identical_forecasts(trained):
     assert (served["p10"] <= served["p50"]).all() and (served["p50"] <= served["p90"]).all()
     exceedance = pyfunc.predict(history.to_pandas(), params={"output": "exceedance"})
     assert set(exceedance["level"]) == set(range(1, 17))
+    # Registration skips MLflow's per-version serving check of the input example; this is it.
+    example = pyfunc.input_example
+    assert len(example) == 12 and set(example["client_id"]) == {"c0001"}
+    from_example = pyfunc.predict(example)
+    assert len(from_example) == 6 * 12
+    assert from_example["ts"].min() > example["ts"].max()
 
 
 def test_promotion_gate_keeps_a_worse_challenger_out(trained, monkeypatch):

@@ -212,3 +212,22 @@ def test_sparse_history_needs_the_fallback():
 def test_fit_refuses_a_history_with_several_clients(batch):
     with pytest.raises(ValueError, match="exactly one client"):
         fit_client_forecaster(batch.rows, CONFIG, batch.calendar)
+
+
+def test_global_model_keeps_state_only_for_the_clients_it_serves(batch, regular):
+    client_id, history, _ = regular
+    newcomer = history.filter(
+        pl.col("ts") > history.get_column("ts").max() - timedelta(days=1)
+    ).with_columns(pl.lit("newcomer").alias("client_id"))
+    usage = pl.concat([batch.rows, newcomer])
+    everyone = fit_global_forecaster(usage, batch.clients, batch.calendar, CONFIG)
+    only = fit_global_forecaster(usage, batch.clients, batch.calendar, CONFIG, serve={"newcomer"})
+    assert set(only.client_states) == {"newcomer"}
+    assert set(everyone.client_states) == set(usage.get_column("client_id").unique())
+    # The other clients still train the shared boosters and the pooled calibration.
+    for metric in everyone.metrics:
+        assert only.calibrations[metric] == everyone.calibrations[metric]
+    assert only.client_states["newcomer"].scales == everyone.client_states["newcomer"].scales
+    a = only.for_client("newcomer").predict(newcomer, batch.calendar)
+    b = everyone.for_client("newcomer").predict(newcomer, batch.calendar)
+    assert a.equals(b)
