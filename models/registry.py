@@ -17,6 +17,7 @@ import pickle
 import tempfile
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -169,10 +170,14 @@ def register_forecaster(
         experiment_id = _experiment_id(client, artifacts_dir)
         signature = None
         if card.input_example is not None and card.output_example is not None:
-            # Declaring the params lets callers ask for {"output": "exceedance"}.
-            signature = infer_signature(
-                card.input_example, card.output_example, params={"output": "forecast"}
-            )
+            # Declaring the params lets callers ask for {"output": "exceedance"}. MLflow warns
+            # about integer columns that could hold missing values; the forecast's `horizon`
+            # never does, and the warning would repeat for every client.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
+                signature = infer_signature(
+                    card.input_example, card.output_example, params={"output": "forecast"}
+                )
         version_tags = {"client_id": client_id, **card.tags, "promotion": reason}
         now_ms = int(time.time() * 1000)
         with tempfile.TemporaryDirectory() as tmp:
