@@ -129,22 +129,20 @@ def fit_client(
     else:
         forecaster = fit_client_forecaster(history, config, calendar, client, adjustments)
     score = score_window(forecaster, history, holdout_start(history, config.holdout_days), calendar)
-    plot = None
-    if score is not None:
+    example = history.tail(INPUT_EXAMPLE_ROWS)
+    if score is None:
+        plot, output = None, forecaster.predict(example)
+    else:
         metric = demand_metric(forecaster.metrics)
         shown = score.predictions.filter(pl.col("metric") == metric)
         kind = f"global model ({forecaster.fallback})" if forecaster.fallback else "own model"
         plot = plot_forecast_vs_actual(
             shown, f"{client_id}: {metric}, holdout forecast vs actual, {kind}", metric
         )
-    example = history.tail(INPUT_EXAMPLE_ROWS)
-    if score is not None:
         # The signature's output example: this model's forecast from the last holdout
         # origin, already computed by the scoring (a fresh prediction costs 0.05 s).
         last = score.predictions.filter(pl.col("origin") == pl.col("origin").max())
         output = last.select(list(FORECAST_SCHEMA))
-    else:
-        output = forecaster.predict(example)
     return FittedClient(
         client_id, forecaster, score, plot, time.perf_counter() - started, example, output
     )

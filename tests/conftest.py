@@ -1,14 +1,23 @@
-"""Shared fixtures: an isolated data directory per test, one Prefect harness per session."""
+"""Shared fixtures: an isolated data directory per test, one Prefect harness per session, and
+one Docker client and worker image per session (skipping, saying why, only when no Docker
+daemon answers a ping)."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import docker
 import pytest
 
+from provisioning.runtime.base import LABEL_MANAGED, LABEL_PLAN
+from provisioning.runtime.images import WORKER_IMAGE, build_image
+from provisioning.runtime.select import docker_unavailable_reason
+
 FIXTURES = Path(__file__).parent / "fixtures"
+TEST_PLAN_PREFIX = "test-"  # plan ids of test pools: cleanup never touches any other pool
 
 
 @pytest.fixture(scope="session")
@@ -18,6 +27,34 @@ def prefect_harness() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[docker.DockerClient]:
+    """A Docker client, or a skip that says why no daemon could be used."""
+    reason = docker_unavailable_reason(timeout_s=2.0)
+    if reason is not None:
+        pytest.skip(f"needs a Docker daemon: {reason}")
+    client = docker.from_env()
+    yield client
+    remove_test_containers(client, {LABEL_MANAGED: "1"})  # belt and braces for the session
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def worker_image(docker_client: docker.DockerClient) -> str:
+    """The locally built busybox worker image (fails, not skips, without busybox-static)."""
+    build_image(WORKER_IMAGE, client=docker_client)
+    return WORKER_IMAGE
+
+
+def remove_test_containers(client: docker.DockerClient, labels: dict[str, str]) -> None:
+    """Force-remove test containers matching `labels` (plan ids starting with `test-`)."""
+    wanted = [f"{key}={value}" for key, value in labels.items()]
+    for container in client.containers.list(all=True, filters={"label": wanted}):
+        if container.labels.get(LABEL_PLAN, "").startswith(TEST_PLAN_PREFIX):
+            with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+                container.remove(force=True)
 
 
 @pytest.fixture

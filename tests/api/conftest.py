@@ -27,9 +27,7 @@ from api.app import create_app
 from provisioning.apply import release_all
 from provisioning.runtime.base import ContainerRuntime
 from provisioning.runtime.docker_runtime import DockerRuntime
-from provisioning.runtime.images import WORKER_IMAGE, build_image
 from provisioning.runtime.process_runtime import ProcessRuntime
-from provisioning.runtime.select import docker_unavailable_reason
 from warehouse.api_keys import issue_key
 from warehouse.db import connect
 
@@ -133,23 +131,11 @@ def client(make_app: Callable[..., FastAPI], process_runtime: ProcessRuntime) ->
     return TestClient(make_app(process_runtime))
 
 
-@pytest.fixture(scope="session")
-def docker_client() -> Iterator[docker.DockerClient]:
-    """A Docker client, or a skip that says why no daemon could be used."""
-    reason = docker_unavailable_reason(timeout_s=2.0)
-    if reason is not None:
-        pytest.skip(f"needs a Docker daemon: {reason}")
-    client = docker.from_env()
-    yield client
-    client.close()
-
-
 @pytest.fixture
 def docker_runtime(
-    docker_client: docker.DockerClient, pool_scope: dict[str, str]
+    docker_client: docker.DockerClient, worker_image: str, pool_scope: dict[str, str]
 ) -> Iterator[DockerRuntime]:
     """A DockerRuntime with the worker image built; this test's containers removed after."""
-    build_image(WORKER_IMAGE, client=docker_client)
     runtime = DockerRuntime(docker_client)
     yield runtime
     release_all(runtime, pool_scope)
