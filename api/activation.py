@@ -15,14 +15,13 @@ from typing import Any
 from provisioning.apply import activate_one
 from provisioning.reconciler import build_spec
 from provisioning.runtime.base import (
-    LABEL_CLIENT,
-    LABEL_MANAGED,
     LABEL_PLAN,
     ContainerRuntime,
     Member,
     Tier,
     ms_since,
 )
+from provisioning.runtime.leases import LeaseBook
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +40,7 @@ class ActivationOutcome:
     member: Member
     ms: float
     cold_start: bool
-    tier_before: Tier | None  # shadow or cold for a warm claim; None for a cold start
+    tier_before: Tier | None  # active, shadow or cold for a warm claim; None for a cold start
 
     @property
     def reason(self) -> str:
@@ -56,22 +55,19 @@ def activate_or_cold_start(
     client_id: str,
     scope: Mapping[str, str],
     cold_start_inputs: ColdStartInputs,
+    leases: LeaseBook,
+    lease_seconds: float,
 ) -> ActivationOutcome:
-    """Activate the client's warmest member; with none, create an active one, timed.
+    """Claim the client's warmest idle member; with none, create an active one, timed.
 
-    Raises the runtime's errors (PrewarmRuntimeError and subclasses) as they come.
+    The member is leased to the request for `lease_seconds` either way (busy: never released
+    or handed to another request meanwhile). Raises the runtime's errors
+    (PrewarmRuntimeError and subclasses) as they come.
     """
-    # activate_one reports the member after activation; the tier it had is read first.
-    tiers_before = {
-        m.id: m.tier for m in runtime.list({LABEL_MANAGED: "1", **scope, LABEL_CLIENT: client_id})
-    }
-    claimed = activate_one(runtime, client_id, scope=scope)
+    claimed = activate_one(runtime, client_id, leases, lease_seconds, scope=scope)
     if claimed is not None:
-        member, ms = claimed
-        before = tiers_before.get(member.id)
-        return ActivationOutcome(
-            member, ms, cold_start=False, tier_before=before if before != "active" else None
-        )
+        member, ms, before = claimed
+        return ActivationOutcome(member, ms, cold_start=False, tier_before=before)
     config, host = cold_start_inputs()
     # A scope naming a plan lists only that plan's members: the new one must carry it too.
     plan_id = scope.get(LABEL_PLAN, COLD_START_PLAN)
@@ -79,5 +75,6 @@ def activate_or_cold_start(
     started = time.perf_counter()
     member = runtime.create(spec)
     ms = ms_since(started)
+    leases.lease(member.id, lease_seconds)
     log.info("cold-started %s for %s in %.1f ms", member.id, client_id, ms)
     return ActivationOutcome(member, ms, cold_start=True, tier_before=None)

@@ -63,13 +63,15 @@ from api.models import (
 )
 from provisioning.reconciler import LABEL_HOST
 from provisioning.runtime.base import ContainerRuntime, PrewarmRuntimeError, ms_since
+from provisioning.runtime.leases import LeaseBook, lease_book_path
 from provisioning.schema import Composite, SchemaError, render_container_config
 from warehouse.activations import Activation, record_activation
 from warehouse.api_keys import KEY_PREFIX, parse_key, verify_key
-from warehouse.client_reads import read_latest_profile, read_planned_host
+from warehouse.client_reads import read_latest_profile
 from warehouse.db import connect
 from warehouse.errors import PrewarmError, WarehouseBusy
 from warehouse.feedback import record_feedback
+from warehouse.plans import planned_host
 from warehouse.sources.base import METRICS
 from warehouse.validation import CLIENT_ID_PATTERN
 
@@ -119,11 +121,15 @@ class _Context:
         runtime_factory: Callable[[], ContainerRuntime] | None,
         pool_scope: Mapping[str, str],
         lock_wait_s: float,
+        leases: LeaseBook,
+        lease_seconds: float,
     ) -> None:
         self.warehouse_path = Path(warehouse_path)
         self.runtime_factory = runtime_factory
         self.pool_scope = dict(pool_scope)
         self.lock_wait_s = lock_wait_s
+        self.leases = leases
+        self.lease_seconds = lease_seconds
         self._db_lock = threading.Lock()
         self._runtime: ContainerRuntime | None = None
         self._runtime_lock = threading.Lock()
@@ -455,7 +461,12 @@ def _v1_router() -> APIRouter:
         started = time.perf_counter()
         try:
             outcome = activate_or_cold_start(
-                runtime, client_id, ctx.pool_scope, lambda: _cold_start_inputs(ctx, client_id)
+                runtime,
+                client_id,
+                ctx.pool_scope,
+                lambda: _cold_start_inputs(ctx, client_id),
+                ctx.leases,
+                ctx.lease_seconds,
             )
         except (PrewarmRuntimeError, SchemaError) as error:
             log.warning("activation for %s failed: %s", client_id, error)
@@ -514,7 +525,7 @@ def _cold_start_inputs(ctx: _Context, client_id: str) -> tuple[dict[str, Any], s
 
 def _planned_host(path: Path, client_id: str, *, wait_s: float) -> str | None:
     with connect(path, read_only=True, wait_s=wait_s) as con:
-        return read_planned_host(con, client_id)
+        return planned_host(con, client_id)
 
 
 def _activation_response(outcome: ActivationOutcome) -> Activated | JSONResponse:
@@ -607,13 +618,19 @@ def create_app(
     max_body_bytes: int = 65536,
     *,
     lock_wait_s: float = DEFAULT_LOCK_WAIT_S,
+    leases: LeaseBook | None = None,
+    lease_seconds: float = 60.0,
 ) -> FastAPI:
     """The API over `warehouse_path`; activation needs `runtime_factory` (built on first use).
 
     `pool_scope` labels the members this API may activate and the ones it cold-starts
     (e.g. `Settings.pool_scope`); `lock_wait_s` is how long a request waits for a warehouse
-    another process has locked before answering 503.
+    another process has locked before answering 503. An activated member is leased to its
+    request for `lease_seconds` in `leases` (default: the pool's book beside the warehouse).
     """
+    if leases is None:
+        pool = dict(pool_scope).get("prewarm.pool", "default")
+        leases = LeaseBook(lease_book_path(Path(warehouse_path).parent, pool))
     app = FastAPI(
         lifespan=_lifespan,
         title="prewarm API",
@@ -622,7 +639,9 @@ def create_app(
         docs_url="/docs",
         openapi_url="/openapi.json",
     )
-    app.state.prewarm = _Context(warehouse_path, runtime_factory, pool_scope, lock_wait_s)
+    app.state.prewarm = _Context(
+        warehouse_path, runtime_factory, pool_scope, lock_wait_s, leases, lease_seconds
+    )
 
     @app.get("/healthz", response_model=Health, summary="Liveness, and whether the warehouse opens")
     def healthz(request: Request) -> Health:

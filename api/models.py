@@ -115,8 +115,8 @@ class Activated(BaseModel):
     member_id: str
     endpoint: str | None
     activation_ms: float = Field(description="From the call to the member's first answer.")
-    tier_before: Literal["shadow", "cold"] | None = Field(
-        description="The member's tier before activation (null if it changed meanwhile)."
+    tier_before: Literal["active", "shadow", "cold"] | None = Field(
+        description="The member's tier before: active (idle, served at once), shadow, cold."
     )
 
 

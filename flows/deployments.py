@@ -1,10 +1,16 @@
-"""The scheduled deployments, served from one long-running process (`prewarm up` starts it).
+"""The deployments `prewarm up` serves from one long-running process.
 
-    ingest-usage        every 5 min  (source from PREWARM_INGEST_SOURCE / _PATH)
-    predict-profiles    every 5 min
-    provision-pools     every 5 min
-    reconcile-pools     every 5 min
+    prewarm-cycle       every PREWARM_CYCLE (5 min): ingest -> predict -> plan -> apply -> score
     train-forecasters   daily at 02:00 UTC
+    retrain-drifted     after a cycle that found clients to retrain (the cycle starts it)
+    predict-profiles, provision-pools, reconcile-pools
+                        no schedule: the cycle's steps, runnable on their own from the UI
+
+One chained cycle on the short interval, not four flows firing at the same instant in no
+fixed order: each cycle's steps share one watermark and one clock. At most one cycle runs at
+a time (a concurrency limit of one that cancels a run due while another still runs, on top
+of the cycle's own lock); a late cycle says so. There is no scheduled ingest of its own: the
+cycle ingests from the feed the warehouse follows, and nothing else writes usage.
 
 Each scheduled run executes in its own process; they share the warehouse file safely (see
 flows/locks.py). Run `python -m flows.deployments` against a Prefect server.
@@ -17,58 +23,64 @@ from typing import Any
 
 from flows.settings import Settings
 
-EVERY_5_MIN = timedelta(minutes=5)
 DAILY_0200_UTC = "0 2 * * *"
 # (deployment name, schedule) as the UI and `prewarm up --check` show them.
-SCHEDULES: dict[str, str] = {
-    "ingest-usage": "every 5 minutes",
-    "predict-profiles": "every 5 minutes",
-    "provision-pools": "every 5 minutes",
-    "reconcile-pools": "every 5 minutes",
+SCHEDULED: dict[str, str] = {
+    "prewarm-cycle": "every PREWARM_CYCLE",
     "train-forecasters": "daily at 02:00 UTC",
 }
+ON_DEMAND: tuple[str, ...] = (
+    "retrain-drifted",
+    "predict-profiles",
+    "provision-pools",
+    "reconcile-pools",
+)
 
 
 def build_deployments(settings: Settings) -> list[Any]:
-    """The five RunnerDeployments, parameterised from settings."""
+    """The RunnerDeployments, parameterised from settings."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
     from prefect.schedules import Cron
 
-    from flows.ingest import ingest_usage
+    from flows.cycle import prewarm_cycle
     from flows.predict import predict_profiles
     from flows.provision import provision_pools
     from flows.reconcile import reconcile_pools
+    from flows.retrain import retrain_drifted
     from flows.train import train_flow
 
-    ingest_parameters: dict[str, Any] = {"source": settings.ingest_source}
-    if settings.ingest_path is not None:
-        ingest_parameters["path"] = str(settings.ingest_path)
-    if settings.ingest_source == "synthetic":
-        # The live synthetic feed: regenerate only the latest hour each time (overlapping
-        # buckets upsert), not the whole history.
-        ingest_parameters["only_last_minutes"] = 60
     tags = ["prewarm"]
+    one_at_a_time = ConcurrencyLimitConfig(
+        limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW
+    )
     return [
-        ingest_usage.to_deployment(
-            name="ingest-usage", interval=EVERY_5_MIN, parameters=ingest_parameters, tags=tags,
-            description="Extract, validate (Great Expectations) and load new usage.",
-        ),
-        predict_profiles.to_deployment(
-            name="predict-profiles", interval=EVERY_5_MIN, tags=tags,
-            description="Forecasts and predicted profiles from the latest usage.",
-        ),
-        provision_pools.to_deployment(
-            name="provision-pools", interval=EVERY_5_MIN, tags=tags,
-            description="Plan warm pools and make the runtime match.",
-        ),
-        reconcile_pools.to_deployment(
-            name="reconcile-pools", interval=EVERY_5_MIN, tags=tags,
-            description="Predicted vs actual, pool corrections, drift-triggered retraining.",
+        prewarm_cycle.to_deployment(
+            name="prewarm-cycle", interval=timedelta(seconds=settings.cycle_seconds), tags=tags,
+            concurrency_limit=one_at_a_time,
+            description="Ingest from the feed, predict, plan, apply, score: one watermark.",
         ),
         train_flow(settings).to_deployment(
             name="train-forecasters",
             schedules=[Cron(DAILY_0200_UTC, timezone="UTC")],
-            tags=tags,
+            parameters={"trigger": "schedule"},
+            tags=tags, concurrency_limit=one_at_a_time,
             description="Fit, score, register and gate every client's forecaster.",
+        ),
+        retrain_drifted.to_deployment(
+            name="retrain-drifted", tags=tags, concurrency_limit=one_at_a_time,
+            description="Retrain drifted clients past their cooldown and with new data.",
+        ),
+        predict_profiles.to_deployment(
+            name="predict-profiles", tags=tags,
+            description="Forecasts and predicted profiles from the latest usage.",
+        ),
+        provision_pools.to_deployment(
+            name="provision-pools", tags=tags, concurrency_limit=one_at_a_time,
+            description="Plan warm pools and make the runtime match.",
+        ),
+        reconcile_pools.to_deployment(
+            name="reconcile-pools", tags=tags, concurrency_limit=one_at_a_time,
+            description="Predicted vs actual, drift detection and retraining.",
         ),
     ]  # fmt: skip
 

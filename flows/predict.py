@@ -3,10 +3,16 @@
 No training here: each client's champion (or, before any champion exists, its latest
 challenger) predicts from its recent history. Loaded models are cached per process by
 version, so a served deployment running every few minutes pays MLflow's load cost once.
+
+One task per bucket width, not one per client: a Prefect task run costs tens of
+milliseconds of its own, more than a client's prediction. The shared P(need >= k) model is
+scored once for every client carrying the same one (its clients' features are built in
+one pass), not once per client.
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,6 +24,7 @@ from prefect.cache_policies import NONE
 
 from flows.locks import warehouse_write
 from flows.settings import Settings
+from models.forecaster import client_frame
 from models.profile import build_profiles, idle_floors
 from models.registry import CHALLENGER, CHAMPION, current_aliases, load_forecaster, model_name
 from warehouse.db import utc_now
@@ -53,37 +60,84 @@ def _forecaster(client_id: str, alias: str, version: str, tracking_uri: str) -> 
     return loaded[0]
 
 
+def _exceedance_key(exceedance: Any) -> str:
+    """Identity of a shared exceedance model (clients' copies of one model compare equal)."""
+    return hashlib.sha256(exceedance.booster_string.encode()).hexdigest()
+
+
 @task(cache_policy=NONE)
-def predict_client(
-    client_id: str,
-    history: pl.DataFrame,
+def predict_group(
+    histories: dict[str, pl.DataFrame],
     calendar: pl.DataFrame,
-    alias: str,
-    version: str,
+    models: dict[str, tuple[str, str]],
     tracking_uri: str,
 ) -> tuple[pl.DataFrame, pl.DataFrame | None, pl.DataFrame]:
-    """One client's forecasts, exceedance and holdout quality, from its registered model."""
-    forecaster = _forecaster(client_id, alias, version, tracking_uri)
-    labels = [
-        pl.lit(model_name(client_id)).alias("model_name"),
-        pl.lit(version).alias("model_version"),
-    ]
-    forecasts = forecaster.predict(history, calendar).with_columns(labels)
-    exceedance = None
-    if forecaster.exceedance is not None:
-        exceedance = forecaster.predict_exceedance(history).with_columns(
-            pl.lit(version).alias("model_version")
+    """Forecasts, exceedance and holdout quality of clients of one bucket width, each from
+    its registered model (`models`: client -> (alias, version))."""
+    forecasts, quality = [], []
+    # exceedance key -> (the model, its clients, their attribute rows)
+    shared: dict[str, tuple[Any, list[str], list[pl.DataFrame]]] = {}
+    versions = {}
+    for client_id, (alias, version) in models.items():
+        forecaster = _forecaster(client_id, alias, version, tracking_uri)
+        if forecaster is None:
+            continue
+        versions[client_id] = version
+        forecasts.append(
+            forecaster.predict(histories[client_id], calendar).with_columns(
+                pl.lit(model_name(client_id)).alias("model_name"),
+                pl.lit(version).alias("model_version"),
+            )
         )
-    quality = pl.DataFrame(
+        quality.append(_quality(client_id, forecaster.holdout))
+        if forecaster.exceedance is not None:
+            key = _exceedance_key(forecaster.exceedance)
+            entry = shared.setdefault(key, (forecaster.exceedance, [], []))
+            entry[1].append(client_id)
+            attributes = client_frame(client_id, forecaster.client)
+            if attributes is not None:
+                entry[2].append(attributes)
+    exceedance = [
+        _score_exceedance(model, [histories[c] for c in clients], attributes, versions)
+        for model, clients, attributes in shared.values()
+    ]
+    return (
+        pl.concat(forecasts) if forecasts else pl.DataFrame(),
+        pl.concat(exceedance) if exceedance else None,
+        pl.concat(quality) if quality else pl.DataFrame(schema=_QUALITY_SCHEMA),
+    )
+
+
+def _score_exceedance(
+    model: Any,
+    histories: list[pl.DataFrame],
+    attributes: list[pl.DataFrame],
+    versions: dict[str, str],
+) -> pl.DataFrame:
+    """P(need >= k) of every client sharing one exceedance `model`, in one pass."""
+    usage = pl.concat([h.select("client_id", "ts", "concurrency") for h in histories]).drop_nulls()
+    clients = pl.concat(attributes, how="vertical_relaxed") if attributes else None
+    scored = model.predict(usage, clients=clients)
+    return scored.with_columns(
+        pl.col("client_id").replace_strict(versions, return_dtype=pl.String).alias("model_version")
+    )
+
+
+_QUALITY_SCHEMA = {
+    "client_id": pl.String, "metric": pl.String, "coverage_80": pl.Float64, "pinball": pl.Float64,
+}  # fmt: skip
+
+
+def _quality(client_id: str, holdout: dict[str, dict[str, Any]]) -> pl.DataFrame:
+    """One row per metric: the holdout coverage and pinball the profile's confidence uses."""
+    return pl.DataFrame(
         [
             {"client_id": client_id, "metric": metric, "coverage_80": report.get("coverage_80"),
              "pinball": report.get("pinball")}
-            for metric, report in forecaster.holdout.items()
+            for metric, report in holdout.items()
         ],
-        schema={"client_id": pl.String, "metric": pl.String, "coverage_80": pl.Float64,
-                "pinball": pl.Float64},
+        schema=_QUALITY_SCHEMA,
     )  # fmt: skip
-    return forecasts, exceedance, quality
 
 
 @flow(name="predict-profiles")
@@ -106,26 +160,25 @@ def predict_profiles(client_ids: list[str] | None = None) -> PredictSummary:
         "freq_seconds", maintain_order=True
     ):
         group = group.drop("freq_seconds")
-        futures = []
+        histories, models = {}, {}
         for (cid,), history in group.partition_by("client_id", as_dict=True).items():
             known = aliases.get(cid, {})
             alias = CHAMPION if CHAMPION in known else CHALLENGER if CHALLENGER in known else None
             if alias is None:
                 summary.without_model.append(cid)
                 continue
-            futures.append(
-                predict_client.submit(
-                    cid, history, calendar, alias, known[alias], settings.mlflow_tracking_uri
-                )
-            )
-        results = [f.result() for f in futures]
-        if not results:
+            histories[cid], models[cid] = history, (alias, known[alias])
+        if not models:
+            continue
+        forecasts, exceedance, quality = predict_group(
+            histories, calendar, models, settings.mlflow_tracking_uri
+        )
+        if forecasts.height == 0:
             continue
         stamp = pl.lit(generated_at).cast(pl.Datetime("us")).alias("generated_at")
-        forecasts = pl.concat([r[0] for r in results]).with_columns(stamp)
-        exceedance_parts = [r[1] for r in results if r[1] is not None and r[1].height]
-        exceedance = pl.concat(exceedance_parts).with_columns(stamp) if exceedance_parts else None
-        quality = pl.concat([r[2] for r in results])
+        forecasts = forecasts.with_columns(stamp)
+        if exceedance is not None:
+            exceedance = exceedance.with_columns(stamp)
         profiles = build_profiles(
             forecasts, idle_floors(group, int(freq)), quality, int(freq), generated_at, exceedance
         )
@@ -133,7 +186,7 @@ def predict_profiles(client_ids: list[str] | None = None) -> PredictSummary:
         all_profiles.append(profiles)
         if exceedance is not None:
             all_exceedance.append(exceedance)
-        summary.clients += len(results)
+        summary.clients += forecasts.get_column("client_id").n_unique()
     if all_forecasts:
         forecasts = pl.concat(all_forecasts)
         profiles = pl.concat(all_profiles)

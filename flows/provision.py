@@ -1,18 +1,25 @@
 """Flow `provision-pools`: plan warm capacity from the latest forecasts and apply it.
 
-plan (pure planner over forecasts, costs, inventory, current pool) -> record the plan ->
-reconcile the runtime's members with the plan's current window -> record the pool. With
-`dry_run` only the plan is written: nothing on the runtime is touched.
+plan (pure planner over forecasts, costs, inventory, current pool) -> targets (the plan's
+windows the applied pool will serve, the reactive floor and the stabilising hold:
+`provisioning.targets`) -> record the plan with its targets -> make the runtime match the
+targets -> record the pool. The plan is the only thing that decides which members exist;
+`prewarm-cycle` runs the same two tasks on its clock. With `dry_run` only the plan is
+written: nothing on the runtime is touched and nobody ever applies it.
 
-The planning clock is the data's: one bucket after the latest forecast origin (live data
-ends at about now; a replayed trace plans at its own time).
+The clock is the feed's (`warehouse.feeds.feed_clock`): the wall clock for a live feed,
+the replay clock for a trace replayed live, and the data's own clock (one bucket after the
+newest usage) when the warehouse follows no feed. The plan's first window is the first
+tick at or after the moment the pool is expected to be in place (clock + lead): never a
+window that has already begun.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import polars as pl
@@ -21,30 +28,63 @@ from prefect.cache_policies import NONE
 
 from api.composite import client_base
 from flows.artifacts import publish_plan
+from flows.clock import expected_lead_seconds, planning_clock
 from flows.locks import warehouse_write
+from flows.runtime import open_pool_runtime
 from flows.settings import Settings
-from provisioning.apply import reconcile_once
+from provisioning.apply import ApplyResult, reconcile_once
 from provisioning.costs import CostModel, load_cost_model
 from provisioning.inventory import default_inventory, load_inventory
-from provisioning.planner import Plan, PlannerConfig, base_rates, desired_members, plan_pools
+from provisioning.planner import (
+    TIERS,
+    Plan,
+    base_rates,
+    plan_pools,
+    planner_config_from_dict,
+)
 from provisioning.runtime.base import ContainerRuntime
-from provisioning.runtime.images import build_image
-from provisioning.runtime.select import select_runtime
+from provisioning.runtime.leases import LeaseBook, lease_book_path
 from provisioning.schema import anticipated_from_profile, compose_workload, render_container_config
+from provisioning.targets import pool_targets, targets_as_desired, targets_hold
 from warehouse.db import utc_now
 from warehouse.errors import PrewarmError
+from warehouse.plans import read_recent_targets, write_plan
 from warehouse.pools import (
     read_inventory,
     read_latest_forecasts,
     read_pool,
     read_schema_extensions,
     store_inventory,
-    write_plan,
     write_pool_state,
 )
 from warehouse.reads import read_clients, read_recent_usage
 
 log = logging.getLogger(__name__)
+
+PLAN_WINDOWS = 12  # at least an hour of 5-minute windows: the planner's look-ahead
+# Planner settings a `[planner]` section may override; the window grid is the cycle's.
+_CYCLE_OWNED = ("tick_seconds", "windows", "buffer_seconds")
+
+
+@dataclass
+class PlannedPool:
+    """A plan, the members it wants now (targets) and every client's container config."""
+
+    plan: Plan
+    targets: pl.DataFrame
+    configs: dict[str, dict]
+    clock: datetime
+    span: tuple[datetime, datetime]
+
+    @property
+    def untouchable(self) -> set[str]:
+        """Forecast-only clients: planned and recorded, never touched."""
+        return set(
+            self.plan.desired.filter(pl.col("mode") == "forecast-only")
+            .get_column("client_id")
+            .unique()
+            .to_list()
+        )
 
 
 @dataclass
@@ -60,10 +100,27 @@ class ProvisionSummary:
     failures: list[str] = field(default_factory=list)
     unserved: int = 0
     forecast_only: list[str] = field(default_factory=list)
+    drained: int = 0
 
 
 def _costs(settings: Settings) -> CostModel:
     return load_cost_model(settings.costs_path) if settings.costs_path else CostModel()
+
+
+def _planner_overrides(settings: Settings) -> dict[str, Any]:
+    """The `[planner]` section of the costs file (warm tiers, reserve...), if any."""
+    if not settings.costs_path:
+        return {}
+    import tomllib
+
+    try:
+        section = tomllib.loads(settings.costs_path.read_text()).get("planner", {})
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise PrewarmError(f"{settings.costs_path}: cannot be read: {error}") from None
+    ignored = sorted(set(section) & set(_CYCLE_OWNED))
+    if ignored:
+        log.warning("[planner] %s ignored: the cycle sets the window grid", ", ".join(ignored))
+    return {k: v for k, v in section.items() if k not in _CYCLE_OWNED}
 
 
 def _inventory(settings: Settings) -> pl.DataFrame:
@@ -97,17 +154,19 @@ def _final_configs(
     composites: dict[str, dict],
     extensions: dict[str, list[dict]],
     profiles: pl.DataFrame,
-    plan: Plan,
+    targets: pl.DataFrame,
+    first_window: datetime,
 ) -> dict[str, dict]:
     """Render each client's container config, with the anticipated section from its next
-    profile window and the plan's pool size for the first window."""
-    first = plan.desired.filter(
-        (pl.col("window_start") == plan.first_window) & (pl.col("tier") != "none")
+    profile window and the pool size its targets hold now."""
+    pool_size = dict(
+        targets.group_by("client_id")
+        .agg((pl.col("active") + pl.col("shadow") + pl.col("cold")).sum())
+        .iter_rows()
     )
-    pool_size = dict(first.group_by("client_id").agg(pl.col("count").sum()).iter_rows())
     next_window = {
         row["client_id"]: row
-        for row in profiles.filter(pl.col("window_end") > plan.first_window)
+        for row in profiles.filter(pl.col("window_end") > first_window)
         .sort("window_start")
         .unique("client_id", keep="first")
         .iter_rows(named=True)
@@ -129,21 +188,49 @@ def _final_configs(
     return configs
 
 
+def ceil_to_tick(moment: datetime, tick_seconds: int) -> datetime:
+    """The first tick of the UTC grid at or after `moment`."""
+    epoch = datetime(1970, 1, 1)
+    seconds = (moment - epoch).total_seconds()
+    return epoch + timedelta(seconds=math.ceil(seconds / tick_seconds - 1e-9) * tick_seconds)
+
+
+def _need_now(usage: pl.DataFrame, clock: datetime, delay_s: int, freq_s: int) -> pl.DataFrame:
+    """Per client, the need in its newest bucket of the last delay (the floor) and the most
+    need of the last delay (the hold): client_id, floor, recent."""
+    if usage.height == 0 or "concurrency" not in usage.columns:
+        return pl.DataFrame(
+            schema={"client_id": pl.String, "floor": pl.Float64, "recent": pl.Float64}
+        )
+    since = clock - timedelta(seconds=delay_s + freq_s)
+    recent = usage.filter((pl.col("ts") >= since) & (pl.col("ts") < clock)).drop_nulls(
+        "concurrency"
+    )
+    return (
+        recent.sort("client_id", "ts")
+        .group_by("client_id")
+        .agg(
+            pl.col("concurrency").last().alias("floor"),
+            pl.col("concurrency").max().alias("recent"),
+        )
+    )
+
+
 @task(cache_policy=NONE)
-def make_plan(settings: Settings, plan_id: str | None = None) -> tuple[Plan, dict[str, dict]]:
-    """Plan pools for every client from the latest forecasts, costs, inventory and pool."""
+def make_plan(
+    settings: Settings,
+    clock: datetime,
+    lead_seconds: float,
+    plan_id: str | None = None,
+) -> PlannedPool:
+    """Plan pools for every client from the latest forecasts, then the targets of the span
+    from clock + lead to one cycle later (see `provisioning.targets`)."""
     path = settings.warehouse_path
     clients = read_clients(path)
     if clients.height == 0:
         raise PrewarmError("No clients to provision for. Run `prewarm ingest` first.")
     quantiles, exceedance, profiles = read_latest_forecasts(path)
     quantiles = quantiles.filter(pl.col("metric") == "concurrency")
-    if quantiles.height:
-        origin = quantiles.get_column("origin").max()
-        freq = int(clients.get_column("freq_seconds").min())
-        now = origin + timedelta(seconds=freq)
-    else:
-        now = utc_now()
     extensions = read_schema_extensions(path)
     composites = _static_composites(clients, extensions)
     sized = clients.select("client_id", "tier", "mode").with_columns(
@@ -171,17 +258,37 @@ def make_plan(settings: Settings, plan_id: str | None = None) -> tuple[Plan, dic
         if pool.height
         else None
     )
-    config = PlannerConfig(tick_seconds=settings.freq_seconds)
+    tick = settings.freq_seconds
+    delay = settings.scale_down_delay_seconds
+    first_window = ceil_to_tick(clock + timedelta(seconds=lead_seconds), tick)
+    span_end = first_window + timedelta(seconds=max(settings.cycle_seconds, tick))
+    lookahead_end = max(span_end, first_window + timedelta(seconds=delay))
+    windows = max(PLAN_WINDOWS, math.ceil((lookahead_end - first_window).total_seconds() / tick))
+    try:
+        config = planner_config_from_dict(
+            {
+                **_planner_overrides(settings),
+                "tick_seconds": tick,
+                "windows": windows,
+                # The planner's first window is the tick covering clock + buffer: this
+                # buffer makes it exactly first_window.
+                "buffer_seconds": (first_window - clock).total_seconds(),
+            },
+            where=f"{settings.costs_path}: [planner]",
+        )
+    except ValueError as error:
+        raise PrewarmError(str(error)) from None
     usage = read_recent_usage(path, 7)
     priors = (
         base_rates(usage.select("client_id", "concurrency"), max_level=settings.exceedance_levels)
         if "concurrency" in usage.columns
         else None
     )
+    inventory = _inventory(settings)
     plan = plan_pools(
         sized,
-        _inventory(settings),
-        now,
+        inventory,
+        clock,
         exceedance=exceedance if exceedance.height else None,
         quantiles=quantiles if quantiles.height else None,
         current_pool=current,
@@ -190,49 +297,86 @@ def make_plan(settings: Settings, plan_id: str | None = None) -> tuple[Plan, dic
         config=config,
         plan_id=plan_id,
     )
-    return plan, _final_configs(composites, extensions, profiles, plan)
-
-
-def open_runtime(settings: Settings) -> ContainerRuntime:
-    """The configured runtime with its image ready; `auto` falls back to processes when
-    Docker is there but the worker image cannot be built."""
-    runtime = select_runtime(settings.runtime, settings.data_dir)
-    if runtime.name == "docker":
-        try:
-            build_image()
-        except Exception as error:
-            if settings.runtime == "docker":
-                raise PrewarmError(
-                    f"The Docker worker image could not be built: {error}"
-                ) from error
-            log.warning("Docker worker image unavailable (%s); using processes instead", error)
-            runtime = select_runtime("process", settings.data_dir)
-    return runtime
+    need = _need_now(usage, clock, delay, tick)
+    targets = pool_targets(
+        plan.desired,
+        first_window,
+        span_end,
+        lookahead_end,
+        floor=need.select("client_id", pl.col("floor").alias("need")),
+        recent_need=need.select("client_id", pl.col("recent").alias("need")),
+        recent_targets=read_recent_targets(path, clock - timedelta(seconds=delay), clock),
+        clients=sized,
+        inventory=inventory,
+        floor_tier="shadow" if "shadow" in config.warm_tiers else config.warm_tiers[0],
+    )
+    configs = _final_configs(composites, extensions, profiles, targets, first_window)
+    return PlannedPool(plan, targets, configs, clock, (first_window, span_end))
 
 
 @task(cache_policy=NONE)
-def apply_plan(
-    settings: Settings, plan: Plan, configs: dict[str, dict], untouchable: set[str]
-) -> Any:
-    """Reconcile the runtime with the plan's current window and record the pool."""
-    runtime = open_runtime(settings)
-    desired = desired_members(plan, plan.created_at)
+def apply_targets(settings: Settings, planned: PlannedPool) -> tuple[str, ApplyResult]:
+    """Make the pool's runtime match the targets (busy members drain) and record the pool."""
+    runtime = open_pool_runtime(settings)
+    result = apply_on(runtime, settings, planned)
+    return runtime.name, result
+
+
+def apply_on(runtime: ContainerRuntime, settings: Settings, planned: PlannedPool) -> ApplyResult:
+    """Reconcile `runtime` with the targets of `planned` and record what it did."""
+    specs = {cid: cfg for cid, cfg in planned.configs.items() if cid not in planned.untouchable}
     result = reconcile_once(
-        runtime, desired, configs, untouchable, plan.plan_id, scope=settings.pool_scope
+        runtime,
+        targets_as_desired(planned.targets),
+        specs,
+        planned.untouchable,
+        planned.plan.plan_id,
+        scope=settings.pool_scope,
+        hold=targets_hold(planned.targets),
+        leases=LeaseBook(lease_book_path(settings.data_dir, settings.pool)),
     )
     observed_at = utc_now()
     events = result.pool_events
     if "at" in events.columns:
         events = events.rename({"at": "happened_at"})
     events = events.with_columns(
-        pl.lit(plan.plan_id).alias("plan_id"),
+        pl.lit(planned.plan.plan_id).alias("plan_id"),
         pl.lit(observed_at).cast(pl.Datetime("us")).alias("happened_at"),
     )
     with warehouse_write():
         write_pool_state(
             settings.warehouse_path, runtime.name, events, result.pool_members, observed_at
         )
-    return runtime.name, result
+    return result
+
+
+def action_counts(events: pl.DataFrame) -> dict[str, int]:
+    """Runtime actions by what they did: create, release, pause, unpause, start."""
+    counts = dict.fromkeys(("create", "release", "pause", "unpause", "start"), 0)
+    for row in events.filter(pl.col("ok")).iter_rows(named=True):
+        kind = row["action"]
+        if kind == "shadow":
+            counts["pause"] += 1
+        elif kind == "activate":
+            counts["unpause" if row.get("reason") != "start cold to active" else "start"] += 1
+        elif kind in counts:
+            counts[kind] += 1
+    return counts
+
+
+def record_plan(
+    settings: Settings, planned: PlannedPool, dry_run: bool, cycle_id: str | None = None
+) -> int:
+    """Write the plan and its targets; return its sequence number."""
+    with warehouse_write():
+        return write_plan(
+            settings.warehouse_path,
+            planned.plan,
+            dry_run,
+            planned.configs,
+            planned.targets,
+            cycle_id=cycle_id,
+        )
 
 
 @flow(name="provision-pools")
@@ -240,36 +384,34 @@ def provision_pools(dry_run: bool = False) -> ProvisionSummary:
     """Plan warm pools for every client and, unless dry_run, make the runtime match."""
     settings = Settings()
     logger = get_run_logger()
+    clock = planning_clock(settings)
     # Unique per run: the planner's default id comes from the data clock, which repeats.
-    plan, configs = make_plan(settings, plan_id=f"plan-{utc_now():%Y%m%dT%H%M%S%f}")
-    with warehouse_write():
-        write_plan(settings.warehouse_path, plan, dry_run, configs)
-    forecast_only = sorted(
-        plan.desired.filter(pl.col("mode") == "forecast-only")
-        .get_column("client_id")
-        .unique()
-        .to_list()
+    planned = make_plan(
+        settings,
+        clock,
+        expected_lead_seconds(settings),
+        plan_id=f"plan-{utc_now():%Y%m%dT%H%M%S%f}",
     )
-    now_rows = plan.desired.filter(
-        (pl.col("window_start") == plan.first_window)
-        & (pl.col("mode") == "provision")
-        & (pl.col("tier") != "none")
-    )
+    plan = planned.plan
+    record_plan(settings, planned, dry_run)
     summary = ProvisionSummary(
         plan_id=plan.plan_id,
         dry_run=dry_run,
         runtime=None,
         totals=plan.totals,
-        desired=dict(now_rows.group_by("tier").agg(pl.col("count").sum()).iter_rows()),
+        desired={
+            t: int(planned.targets.get_column(t).sum()) for t in TIERS if planned.targets.height
+        },
         unserved=int(plan.unserved.get_column("instances").sum()) if plan.unserved.height else 0,
-        forecast_only=forecast_only,
+        forecast_only=sorted(planned.untouchable),
     )
     if dry_run:
         logger.info("dry run: plan %s recorded, runtime untouched", plan.plan_id)
         publish_plan(summary, plan.desired)
         return summary
-    runtime_name, result = apply_plan(settings, plan, configs, set(forecast_only))
+    runtime_name, result = apply_targets(settings, planned)
     summary.runtime = runtime_name
+    summary.drained = len(result.drained)
     events = result.pool_events
     if events.height:
         summary.actions = dict(events.group_by("action").len().iter_rows())

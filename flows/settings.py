@@ -107,6 +107,22 @@ class Settings(BaseSettings):
     exceedance_levels: int = Field(
         default=16, ge=1, description="instance levels k modelled (caps warm instances)"
     )
+    cycle: str = Field(
+        default="5min", description="prewarm-cycle interval: ingest, predict, plan, apply, score"
+    )
+    scale_down_delay: str = Field(
+        default="10min", description="a member is released only after unneeded this long"
+    )
+    retrain_cooldown: str = Field(
+        default="6h", description="a client is retrained for drift or feedback at most this often"
+    )
+    activation_lease: str = Field(
+        default="60s",
+        description="a member activated for a request is busy (never released) this long",
+    )
+    cycle_history_cycles: int = Field(
+        default=5, ge=1, description="recent cycles whose durations predict the next one's"
+    )
 
     @field_validator("freq")
     @classmethod
@@ -120,6 +136,13 @@ class Settings(BaseSettings):
         seconds = parse_freq_any(value)
         if not 3600 <= seconds <= 48 * 3600:
             raise ValueError(f"horizon {value!r} must be between 1h and 48h")
+        return value
+
+    @field_validator("cycle", "scale_down_delay", "retrain_cooldown", "activation_lease")
+    @classmethod
+    def _check_duration(cls, value: str) -> str:
+        if parse_freq_any(value) <= 0:
+            raise ValueError(f"duration {value!r} must be positive")
         return value
 
     @model_validator(mode="after")
@@ -142,6 +165,22 @@ class Settings(BaseSettings):
     def horizon_steps(self) -> int:
         """The forecast horizon in buckets of the series frequency."""
         return max(1, parse_freq_any(self.horizon) // self.freq_seconds)
+
+    @property
+    def cycle_seconds(self) -> int:
+        return parse_freq_any(self.cycle)
+
+    @property
+    def scale_down_delay_seconds(self) -> int:
+        return parse_freq_any(self.scale_down_delay)
+
+    @property
+    def retrain_cooldown_seconds(self) -> int:
+        return parse_freq_any(self.retrain_cooldown)
+
+    @property
+    def activation_lease_seconds(self) -> int:
+        return parse_freq_any(self.activation_lease)
 
     @property
     def pool_scope(self) -> dict[str, str]:

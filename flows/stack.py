@@ -3,7 +3,8 @@
     Prefect server + UI   http://127.0.0.1:4200   (state under data/prefect)
     MLflow UI             http://127.0.0.1:5000   (mlruns/mlflow.db, mlruns/artifacts)
     prewarm API           http://127.0.0.1:8000   (/docs)
-    deployment server     serves the five scheduled deployments (flows/deployments.py)
+    deployment server     serves the deployments: prewarm-cycle on its interval, daily
+                          training, and the on-demand ones (flows/deployments.py)
 
 Each child runs in its own process group with its output in data/logs/<name>.log, so a stop
 (Ctrl-C, or the end of `--check`) takes down everything it started and nothing else.
@@ -23,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from flows.deployments import SCHEDULES
+from flows.deployments import ON_DEMAND, SCHEDULED
 from flows.settings import Settings, child_environment
 
 HOST = "127.0.0.1"
@@ -149,8 +150,8 @@ def deployment_schedules(settings: Settings) -> dict[str, list[dict[str, Any]]]:
 
 
 def check_deployments(settings: Settings, timeout_s: float) -> tuple[list[str], list[str]]:
-    """(lines describing each expected deployment's schedules, problems) once all five are
-    registered with a schedule, or when the timeout ends."""
+    """(lines describing each expected deployment, problems) once the scheduled ones are
+    registered with a schedule and the on-demand ones are registered, or at the timeout."""
     deadline = time.monotonic() + timeout_s
     found: dict[str, list[dict[str, Any]]] = {}
     while time.monotonic() < deadline:
@@ -158,11 +159,11 @@ def check_deployments(settings: Settings, timeout_s: float) -> tuple[list[str], 
             found = deployment_schedules(settings)
         except httpx.HTTPError:
             found = {}
-        if all(found.get(name) for name in SCHEDULES):
+        if all(found.get(name) for name in SCHEDULED) and all(n in found for n in ON_DEMAND):
             break
         time.sleep(1.0)
     lines, problems = [], []
-    for name in SCHEDULES:
+    for name in SCHEDULED:
         schedules = found.get(name)
         if not schedules:
             problems.append(
@@ -170,6 +171,11 @@ def check_deployments(settings: Settings, timeout_s: float) -> tuple[list[str], 
             )
             continue
         lines.append(f"{name}: {', '.join(_describe(s) for s in schedules)}")
+    for name in ON_DEMAND:
+        if name in found:
+            lines.append(f"{name}: on demand")
+        else:
+            problems.append(f"deployment {name!r} is missing")
     return lines, problems
 
 

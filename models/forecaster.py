@@ -240,7 +240,7 @@ class ClientForecaster:
             .select("client_id", "ts", "concurrency")
             .drop_nulls()
         )
-        clients = _client_frame(self.client_id, self.client)
+        clients = client_frame(self.client_id, self.client)
         predict = self.exceedance.predict  # type: ignore[attr-defined]
         return predict(own, horizon_steps, levels, clients)
 
@@ -275,7 +275,7 @@ def fit_client_forecaster(
     metrics = present_metrics(history, config)
     if not metrics:
         raise ValueError(f"client {client_id!r} has no metric with values to model")
-    clients = _client_frame(client_id, client)
+    clients = client_frame(client_id, client)
     grid = regular_grid(history, config.freq_seconds, metrics, missing_as=0.0)
     first = int(grid.get_column("step")[0])
     n_steps = grid.height
@@ -989,7 +989,7 @@ def forecast_origins(
     grid = regular_grid(tail, freq, inputs, extend_steps=horizon, missing_as=0.0)
     long = to_long(grid, inputs)
     scales = _prediction_scales(forecaster, long, steps[0])
-    clients = _client_frame(forecaster.client_id, forecaster.client)
+    clients = client_frame(forecaster.client_id, forecaster.client)
     series = build_series(long, spec, scales, calendar, clients)
     pairs = pl.concat(
         [
@@ -1156,7 +1156,7 @@ def _only_client(history: pl.DataFrame) -> str:
     return str(ids[0])
 
 
-def _client_frame(client_id: str, client: dict | None) -> pl.DataFrame | None:
+def client_frame(client_id: str, client: dict | None) -> pl.DataFrame | None:
     """A one-row clients frame from an attribute dict (missing attributes are null)."""
     if not client:
         return None

@@ -17,6 +17,11 @@ of actions; `activate_one` serves the API's "a request arrived" path.
 text) and the others continue: a half-applied pool is healed by the next run, because the
 reconciler diffs against what the runtime lists, not against what we meant to do.
 
+**Requests.** With a lease book (`provisioning.runtime.leases`), members serving a request
+are never released or paused: the diff leaves them alone, and each release or pause first
+reserves its member, so a request arriving in between cannot claim it. A member that became
+busy after the listing is skipped (drained) and reported in `ApplyResult.drained`.
+
 **Frames.** `pool_events` has one row per action (member_id, client_id, runtime, action,
 tier, host, ms, ok, error, at, reason): `ms` is the runtime's activation time (call to first
 health answer) for activations and the wall time of the call otherwise. `pool_members` is
@@ -44,8 +49,10 @@ from provisioning.runtime.base import (
     ContainerRuntime,
     Member,
     MemberNotFound,
+    Tier,
     ms_since,
 )
+from provisioning.runtime.leases import LeaseBook
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +84,7 @@ POOL_MEMBERS_SCHEMA: dict[str, pl.DataType] = {
 ProgressCallback = Callable[[int, int, dict[str, Any]], None]
 
 _CREATE_PHASE = {"active": 3, "shadow": 4, "cold": 5}
+_CLAIM_ORDER = {"active": 0, "shadow": 1, "cold": 2}
 _PHASE = {"activate": 0, "release": 1, "shadow": 2}
 
 
@@ -87,6 +95,7 @@ class ApplyResult:
     actions: list[Action]
     pool_events: pl.DataFrame
     pool_members: pl.DataFrame
+    drained: tuple[str, ...] = ()  # members left alone: a request claimed them meanwhile
 
     @property
     def failed(self) -> int:
@@ -106,16 +115,29 @@ def apply_actions(
     on_progress: ProgressCallback | None = None,
     *,
     scope: Mapping[str, str] | None = None,
+    leases: LeaseBook | None = None,
 ) -> ApplyResult:
     """Execute `actions` in `execution_order`, recording each; then list the pool.
 
     `on_progress(done, total, event)` is called after every action with its event row.
-    `scope` restricts the final listing (as in `reconcile_once`).
+    `scope` restricts the final listing (as in `reconcile_once`). With `leases`, a release
+    or pause of a member a request holds is skipped (drained).
     """
     ordered = execution_order(actions)
     events = []
+    drained = []
     for done, action in enumerate(ordered, start=1):
-        event = _run(runtime, action)
+        if _needs_reservation(action) and leases is not None:
+            assert action.member_id is not None
+            if not leases.reserve(action.member_id):
+                log.info("%s of %s skipped: serving a request", action.kind, action.member_id)
+                drained.append(action.member_id)
+                continue
+            event = _run(runtime, action)
+            if action.kind != "release":
+                leases.unreserve(action.member_id)
+        else:
+            event = _run(runtime, action)
         events.append(event)
         if on_progress is not None:
             on_progress(done, len(ordered), event)
@@ -130,7 +152,7 @@ def apply_actions(
         failed,
         len(members),
     )
-    return ApplyResult(ordered, pool_events, members_frame(members, plan_id))
+    return ApplyResult(ordered, pool_events, members_frame(members, plan_id), tuple(drained))
 
 
 def reconcile_once(
@@ -142,8 +164,11 @@ def reconcile_once(
     *,
     scope: Mapping[str, str] | None = None,
     on_progress: ProgressCallback | None = None,
+    hold: Mapping[tuple[str, str | None], int] | None = None,
+    leases: LeaseBook | None = None,
 ) -> ApplyResult:
-    """List the pool, diff it against `desired`, apply the actions.
+    """List the pool, diff it against `desired` (with `hold` and the busy members of
+    `leases`), apply the actions.
 
     `scope`: extra labels selecting the members this pool owns (default: every
     prewarm-managed member the runtime lists); created members carry them too, so the next
@@ -157,37 +182,57 @@ def reconcile_once(
         )
     members = runtime.list(_selector(scope))
     extra_labels = {key: value for key, value in scope.items() if key != LABEL_PLAN}
-    actions = diff(desired, specs, members, untouchable, plan_id=plan_id, labels=extra_labels)
-    return apply_actions(runtime, actions, plan_id, on_progress, scope=scope)
+    busy = leases.busy() if leases is not None else set()
+    actions = diff(
+        desired, specs, members, untouchable,
+        plan_id=plan_id, labels=extra_labels, hold=hold, busy=busy,
+    )  # fmt: skip
+    return apply_actions(runtime, actions, plan_id, on_progress, scope=scope, leases=leases)
 
 
 def activate_one(
-    runtime: ContainerRuntime, client_id: str, *, scope: Mapping[str, str] | None = None
-) -> tuple[Member, float] | None:
-    """Claim a warm member for a request that just arrived: activate it, return it and ms.
+    runtime: ContainerRuntime,
+    client_id: str,
+    leases: LeaseBook,
+    lease_seconds: float,
+    *,
+    scope: Mapping[str, str] | None = None,
+) -> tuple[Member, float, Tier] | None:
+    """Claim an idle member for a request that just arrived; return it, ms and its tier before.
 
-    The client's shadow members are tried first (an unpause: milliseconds), then its cold
-    ones (a start); active members are not candidates, since /activate means the request
-    needs capacity beyond what is already serving. None when the client has no shadow or
-    cold member: the caller takes the cold-start fallback (create with tier active). A
-    member released between the listing and the activation is skipped for the next one.
-    Two concurrent calls may activate the same member (both get it); the next reconcile
-    demotes or releases the surplus the activation created.
+    Idle means no other request holds its lease. The warmest is claimed first: an idle
+    active member serves at once (0 ms, no runtime call), a shadow is unpaused
+    (milliseconds), a cold one started. The claim is a lease in `leases` for `lease_seconds`,
+    taken atomically, so two concurrent requests never get the same member, and the apply
+    step never releases or pauses it meanwhile. None when the client has no idle member: the
+    caller takes the cold-start fallback. A member gone between the listing and the
+    activation is given back and the next one tried.
     """
     members = runtime.list({**_selector(scope), LABEL_CLIENT: client_id})
-    candidates = sorted(
-        (m for m in members if m.tier != "active"),
-        key=lambda m: (m.tier != "shadow", m.id),
-    )
-    for member in candidates:
+    by_id = {m.id: m for m in members}
+    order = sorted(members, key=lambda m: (_CLAIM_ORDER[m.tier], m.id))
+    remaining = [m.id for m in order]
+    while remaining:
+        member_id = leases.claim(remaining, lease_seconds)
+        if member_id is None:
+            break
+        remaining = remaining[remaining.index(member_id) + 1 :]
+        member = by_id[member_id]
+        if member.tier == "active":
+            log.info("claimed idle active %s for %s", member_id, client_id)
+            return member, 0.0, "active"
         try:
-            activated, ms = runtime.activate(member.id)
+            activated, ms = runtime.activate(member_id)
         except MemberNotFound:
-            log.info("member %s vanished before activation; trying the next", member.id)
+            leases.end(member_id)
+            log.info("member %s vanished before activation; trying the next", member_id)
             continue
-        log.info("activated %s %s for %s in %.1f ms", member.tier, member.id, client_id, ms)
-        return activated, ms
-    log.info("no warm member for %s: the caller cold-starts", client_id)
+        except BaseException:
+            leases.end(member_id)
+            raise
+        log.info("activated %s %s for %s in %.1f ms", member.tier, member_id, client_id, ms)
+        return activated, ms, member.tier
+    log.info("no idle member for %s: the caller cold-starts", client_id)
     return None
 
 
@@ -218,6 +263,11 @@ def _phase(action: Action) -> int:
     if action.kind == "create":
         return _CREATE_PHASE[action.tier]
     return _PHASE[action.kind]
+
+
+def _needs_reservation(action: Action) -> bool:
+    """A release, or a pause of a running member: what a request must not be caught in."""
+    return action.kind == "release" or (action.kind == "shadow" and action.from_tier == "active")
 
 
 def _selector(scope: Mapping[str, str] | None) -> dict[str, str]:

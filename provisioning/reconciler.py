@@ -30,11 +30,16 @@ Rules, applied in this order:
      losing it, and keeping a warmer one would hold memory the planner did not budget.
    Remaining deficits are created in their tier ('scale up'); remaining surpluses are released
    ('scale down', or 'host no longer planned' when the group has no desired rows).
+5. **Hold** (scale-down stabilisation): a group keeps up to `hold` members even when fewer are
+   desired; the surplus kept is the warmest (then the newest id). Only what exceeds the
+   hold is released.
+6. **Busy** members (serving a request: `provisioning.runtime.leases`) are never released,
+   paused or replaced: they are matched first, never a transition's source, and a busy
+   surplus, orphan or stale member is left as it is (drained) until it is idle.
 
 The output is sorted by (client, target tier warmest first, member id, host; creates after
 member actions), so the same state always gives the same list. For a release, `tier` is the
-tier the member had. The reconciler does not know which members carry requests: a surplus
-is chosen by member id, not by load.
+tier the member had.
 """
 
 from __future__ import annotations
@@ -113,6 +118,8 @@ def diff(
     *,
     plan_id: str,
     labels: Mapping[str, str] | None = None,
+    hold: Mapping[tuple[str, str | None], int] | None = None,
+    busy: Iterable[str] = (),
 ) -> list[Action]:
     """The actions that turn `members` into `desired` (rules in the module docstring).
 
@@ -125,11 +132,15 @@ def diff(
         untouchable: client ids whose pool is left exactly as it is.
         plan_id: the plan new members are created for.
         labels: extra labels for created members (e.g. the scope the caller lists by).
+        hold: (client, host) -> members kept even beyond `desired` (stabilisation).
+        busy: ids of members serving a request now: never released, paused or replaced.
     """
     skip = set(untouchable)
+    held = {key: int(n) for key, n in (hold or {}).items() if key[0] not in skip and n > 0}
+    busy_ids = set(busy)
     wanted = _wanted_counts(desired, skip)
     _check_specs(wanted, specs)
-    planned_clients = {client for client, _ in wanted}
+    planned_clients = {client for client, _ in wanted} | {client for client, _ in held}
     groups: dict[_GroupKey, list[Member]] = defaultdict(list)
     stale: dict[_GroupKey, int] = defaultdict(int)
     actions: list[Action] = []
@@ -137,11 +148,17 @@ def diff(
         if member.client_id in skip:
             continue
         key = (member.client_id, member.labels.get(LABEL_HOST))
+        draining = member.id in busy_ids
         if not member.client_id or member.client_id not in planned_clients:
-            actions.append(_release(member, REASON_ORPHAN))
+            if not draining:
+                actions.append(_release(member, REASON_ORPHAN))
+        elif member.client_id not in specs:
+            # Held but no longer planned: no config to compare with, so it stays as it is.
+            groups[key].append(member)
         elif member.labels.get(LABEL_CONFIG_HASH) != _spec_hash(specs[member.client_id]):
-            actions.append(_release(member, REASON_CONFIG))
-            stale[key] += 1
+            if not draining:
+                actions.append(_release(member, REASON_CONFIG))
+                stale[key] += 1
         else:
             groups[key].append(member)
     for key in sorted(set(wanted) | set(groups), key=_group_order):
@@ -154,6 +171,8 @@ def diff(
                 stale[key],
                 plan_id,
                 dict(labels or {}),
+                held.get(key, 0),
+                busy_ids,
             )
         )
     return sorted(actions, key=_action_order)
@@ -223,12 +242,16 @@ def _match_group(
     stale: int,
     plan_id: str,
     labels: dict[str, str],
+    hold: int,
+    busy: set[str],
 ) -> list[Action]:
-    """Actions for one (client, host): cheapest transitions, then creates, then releases."""
+    """Actions for one (client, host): cheapest transitions, then creates, then releases
+    beyond the hold; busy members are kept as they are."""
     client_id, host = key
     counts = want or dict.fromkeys(TIERS, 0)
     by_tier: dict[Tier, list[Member]] = {tier: [] for tier in TIERS}
-    for member in members:  # already sorted by id
+    # Busy members first, so they fill the wanted slots and an idle one is the surplus.
+    for member in sorted(members, key=lambda m: (m.id not in busy, m.id)):
         by_tier[member.tier].append(member)
     surplus = {tier: by_tier[tier][counts[tier] :] for tier in TIERS}
     deficit = {tier: max(counts[tier] - len(by_tier[tier]), 0) for tier in TIERS}
@@ -236,8 +259,10 @@ def _match_group(
     actions: list[Action] = []
     for target, sources in _TRANSITIONS:
         for source, reason in sources:
-            while deficit[target] and surplus[source]:
-                member = surplus[source].pop(0)
+            idle = [m for m in surplus[source] if m.id not in busy]
+            while deficit[target] and idle:
+                member = idle.pop(0)
+                surplus[source].remove(member)
                 actions.append(_transition(member, target, host, reason))
                 deficit[target] -= 1
     replacements = stale
@@ -246,10 +271,21 @@ def _match_group(
             reason = REASON_REPLACE if replacements > 0 else REASON_SCALE_UP
             replacements -= 1
             actions.append(_create(client_id, tier, host, config, plan_id, labels, reason))
+    left = [m for tier in TIERS for m in surplus[tier]]
+    # The hold keeps the warmest surplus (a busy one always stays: it drains).
+    kept_room = max(hold - sum(counts.values()), 0)
     release_reason = REASON_SCALE_DOWN if want is not None else REASON_HOST_GONE
-    for tier in TIERS:
-        actions.extend(_release(member, release_reason) for member in surplus[tier])
+    for member in sorted(left, key=lambda m: (m.id not in busy, _TIER_RANK[m.tier], _newest(m))):
+        if member.id in busy or kept_room > 0:
+            kept_room -= 1
+        else:
+            actions.append(_release(member, release_reason))
     return actions
+
+
+def _newest(member: Member) -> tuple[float, str]:
+    """Sort key putting the newest member first (ties by id)."""
+    return (-member.created_at.timestamp(), member.id)
 
 
 def _transition(member: Member, target: Tier, host: str | None, reason: str) -> Action:

@@ -45,15 +45,3 @@ def read_latest_profile(con: duckdb.DuckDBPyConnection, client_id: str) -> list[
         [client_id, client_id],
     )
     return list(frame.iter_rows(named=True))
-
-
-def read_planned_host(con: duckdb.DuckDBPyConnection, client_id: str) -> str | None:
-    """The host the latest plan placed the client on (its latest window), or None."""
-    frame = fetch_frame(
-        con,
-        "SELECT a.host FROM allocations a JOIN plans p USING (plan_id)"
-        " WHERE a.client_id = ? AND a.host IS NOT NULL"
-        " ORDER BY p.created_at DESC, a.window_start DESC LIMIT 1",
-        [client_id],
-    )
-    return frame.item(0, 0) if frame.height else None

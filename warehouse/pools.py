@@ -110,36 +110,6 @@ def read_latest_forecasts(path: Path) -> tuple[pl.DataFrame, pl.DataFrame, pl.Da
     return quantiles, exceedance, profiles
 
 
-def write_plan(
-    path: Path,
-    plan: Any,
-    dry_run: bool,
-    configs: dict[str, dict[str, Any]],
-) -> None:
-    """Record a plan: its totals, the desired pool (with each client's container config) and
-    what went unserved."""
-    allocations = plan.desired.with_columns(
-        pl.col("client_id")
-        .replace_strict(
-            {cid: json.dumps(cfg) for cid, cfg in configs.items()},
-            default=None,
-            return_dtype=pl.String,
-        )
-        .alias("config")
-    )
-    with connect(path) as con, transaction(con):
-        con.execute(
-            "INSERT INTO plans (plan_id, created_at, first_window, tick_seconds, windows,"
-            " buffer_seconds, dry_run, totals) VALUES (?, ?, ?, ?, ?, ?, ?, ?::JSON)",
-            [
-                plan.plan_id, plan.created_at, plan.first_window, plan.tick_seconds,
-                plan.windows, plan.buffer_seconds, dry_run, json.dumps(plan.totals),
-            ],
-        )  # fmt: skip
-        _insert(con, "allocations", allocations, {"config": "config::JSON"})
-        _insert(con, "unserved", plan.unserved)
-
-
 def write_pool_state(
     path: Path,
     runtime: str,
@@ -155,7 +125,7 @@ def write_pool_state(
     """
     with connect(path) as con, transaction(con):
         if events.height:
-            _insert(con, "pool_events", events)
+            insert_frame(con, "pool_events", events)
         con.register("present", members.to_arrow() if members.height else _empty_members())
         con.execute(
             """
@@ -205,7 +175,10 @@ def read_pool(path: Path) -> pl.DataFrame:
         )
 
 
-def _insert(con: Any, table: str, frame: pl.DataFrame, casts: dict[str, str] | None = None) -> None:
+def insert_frame(
+    con: Any, table: str, frame: pl.DataFrame, casts: dict[str, str] | None = None
+) -> None:
+    """Insert a frame's rows into the same-named columns of `table` (a cast per column)."""
     if frame.height == 0:
         return
     casts = casts or {}
@@ -225,3 +198,34 @@ def _empty_members() -> Any:
             "created_at": pl.Datetime("us"),
         }
     ).to_arrow()  # fmt: skip
+
+
+def read_pool_runtime(path: Path, pool: str) -> str | None:
+    """The runtime the pool lives on (None before anything was provisioned)."""
+    if not Path(path).exists():
+        return None
+    with connect(path, read_only=True) as con:
+        value = fetch_value(con, "SELECT runtime FROM pool_runtimes WHERE pool = ?", [pool])
+    return str(value) if value is not None else None
+
+
+def bind_pool_runtime(path: Path, pool: str, runtime: str, reason: str) -> str:
+    """Record the pool's runtime unless one is recorded already; return the recorded one
+    (the first binding wins: a pool never silently moves)."""
+    with connect(path) as con, transaction(con):
+        con.execute(
+            "INSERT INTO pool_runtimes (pool, runtime, chosen_at, reason) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (pool) DO NOTHING",
+            [pool, runtime, utc_now(), reason],
+        )
+        return str(fetch_value(con, "SELECT runtime FROM pool_runtimes WHERE pool = ?", [pool]))
+
+
+def rebind_pool_runtime(path: Path, pool: str, runtime: str, reason: str) -> None:
+    """Move the pool to another runtime (the operator's `prewarm pools --migrate-to`)."""
+    with connect(path) as con:
+        con.execute(
+            "INSERT OR REPLACE INTO pool_runtimes (pool, runtime, chosen_at, reason)"
+            " VALUES (?, ?, ?, ?)",
+            [pool, runtime, utc_now(), reason],
+        )

@@ -67,3 +67,23 @@ SELECT
 FROM latest l, clock
 WHERE l.window_end > clock.now
 ORDER BY l.window_start, l.client_id;
+
+-- Pool churn per hour: members the controller created and released (requests' cold starts
+-- are counted apart). A converged loop keeps this near zero while demand holds still.
+CREATE OR REPLACE VIEW v_churn AS
+SELECT
+    date_trunc('hour', happened_at)                                             AS hour,
+    count(*) FILTER (WHERE action = 'create' AND ok)                            AS created,
+    count(*) FILTER (WHERE action = 'release' AND ok)                           AS released,
+    count(*) FILTER (WHERE action IN ('create', 'release') AND ok)              AS churn,
+    count(*) FILTER (WHERE action = 'activate' AND reason LIKE 'request:%')     AS requests,
+    count(*) FILTER (WHERE action = 'activate' AND reason LIKE 'request: cold%') AS cold_starts
+FROM pool_events
+GROUP BY 1;
+
+-- The loop's own record, one row per prewarm-cycle run, newest first when ordered by seq.
+CREATE OR REPLACE VIEW v_cycles AS
+SELECT seq, cycle_id, status, feed, started_at, clock_at, watermark, ingested_rows, predicted,
+       plan_id, first_window, lead_seconds, lag_seconds, late_seconds, seconds, runtime,
+       creates, releases, pauses, unpauses, failed_actions, drifted, error
+FROM cycles;

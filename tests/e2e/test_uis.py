@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from flows import stack
-from flows.deployments import SCHEDULES
+from flows.deployments import ON_DEMAND, SCHEDULED
 from flows.settings import Settings
 
 pytestmark = pytest.mark.e2e
@@ -28,10 +28,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
 PREWARM = str(Path(sys.executable).with_name("prewarm"))
 # How the Prefect UI words each deployment's schedule.
 SCHEDULE_TEXT = {
-    "ingest-usage": "Every 5 minutes",
-    "predict-profiles": "Every 5 minutes",
-    "provision-pools": "Every 5 minutes",
-    "reconcile-pools": "Every 5 minutes",
+    "prewarm-cycle": "Every 5 minutes",
     "train-forecasters": "At 02:00 AM every day",
 }
 
@@ -112,15 +109,19 @@ def _screenshot(page: object, path: Path) -> None:
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
 
 
-def test_prefect_ui_lists_the_five_deployments_with_their_schedules(running_stack, browser, shots):
+def test_prefect_ui_lists_the_cycle_and_training_schedules(running_stack, browser, shots):
     page = browser.new_page(viewport={"width": 1400, "height": 760})
     page.goto(f"http://127.0.0.1:{running_stack.prefect_port}/deployments", wait_until="load")
-    for name in SCHEDULES:
+    names = [*SCHEDULED, *ON_DEMAND]
+    for name in names:
         page.locator("tr", has_text=name).first.wait_for(timeout=60_000)
-    rows = {name: page.locator("tr", has_text=name).first.inner_text() for name in SCHEDULES}
+    rows = {name: page.locator("tr", has_text=name).first.inner_text() for name in names}
     for name, text in SCHEDULE_TEXT.items():
         assert text in rows[name], f"{name}: {rows[name]!r}"
-    assert "5 Deployments" in page.inner_text("body")
+    # One schedule on the short interval: the steps of a cycle are never scheduled apart.
+    for name in ON_DEMAND:
+        assert "Every" not in rows[name], f"{name}: {rows[name]!r}"
+    assert f"{len(names)} Deployments" in page.inner_text("body")
     _screenshot(page, shots / "prefect-deployments.png")
 
 

@@ -14,7 +14,8 @@ import polars as pl
 import pytest
 
 from flows.ingest import ingest_usage
-from flows.provision import open_runtime, provision_pools
+from flows.provision import provision_pools
+from flows.runtime import open_pool_runtime as open_runtime
 from flows.settings import Settings
 from provisioning.apply import release_all
 from provisioning.runtime.base import ContainerSpec
@@ -70,6 +71,10 @@ def pool_settings(request, prefect_harness, data_dir, monkeypatch):
     ingest_usage(source="synthetic", clients=3, days=2, seed=3, end=END)
     settings = Settings()
     _seed_forecasts(settings)
+    # The hand-made forecasts alone decide the pool: no need observed lately (the floor),
+    # which test_the_need_just_observed_is_kept_warm covers.
+    with connect(settings.warehouse_path) as con:
+        con.execute("UPDATE usage SET concurrency = 0 WHERE ts >= ?", [END - timedelta(hours=1)])
     yield settings
     release_all(open_runtime(settings), settings.pool_scope)
 
@@ -168,3 +173,22 @@ def test_members_of_another_pool_are_never_touched(pool_settings, monkeypatch):
         assert _members(pool_settings) == mine
     finally:
         release_all(open_runtime(other), other.pool_scope)
+
+
+def test_the_need_just_observed_is_kept_warm(pool_settings):
+    """The reactive safety net is an input to the plan: the idle-forecast client that needed
+    3 instances in the newest bucket keeps 3 warm (shadow), and a second run changes nothing."""
+    with connect(pool_settings.warehouse_path) as con:
+        con.execute(
+            "UPDATE usage SET concurrency = 3 WHERE client_id = 'c0002' AND ts = ?",
+            [END - STEP],
+        )
+    provision_pools()
+    members = _members(pool_settings)
+    assert members["c0002"] == {"shadow": 3}
+    with connect(pool_settings.warehouse_path, read_only=True) as con:
+        floor, reason = con.execute(
+            "SELECT floor_need, reason FROM plan_targets WHERE client_id = 'c0002'"
+        ).fetchone()
+    assert floor == 3 and reason.startswith("floor")
+    assert provision_pools().actions == {}

@@ -9,6 +9,7 @@ other prewarm containers on the daemon are never touched.
 from __future__ import annotations
 
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from provisioning.runtime.base import (
     probe_once,
 )
 from provisioning.runtime.docker_runtime import DockerRuntime
+from provisioning.runtime.leases import LeaseBook
 from provisioning.runtime.process_runtime import ProcessRuntime
 from provisioning.schema import compose_workload, render_container_config
 
@@ -229,25 +231,100 @@ def test_a_failed_action_is_recorded_and_the_others_still_run(
     assert _tier_counts(process_runtime.list()) == Counter({("a", "active"): 1})
 
 
-def test_activate_one_claims_the_shadow_first_and_answers_quickly(
-    process_runtime: ProcessRuntime, plan_id: str
+def test_activate_one_claims_idle_members_warmest_first_each_once(
+    process_runtime: ProcessRuntime, plan_id: str, tmp_path: Path
 ) -> None:
     reconcile_once(process_runtime, DESIRED, _specs("a", "b"), set(), plan_id)
     [shadow] = [m for m in process_runtime.list({LABEL_CLIENT: "a"}) if m.tier == "shadow"]
+    leases = LeaseBook(tmp_path / "leases.json")
 
-    claimed = activate_one(process_runtime, "a")
+    claims = [activate_one(process_runtime, "a", leases, 60.0) for _ in range(4)]
 
-    assert claimed is not None
-    member, ms = claimed
+    # Two idle running members serve at once (no runtime call), then the shadow is unpaused.
+    assert [c[2] if c else None for c in claims] == ["active", "active", "shadow", None]
+    assert [c[1] for c in claims[:2] if c] == [0.0, 0.0]
+    member, ms, _ = claims[2]  # type: ignore[misc]
     assert member.id == shadow.id and member.tier == "active"
     assert member.endpoint is not None and probe_once(member.endpoint, FROZEN_PROBE_S)
     assert ms > 0  # timed: the speed itself is measured by bench/activation.py
-    # `a` has only active members now: no warm member left, the caller cold-starts.
-    assert activate_one(process_runtime, "a") is None
-    # `b` has a cold one: it is started.
-    cold_started = activate_one(process_runtime, "b")
-    assert cold_started is not None and cold_started[0].tier == "active"
-    assert activate_one(process_runtime, "nobody") is None
+    # Every member is busy now: the fourth request cold-starts. A finished one is idle again.
+    assert leases.busy() == {c[0].id for c in claims if c}
+    leases.end(member.id)
+    again = activate_one(process_runtime, "a", leases, 60.0)
+    assert again is not None and again[0].id == member.id and again[2] == "active"
+    # `b`'s cold member is started once its active one is taken.
+    assert activate_one(process_runtime, "b", leases, 60.0)[2] == "active"  # type: ignore[index]
+    cold_started = activate_one(process_runtime, "b", leases, 60.0)
+    assert cold_started is not None and cold_started[2] == "cold"
+    assert activate_one(process_runtime, "nobody", leases, 60.0) is None
+
+
+def test_concurrent_requests_never_share_a_member(
+    process_runtime: ProcessRuntime, plan_id: str, tmp_path: Path
+) -> None:
+    desired = _desired(("a", "active", 3, "h1"), ("a", "shadow", 2, "h1"))
+    reconcile_once(process_runtime, desired, _specs("a"), set(), plan_id)
+    leases = LeaseBook(tmp_path / "leases.json")
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        claims = list(
+            pool.map(lambda _: activate_one(process_runtime, "a", leases, 60.0), range(8))
+        )
+    served = [c[0].id for c in claims if c is not None]
+    assert len(served) == 5 and len(set(served)) == 5
+    assert sum(c is None for c in claims) == 3
+
+
+def test_busy_members_are_drained_never_released_or_paused(
+    process_runtime: ProcessRuntime, plan_id: str, tmp_path: Path
+) -> None:
+    specs = _specs("a")
+    reconcile_once(process_runtime, _desired(("a", "active", 2, "h1")), specs, set(), plan_id)
+    leases = LeaseBook(tmp_path / "leases.json")
+    busy, _, _ = activate_one(process_runtime, "a", leases, 60.0)  # type: ignore[misc]
+
+    # The plan now wants one shadow only: the idle active becomes it; the busy one stays.
+    result = reconcile_once(
+        process_runtime, _desired(("a", "shadow", 1, "h1")), specs, set(), plan_id, leases=leases
+    )
+    tiers = {m.id: m.tier for m in process_runtime.list({LABEL_CLIENT: "a"})}
+    assert tiers[busy.id] == "active" and sorted(tiers.values()) == ["active", "shadow"]
+    assert all(a.member_id != busy.id for a in result.actions)
+
+    # No longer planned at all: still drained while busy, released once its request is done.
+    reconcile_once(process_runtime, _desired(), specs, set(), plan_id, leases=leases)
+    assert [m.id for m in process_runtime.list({LABEL_CLIENT: "a"})] == [busy.id]
+    leases.end(busy.id)
+    reconcile_once(process_runtime, _desired(), specs, set(), plan_id, leases=leases)
+    assert process_runtime.list({LABEL_CLIENT: "a"}) == []
+
+
+def test_a_member_claimed_after_the_listing_is_skipped_not_released(
+    process_runtime: ProcessRuntime, plan_id: str, tmp_path: Path
+) -> None:
+    specs = _specs("a")
+    reconcile_once(process_runtime, _desired(("a", "active", 1, "h1")), specs, set(), plan_id)
+    [member] = process_runtime.list({LABEL_CLIENT: "a"})
+    leases = LeaseBook(tmp_path / "leases.json")
+    planned = diff(_desired(), specs, process_runtime.list(), plan_id=plan_id)
+    leases.lease(member.id, 60.0)  # the request arrives between the diff and the release
+
+    result = apply_actions(process_runtime, planned, plan_id, leases=leases)
+
+    assert result.drained == (member.id,) and result.pool_events.height == 0
+    assert [m.id for m in process_runtime.list({LABEL_CLIENT: "a"})] == [member.id]
+
+
+def test_hold_keeps_surplus_members_until_released_by_a_smaller_hold(
+    process_runtime: ProcessRuntime, plan_id: str
+) -> None:
+    specs = _specs("a")
+    reconcile_once(process_runtime, _desired(("a", "shadow", 3, "h1")), specs, set(), plan_id)
+    one = _desired(("a", "shadow", 1, "h1"))
+    held = reconcile_once(process_runtime, one, specs, set(), plan_id, hold={("a", "h1"): 3})
+    assert held.actions == [] and len(process_runtime.list({LABEL_CLIENT: "a"})) == 3
+    lower = reconcile_once(process_runtime, one, specs, set(), plan_id, hold={("a", "h1"): 2})
+    assert [a.kind for a in lower.actions] == ["release"]
+    assert len(process_runtime.list({LABEL_CLIENT: "a"})) == 2
 
 
 # --- real Docker --------------------------------------------------------------------------

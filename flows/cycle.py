@@ -1,0 +1,281 @@
+"""Flow `prewarm-cycle`: the loop, once, on one clock: ingest -> predict -> plan -> apply -> score.
+
+Every step works from one watermark, the newest usage bucket once the cycle has ingested
+its feed, and one clock (`flows.clock`): predictions start from the watermark, the plan's
+first window starts after the cycle is expected to end, and the scores cover the buckets
+that arrived. Steps that have nothing new to do do nothing: no new data and no new model
+means no prediction; a plan equal to the pool means no runtime action. So two cycles on the
+same data make zero runtime actions the second time.
+
+Overlap is impossible: a cycle holds an exclusive lock on the data directory for its whole
+run, and a second one refuses at once, naming the running one (under `prewarm up` the
+deployment also has a concurrency limit of one). A cycle that starts later than scheduled
+says by how much. Drift is detected and recorded here; retraining never runs inside a cycle
+(it would hold the pool's next update hostage to a model fit): the `retrain-drifted` flow
+runs after it.
+
+Each cycle records a `cycles` row (its clock, watermark, lead, lag, duration and actions),
+which `prewarm pools`, the `v_cycles`/`v_churn` views and the Prefect artifact show.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from flows.artifacts import publish_cycle
+from flows.clock import clock_rate, expected_lead_seconds
+from flows.feed import ingest_feed
+from flows.locks import warehouse_write
+from flows.predict import predict_profiles
+from flows.provision import action_counts, apply_targets, make_plan, record_plan
+from flows.reconcile import reconcile_buckets, record_drift
+from flows.settings import Settings
+from models.registry import current_aliases
+from warehouse.cycles import finish_cycle, last_prediction, start_cycle
+from warehouse.db import utc_now
+from warehouse.errors import PrewarmError
+from warehouse.feeds import Feed, feed_clock, follow_feed, parse_feed, read_feed, watermark
+
+log = logging.getLogger(__name__)
+
+ACTION_KINDS = ("create", "release", "pause", "unpause", "start")
+
+
+class CycleBusy(PrewarmError):
+    """Another cycle is running on this data directory."""
+
+
+@dataclass
+class CycleSummary:
+    """What one cycle did, in the shape `prewarm cycle --json` writes."""
+
+    cycle_id: str
+    feed: str
+    clock: str
+    watermark: str | None = None
+    seconds: float = 0.0
+    lag_s: float | None = None
+    late_s: float | None = None
+    lead_s: float = 0.0
+    ingested_rows: int = 0
+    predicted: bool = False
+    plan_id: str | None = None
+    first_window: str | None = None
+    runtime: str | None = None
+    actions: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ACTION_KINDS, 0))
+    failed_actions: int = 0
+    drained: int = 0
+    scored_buckets: int = 0
+    drifted: dict[str, str] = field(default_factory=dict)
+    retrain_eligible: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@contextmanager
+def cycle_lock(settings: Settings) -> Iterator[None]:
+    """Hold the data directory's cycle lock; refuse at once when another cycle holds it."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    path = settings.data_dir / "cycle.lock"
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise CycleBusy(
+                f"Another cycle is running on {settings.data_dir} ({holder}); cycles never "
+                "overlap. This one did nothing; the next scheduled one will run."
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} since {utc_now():%Y-%m-%d %H:%M:%S} UTC")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.seek(0)
+            handle.truncate()
+
+
+def _resolve_feed(settings: Settings, feed: str | None, speed: float | None) -> Feed:
+    """The feed named now (then followed from here on), else the one the warehouse follows."""
+    path = settings.warehouse_path
+    if feed is not None:
+        wanted = parse_feed(feed, speed=speed or 1.0)
+        current = read_feed(path) if path.exists() else None
+        same = current is not None and current.describe() == wanted.describe()
+        if same and (speed is None or current.params.get("speed") == wanted.params.get("speed")):
+            return current
+        with warehouse_write():
+            return follow_feed(path, wanted, now=utc_now())
+    current = read_feed(path) if path.exists() else None
+    return current if current is not None else parse_feed("none")
+
+
+def _late_seconds() -> float | None:
+    """How long after its scheduled time this run started (None when not scheduled)."""
+    try:
+        from prefect.runtime import flow_run
+
+        scheduled = flow_run.scheduled_start_time
+        if scheduled is None or flow_run.deployment_id is None:
+            return None
+        return max(0.0, (utc_now() - scheduled.replace(tzinfo=None)).total_seconds())
+    except Exception:  # outside a run, or an older server: lateness is unknown
+        return None
+
+
+def _models_fingerprint(settings: Settings) -> str:
+    """A short digest of every client's current model versions (changes when one does)."""
+    aliases = current_aliases(settings.mlflow_tracking_uri)
+    canonical = json.dumps(aliases, sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _prediction_due(settings: Settings, mark: datetime | None) -> tuple[bool, str | None]:
+    """(whether to predict, the models' fingerprint): not when the last prediction used the
+    same watermark and the same model versions."""
+    if mark is None:
+        return False, None
+    models = _models_fingerprint(settings)
+    last_mark, last_models = last_prediction(settings.warehouse_path)
+    return not (last_mark == mark and last_models == models), models
+
+
+@flow(name="prewarm-cycle")
+def prewarm_cycle(
+    feed: str | None = None, speed: float | None = None, at: datetime | None = None
+) -> CycleSummary:
+    """Ingest from the feed, predict, plan, apply and score, on one watermark and clock.
+
+    `feed` (none | spool:DIR | trace:DIR | synthetic) is followed from now on; by default
+    the warehouse's own feed. `at` pins the clock (tests, replays)."""
+    settings = Settings()
+    logger = get_run_logger()
+    started = time.perf_counter()
+    with cycle_lock(settings):
+        followed = _resolve_feed(settings, feed, speed)
+        path = settings.warehouse_path
+        clock = at or feed_clock(path, followed, utc_now())
+        cycle_id = f"cycle-{utc_now():%Y%m%dT%H%M%S%f}"
+        late = _late_seconds()
+        summary = CycleSummary(cycle_id, followed.describe(), clock.isoformat(), late_s=late)
+        if late is not None and late > settings.cycle_seconds:
+            logger.warning(
+                "this cycle starts %.0f s after its scheduled time (the previous one ran long?)",
+                late,
+            )
+        with warehouse_write():
+            start_cycle(path, cycle_id, followed.describe(), clock, late)
+        try:
+            _run(settings, followed, clock, summary, started)
+        except BaseException as error:
+            summary.seconds = time.perf_counter() - started
+            with warehouse_write():
+                finish_cycle(
+                    path, cycle_id, "failed", f"{type(error).__name__}: {error}",
+                    seconds=summary.seconds,
+                )  # fmt: skip
+            raise
+    publish_cycle(summary)
+    if summary.retrain_eligible:
+        _start_retraining(summary.retrain_eligible)
+    logger.info(
+        "cycle %s: watermark %s, %s, lag %s s, %.1f s",
+        cycle_id, summary.watermark, summary.actions,
+        f"{summary.lag_s:.0f}" if summary.lag_s is not None else "-", summary.seconds,
+    )  # fmt: skip
+    return summary
+
+
+def _run(
+    settings: Settings, feed: Feed, clock: datetime, summary: CycleSummary, started: float
+) -> None:
+    """The steps of one cycle, filling `summary` and the cycle's row."""
+    path = settings.warehouse_path
+    if feed.kind != "none":
+        ingested = ingest_feed(settings, feed, clock)
+        summary.ingested_rows = int(ingested.rows_loaded)
+        summary.notes.extend(ingested.notes)
+    mark = watermark(path)
+    summary.watermark = mark.isoformat() if mark else None
+    due, models = _prediction_due(settings, mark)
+    if due:
+        predict_profiles()
+    summary.predicted = due
+    summary.lead_s = expected_lead_seconds(settings, feed)
+    planned = make_plan(
+        settings, clock, summary.lead_s, plan_id=f"plan-{summary.cycle_id.removeprefix('cycle-')}"
+    )
+    record_plan(settings, planned, dry_run=False, cycle_id=summary.cycle_id)
+    summary.plan_id = planned.plan.plan_id
+    summary.first_window = planned.span[0].isoformat()
+    summary.runtime, result = apply_targets(settings, planned)
+    summary.actions = action_counts(result.pool_events)
+    summary.failed_actions = result.failed
+    summary.drained = len(result.drained)
+    applied_clock = clock + timedelta(seconds=(time.perf_counter() - started) * clock_rate(feed))
+    if mark is not None:
+        bucket = timedelta(seconds=settings.freq_seconds)
+        summary.lag_s = max(0.0, (applied_clock - (mark + bucket)).total_seconds())
+    scored = reconcile_buckets(settings, utc_now())
+    summary.scored_buckets = (
+        scored.select("client_id", "window_start").unique().height if scored.height else 0
+    )
+    drift = record_drift(settings, utc_now())
+    if drift.height:
+        summary.drifted = dict(drift.select("client_id", "reason").iter_rows())
+        if "eligible" in drift.columns:
+            summary.retrain_eligible = sorted(
+                drift.filter("eligible").get_column("client_id").to_list()
+            )
+    summary.seconds = time.perf_counter() - started
+    with warehouse_write():
+        finish_cycle(
+            path, summary.cycle_id, "done",
+            watermark=mark, ingested_rows=summary.ingested_rows, predicted=summary.predicted,
+            models=models, plan_id=summary.plan_id, first_window=planned.span[0],
+            lead_seconds=summary.lead_s, runtime=summary.runtime,
+            creates=summary.actions["create"], releases=summary.actions["release"],
+            pauses=summary.actions["pause"],
+            unpauses=summary.actions["unpause"] + summary.actions["start"],
+            failed_actions=summary.failed_actions, seconds=summary.seconds,
+            lag_seconds=summary.lag_s, drifted=len(summary.drifted),
+        )  # fmt: skip
+
+
+def _start_retraining(clients: list[str]) -> None:
+    """Under `prewarm up`, start a `retrain-drifted` run now that the cycle is done (it runs
+    on its own, never holding up the next cycle); elsewhere `prewarm retrain` does it."""
+    from prefect.runtime import deployment
+
+    if deployment.id is None:
+        log.info("%d clients may be retrained: run `prewarm retrain`", len(clients))
+        return
+    from prefect.deployments import run_deployment
+
+    try:
+        run_deployment("retrain-drifted/retrain-drifted", timeout=0)
+    except Exception as error:  # the schedule retries; the cycle itself succeeded
+        log.warning("could not start retrain-drifted: %s", error)
+
+
+def write_json(summary: CycleSummary, out: Path) -> None:
+    """The cycle summary as JSON (`prewarm cycle --json OUT`)."""
+    out.write_text(json.dumps(summary.to_json(), indent=2, default=str) + "\n")

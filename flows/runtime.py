@@ -1,0 +1,84 @@
+"""The runtime a pool lives on: chosen once, recorded with the pool, used by every command.
+
+`PREWARM_RUNTIME=auto` means "Docker when a daemon answers, else processes". Resolved afresh
+by every command, a daemon installed after the demo, or one that missed a ping during a
+cycle, would start a second pool beside the first and orphan it on the next run. So the
+first command that creates members resolves it once and records it in `pool_runtimes`
+(`warehouse.pools.bind_pool_runtime`); every later command opens exactly that runtime. If
+it does not answer, that command fails loudly: it never switches. Moving a pool is the
+operator's explicit `prewarm pools --migrate-to docker|process`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flows.settings import Settings
+from provisioning.runtime.base import ContainerRuntime, RuntimeUnavailable
+from provisioning.runtime.images import build_image
+from provisioning.runtime.select import docker_unavailable_reason, select_runtime
+from warehouse.errors import PrewarmError
+from warehouse.pools import bind_pool_runtime, read_pool_runtime
+
+log = logging.getLogger(__name__)
+
+
+def open_pool_runtime(settings: Settings) -> ContainerRuntime:
+    """The pool's recorded runtime; the first call resolves PREWARM_RUNTIME and records it."""
+    path, pool = settings.warehouse_path, settings.pool
+    bound = read_pool_runtime(path, pool)
+    if bound is None:
+        runtime, reason = _resolve(settings)
+        bound = bind_pool_runtime(path, pool, runtime.name, reason)
+        if bound == runtime.name:
+            log.info("pool %r now lives on %s (%s)", pool, bound, reason)
+            return runtime
+    _check_choice(settings, bound)
+    return open_runtime_named(bound, settings)
+
+
+def bound_runtime(settings: Settings) -> str | None:
+    """The runtime recorded for the pool, without choosing one."""
+    return read_pool_runtime(settings.warehouse_path, settings.pool)
+
+
+def open_runtime_named(name: str, settings: Settings) -> ContainerRuntime:
+    """Open `docker` or `process` as asked, with the worker image ready; raise when Docker
+    does not answer (never fall back)."""
+    if name == "docker":
+        reason = docker_unavailable_reason(timeout_s=2.0)
+        if reason is not None:
+            raise RuntimeUnavailable(
+                f"Pool {settings.pool!r} lives on docker, but {reason}. Nothing was changed; "
+                "start the daemon, or move the pool with `prewarm pools --migrate-to process`."
+            )
+        try:
+            build_image()
+        except Exception as error:
+            raise PrewarmError(f"The Docker worker image could not be built: {error}") from error
+    if name not in ("docker", "process"):
+        raise PrewarmError(f"Unknown runtime {name!r}: use docker or process.")
+    return select_runtime(name, settings.data_dir)  # type: ignore[arg-type]
+
+
+def _resolve(settings: Settings) -> tuple[ContainerRuntime, str]:
+    """PREWARM_RUNTIME resolved now: auto is Docker when it answers and its image builds."""
+    if settings.runtime != "auto":
+        return open_runtime_named(settings.runtime, settings), f"PREWARM_RUNTIME={settings.runtime}"
+    reason = docker_unavailable_reason()
+    if reason is None:
+        try:
+            build_image()
+            return select_runtime("docker", settings.data_dir), "auto: the Docker daemon answered"
+        except Exception as error:
+            reason = f"the worker image could not be built ({error})"
+    return select_runtime("process", settings.data_dir), f"auto: {reason}"
+
+
+def _check_choice(settings: Settings, bound: str) -> None:
+    if settings.runtime not in ("auto", bound):
+        raise PrewarmError(
+            f"Pool {settings.pool!r} lives on {bound}, but PREWARM_RUNTIME={settings.runtime}. "
+            f"Nothing was changed. Move it with `prewarm pools --migrate-to {settings.runtime}`, "
+            f"or unset PREWARM_RUNTIME."
+        )
