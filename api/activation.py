@@ -57,14 +57,16 @@ def activate_or_cold_start(
     cold_start_inputs: ColdStartInputs,
     leases: LeaseBook,
     lease_seconds: float,
+    members: list[Member] | None = None,
 ) -> ActivationOutcome:
     """Claim the client's warmest idle member; with none, create an active one, timed.
 
     The member is leased to the request for `lease_seconds` either way (busy: never released
-    or handed to another request meanwhile). Raises the runtime's errors
+    or handed to another request meanwhile). `members`: the client's members as listed
+    moments ago, when the caller lists once for many requests. Raises the runtime's errors
     (PrewarmRuntimeError and subclasses) as they come.
     """
-    claimed = activate_one(runtime, client_id, leases, lease_seconds, scope=scope)
+    claimed = activate_one(runtime, client_id, leases, lease_seconds, scope=scope, members=members)
     if claimed is not None:
         member, ms, before = claimed
         return ActivationOutcome(member, ms, cold_start=False, tier_before=before)

@@ -37,7 +37,7 @@ from prefect import flow, get_run_logger
 
 from flows.artifacts import publish_cycle
 from flows.clock import clock_rate, expected_lead_seconds
-from flows.feed import ingest_feed
+from flows.feed import complete_feed, ingest_feed
 from flows.locks import warehouse_write
 from flows.predict import predict_profiles
 from flows.provision import action_counts, apply_targets, make_plan, record_plan
@@ -123,7 +123,7 @@ def _resolve_feed(settings: Settings, feed: str | None, speed: float | None) -> 
         if same and (speed is None or current.params.get("speed") == wanted.params.get("speed")):
             return current
         with warehouse_write():
-            return follow_feed(path, wanted, now=utc_now())
+            return follow_feed(path, complete_feed(wanted, settings), now=utc_now())
     current = read_feed(path) if path.exists() else None
     return current if current is not None else parse_feed("none")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -17,6 +18,8 @@ from flows.settings import Settings
 from warehouse.errors import IngestRejected, SourceError
 from warehouse.ingest import (
     BatchRecord,
+    Progress,
+    TakenFile,
     find_loaded_batch,
     frequency_conflicts,
     load_batch,
@@ -126,6 +129,56 @@ def load(
     started_at: datetime,
 ) -> IngestOutcome:
     """Load the good rows (aggregated first for event logs) and the quarantine in one go."""
+    with warehouse_write():
+        return load_report(
+            settings, batch, report, batch_id, started_at, on_progress=tracker("Loading usage")
+        )
+
+
+@task(cache_policy=NONE)
+def reject(
+    settings: Settings,
+    batch: ExtractedBatch,
+    report: ValidationReport,
+    batch_id: str,
+    started_at: datetime,
+    message: str,
+) -> str:
+    """Record the rejected batch and its quarantined rows; return the full explanation."""
+    with warehouse_write():
+        return record_rejection(settings, batch, report, batch_id, started_at, message)
+
+
+def rejection_problem(
+    settings: Settings, batch: ExtractedBatch, report: ValidationReport
+) -> str | None:
+    """Why a validated batch must not load (the input as a whole is wrong, too many rows
+    failed, or its clients are stored at another bucket width), or None when it may."""
+    if report.batch_failures or report.failed_share > settings.quarantine_max_share:
+        return describe_rejection(batch, report, settings.quarantine_max_share)
+    if conflicts := frequency_conflicts(
+        settings.warehouse_path, report.good["client_id"].unique().to_list(), batch.freq_seconds
+    ):
+        return (
+            f"Rejected {batch.location}: clients already stored at another bucket width than "
+            f"{batch.freq_seconds}s: {', '.join(conflicts[:5])}. Nothing was loaded."
+        )
+    return None
+
+
+def load_report(
+    settings: Settings,
+    batch: ExtractedBatch,
+    report: ValidationReport,
+    batch_id: str,
+    started_at: datetime,
+    *,
+    taken_files: Sequence[TakenFile] = (),
+    overwrite: bool = True,
+    on_progress: Progress | None = None,
+) -> IngestOutcome:
+    """Load a validated batch's good rows (aggregated first for event logs) and its
+    quarantine in one transaction. The caller holds the warehouse write slot."""
     usage = (
         aggregate_events(report.good, batch.freq_seconds) if batch.kind == "events" else report.good
     )
@@ -137,17 +190,18 @@ def load(
         rows_quarantined=report.rows_failed,
         message="; ".join(f"{d}: {n}" for d, n in report.row_failures.items()),
     )
-    with warehouse_write():
-        replaced = load_batch(
-            settings.warehouse_path,
-            batch,
-            usage,
-            report.quarantine,
-            record,
-            started_at,
-            on_progress=tracker("Loading usage"),
-            new_client_mode=settings.new_client_mode,
-        )
+    replaced = load_batch(
+        settings.warehouse_path,
+        batch,
+        usage,
+        report.quarantine,
+        record,
+        started_at,
+        on_progress=on_progress,
+        new_client_mode=settings.new_client_mode,
+        taken_files=taken_files,
+        overwrite=overwrite,
+    )
     return IngestOutcome(
         status="loaded",
         batch_id=batch_id,
@@ -161,16 +215,18 @@ def load(
     )
 
 
-@task(cache_policy=NONE)
-def reject(
+def record_rejection(
     settings: Settings,
     batch: ExtractedBatch,
     report: ValidationReport,
     batch_id: str,
     started_at: datetime,
     message: str,
+    *,
+    taken_files: Sequence[TakenFile] = (),
 ) -> str:
-    """Record the rejected batch and its quarantined rows; return the full explanation."""
+    """Record a rejected batch, its quarantined rows and the files it took; return the full
+    explanation. The caller holds the warehouse write slot."""
     record = BatchRecord(
         batch_id=batch_id,
         status="rejected",
@@ -179,8 +235,9 @@ def reject(
         rows_quarantined=report.rows_failed,
         message=message,
     )
-    with warehouse_write():
-        record_attempt(settings.warehouse_path, batch, record, report.quarantine, started_at)
+    record_attempt(
+        settings.warehouse_path, batch, record, report.quarantine, started_at, taken_files
+    )
     return (
         f"{message} The failing rows are kept in quarantine: "
         f"prewarm sql \"select * from quarantine where batch_id = '{batch_id}'\""
@@ -228,16 +285,7 @@ def ingest_usage(
     started_at = utc_now()
     batch_id = new_batch_id(batch.content_hash, started_at)
     report = validate(batch)
-    problem = None
-    if report.batch_failures or report.failed_share > settings.quarantine_max_share:
-        problem = describe_rejection(batch, report, settings.quarantine_max_share)
-    elif conflicts := frequency_conflicts(
-        settings.warehouse_path, report.good["client_id"].unique().to_list(), batch.freq_seconds
-    ):
-        problem = (
-            f"Rejected {batch.location}: clients already stored at another bucket width than "
-            f"{batch.freq_seconds}s: {', '.join(conflicts[:5])}. Nothing was loaded."
-        )
+    problem = rejection_problem(settings, batch, report)
     if problem:
         message = reject(settings, batch, report, batch_id, started_at, problem)
         # A Failed state (not a raise) so the run fails visibly without a traceback.

@@ -16,6 +16,7 @@ from typing import Any
 import polars as pl
 from prefect import flow, get_run_logger
 
+from flows.feed import record_feed
 from flows.ingest import IngestOutcome, SourceName, default_end, ingest_usage
 from flows.predict import PredictSummary, predict_profiles
 from flows.provision import ProvisionSummary, provision_pools
@@ -23,6 +24,8 @@ from flows.reconcile import ReconcileSummary, reconcile_pools
 from flows.settings import Settings
 from flows.train import TrainSummary, train_flow
 from models.registry import current_aliases
+from warehouse.db import utc_now
+from warehouse.feeds import Feed, FeedMismatch
 from warehouse.reads import read_training_state
 
 
@@ -70,6 +73,7 @@ def prewarm_pipeline(
         "source": source, "path": path, "clients": clients, "days": days, "seed": seed, "end": end,
     }  # fmt: skip
     ingested = [ingest_usage(**common, hold_back_minutes=replay_minutes)]
+    _record_demo_feed(settings, source, clients, days, seed, logger)
     stale = stale_clients(settings)
     trained = train_flow(settings)(client_ids=stale) if stale else None
     logger.info("%d clients needed (re)training", len(stale))
@@ -79,3 +83,34 @@ def prewarm_pipeline(
         ingested.append(ingest_usage(**common, only_last_minutes=replay_minutes))
     reconciled = reconcile_pools()
     return PipelineSummary(ingested, stale, trained, predicted, provisioned, reconciled)
+
+
+def _record_demo_feed(
+    settings: Settings,
+    source: SourceName,
+    clients: int | None,
+    days: int | None,
+    seed: int | None,
+    logger: Any,
+) -> None:
+    """Record the feed the demo's warehouse follows from now on: the generator it was made
+    with (cycles extend it), or none for a trace or file, which was ingested whole."""
+    if source != "synthetic":
+        logger.info(
+            "the %s input was ingested whole: the warehouse follows no feed (to replay a trace "
+            "live: prewarm feed follow trace:DIR --speed N)",
+            source,
+        )
+        record_feed(settings, Feed(kind="none"), utc_now())
+        return
+    population = {
+        "clients": clients or settings.synthetic_clients,
+        "seed": settings.synthetic_seed if seed is None else seed,
+        "freq_seconds": settings.freq_seconds,
+        "days": days or settings.synthetic_days,
+    }
+    try:
+        record_feed(settings, Feed(kind="synthetic", params=population), utc_now())
+    except FeedMismatch as refused:
+        # The demo still runs on what it ingested; the warehouse keeps the feed it had.
+        logger.warning("%s", refused)

@@ -17,7 +17,6 @@ window that has already begun.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -34,18 +33,13 @@ from flows.runtime import open_pool_runtime
 from flows.settings import Settings
 from provisioning.apply import ApplyResult, reconcile_once
 from provisioning.costs import CostModel, load_cost_model
+from provisioning.cycle_plan import CycleTiming, plan_cycle, planner_clients
 from provisioning.inventory import default_inventory, load_inventory
-from provisioning.planner import (
-    TIERS,
-    Plan,
-    base_rates,
-    plan_pools,
-    planner_config_from_dict,
-)
+from provisioning.planner import TIERS, Plan
 from provisioning.runtime.base import ContainerRuntime
 from provisioning.runtime.leases import LeaseBook, lease_book_path
 from provisioning.schema import anticipated_from_profile, compose_workload, render_container_config
-from provisioning.targets import pool_targets, targets_as_desired, targets_hold
+from provisioning.targets import targets_as_desired, targets_hold
 from warehouse.db import utc_now
 from warehouse.errors import PrewarmError
 from warehouse.plans import read_recent_targets, write_plan
@@ -61,7 +55,6 @@ from warehouse.reads import read_clients, read_recent_usage
 
 log = logging.getLogger(__name__)
 
-PLAN_WINDOWS = 12  # at least an hour of 5-minute windows: the planner's look-ahead
 # Planner settings a `[planner]` section may override; the window grid is the cycle's.
 _CYCLE_OWNED = ("tick_seconds", "windows", "buffer_seconds")
 
@@ -105,6 +98,17 @@ class ProvisionSummary:
 
 def _costs(settings: Settings) -> CostModel:
     return load_cost_model(settings.costs_path) if settings.costs_path else CostModel()
+
+
+def cycle_timing(settings: Settings) -> CycleTiming:
+    """The cycle's clock grid and planner overrides, from settings."""
+    return CycleTiming(
+        tick_seconds=settings.freq_seconds,
+        cycle_seconds=settings.cycle_seconds,
+        delay_seconds=settings.scale_down_delay_seconds,
+        exceedance_levels=settings.exceedance_levels,
+        planner=_planner_overrides(settings),
+    )
 
 
 def _planner_overrides(settings: Settings) -> dict[str, Any]:
@@ -188,34 +192,6 @@ def _final_configs(
     return configs
 
 
-def ceil_to_tick(moment: datetime, tick_seconds: int) -> datetime:
-    """The first tick of the UTC grid at or after `moment`."""
-    epoch = datetime(1970, 1, 1)
-    seconds = (moment - epoch).total_seconds()
-    return epoch + timedelta(seconds=math.ceil(seconds / tick_seconds - 1e-9) * tick_seconds)
-
-
-def _need_now(usage: pl.DataFrame, clock: datetime, delay_s: int, freq_s: int) -> pl.DataFrame:
-    """Per client, the need in its newest bucket of the last delay (the floor) and the most
-    need of the last delay (the hold): client_id, floor, recent."""
-    if usage.height == 0 or "concurrency" not in usage.columns:
-        return pl.DataFrame(
-            schema={"client_id": pl.String, "floor": pl.Float64, "recent": pl.Float64}
-        )
-    since = clock - timedelta(seconds=delay_s + freq_s)
-    recent = usage.filter((pl.col("ts") >= since) & (pl.col("ts") < clock)).drop_nulls(
-        "concurrency"
-    )
-    return (
-        recent.sort("client_id", "ts")
-        .group_by("client_id")
-        .agg(
-            pl.col("concurrency").last().alias("floor"),
-            pl.col("concurrency").max().alias("recent"),
-        )
-    )
-
-
 @task(cache_policy=NONE)
 def make_plan(
     settings: Settings,
@@ -233,22 +209,8 @@ def make_plan(
     quantiles = quantiles.filter(pl.col("metric") == "concurrency")
     extensions = read_schema_extensions(path)
     composites = _static_composites(clients, extensions)
-    sized = clients.select("client_id", "tier", "mode").with_columns(
-        pl.col("client_id")
-        .replace_strict({c: v["cpu"] for c, v in composites.items()})
-        .alias("container_cpu"),
-        pl.col("client_id")
-        .replace_strict({c: v["memory_mb"] for c, v in composites.items()})
-        .alias("container_memory_mb"),
-        # A client with no profile window is forecast idle: nothing to temper, so the
-        # forecast is taken as it is (confidence 1).
-        pl.col("client_id")
-        .replace_strict(
-            dict(profiles.group_by("client_id").agg(pl.col("confidence").max()).iter_rows()),
-            default=1.0,
-            return_dtype=pl.Float64,
-        )
-        .alias("confidence"),
+    sized = planner_clients(
+        clients, {c: (v["cpu"], v["memory_mb"]) for c, v in composites.items()}, profiles
     )
     pool = read_pool(path)
     current = (
@@ -258,60 +220,27 @@ def make_plan(
         if pool.height
         else None
     )
-    tick = settings.freq_seconds
     delay = settings.scale_down_delay_seconds
-    first_window = ceil_to_tick(clock + timedelta(seconds=lead_seconds), tick)
-    span_end = first_window + timedelta(seconds=max(settings.cycle_seconds, tick))
-    lookahead_end = max(span_end, first_window + timedelta(seconds=delay))
-    windows = max(PLAN_WINDOWS, math.ceil((lookahead_end - first_window).total_seconds() / tick))
     try:
-        config = planner_config_from_dict(
-            {
-                **_planner_overrides(settings),
-                "tick_seconds": tick,
-                "windows": windows,
-                # The planner's first window is the tick covering clock + buffer: this
-                # buffer makes it exactly first_window.
-                "buffer_seconds": (first_window - clock).total_seconds(),
-            },
-            where=f"{settings.costs_path}: [planner]",
+        decided = plan_cycle(
+            sized,
+            _inventory(settings),
+            clock,
+            lead_seconds,
+            cycle_timing(settings),
+            usage=read_recent_usage(path, 7),
+            exceedance=exceedance,
+            quantiles=quantiles,
+            current_pool=current,
+            recent_targets=read_recent_targets(path, clock - timedelta(seconds=delay), clock),
+            costs=_costs(settings),
+            plan_id=plan_id,
         )
-    except ValueError as error:
-        raise PrewarmError(str(error)) from None
-    usage = read_recent_usage(path, 7)
-    priors = (
-        base_rates(usage.select("client_id", "concurrency"), max_level=settings.exceedance_levels)
-        if "concurrency" in usage.columns
-        else None
-    )
-    inventory = _inventory(settings)
-    plan = plan_pools(
-        sized,
-        inventory,
-        clock,
-        exceedance=exceedance if exceedance.height else None,
-        quantiles=quantiles if quantiles.height else None,
-        current_pool=current,
-        priors=priors,
-        costs=_costs(settings),
-        config=config,
-        plan_id=plan_id,
-    )
-    need = _need_now(usage, clock, delay, tick)
-    targets = pool_targets(
-        plan.desired,
-        first_window,
-        span_end,
-        lookahead_end,
-        floor=need.select("client_id", pl.col("floor").alias("need")),
-        recent_need=need.select("client_id", pl.col("recent").alias("need")),
-        recent_targets=read_recent_targets(path, clock - timedelta(seconds=delay), clock),
-        clients=sized,
-        inventory=inventory,
-        floor_tier="shadow" if "shadow" in config.warm_tiers else config.warm_tiers[0],
-    )
+    except ValueError as error:  # a bad [planner] override: the message names the key
+        raise PrewarmError(f"{settings.costs_path}: [planner]: {error}") from None
+    targets, first_window = decided.targets, decided.span[0]
     configs = _final_configs(composites, extensions, profiles, targets, first_window)
-    return PlannedPool(plan, targets, configs, clock, (first_window, span_end))
+    return PlannedPool(decided.plan, targets, configs, clock, decided.span)
 
 
 @task(cache_policy=NONE)
@@ -323,7 +252,11 @@ def apply_targets(settings: Settings, planned: PlannedPool) -> tuple[str, ApplyR
 
 
 def apply_on(runtime: ContainerRuntime, settings: Settings, planned: PlannedPool) -> ApplyResult:
-    """Reconcile `runtime` with the targets of `planned` and record what it did."""
+    """Reconcile `runtime` with the targets of `planned` and record what it did (stray
+    workers no record owns, left by a killed run, are stopped first)."""
+    sweep = getattr(runtime, "sweep_strays", None)
+    if callable(sweep) and (swept := sweep()):
+        log.warning("stopped %d stray workers no record owned: %s", len(swept), swept)
     specs = {cid: cfg for cid, cfg in planned.configs.items() if cid not in planned.untouchable}
     result = reconcile_once(
         runtime,

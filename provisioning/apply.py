@@ -197,6 +197,7 @@ def activate_one(
     lease_seconds: float,
     *,
     scope: Mapping[str, str] | None = None,
+    members: Iterable[Member] | None = None,
 ) -> tuple[Member, float, Tier] | None:
     """Claim an idle member for a request that just arrived; return it, ms and its tier before.
 
@@ -206,11 +207,15 @@ def activate_one(
     taken atomically, so two concurrent requests never get the same member, and the apply
     step never releases or pauses it meanwhile. None when the client has no idle member: the
     caller takes the cold-start fallback. A member gone between the listing and the
-    activation is given back and the next one tried.
+    activation is given back and the next one tried. `members`: the client's members as
+    listed moments ago (a caller serving many requests at once lists once); by default the
+    runtime is asked now.
     """
-    members = runtime.list({**_selector(scope), LABEL_CLIENT: client_id})
-    by_id = {m.id: m for m in members}
-    order = sorted(members, key=lambda m: (_CLAIM_ORDER[m.tier], m.id))
+    if members is None:
+        members = runtime.list({**_selector(scope), LABEL_CLIENT: client_id})
+    listed = [m for m in members if m.client_id == client_id]
+    by_id = {m.id: m for m in listed}
+    order = sorted(listed, key=lambda m: (_CLAIM_ORDER[m.tier], m.id))
     remaining = [m.id for m in order]
     while remaining:
         member_id = leases.claim(remaining, lease_seconds)

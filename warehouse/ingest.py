@@ -2,14 +2,16 @@
 
 A batch is identified by the hash of its content. Loading it runs in one transaction: the
 clients and calendar it brings, its usage rows (replacing any existing rows with the same
-(client_id, ts): an upsert, so never a duplicate), its quarantined rows and its
-`ingest_batches` record all appear together or not at all.
+(client_id, ts): an upsert, so never a duplicate), its quarantined rows, its
+`ingest_batches` record and the spool files it took (`feed_files`) all appear together or
+not at all. A feed loads with `overwrite=False`: a batch that would replace a stored row
+fails whole instead.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -18,6 +20,7 @@ import duckdb
 import polars as pl
 
 from warehouse.db import connect, fetch_value, transaction, utc_now
+from warehouse.errors import PrewarmError
 from warehouse.sources.base import METRICS, ExtractedBatch
 
 log = logging.getLogger(__name__)
@@ -36,6 +39,20 @@ class BatchRecord:
     rows_loaded: int
     rows_quarantined: int
     message: str
+
+
+@dataclass(frozen=True)
+class TakenFile:
+    """One spool file a batch takes (a row of `feed_files`): recorded with the batch, once."""
+
+    path: str
+    content_hash: str
+    size_bytes: int
+    status: str  # loaded | rejected | duplicate
+
+
+class OverwriteRefused(PrewarmError):
+    """A batch loaded with overwrite=False would have replaced stored usage rows."""
 
 
 def new_batch_id(content_hash: str, started_at: datetime) -> str:
@@ -80,18 +97,29 @@ def load_batch(
     started_at: datetime,
     on_progress: Progress | None = None,
     new_client_mode: str = "provision",
+    taken_files: Sequence[TakenFile] = (),
+    overwrite: bool = True,
 ) -> int:
     """Load one batch in a single transaction; return how many existing rows it replaced.
 
     Clients seen for the first time start in `new_client_mode` (provision | forecast-only).
+    `taken_files` are recorded in `feed_files` in the same transaction, so a file is taken
+    exactly when its rows land. With `overwrite=False` a row colliding with a stored one
+    raises `OverwriteRefused` and nothing is written.
     """
     with connect(path) as con, transaction(con):
         _upsert_clients(con, batch, usage, new_client_mode)
         if batch.calendar is not None and batch.calendar.height:
             _upsert_calendar(con, batch.calendar)
         replaced = _upsert_usage(con, usage, record.batch_id, on_progress)
+        if replaced and not overwrite:
+            raise OverwriteRefused(
+                f"Batch {record.batch_id} ({batch.location}) would replace {replaced} stored "
+                "usage rows; a feed never overwrites, so nothing was loaded."
+            )
         _insert_quarantine(con, record.batch_id, quarantine)
         _insert_record(con, batch, record, started_at)
+        _insert_taken_files(con, record.batch_id, taken_files)
     return replaced
 
 
@@ -101,11 +129,20 @@ def record_attempt(
     record: BatchRecord,
     quarantine: pl.DataFrame,
     started_at: datetime,
+    taken_files: Sequence[TakenFile] = (),
 ) -> None:
-    """Record a batch that did not load (rejected or failed), with its quarantined rows."""
+    """Record a batch that did not load (rejected or failed), with its quarantined rows and
+    the spool files it took (so a rejected file is never retried)."""
     with connect(path) as con, transaction(con):
         _insert_quarantine(con, record.batch_id, quarantine)
         _insert_record(con, batch, record, started_at)
+        _insert_taken_files(con, record.batch_id, taken_files)
+
+
+def record_taken_files(path: Path, batch_id: str, taken_files: Sequence[TakenFile]) -> None:
+    """Record spool files taken without a batch of their own (content loaded before)."""
+    with connect(path) as con, transaction(con):
+        _insert_taken_files(con, batch_id, taken_files)
 
 
 def _upsert_clients(
@@ -231,3 +268,17 @@ def _insert_record(
             utc_now(),
         ],
     )
+
+
+def _insert_taken_files(
+    con: duckdb.DuckDBPyConnection, batch_id: str, taken_files: Sequence[TakenFile]
+) -> None:
+    taken_at = utc_now()
+    for taken in taken_files:
+        # The primary key (path, content_hash) makes a second take of the same file fail the
+        # whole transaction: a file is taken exactly once even if two cycles race.
+        con.execute(
+            "INSERT INTO feed_files (path, content_hash, size_bytes, batch_id, status, taken_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [taken.path, taken.content_hash, taken.size_bytes, batch_id, taken.status, taken_at],
+        )

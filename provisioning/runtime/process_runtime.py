@@ -120,6 +120,29 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
+def _worker_processes(script: str) -> Iterator[tuple[int, list[str]]]:
+    """(pid, argv) of every live process running the worker script."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if script in argv:
+            stat = _read_proc_stat(int(entry.name))
+            if stat is not None and stat.state not in _DEAD_STATES:
+                yield int(entry.name), argv
+
+
+def _argument(argv: list[str], name: str) -> str | None:
+    """The value following `name` in an argv, or None."""
+    try:
+        return argv[argv.index(name) + 1]
+    except (ValueError, IndexError):
+        return None
+
+
 def _uptime_s() -> float:
     return float(Path("/proc/uptime").read_text().split()[0])
 
@@ -265,6 +288,34 @@ class ProcessRuntime:
             members = [self._member(record) for record in pool.values()]
         return [m for m in members if matches_labels(m.labels, labels)]
 
+    def strays(self) -> dict[int, str]:
+        """Workers of this state file that no record owns (pid -> member id): left running
+        when a process was killed between spawning a worker and saving its record."""
+        marker = str(self.state_path.resolve())
+        script = str(WORKER_SCRIPT)
+        with self._pool() as pool:
+            owned = {record.pid for record in pool.values() if record.pid is not None}
+            found = {}
+            for pid, argv in _worker_processes(script):
+                if pid in owned or _argument(argv, "--state") != marker:
+                    continue
+                found[pid] = _argument(argv, "--member") or "?"
+        return found
+
+    def sweep_strays(self) -> list[str]:
+        """Stop every stray worker of this state file; return the member ids they served."""
+        swept = []
+        for pid, member_id in self.strays().items():
+            stat = _read_proc_stat(pid)
+            if stat is None:
+                continue
+            _terminate(pid, stat.start_ticks, self.grace_s)
+            log.warning(
+                "stopped stray worker pid %s (member %s): no record owned it", pid, member_id
+            )
+            swept.append(member_id)
+        return swept
+
     def stats(self, member_id: str) -> dict[str, Any]:
         """CPU percent and resident memory from /proc (zeros for a cold member)."""
         with self._pool() as pool:
@@ -343,6 +394,7 @@ class ProcessRuntime:
                     [
                         *(self.python, "-I", "-S", str(WORKER_SCRIPT)),
                         *("--fd", str(listener.fileno()), "--member", record.id),
+                        *("--state", str(self.state_path.resolve())),
                     ],
                     pass_fds=(listener.fileno(),),
                     start_new_session=True,  # own session: outlives us, immune to our Ctrl-C

@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--fd", type=int, help="serve this inherited listening socket")
     parser.add_argument("--member", default="", help="member id shown on the index page")
+    # Unused by the worker: it marks whose pool state owns it, so a worker left running by a
+    # process killed between spawning it and recording it can be found and stopped.
+    parser.add_argument("--state", default="", help="the process runtime's state file")
     server = build_server(parser.parse_args(argv))
     # The poll interval only bounds how fast shutdown() is noticed; we never call it (the
     # runtime signals the process), so wake up as rarely as possible while idle.

@@ -1,0 +1,125 @@
+"""Predict a group of clients from their loaded forecasters: forecasts, exceedance, profiles.
+
+Pure: forecasters in memory, frames in, frames out. `flows.predict` loads the registered
+models and writes the results; the soak's simulator calls the same function, so the live
+loop and its simulation predict alike.
+
+The shared P(need >= k) model is scored once for all the clients that carry the same one
+(their features built in one pass), not once per client.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import polars as pl
+
+from models.forecaster import client_frame
+from models.profile import build_profiles, idle_floors
+from models.registry import model_name
+
+QUALITY_SCHEMA: dict[str, Any] = {
+    "client_id": pl.String, "metric": pl.String, "coverage_80": pl.Float64, "pinball": pl.Float64,
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """What a group's forecasters predicted (exceedance None when no model carries one)."""
+
+    forecasts: pl.DataFrame
+    exceedance: pl.DataFrame | None
+    profiles: pl.DataFrame
+
+
+def predict_clients(
+    histories: dict[str, pl.DataFrame],
+    calendar: pl.DataFrame,
+    forecasters: dict[str, tuple[Any, str]],
+    freq_seconds: int,
+    generated_at: datetime,
+) -> Predictions | None:
+    """Forecasts, exceedance and profiles of clients of one bucket width.
+
+    Args:
+        histories: client -> its recent usage (the forecast starts after its last bucket).
+        forecasters: client -> (loaded forecaster, registered version).
+    Returns None when no client could be predicted.
+    """
+    forecasts, quality = [], []
+    # exceedance key -> (the model, its clients, their attribute rows)
+    shared: dict[str, tuple[Any, list[str], list[pl.DataFrame]]] = {}
+    versions = {}
+    for client_id, (forecaster, version) in forecasters.items():
+        versions[client_id] = version
+        forecasts.append(
+            forecaster.predict(histories[client_id], calendar).with_columns(
+                pl.lit(model_name(client_id)).alias("model_name"),
+                pl.lit(version).alias("model_version"),
+            )
+        )
+        quality.append(_quality(client_id, forecaster.holdout))
+        if forecaster.exceedance is not None:
+            key = _exceedance_key(forecaster.exceedance)
+            entry = shared.setdefault(key, (forecaster.exceedance, [], []))
+            entry[1].append(client_id)
+            attributes = client_frame(client_id, forecaster.client)
+            if attributes is not None:
+                entry[2].append(attributes)
+    if not forecasts:
+        return None
+    stamp = pl.lit(generated_at).cast(pl.Datetime("us")).alias("generated_at")
+    forecast_rows = pl.concat(forecasts).with_columns(stamp)
+    exceedance = None
+    if shared:
+        exceedance = pl.concat(
+            [
+                _score_exceedance(model, [histories[c] for c in clients], attributes, versions)
+                for model, clients, attributes in shared.values()
+            ]
+        ).with_columns(stamp)
+    group = pl.concat([histories[c] for c in forecasters], how="diagonal_relaxed")
+    profiles = build_profiles(
+        forecast_rows,
+        idle_floors(group, freq_seconds),
+        pl.concat(quality),
+        freq_seconds,
+        generated_at,
+        exceedance,
+    )
+    return Predictions(forecast_rows, exceedance, profiles)
+
+
+def _exceedance_key(exceedance: Any) -> str:
+    """Identity of a shared exceedance model (clients' copies of one model compare equal)."""
+    return hashlib.sha256(exceedance.booster_string.encode()).hexdigest()
+
+
+def _score_exceedance(
+    model: Any,
+    histories: list[pl.DataFrame],
+    attributes: list[pl.DataFrame],
+    versions: dict[str, str],
+) -> pl.DataFrame:
+    """P(need >= k) of every client sharing one exceedance `model`, in one pass."""
+    usage = pl.concat([h.select("client_id", "ts", "concurrency") for h in histories]).drop_nulls()
+    clients = pl.concat(attributes, how="vertical_relaxed") if attributes else None
+    scored = model.predict(usage, clients=clients)
+    return scored.with_columns(
+        pl.col("client_id").replace_strict(versions, return_dtype=pl.String).alias("model_version")
+    )
+
+
+def _quality(client_id: str, holdout: dict[str, dict[str, Any]]) -> pl.DataFrame:
+    """One row per metric: the holdout coverage and pinball the profile's confidence uses."""
+    return pl.DataFrame(
+        [
+            {"client_id": client_id, "metric": metric, "coverage_80": report.get("coverage_80"),
+             "pinball": report.get("pinball")}
+            for metric, report in holdout.items()
+        ],
+        schema=QUALITY_SCHEMA,
+    )  # fmt: skip

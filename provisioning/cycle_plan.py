@@ -1,0 +1,175 @@
+"""One cycle's planning decision, pure: the plan of the coming windows and its targets.
+
+Shared by the live loop (`flows.provision.make_plan` reads the warehouse, then calls
+`plan_cycle`) and the soak's simulator (`provisioning.soak`), so the simulator replays
+exactly the decisions the live system makes, only with ideal timing.
+
+Timing: the pool a cycle applies is in place `lead` seconds after its clock (the cycle's
+expected duration) and serves until the next cycle's pool, one cycle later. So the plan's
+first window is the first tick at or after clock + lead (never a window already begun),
+the targets cover [first window, first window + cycle), and the look-ahead that holds
+members reaches the scale-down delay past the first window.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import polars as pl
+
+from provisioning.costs import CostModel
+from provisioning.planner import Plan, base_rates, plan_pools, planner_config_from_dict
+from provisioning.targets import pool_targets
+
+PLAN_WINDOWS = 12  # at least an hour of 5-minute windows: the planner's look-ahead
+
+
+@dataclass(frozen=True)
+class CycleTiming:
+    """The clock grid of a cycle: bucket width, cycle interval and scale-down delay (s)."""
+
+    tick_seconds: int
+    cycle_seconds: int
+    delay_seconds: int
+    exceedance_levels: int = 16
+    planner: dict[str, Any] = field(default_factory=dict)  # `[planner]` overrides
+
+    def first_window(self, clock: datetime, lead_seconds: float) -> datetime:
+        """The first tick at or after clock + lead."""
+        return ceil_to_tick(clock + timedelta(seconds=lead_seconds), self.tick_seconds)
+
+
+@dataclass(frozen=True)
+class CyclePlan:
+    """A cycle's plan, the members it wants now, and the span they serve."""
+
+    plan: Plan
+    targets: pl.DataFrame
+    span: tuple[datetime, datetime]
+
+
+def ceil_to_tick(moment: datetime, tick_seconds: int) -> datetime:
+    """The first tick of the UTC grid at or after `moment`."""
+    epoch = datetime(1970, 1, 1)
+    seconds = (moment - epoch).total_seconds()
+    return epoch + timedelta(seconds=math.ceil(seconds / tick_seconds - 1e-9) * tick_seconds)
+
+
+def need_now(usage: pl.DataFrame, clock: datetime, delay_s: int, freq_s: int) -> pl.DataFrame:
+    """Per client, the need of its newest bucket within the last delay (the floor) and the
+    most need within it (the hold): client_id, floor, recent."""
+    if usage.height == 0 or "concurrency" not in usage.columns:
+        return pl.DataFrame(
+            schema={"client_id": pl.String, "floor": pl.Float64, "recent": pl.Float64}
+        )
+    since = clock - timedelta(seconds=delay_s + freq_s)
+    recent = usage.filter((pl.col("ts") >= since) & (pl.col("ts") < clock)).drop_nulls(
+        "concurrency"
+    )
+    return (
+        recent.sort("client_id", "ts")
+        .group_by("client_id")
+        .agg(
+            pl.col("concurrency").last().alias("floor"),
+            pl.col("concurrency").max().alias("recent"),
+        )
+    )
+
+
+def planner_clients(
+    clients: pl.DataFrame, sizes: dict[str, tuple[float, float]], profiles: pl.DataFrame
+) -> pl.DataFrame:
+    """The planner's client frame: id, tier, mode, one member's cpu and memory, and the
+    confidence of its latest profile (1 for a client with no profile window: forecast
+    idle, nothing to temper)."""
+    confidence = (
+        dict(profiles.group_by("client_id").agg(pl.col("confidence").max()).iter_rows())
+        if profiles.height
+        else {}
+    )
+    return clients.select("client_id", "tier", "mode").with_columns(
+        pl.col("client_id")
+        .replace_strict({c: cpu for c, (cpu, _) in sizes.items()}, return_dtype=pl.Float64)
+        .alias("container_cpu"),
+        pl.col("client_id")
+        .replace_strict({c: mem for c, (_, mem) in sizes.items()}, return_dtype=pl.Float64)
+        .alias("container_memory_mb"),
+        pl.col("client_id")
+        .replace_strict(confidence, default=1.0, return_dtype=pl.Float64)
+        .alias("confidence"),
+    )
+
+
+def plan_cycle(
+    clients: pl.DataFrame,
+    inventory: pl.DataFrame,
+    clock: datetime,
+    lead_seconds: float,
+    timing: CycleTiming,
+    *,
+    usage: pl.DataFrame,
+    exceedance: pl.DataFrame | None,
+    quantiles: pl.DataFrame | None,
+    current_pool: pl.DataFrame | None,
+    recent_targets: pl.DataFrame | None,
+    costs: CostModel,
+    plan_id: str | None = None,
+) -> CyclePlan:
+    """Plan the windows from clock + lead and the targets the pool must hold until the next
+    cycle (`provisioning.targets`: the reactive floor and the scale-down hold).
+
+    Args:
+        clients: the planner's client frame (client_id, tier, mode, container sizes, confidence).
+        usage: recent usage (client_id, ts, concurrency): base rates, floor and hold.
+        recent_targets: client_id, host, total of the plans applied in the last delay.
+    Raises ValueError for a bad `[planner]` override (the message names the key).
+    """
+    tick = timing.tick_seconds
+    first_window = timing.first_window(clock, lead_seconds)
+    span_end = first_window + timedelta(seconds=max(timing.cycle_seconds, tick))
+    lookahead_end = max(span_end, first_window + timedelta(seconds=timing.delay_seconds))
+    windows = max(PLAN_WINDOWS, math.ceil((lookahead_end - first_window).total_seconds() / tick))
+    config = planner_config_from_dict(
+        {
+            **timing.planner,
+            "tick_seconds": tick,
+            "windows": windows,
+            # The planner's first window is the tick covering clock + buffer: this buffer
+            # makes it exactly first_window.
+            "buffer_seconds": (first_window - clock).total_seconds(),
+        }
+    )
+    priors = (
+        base_rates(usage.select("client_id", "concurrency"), max_level=timing.exceedance_levels)
+        if usage.height and "concurrency" in usage.columns
+        else None
+    )
+    plan = plan_pools(
+        clients,
+        inventory,
+        clock,
+        exceedance=exceedance if exceedance is not None and exceedance.height else None,
+        quantiles=quantiles if quantiles is not None and quantiles.height else None,
+        current_pool=current_pool,
+        priors=priors,
+        costs=costs,
+        config=config,
+        plan_id=plan_id,
+    )
+    need = need_now(usage, clock, timing.delay_seconds, tick)
+    targets = pool_targets(
+        plan.desired,
+        first_window,
+        span_end,
+        lookahead_end,
+        floor=need.select("client_id", pl.col("floor").alias("need")),
+        recent_need=need.select("client_id", pl.col("recent").alias("need")),
+        recent_targets=recent_targets,
+        clients=clients,
+        inventory=inventory,
+        floor_tier="shadow" if "shadow" in config.warm_tiers else config.warm_tiers[0],
+    )
+    return CyclePlan(plan, targets, (first_window, span_end))
