@@ -53,6 +53,8 @@ def publish_reconciliation(summary: Any, rows: pl.DataFrame) -> None:
     """Markdown summary plus a per-client accuracy and cost table."""
     coverage = f"{summary.coverage:.0%}" if summary.coverage is not None else "-"
     drifted = "; ".join(f"{c}: {r}" for c, r in sorted(summary.drifted.items())) or "none"
+    retrained = ", ".join(f"{c} (v{v})" for c, v in sorted(summary.retrained.items())) or "none"
+    waiting = "; ".join(f"{c}: {w}" for c, w in sorted(summary.waiting.items())) or "none"
     create_markdown_artifact(
         key="reconcile-summary",
         markdown="\n".join(
@@ -66,9 +68,8 @@ def publish_reconciliation(summary: Any, rows: pl.DataFrame) -> None:
                 f"| cold starts | {summary.cold_starts:.0f} | {summary.reactive_cold_starts:.0f} |",
                 f"| cost | {summary.cost:.4f} | {summary.reactive_cost:.4f} |",
                 "",
-                f"Pool corrections: {summary.actions or 'none'}; scaled up at once: "
-                f"{summary.scaled_up or 'none'}.",
-                f"Drift: {drifted}. Retrained: {', '.join(sorted(summary.retrained)) or 'none'}.",
+                f"Drift: {drifted}.",
+                f"Retrained: {retrained}. Waiting: {waiting}.",
             ]
         ),
     )
@@ -90,3 +91,34 @@ def publish_reconciliation(summary: Any, rows: pl.DataFrame) -> None:
         key="reconcile-accuracy", table=table.to_dicts(),
         description="accuracy, cold starts and cost vs reactive per client",
     )  # fmt: skip
+
+
+def publish_cycle(summary: Any) -> None:
+    """Markdown of one cycle: its clock and watermark, lag, actions and drift."""
+    actions = ", ".join(f"{n} {kind}" for kind, n in summary.actions.items() if n) or "none"
+    lag = f"{summary.lag_s:.0f} s" if summary.lag_s is not None else "-"
+    late = f"{summary.late_s:.0f} s late" if summary.late_s else "on time"
+    create_markdown_artifact(
+        key="prewarm-cycle",
+        description=f"cycle {summary.cycle_id}",
+        markdown="\n".join(
+            [
+                f"## Cycle `{summary.cycle_id}` ({late})",
+                "",
+                "| | |",
+                "|---|---|",
+                f"| feed | `{summary.feed}` |",
+                f"| clock | {summary.clock} |",
+                f"| watermark | {summary.watermark or '-'} |",
+                f"| ingested rows | {summary.ingested_rows} |",
+                f"| predicted | {'yes' if summary.predicted else 'no: no new data or model'} |",
+                f"| plan | `{summary.plan_id}`, first window {summary.first_window} |",
+                f"| runtime actions | {actions} (failed {summary.failed_actions}, "
+                f"drained {summary.drained}) |",
+                f"| lag (pool applied after the watermark) | {lag} |",
+                f"| duration | {summary.seconds:.1f} s |",
+                f"| drifted | {len(summary.drifted)} (retrain eligible: "
+                f"{len(summary.retrain_eligible)}) |",
+            ]
+        ),
+    )

@@ -146,7 +146,7 @@ def train(
     settings = _settings(runs_flows=True)
     from flows.train import train_flow
 
-    summary = train_flow(settings)(client_ids=clients or None)
+    summary = train_flow(settings)(client_ids=clients or None, trigger="manual")
     table = Table("client", "version", "alias", "window wMAPE", "baseline", "why")
     for registration in sorted(summary.registrations, key=lambda r: r.client_id):
         score = summary.scores.get(registration.client_id)
@@ -329,15 +329,16 @@ def provision(
 @app.command()
 def reconcile(
     no_retrain: Annotated[
-        bool, typer.Option("--no-retrain", help="Detect drift but do not retrain.")
+        bool, typer.Option("--no-retrain", help="Detect and record drift but do not retrain.")
     ] = False,
 ) -> None:
-    """Compare what happened with what was predicted, correct pools, retrain drifted clients.
+    """Compare what happened with what was predicted, record drift, retrain drifted clients.
 
-    Scores new buckets against their forecasts (error, coverage, pinball) and the plan's
-    warm capacity (cold starts, idle cost, cost of a reactive autoscaler), scales up at once
-    when demand exceeded warm capacity, releases idle capacity beyond the plan, and retrains
-    the clients whose forecasts drifted. Rows land in `reconciliations` and `drift_events`.
+    Scores new buckets against their forecasts (error, coverage, pinball; where usage has no
+    actual, what the client reported with its feedback) and against the plan's warm capacity
+    (cold starts, idle cost, cost of a reactive autoscaler), records drift once per episode,
+    and retrains the drifted clients that are due (see `prewarm retrain`). It never touches
+    the pools. Rows land in `reconciliations` and `drift_events`.
     """
     _settings(runs_flows=True)
     from flows.reconcile import reconcile_pools
@@ -349,11 +350,16 @@ def reconcile(
         f"{summary.cold_starts:.0f} cold starts vs {summary.reactive_cold_starts:.0f} for a "
         f"reactive policy; cost {summary.cost:.4f} vs {summary.reactive_cost:.4f}."
     )
-    actions = ", ".join(f"{n} {kind}" for kind, n in sorted(summary.actions.items())) or "none"
-    console.print(f"Pool corrections: {actions}; scaled up at once: {summary.scaled_up or 'none'}.")
+    if not summary.drifted:
+        console.print("Drift: none.")
     for client_id, reason in sorted(summary.drifted.items()):
-        done = "retrained" if client_id in summary.retrained else "not retrained"
-        console.print(f"  drift {client_id} ({done}): {reason}")
+        if client_id in summary.retrained:
+            done = f"retrained as version {summary.retrained[client_id]}"
+        else:
+            done = f"not retrained: {summary.waiting.get(client_id, '-')}"
+        console.print(f"  drift {client_id}: {reason} ({done})")
+    if summary.retraining is not None:
+        _print_retraining(summary.retraining)
     console.print(
         'See: prewarm sql "select client_id, window_start, metric, predicted_p50, actual, '
         'cold_starts, idle_cost from reconciliations order by window_start desc limit 10"'
@@ -361,43 +367,193 @@ def reconcile(
 
 
 @app.command()
+def retrain() -> None:
+    """Retrain the clients whose forecasts drifted (or that clients rated poorly), when due.
+
+    A client with an open drift episode is retrained when it was not retrained for drift or
+    feedback within PREWARM_RETRAIN_COOLDOWN and has usage newer than its last model saw;
+    the others are listed with why they wait. Each version is tagged with its trigger.
+    """
+    _settings(runs_flows=True)
+    from flows.retrain import retrain_drifted
+
+    _print_retraining(retrain_drifted())
+
+
+def _print_retraining(summary: Any) -> None:
+    """The table of a retrain-drifted run: who was retrained (trigger, version), who waits."""
+    if not (summary.retrained or summary.skipped or summary.failures):
+        console.print("Retraining: no open drift episode.")
+        return
+    table = Table("client", "trigger", "version", "alias", "why")
+    for done in sorted(summary.retrained, key=lambda r: r.client_id):
+        alias = "champion" if done.promoted else "challenger"
+        table.add_row(done.client_id, done.trigger, done.version, alias, done.reason)
+    for client_id, why in sorted(summary.skipped.items()):
+        table.add_row(client_id, "-", "-", "-", f"skipped: {why}")
+    for client_id, why in sorted(summary.failures.items()):
+        table.add_row(client_id, "-", "-", "-", f"[red]failed[/]: {why}")
+    console.print(table)
+    console.print(
+        f"Retrained {len(summary.retrained)}, {len(summary.skipped)} waiting, "
+        f"{len(summary.failures)} failed in {summary.seconds:.1f} s."
+    )
+
+
+class RuntimeName(StrEnum):
+    docker = "docker"
+    process = "process"
+
+
+@app.command()
 def pools(
     release_all: Annotated[
-        bool, typer.Option("--release-all", help="Release every container prewarm holds.")
+        bool, typer.Option("--release-all", help="Release every member of the pool.")
     ] = False,
+    release_stray: Annotated[
+        bool,
+        typer.Option(
+            "--release-stray", help="Release the pool's members found on another runtime."
+        ),
+    ] = False,
+    migrate_to: Annotated[
+        RuntimeName | None,
+        typer.Option(
+            "--migrate-to",
+            help="Move the pool to this runtime: warm the current plan there, then release "
+            "the old members.",
+        ),
+    ] = None,
 ) -> None:
-    """List warm pools by client and tier, as the runtime reports them."""
-    settings = _settings()
-    from flows.provision import open_runtime
-    from provisioning.apply import release_all as release_everything
+    """List the pool by client and tier on the runtime it lives on, members found elsewhere,
+    and recent churn.
 
-    runtime = open_runtime(settings)
+    A pool lives on one runtime, recorded when it was first provisioned; every command uses
+    that one (an unavailable runtime is an error, never a silent switch). Members carrying
+    the pool's label on another runtime are listed as strays: release them with
+    --release-stray, or move the whole pool with --migrate-to.
+    """
+    settings = _settings()
+    from flows import pool_admin
+
+    if sum([release_all, release_stray, migrate_to is not None]) > 1:
+        raise PrewarmError("Give at most one of --release-all, --release-stray, --migrate-to.")
     if release_all:
-        released = release_everything(runtime, settings.pool_scope)
-        console.print(f"Released {released} members on {runtime.name}.")
+        name, released = pool_admin.release_everything(settings)
+        console.print(f"Released {released} members of pool {settings.pool!r} on {name}.")
         return
-    members = runtime.list({"prewarm.managed": "1", **settings.pool_scope})
-    table = Table(
-        "client",
-        "active",
-        "shadow",
-        "cold",
-        "endpoints",
-        title=f"pool {settings.pool!r} on {runtime.name}",
-    )
-    by_client: dict[str, dict[str, list]] = {}
-    for member in members:
-        by_client.setdefault(member.client_id, {}).setdefault(member.tier, []).append(member)
-    for client_id in sorted(by_client):
-        tiers = by_client[client_id]
-        endpoints = [m.endpoint for m in tiers.get("active", []) if m.endpoint]
-        table.add_row(
-            client_id,
-            *(str(len(tiers.get(tier, []))) for tier in ("active", "shadow", "cold")),
-            ", ".join(endpoints[:2]) + (" ..." if len(endpoints) > 2 else ""),
+    if release_stray:
+        released = pool_admin.release_strays(settings)
+        done = ", ".join(f"{n} on {name}" for name, n in released.items()) or "none found"
+        console.print(f"Released strays of pool {settings.pool!r}: {done}.")
+        return
+    if migrate_to is not None:
+        moved = pool_admin.migrate_pool(settings, migrate_to.value)
+        console.print(
+            f"Pool {settings.pool!r} moved from {moved.source} to {moved.target}: "
+            f"{moved.created} members created there, {moved.released} released on {moved.source}."
         )
-    console.print(table)
-    console.print(f"{len(members)} members. Recorded history: table pool_members, pool_events.")
+        if moved.drained:
+            console.print(
+                f"  {len(moved.drained)} members serving requests were left to drain; release "
+                "them later with `prewarm pools --release-stray`."
+            )
+        return
+    view = pool_admin.view_pool(settings)
+    if view.runtime is None:
+        console.print(f"Pool {settings.pool!r} has no runtime yet: nothing was provisioned.")
+    else:
+        table = Table(
+            "client", "active", "shadow", "cold", "endpoints",
+            title=f"pool {settings.pool!r} on {view.runtime}",
+        )  # fmt: skip
+        by_client: dict[str, dict[str, list]] = {}
+        for member in view.members:
+            by_client.setdefault(member.client_id, {}).setdefault(member.tier, []).append(member)
+        for client_id in sorted(by_client):
+            tiers = by_client[client_id]
+            endpoints = [m.endpoint for m in tiers.get("active", []) if m.endpoint]
+            table.add_row(
+                client_id,
+                *(str(len(tiers.get(tier, []))) for tier in ("active", "shadow", "cold")),
+                ", ".join(endpoints[:2]) + (" ..." if len(endpoints) > 2 else ""),
+            )
+        console.print(table)
+        console.print(
+            f"{len(view.members)} members on {view.runtime}. "
+            "Recorded history: tables pool_members, pool_events; views v_churn, v_cycles."
+        )
+    for name, members in view.strays.items():
+        clients = len({m.client_id for m in members})
+        console.print(
+            f"[yellow]{len(members)} members of pool {settings.pool!r} ({clients} clients) "
+            f"found on {name}[/], which is not the pool's runtime: release them with "
+            f"`prewarm pools --release-stray`, or move the pool with "
+            f"`prewarm pools --migrate-to {name}`."
+        )
+    if view.churn.height:
+        last = view.churn.row(0, named=True)
+        console.print(
+            f"Churn in the hour from {last['hour']:%Y-%m-%d %H:%M}: {last['created']} created, "
+            f"{last['released']} released ({last['churn']} members/hour); "
+            f"{last['requests']} requests, {last['cold_starts']} of them cold."
+        )
+
+
+@app.command()
+def cycle(
+    feed: Annotated[
+        str | None,
+        typer.Option(
+            help="Where new usage comes from: none (work on what the warehouse holds), "
+            "spool:DIR, trace:DIR or synthetic. Followed from now on; default: the feed the "
+            "warehouse follows (none if it follows none)."
+        ),
+    ] = None,
+    speed: Annotated[
+        float | None,
+        typer.Option(min=0.001, help="trace:DIR only: replay N times faster than real time."),
+    ] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the summary here.")] = None,
+) -> None:
+    """Run one cycle of the loop: ingest -> predict -> plan -> apply -> score, on one clock.
+
+    The cycle ingests what the feed has new (by watermark, never overwriting a stored row),
+    predicts only when the data or a model changed, plans from after the moment it expects
+    to finish, makes the pool match the plan (nothing else ever decides which members
+    exist), and scores the buckets that arrived. Two cycles on the same data make no runtime
+    action the second time. Cycles never overlap. `prewarm up` runs one every PREWARM_CYCLE.
+    """
+    _settings(runs_flows=True)
+    from flows.cycle import prewarm_cycle, write_json
+
+    summary = prewarm_cycle(feed=feed, speed=speed)
+    actions = ", ".join(f"{n} {kind}" for kind, n in summary.actions.items() if n) or "none"
+    lag = f"{summary.lag_s:.0f} s" if summary.lag_s is not None else "-"
+    console.print(
+        f"Cycle {summary.cycle_id} on feed {summary.feed}, clock {summary.clock}: "
+        f"watermark {summary.watermark or '-'}, {summary.ingested_rows:,} rows ingested, "
+        f"{'predicted' if summary.predicted else 'no new data or model: forecasts current'}."
+    )
+    console.print(
+        f"Plan {summary.plan_id} from {summary.first_window}; runtime actions on "
+        f"{summary.runtime}: {actions}"
+        + (f" ({summary.failed_actions} failed)" if summary.failed_actions else "")
+        + (f"; {summary.drained} busy members left to drain" if summary.drained else "")
+        + f". Lag {lag}; {summary.seconds:.1f} s."
+    )
+    if summary.drifted:
+        console.print(
+            f"{len(summary.drifted)} clients drifted ({len(summary.retrain_eligible)} due for "
+            "retraining: `prewarm retrain`, run after cycles under `prewarm up`)."
+        )
+    for note in summary.notes:
+        console.print(f"  note: {note}")
+    if json_out:
+        write_json(summary, json_out)
+        console.print(f"wrote {json_out}")
+    if summary.failed_actions:
+        raise typer.Exit(1)
 
 
 clients_app = typer.Typer(help="Clients: API keys and provisioning mode.", no_args_is_help=True)
@@ -489,6 +645,77 @@ def inventory_load(
     console.print(f"Stored {inventory.height} hosts from {path}.")
 
 
+feed_app = typer.Typer(
+    help="The one feed this warehouse follows: where each cycle's new usage comes from.",
+    no_args_is_help=True,
+)
+app.add_typer(feed_app, name="feed")
+
+
+@feed_app.command("show")
+def feed_show() -> None:
+    """The feed followed, its parameters, its clock and watermark, and the files taken."""
+    settings = _settings()
+    from warehouse.db import utc_now
+    from warehouse.feeds import feed_clock, read_feed, read_taken_files, watermark
+
+    path = settings.warehouse_path
+    feed = read_feed(path)
+    if feed is None:
+        console.print(
+            f"The warehouse {path} follows no feed yet: a cycle ingests nothing. Choose one "
+            "with: prewarm feed follow none | spool:DIR | trace:DIR [--speed N] | synthetic"
+        )
+        return
+    table = Table("", "", show_header=False)
+    table.add_row("feed", feed.describe())
+    params = ", ".join(f"{key}={value}" for key, value in feed.params.items()) or "-"
+    table.add_row("params", params)
+    table.add_row("clock", str(feed_clock(path, feed, utc_now())))
+    table.add_row("watermark", str(watermark(path) or "- (no usage yet)"))
+    if feed.kind == "spool":
+        taken = read_taken_files(path)
+        counts = taken.group_by("status").len().sort("status").iter_rows()
+        summary = ", ".join(f"{n} {status}" for status, n in counts) or "none"
+        table.add_row("files taken", f"{taken.height} ({summary})")
+        for row in taken.head(5).iter_rows(named=True):
+            table.add_row("", f"{row['taken_at']}  {row['status']:<9} {row['path']}")
+    console.print(table)
+
+
+@feed_app.command("follow")
+def feed_follow(
+    spec: Annotated[
+        str,
+        typer.Argument(
+            help="none | spool:DIR (event files renamed in when complete) | trace:DIR "
+            "(Azure Functions 2019) | synthetic (PREWARM_SYNTHETIC_* population)."
+        ),
+    ],
+    speed: Annotated[
+        float, typer.Option(help="trace: replay speed, trace minutes per wall minute.")
+    ] = 1.0,
+) -> None:
+    """Make the warehouse follow a feed: each cycle then ingests only what it brings.
+
+    Refused (nothing written) when a trace's or the generator's clients are not exactly the
+    warehouse's clients with usage. Spool writers write each file elsewhere (or as .NAME,
+    NAME.tmp or NAME.partial) and rename it in when complete; each file is taken once.
+    """
+    settings = _settings()
+    from flows.feed import complete_feed
+    from warehouse.db import utc_now
+    from warehouse.feeds import follow_feed, parse_feed
+
+    feed = complete_feed(parse_feed(spec, speed=speed), settings)
+    stored = follow_feed(settings.warehouse_path, feed, now=utc_now())
+    params = ", ".join(f"{key}={value}" for key, value in stored.params.items())
+    console.print(
+        f"The warehouse {settings.warehouse_path} now follows {stored.describe()}"
+        + (f" ({params})." if params else ".")
+    )
+
+
 @app.command()
 def api(
     host: Annotated[
@@ -500,9 +727,16 @@ def api(
     settings = _settings()
     from api.app import create_app
     from api.server import serve
-    from flows.provision import open_runtime
+    from flows.runtime import open_pool_runtime
+    from provisioning.runtime.leases import LeaseBook, lease_book_path
 
-    app_ = create_app(settings.warehouse_path, lambda: open_runtime(settings), settings.pool_scope)
+    app_ = create_app(
+        settings.warehouse_path,
+        lambda: open_pool_runtime(settings),
+        settings.pool_scope,
+        leases=LeaseBook(lease_book_path(settings.data_dir, settings.pool)),
+        lease_seconds=settings.activation_lease_seconds,
+    )
     serve(app_, host=host, port=port or settings.api_port)
 
 
@@ -540,8 +774,9 @@ def up(
 ) -> None:
     """Start the local stack: Prefect UI :4200, MLflow UI :5000, API :8000, the schedules.
 
-    Runs the Prefect server, the MLflow UI, the client API and the five scheduled
-    deployments as child processes (logs in data/logs); Ctrl-C stops everything cleanly.
+    Runs the Prefect server, the MLflow UI, the client API and the deployments (prewarm-cycle
+    every PREWARM_CYCLE, daily training, on-demand flows) as child processes (logs in
+    data/logs); Ctrl-C stops everything cleanly.
     With --check it starts everything, verifies every health endpoint and every
     deployment's schedule through the Prefect API, stops, and exits 0 or says what failed.
     """
@@ -588,7 +823,10 @@ def up(
             f"API http://127.0.0.1:{settings.api_port}/docs; logs in {settings.data_dir / 'logs'}"
         )
         if check:
-            console.print("check passed: 5 scheduled deployments, MLflow and the API are healthy.")
+            console.print(
+                "check passed: the cycle and training schedules, the on-demand deployments, "
+                "MLflow and the API are healthy."
+            )
             return
         console.print("Press Ctrl-C to stop.")
         while all(s.process is not None and s.process.poll() is None for s in services):
@@ -644,6 +882,90 @@ def replay(
         console.print(f"wrote {json_out}")
     if plot:
         plot_replay(result, plot)
+        console.print(f"wrote {plot}")
+
+
+@app.command()
+def soak(
+    trace: Annotated[Path, typer.Option(help="An Azure-Functions-format trace directory.")],
+    warmup: Annotated[
+        int, typer.Option(min=2, help="Minutes used as history (ingest + train).")
+    ] = 240,
+    minutes: Annotated[int, typer.Option(min=1, help="Minutes replayed live.")] = 120,
+    speed: Annotated[
+        float, typer.Option(min=1.0, help="Replay N times faster than real time.")
+    ] = 60.0,
+    runtime: Annotated[RuntimeName, typer.Option(help="Where the pool runs.")] = (
+        RuntimeName.process
+    ),
+    ratio: Annotated[
+        float, typer.Option(min=0.001, help="Cost ratio R of prewarm replay's prewarm@R.")
+    ] = 700.0,
+    cycle: Annotated[str, typer.Option(help="Cycle interval, in replayed time.")] = "5min",
+    workdir: Annotated[
+        Path, typer.Option(help="The soak's own world (wiped if a previous soak made it).")
+    ] = Path("data/soak"),
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Draw live vs simulated to this PNG.")] = None,
+    keep: Annotated[
+        bool, typer.Option("--keep", help="Leave the soak's pool running afterwards.")
+    ] = False,
+) -> None:
+    """Replay a trace live against the real loop, and compare it with its simulation.
+
+    The first WARMUP minutes are history (ingested and trained on); then every replayed
+    minute, each function's need goes through the real activation path while prewarm-cycle
+    runs on its cadence on a real runtime, SPEED times faster than real time. The same
+    minutes are then simulated through the same decisions with ideal timing. Reports cold
+    starts and idle memory live vs simulated, contradicting actions, lag, orphans, MLflow
+    versions and memory. Runs in WORKDIR, never in your warehouse.
+    """
+    from flows.settings import Settings as _Settings
+    from flows.settings import export_settings, parse_freq_any
+
+    if not trace.is_dir():
+        raise PrewarmError(f"No trace directory at {trace}.")
+    try:
+        parse_freq_any(cycle)
+    except ValueError as error:
+        raise PrewarmError(str(error)) from None
+    from flows.soak import SoakOptions, prepare_workdir, soak_settings, write_soak_files
+    from provisioning.replay import load_trace, reference_memory
+
+    options = SoakOptions(
+        trace=trace.resolve(), workdir=workdir.resolve(), warmup=warmup, minutes=minutes,
+        speed=speed, runtime=runtime.value, ratio=ratio, cycle=cycle, keep=keep,
+    )  # fmt: skip
+    reference = reference_memory(load_trace(options.trace).memory_mb)
+    prepare_workdir(options.workdir)
+    write_soak_files(options, reference)
+    export_settings(soak_settings(options, pool="soak"))
+    _Settings()  # the soak's settings must validate before anything runs
+    _settings(runs_flows=True)
+    from flows.soak import plot_soak, run_soak
+
+    started = time.perf_counter()
+    report = run_soak(options, lambda text: console.print(text))
+    live, sim = report.live, report.simulated
+    table = Table("", "live", "simulated", title=f"soak of {trace} ({minutes} min at {speed:g}x)")
+    for key in ("invocations", "cold_starts", "cold_start_per_invocation", "zero_cold_share",
+                "idle_mb_minutes", "idle_vs_fixed10"):  # fmt: skip
+        table.add_row(key, _fmt(live[key]), _fmt(sim[key]))
+    console.print(table)
+    console.print(
+        f"{report.cycles} cycles, actions {report.actions}, contradicting actions "
+        f"{report.contradicting_actions}, lag p50 {_fmt(report.lag_s['p50'])} s "
+        f"(max {_fmt(report.lag_s['max'])}), orphans {report.orphans}, MLflow versions "
+        f"{report.mlflow_versions}, cycle process RSS {report.rss_mb['start']:.0f} -> "
+        f"{report.rss_mb['end']:.0f} MB; {time.perf_counter() - started:.0f} s."
+    )
+    if json_out:
+        from dataclasses import asdict
+
+        json_out.write_text(json.dumps(asdict(report), indent=2, default=str) + "\n")
+        console.print(f"wrote {json_out}")
+    if plot:
+        plot_soak(report, plot)
         console.print(f"wrote {plot}")
 
 

@@ -1,24 +1,26 @@
-"""Flow `reconcile-pools`: compare what happened with what was predicted, correct the pools
-now, and retrain the clients whose forecasts drifted.
+"""Flow `reconcile-pools`: compare what happened with what was predicted, record drift, and
+retrain the drifted clients that are due. It never touches the pools: keeping them at what
+demand needs is provisioning's job.
 
 1. Score every newly arrived bucket against the latest forecast made before it (error,
    coverage, pinball) and, on concurrency, against the warm capacity the plan held (cold
    starts, idle cost, and what a reactive autoscaler would have paid): `reconciliations`.
+   Where usage has no actual but the client reported one with its feedback, that is scored.
 2. Observe the pool: CPU and memory of active members (`pool_member_stats`).
-3. Correct the pool at once: members the current plan window wants, topped up to the demand
-   just observed when it exceeded them (the reactive safety net: prewarm is never worse than
-   reactive), and members idle beyond the plan released.
-4. Detect drift (coverage or pinball beyond thresholds, or poor client feedback) and retrain
-   exactly those clients, recording why (`drift_events`).
+3. Detect drift (coverage or pinball beyond thresholds, or poor client feedback) and record
+   it once per episode (`drift_events`): an episode stays open until the client is next
+   trained, so repeated cycles add no rows.
+4. Retrain the drifted clients that are eligible (flows/retrain.py: a cooldown per client,
+   and only on new data).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -27,16 +29,20 @@ from prefect.cache_policies import NONE
 
 from flows.artifacts import publish_reconciliation
 from flows.locks import warehouse_write
-from flows.provision import open_runtime
+from flows.retrain import RetrainSummary, retrain_candidates, retrain_drifted
+from flows.runtime import bound_runtime, open_runtime_named
 from flows.settings import Settings
-from flows.train import train_flow
-from provisioning.apply import reconcile_once
+from models.feedback import fill_from_feedback, reported_actuals
+from models.retraining import retrain_decisions
 from provisioning.costs import CostModel, load_cost_model
 from provisioning.monitoring import DriftThresholds, detect_drift, pool_outcomes, score_forecasts
 from provisioning.runtime.base import ContainerRuntime
-from warehouse.db import connect, fetch_frame, utc_now
+from warehouse.db import utc_now
+from warehouse.errors import PrewarmError
+from warehouse.feedback import read_reported_actuals
 from warehouse.monitoring import (
     annotate_reconciliations,
+    read_open_drift,
     read_planned_capacity,
     read_reconciliation_history,
     read_unreconciled,
@@ -44,7 +50,6 @@ from warehouse.monitoring import (
     write_member_stats,
     write_reconciliations,
 )
-from warehouse.pools import write_pool_state
 from warehouse.reads import read_clients, read_feedback_signals, read_recent_usage
 
 FEEDBACK_LOOKBACK = timedelta(days=2)
@@ -61,10 +66,10 @@ class ReconcileSummary:
     reactive_cold_starts: float = 0.0
     cost: float = 0.0
     reactive_cost: float = 0.0
-    scaled_up: dict[str, int] = field(default_factory=dict)
-    actions: dict[str, int] = field(default_factory=dict)
-    drifted: dict[str, str] = field(default_factory=dict)
-    retrained: dict[str, str] = field(default_factory=dict)
+    drifted: dict[str, str] = field(default_factory=dict)  # client -> reason
+    waiting: dict[str, str] = field(default_factory=dict)  # drifted, not retrained: why
+    retrained: dict[str, str] = field(default_factory=dict)  # client -> version registered
+    retraining: RetrainSummary | None = None
     seconds: float = 0.0
 
 
@@ -76,7 +81,7 @@ def _costs(settings: Settings) -> CostModel:
 def reconcile_buckets(settings: Settings, reconciled_at: datetime) -> pl.DataFrame:
     """Score new buckets against their forecasts and the plan's capacity; write and return."""
     path = settings.warehouse_path
-    pairs = read_unreconciled(path)
+    pairs = _with_reported_actuals(path, read_unreconciled(path))
     if pairs.height == 0:
         return pairs
     scored = score_forecasts(pairs)
@@ -137,6 +142,22 @@ def reconcile_buckets(settings: Settings, reconciled_at: datetime) -> pl.DataFra
     with warehouse_write():
         write_reconciliations(path, rows)
     return rows
+
+
+def _with_reported_actuals(path: Path, pairs: pl.DataFrame) -> pl.DataFrame:
+    """Pairs with the buckets usage left without an actual scored against what the client
+    reported with its feedback (those still without one are dropped)."""
+    unmeasured = pairs.filter(pl.col("actual").is_null())
+    if unmeasured.height == 0:
+        return pairs
+    clients = sorted(unmeasured.get_column("client_id").unique())
+    reported = reported_actuals(read_reported_actuals(path, clients))
+    filled = fill_from_feedback(pairs, reported, add_missing=False).drop_nulls("actual")
+    get_run_logger().info(
+        "%d buckets scored against actuals reported with feedback",
+        filled.height - (pairs.height - unmeasured.height),
+    )
+    return filled
 
 
 def _with_previous_need(settings: Settings, demand: pl.DataFrame) -> pl.DataFrame:
@@ -212,89 +233,59 @@ def observe_members(settings: Settings, runtime: ContainerRuntime, observed_at: 
     return frame.height
 
 
-def _current_plan(settings: Settings, at: datetime) -> tuple[str | None, pl.DataFrame, dict]:
-    """The newest applied plan's wanted members for the window covering `at` (the present:
-    provisioning looks a buffer ahead, reconciliation corrects what is live now), and its
-    rendered container configs."""
-    with connect(settings.warehouse_path, read_only=True) as con:
-        plan = fetch_frame(
-            con, "SELECT plan_id FROM plans WHERE NOT dry_run ORDER BY created_at DESC LIMIT 1"
-        )
-        if plan.height == 0:
-            return None, pl.DataFrame(), {}
-        plan_id = plan.item()
-        desired = fetch_frame(
-            con,
-            "SELECT client_id, tier, host, sum(count)::BIGINT AS count FROM allocations"
-            " WHERE plan_id = ? AND mode = 'provision' AND tier IN ('active', 'shadow', 'cold')"
-            " AND window_start <= ? AND ? < window_end AND count > 0 GROUP BY ALL",
-            [plan_id, at, at],
-        )
-        configs = fetch_frame(
-            con,
-            "SELECT DISTINCT client_id, config::VARCHAR AS config FROM allocations"
-            " WHERE plan_id = ? AND config IS NOT NULL",
-            [plan_id],
-        )
-    specs = {cid: json.loads(cfg) for cid, cfg in configs.iter_rows()}
-    return plan_id, desired, specs
+def _observed_runtime(settings: Settings) -> ContainerRuntime | None:
+    """The runtime the pool lives on, to observe its members; None when no pool has been
+    created yet (choosing its runtime is provisioning's job) or its runtime does not answer
+    (scoring and drift must not wait on it)."""
+    bound = bound_runtime(settings)
+    if bound is None:
+        return None
+    try:
+        return open_runtime_named(bound, settings)
+    except PrewarmError as error:  # runtime errors included
+        get_run_logger().warning("pool members not observed: %s", error)
+        return None
 
 
 @task(cache_policy=NONE)
-def correct_pool(
-    settings: Settings, runtime: ContainerRuntime, observed_at: datetime
-) -> tuple[dict[str, int], dict[str, int]]:
-    """Plan's current window, topped up to the need just observed; return (top-ups, actions)."""
+def record_drift(settings: Settings, now: datetime) -> pl.DataFrame:
+    """Detect drifted clients and record a drift for those with no open episode; return
+    every drifted client: client_id, metric, value, threshold, reason, recorded (a new
+    episode now), trigger, eligible (to retrain now), cooldown_until, why_not.
+
+    `now` is the wall clock (UTC): episodes and the cooldown compare it with training times.
+    """
     path = settings.warehouse_path
-    usage = read_recent_usage(path, 1)
-    if usage.height == 0 or "concurrency" not in usage.columns:
-        return {}, {}
-    latest = usage.sort("ts").group_by("client_id").last().select("client_id", "ts", "concurrency")
-    data_now = latest.get_column("ts").max() + timedelta(seconds=settings.freq_seconds)
-    plan_id, desired, specs = _current_plan(settings, data_now)
-    if plan_id is None:
-        return {}, {}
-    clients = read_clients(path)
-    untouchable = set(clients.filter(pl.col("mode") == "forecast-only").get_column("client_id"))
-    held = desired.group_by("client_id").agg(pl.col("count").sum().alias("held"))
-    short = (
-        latest.join(held, on="client_id", how="left")
-        .with_columns(pl.col("held").fill_null(0))
-        .filter(
-            (pl.col("concurrency").ceil() > pl.col("held"))
-            & pl.col("client_id").is_in(list(specs))
-            & ~pl.col("client_id").is_in(list(untouchable))
-        )
-        .with_columns((pl.col("concurrency").ceil() - pl.col("held")).cast(pl.Int64).alias("extra"))
+    _, feedback = read_feedback_signals(path, since=now - FEEDBACK_LOOKBACK)
+    thresholds = DriftThresholds(
+        min_windows=settings.drift_min_windows,
+        min_coverage=settings.drift_min_coverage,
+        max_relative_pinball=settings.drift_max_relative_pinball,
     )
-    top_ups = dict(short.select("client_id", "extra").iter_rows())
-    if top_ups:
-        host = desired.get_column("host").drop_nulls().first() if desired.height else None
-        extra = short.select(
-            "client_id", pl.lit("active").alias("tier"), pl.lit(host).alias("host"),
-            pl.col("extra").alias("count"),
-        )  # fmt: skip
-        desired = pl.concat([desired, extra], how="vertical_relaxed")
-        desired = desired.group_by("client_id", "tier", "host").agg(pl.col("count").sum())
-    result = reconcile_once(
-        runtime, desired, specs, untouchable, plan_id, scope=settings.pool_scope
-    )
-    events = result.pool_events
-    if "at" in events.columns:
-        events = events.rename({"at": "happened_at"})
-    events = events.with_columns(
-        pl.lit(plan_id).alias("plan_id"),
-        pl.lit(observed_at).cast(pl.Datetime("us")).alias("happened_at"),
-    )
-    with warehouse_write():
-        write_pool_state(path, runtime.name, events, result.pool_members, observed_at)
-    actions = dict(events.group_by("action").len().iter_rows()) if events.height else {}
-    return top_ups, actions
+    drift = detect_drift(read_reconciliation_history(path), feedback, thresholds)
+    state = read_open_drift(path)
+    fresh = drift.filter(~pl.col("client_id").is_in(state.get_column("client_id").to_list()))
+    if fresh.height:
+        with warehouse_write():
+            write_drift_events(
+                path,
+                fresh.with_columns(
+                    pl.lit(now).cast(pl.Datetime("us")).alias("detected_at"),
+                    pl.lit(False).alias("retrained"),
+                    pl.lit(None, dtype=pl.String).alias("model_version"),
+                ),
+            )
+        state = read_open_drift(path)
+    cooldown = timedelta(seconds=settings.retrain_cooldown_seconds)
+    decisions = retrain_decisions(state, now, cooldown)
+    return drift.with_columns(
+        pl.col("client_id").is_in(fresh.get_column("client_id").to_list()).alias("recorded")
+    ).join(decisions, on="client_id", how="left")
 
 
 @flow(name="reconcile-pools")
 def reconcile_pools(retrain: bool = True) -> ReconcileSummary:
-    """Reconcile predictions with actuals, correct the pools, retrain drifted clients."""
+    """Score predictions against actuals, record drift, retrain the drifted clients due."""
     started = time.perf_counter()
     settings = Settings()
     logger = get_run_logger()
@@ -312,52 +303,36 @@ def reconcile_pools(retrain: bool = True) -> ReconcileSummary:
         summary.reactive_cold_starts = float(
             rows.get_column("reactive_cold_starts").fill_null(0).sum()
         )
+    runtime = _observed_runtime(settings)
+    if runtime is not None:
+        observe_members(settings, runtime, now)
 
-    runtime = open_runtime(settings)
-    observe_members(settings, runtime, now)
-    summary.scaled_up, summary.actions = correct_pool(settings, runtime, now)
-
-    history = read_reconciliation_history(settings.warehouse_path)
-    _, feedback = read_feedback_signals(settings.warehouse_path, since=now - FEEDBACK_LOOKBACK)
-    thresholds = DriftThresholds(
-        min_windows=settings.drift_min_windows,
-        min_coverage=settings.drift_min_coverage,
-        max_relative_pinball=settings.drift_max_relative_pinball,
-    )
-    drift = detect_drift(history, feedback, thresholds)
+    drift = record_drift(settings, now)
     summary.drifted = dict(drift.select("client_id", "reason").iter_rows())
-    versions: dict[str, str] = {}
-    if retrain and summary.drifted:
-        logger.info("retraining %d drifted clients: %s", len(summary.drifted), summary.drifted)
-        trained = train_flow(settings)(client_ids=sorted(summary.drifted))
-        versions = {r.client_id: r.version for r in trained.registrations}
-        summary.retrained = {cid: summary.drifted[cid] for cid in versions}
-    if drift.height:
-        with warehouse_write():
-            write_drift_events(
-                settings.warehouse_path,
-                drift.with_columns(
-                    pl.lit(now).cast(pl.Datetime("us")).alias("detected_at"),
-                    pl.col("client_id").is_in(list(versions)).alias("retrained"),
-                    pl.col("client_id")
-                    .replace_strict(versions, default=None, return_dtype=pl.String)
-                    .alias("model_version"),
-                ),
+    # Open episodes of clients no longer drifting are retrained too: ask for all of them.
+    if retrain and retrain_candidates(settings, utc_now()).get_column("eligible").any():
+        summary.retraining = retrain_drifted()
+        summary.retrained = {r.client_id: r.version for r in summary.retraining.retrained}
+    for client_id, why_not in drift.select("client_id", "why_not").iter_rows():
+        if client_id not in summary.retrained:
+            summary.waiting[client_id] = why_not or (
+                "retraining off" if not retrain else "retraining failed"
             )
     notes = {
-        cid: ("scale-up", f"observed need above the plan: +{n} active")
-        for cid, n in summary.scaled_up.items()
+        cid: ("retrain", f"{reason}; retrained as version {summary.retrained[cid]}")
+        if cid in summary.retrained
+        else ("drift", f"{reason}; not retrained: {summary.waiting[cid]}")
+        for cid, reason in summary.drifted.items()
     }
-    notes.update({cid: ("retrain", reason) for cid, reason in summary.drifted.items()})
     with warehouse_write():
         annotate_reconciliations(settings.warehouse_path, now, notes)
     publish_reconciliation(summary, rows)
     summary.seconds = time.perf_counter() - started
     logger.info(
         "reconciled %d buckets (coverage %s, %.1f cold starts, cost %.4f vs reactive %.4f); "
-        "pool actions %s; drifted %d, retrained %d",
+        "drifted %d, retrained %d",
         summary.buckets, f"{summary.coverage:.2f}" if summary.coverage is not None else "-",
-        summary.cold_starts, summary.cost, summary.reactive_cost, summary.actions or "none",
+        summary.cold_starts, summary.cost, summary.reactive_cost,
         len(summary.drifted), len(summary.retrained),
     )  # fmt: skip
     return summary

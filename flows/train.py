@@ -3,7 +3,9 @@
 Clients fan out as Prefect tasks on a local process pool (feature building holds the GIL, so
 threads would not use both cores) or, when PREWARM_DASK_ADDRESS is set, on that Dask cluster.
 Each task fits, scores, plots, gates and registers one client: the workers share the MLflow
-store, so registrations run as parallel as fits.
+store, so registrations run as parallel as fits. Every version is tagged with why it was
+trained (`trigger`) and how its recent rows were weighted (`weighting`), as is its
+`model_runs` row.
 """
 
 from __future__ import annotations
@@ -26,7 +28,12 @@ from flows.locks import warehouse_write
 from flows.settings import Settings, parse_freq_any
 from models.evaluation import WindowScore, holdout_start, score_window
 from models.exceedance import ExceedanceConfig, fit_exceedance_model
-from models.feedback import adjustments_from_signals
+from models.feedback import (
+    adjustments_from_signals,
+    describe_weighting,
+    fill_usage_from_feedback,
+    reported_actuals,
+)
 from models.forecaster import (
     FORECAST_SCHEMA,
     Adjustments,
@@ -49,8 +56,10 @@ from models.registry import (
     load_forecaster,
     register_forecaster,
 )
+from models.retraining import check_trigger
 from warehouse.db import utc_now
 from warehouse.errors import PrewarmError
+from warehouse.feedback import read_reported_actuals
 from warehouse.predictions import write_model_runs
 from warehouse.reads import (
     read_calendar,
@@ -62,6 +71,7 @@ from warehouse.reads import (
 INPUT_EXAMPLE_ROWS = 12  # a small, valid history slice shown in the MLflow UI
 GLOBAL_MODEL_CLIENTS = 40  # clients the global fallback model learns from, at most
 EXCEEDANCE_TRAINING_ROWS = 200_000  # (client, origin, horizon, level) rows, sampled
+EXCEEDANCE_CHAMPIONS_TRIED = 3  # champions loaded to find a shared model to reuse, at most
 
 
 @dataclass
@@ -86,16 +96,21 @@ class ClientOutcome:
     score: WindowScore | None
     fallback: str | None
     fit_seconds: float
+    weighting: str  # how its recent rows were weighted (models.feedback.describe_weighting)
 
 
 @dataclass
 class TrainSummary:
     """What one training run did, per client and in total."""
 
+    trigger: str = "schedule"  # why this run trained: schedule | drift | feedback | manual
     registrations: list[Registration] = field(default_factory=list)
     fallbacks: dict[str, str] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
     scores: dict[str, WindowScore | None] = field(default_factory=dict)
+    weightings: dict[str, str] = field(default_factory=dict)
+    # Per frequency group (bucket seconds): where the shared P(need >= k) model came from.
+    exceedance_sources: dict[int, str] = field(default_factory=dict)
     fit_seconds: float = 0.0
     mlflow_seconds: float = 0.0
     wall_seconds: float = 0.0
@@ -172,6 +187,7 @@ def train_client(
     exceedance: Any,
     has_champion: bool,
     settings: Settings,
+    trigger: str = "schedule",
 ) -> ClientOutcome:
     """Fit, score, gate and register one client's forecaster.
 
@@ -181,10 +197,15 @@ def train_client(
     fitted = fit_client(client_id, history, calendar, client, config, adjustments, global_model)
     if "concurrency" in fitted.forecaster.metrics:
         fitted.forecaster.exceedance = exceedance
-    registration = register_client(fitted, history, calendar, client, settings, has_champion)
-    return ClientOutcome(
-        client_id, registration, fitted.score, fitted.forecaster.fallback, fitted.fit_seconds
+    # The global model's view of a client is fitted without the client's adjustments.
+    weighting = describe_weighting(None if fitted.forecaster.fallback else adjustments)
+    registration = register_client(
+        fitted, history, calendar, client, settings, has_champion, trigger, weighting
     )
+    return ClientOutcome(
+        client_id, registration, fitted.score, fitted.forecaster.fallback, fitted.fit_seconds,
+        weighting,
+    )  # fmt: skip
 
 
 def register_client(
@@ -194,6 +215,8 @@ def register_client(
     client: dict[str, Any] | None,
     settings: Settings,
     has_champion: bool,
+    trigger: str = "schedule",
+    weighting: str = "none",
 ) -> Registration:
     """Register the fitted forecaster; promote it past the champion only when it is better."""
     forecaster, score = fitted.forecaster, fitted.score
@@ -211,7 +234,7 @@ def register_client(
         score.baseline_wmape if score else None,
         score.baseline if score else "seasonal naive",
     )
-    card = _model_card(fitted, history, client, champion_wmape)
+    card = _model_card(fitted, history, client, champion_wmape, trigger, weighting)
     return register_forecaster(
         forecaster,
         fitted.client_id,
@@ -228,6 +251,8 @@ def _model_card(
     history: pl.DataFrame,
     client: dict[str, Any] | None,
     champion_wmape: float | None,
+    trigger: str,
+    weighting: str,
 ) -> ModelCard:
     forecaster, score = fitted.forecaster, fitted.score
     config = forecaster.config
@@ -264,6 +289,8 @@ def _model_card(
             "model_kind": "global" if forecaster.fallback else "per-client",
             "fallback": forecaster.fallback or "none",
             "data_window": f"{first:%Y-%m-%dT%H:%M} .. {last:%Y-%m-%dT%H:%M}",
+            "trigger": trigger,
+            "weighting": weighting,
         },
         plot_png=fitted.plot_png,
         input_example=fitted.example_input.to_pandas(),
@@ -301,6 +328,50 @@ def _fit_exceedance(
     )
 
 
+def _shared_exceedance(
+    group: pl.DataFrame,
+    clients: pl.DataFrame,
+    aliases: dict[str, dict[str, str]],
+    config: ForecastConfig,
+    settings: Settings,
+    subset: bool,
+) -> tuple[Any, str]:
+    """The shared P(concurrency >= k) model for the clients of `group` (one frequency group),
+    and where it came from.
+
+    A training of every client fits it on the group. A training of some clients (`subset`:
+    say a drift retrain of one or two) would fit it on those alone and serve them badly: an
+    existing champion's shared model is reused, else one is fitted on the whole group's
+    recent usage.
+    """
+    group_ids = set(
+        clients.filter(pl.col("freq_seconds") == config.freq_seconds).get_column("client_id")
+    )
+    training = set(group.get_column("client_id").unique())
+    if not subset or training >= group_ids:
+        return _fit_exceedance(group, clients, config, settings), "fitted on the group"
+    if "concurrency" not in group.columns or not group.get_column("concurrency").drop_nulls().len():
+        return None, "no concurrency data"
+    # Champions of clients not being retrained first: their shared model is the most likely
+    # to come from a whole-group training.
+    champions = sorted(
+        (cid for cid in group_ids if CHAMPION in aliases.get(cid, {})),
+        key=lambda cid: (cid in training, cid),
+    )
+    for cid in champions[:EXCEEDANCE_CHAMPIONS_TRIED]:
+        loaded = load_forecaster(cid, settings.mlflow_tracking_uri)
+        if loaded is not None and getattr(loaded[0], "exceedance", None) is not None:
+            return loaded[0].exceedance, f"reused from forecaster-{cid} v{loaded[1]}"
+    whole = read_recent_usage(
+        settings.warehouse_path, settings.train_history_days, sorted(group_ids)
+    )
+    whole = fill_usage_from_feedback(
+        whole, reported_actuals(read_reported_actuals(settings.warehouse_path, sorted(group_ids)))
+    )
+    fitted = _fit_exceedance(whole, clients, config, settings)
+    return fitted, f"fitted on the whole group ({whole.get_column('client_id').n_unique()} clients)"
+
+
 def _fit_global(
     usage: pl.DataFrame,
     clients: pl.DataFrame,
@@ -335,6 +406,8 @@ def _submit_group(
     aliases: dict[str, dict[str, str]],
     config: ForecastConfig,
     settings: Settings,
+    summary: TrainSummary,
+    subset: bool,
 ) -> dict[Any, str]:
     """Submit one `train_client` task per client of a frequency group: future -> client id.
 
@@ -345,12 +418,13 @@ def _submit_group(
     histories = group.partition_by("client_id", as_dict=True, maintain_order=True)
     reasons = {cid: needs_fallback(h, config) for (cid,), h in histories.items()}
     group_clients = clients.filter(pl.col("client_id").is_in(list(reasons)))
-    exceedance = _fit_exceedance(group, group_clients, config, settings)
+    exceedance, source = _shared_exceedance(group, clients, aliases, config, settings, subset)
+    summary.exceedance_sources[config.freq_seconds] = source
 
     def submit(cid: str, global_model: GlobalForecaster | None) -> Any:
         return train_client.submit(
             cid, histories[(cid,)], calendar, attributes.get(cid), config, adjustments.get(cid),
-            global_model, exceedance, CHAMPION in aliases.get(cid, {}), settings,
+            global_model, exceedance, CHAMPION in aliases.get(cid, {}), settings, summary.trigger,
         )  # fmt: skip
 
     futures = {submit(cid, None): cid for cid, why in reasons.items() if not why}
@@ -377,9 +451,16 @@ def train_flow(settings: Settings) -> Any:
 # Clients train in worker processes: feature building and scoring hold the GIL too long
 # for threads to use both cores.
 @flow(name="train-forecasters", task_runner=ProcessPoolTaskRunner(max_workers=2))
-def train_forecasters(client_ids: list[str] | None = None) -> TrainSummary:
-    """Fit, score, register and gate one forecaster per client (all clients by default)."""
+def train_forecasters(
+    client_ids: list[str] | None = None, trigger: str = "schedule"
+) -> TrainSummary:
+    """Fit, score, register and gate one forecaster per client (all clients by default);
+    `trigger` says why (schedule, drift, feedback or manual) on every version trained."""
     started = time.perf_counter()
+    try:
+        check_trigger(trigger)
+    except ValueError as error:
+        raise PrewarmError(f"Cannot train: {error}.") from error
     settings = Settings()
     logger = get_run_logger()
     # Made once here: workers registering at once must not race to create it.
@@ -389,13 +470,17 @@ def train_forecasters(client_ids: list[str] | None = None) -> TrainSummary:
     usage = read_recent_usage(path, settings.train_history_days, client_ids)
     if usage.height == 0:
         raise PrewarmError("No usage to train on. Ingest some first: `prewarm ingest`.")
+    # What clients reported with their feedback labels the buckets the warehouse never measured.
+    usage = fill_usage_from_feedback(
+        usage, reported_actuals(read_reported_actuals(path, client_ids))
+    )
     clients = read_clients(path)
     calendar = read_calendar(path)
     attributes = _client_dicts(clients)
     reconciliations, feedback = read_feedback_signals(path, since=datetime(1970, 1, 1))
     adjustments = adjustments_from_signals(reconciliations, feedback, utc_now())
     aliases = current_aliases(settings.mlflow_tracking_uri)
-    summary = TrainSummary()
+    summary = TrainSummary(trigger=trigger)
 
     frequencies = clients.select("client_id", "freq_seconds")
     for (freq,), group in usage.join(frequencies, on="client_id").group_by(
@@ -404,8 +489,9 @@ def train_forecasters(client_ids: list[str] | None = None) -> TrainSummary:
         config = forecast_config(settings, int(freq))
         group = group.drop("freq_seconds")
         futures = _submit_group(
-            group, clients, calendar, attributes, adjustments, aliases, config, settings
-        )
+            group, clients, calendar, attributes, adjustments, aliases, config, settings,
+            summary, subset=client_ids is not None,
+        )  # fmt: skip
         for future in as_completed(list(futures)):
             cid = futures[future]
             try:
@@ -416,6 +502,7 @@ def train_forecasters(client_ids: list[str] | None = None) -> TrainSummary:
                 continue
             summary.fit_seconds += outcome.fit_seconds
             summary.scores[cid] = outcome.score
+            summary.weightings[cid] = outcome.weighting
             if outcome.fallback:
                 summary.fallbacks[cid] = outcome.fallback
             summary.registrations.append(outcome.registration)
@@ -427,9 +514,10 @@ def train_forecasters(client_ids: list[str] | None = None) -> TrainSummary:
         write_model_runs(path, _model_runs(summary, usage))
     summary.wall_seconds = time.perf_counter() - started
     logger.info(
-        "trained %d clients (%d promoted, %d on the global model, %d failed) in %.1f s",
-        len(summary.registrations), summary.promoted, len(summary.fallbacks),
-        len(summary.failures), summary.wall_seconds,
+        "trained %d clients (%s: %d promoted, %d on the global model, %d failed) in %.1f s;"
+        " shared exceedance model: %s",
+        len(summary.registrations), trigger, summary.promoted, len(summary.fallbacks),
+        len(summary.failures), summary.wall_seconds, summary.exceedance_sources or "none",
     )  # fmt: skip
     return summary
 
@@ -449,6 +537,8 @@ def _model_runs(summary: TrainSummary, usage: pl.DataFrame) -> pl.DataFrame:
             "wmape": score.wmape if (score := summary.scores.get(r.client_id)) else None,
             "baseline_wmape": score.baseline_wmape if score else None,
             "trained_at": now,
+            "trigger": summary.trigger,
+            "weighting": summary.weightings.get(r.client_id, "none"),
         }
         for r in summary.registrations
     ]
@@ -456,6 +546,6 @@ def _model_runs(summary: TrainSummary, usage: pl.DataFrame) -> pl.DataFrame:
         "client_id": pl.String, "model_name": pl.String, "model_version": pl.String,
         "alias": pl.String, "fallback": pl.String, "reason": pl.String,
         "trained_until": pl.Datetime("us"), "wmape": pl.Float64, "baseline_wmape": pl.Float64,
-        "trained_at": pl.Datetime("us"),
+        "trained_at": pl.Datetime("us"), "trigger": pl.String, "weighting": pl.String,
     }  # fmt: skip
     return pl.DataFrame(rows, schema=schema)

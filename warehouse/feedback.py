@@ -2,7 +2,8 @@
 
 Rows land in `feedback` for reconciliation to weigh against the numbers; validating the
 values (score range, metric names, window order) is the caller's job (the API's request
-model), this module only stores them, with parameters, never SQL built from input.
+model), this module only stores them, with parameters, never SQL built from input, and
+reads back the reported actuals (training labels and scoring actuals where usage has none).
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import uuid
 from datetime import datetime
 from pathlib import Path
 
-from warehouse.db import connect, naive_utc, utc_now
+import polars as pl
+
+from warehouse.db import connect, fetch_frame, naive_utc, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -48,3 +51,19 @@ def record_feedback(
         )
     log.info("recorded feedback %s from %s (score %d)", feedback_id, client_id, score)
     return feedback_id
+
+
+def read_reported_actuals(path: Path, client_ids: list[str] | None = None) -> pl.DataFrame:
+    """Feedback rows that carry actual usage, with the client's bucket width: client_id,
+    window_start, window_end, actual (JSON text), received_at, freq_seconds."""
+    with connect(path, read_only=True) as con:
+        only = ""
+        if client_ids is not None:
+            con.register("wanted", pl.DataFrame({"client_id": client_ids}).to_arrow())
+            only = "SEMI JOIN wanted USING (client_id)"
+        return fetch_frame(
+            con,
+            "SELECT f.client_id, f.window_start, f.window_end, f.actual::VARCHAR AS actual,"
+            " f.received_at, c.freq_seconds FROM feedback f JOIN clients c USING (client_id)"
+            f" {only} WHERE f.actual IS NOT NULL ORDER BY f.received_at",
+        )

@@ -1,8 +1,10 @@
 """Reads and writes of the reconciliation loop: forecast/actual pairs not yet reconciled,
-the capacity the plans held, and the reconciliation, stats and drift records."""
+the capacity the plans held, the reconciliation, stats and drift records, and the drift
+episodes still waiting for a retraining."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 import polars as pl
@@ -12,9 +14,16 @@ from warehouse.sources.base import METRICS
 
 
 def read_unreconciled(path: Path) -> pl.DataFrame:
-    """Buckets with an actual and a forecast made before them, newer than each client's last
-    reconciled bucket: client_id, metric, ts, window_end, origin, horizon, p10, p50, p90,
-    actual. The forecast is the latest one issued before the bucket."""
+    """Forecast buckets ready to score: client_id, metric, ts, window_end, origin, horizon,
+    p10, p50, p90, actual. The forecast is the latest one issued before the bucket.
+
+    Two kinds of bucket: those with a measured actual, newer than the client's last
+    reconciled bucket; and those with none (no usage row, or a null metric) that lie inside
+    a window the client reported actuals for, up to its newest usage bucket and not yet
+    reconciled. The second kind comes with a null `actual` for the caller to fill from the
+    feedback (models.feedback.fill_from_feedback); past the newest usage bucket the
+    measurement may still arrive, and a measurement wins.
+    """
     unpivot = ", ".join(METRICS)
     with connect(path, read_only=True) as con:
         return fetch_frame(
@@ -33,16 +42,46 @@ def read_unreconciled(path: Path) -> pl.DataFrame:
             actuals AS (
                 UNPIVOT (SELECT client_id, ts, {unpivot} FROM usage)
                 ON {unpivot} INTO NAME metric VALUE actual
+            ),
+            measured AS (
+                SELECT f.*, a.actual
+                FROM latest f
+                JOIN actuals a USING (client_id, metric, ts)
+                LEFT JOIN marks m USING (client_id)
+                WHERE m.done IS NULL OR f.ts > m.done
+            ),
+            reported AS (
+                SELECT DISTINCT client_id, window_start, window_end FROM feedback
+                WHERE actual IS NOT NULL
+            ),
+            newest AS (SELECT client_id, max(ts) AS last_ts FROM usage GROUP BY 1),
+            unmeasured AS (
+                SELECT f.*, NULL::DOUBLE AS actual
+                FROM latest f
+                JOIN newest n USING (client_id)
+                JOIN clients c USING (client_id)
+                WHERE f.ts <= n.last_ts
+                  AND EXISTS (
+                      SELECT 1 FROM reported r
+                      WHERE r.client_id = f.client_id AND r.window_start < f.ts
+                          + to_seconds(c.freq_seconds) AND f.ts < r.window_end
+                  )
+                  AND NOT EXISTS (
+                      SELECT 1 FROM actuals a
+                      WHERE a.client_id = f.client_id AND a.metric = f.metric AND a.ts = f.ts
+                  )
+                  AND NOT EXISTS (
+                      SELECT 1 FROM reconciliations r
+                      WHERE r.client_id = f.client_id AND r.metric = f.metric
+                        AND r.window_start = f.ts
+                  )
             )
-            SELECT f.client_id, f.metric, f.ts,
-                   f.ts + to_seconds(c.freq_seconds) AS window_end,
-                   f.origin, f.horizon, f.p10, f.p50, f.p90, a.actual
-            FROM latest f
-            JOIN actuals a USING (client_id, metric, ts)
+            SELECT p.client_id, p.metric, p.ts,
+                   p.ts + to_seconds(c.freq_seconds) AS window_end,
+                   p.origin, p.horizon, p.p10, p.p50, p.p90, p.actual
+            FROM (SELECT * FROM measured UNION ALL SELECT * FROM unmeasured) p
             JOIN clients c USING (client_id)
-            LEFT JOIN marks m USING (client_id)
-            WHERE m.done IS NULL OR f.ts > m.done
-            ORDER BY f.client_id, f.metric, f.ts
+            ORDER BY p.client_id, p.metric, p.ts
             """,
         )
 
@@ -55,7 +94,7 @@ def read_planned_capacity(path: Path) -> pl.DataFrame:
             con,
             """
             WITH planned AS (
-                SELECT a.client_id, a.window_start, a.window_end, p.created_at,
+                SELECT a.client_id, a.window_start, a.window_end, p.seq,
                        sum(a.count) FILTER (WHERE a.tier = 'active') AS active,
                        sum(a.count) FILTER (WHERE a.tier = 'shadow') AS shadow,
                        sum(a.count) FILTER (WHERE a.tier = 'cold') AS cold
@@ -68,7 +107,7 @@ def read_planned_capacity(path: Path) -> pl.DataFrame:
                    coalesce(cold, 0) AS cold
             FROM planned
             QUALIFY row_number() OVER (
-                PARTITION BY client_id, window_start ORDER BY created_at DESC
+                PARTITION BY client_id, window_start ORDER BY seq DESC
             ) = 1
             """,
         )
@@ -96,6 +135,65 @@ def write_member_stats(path: Path, rows: pl.DataFrame) -> None:
 def write_drift_events(path: Path, rows: pl.DataFrame) -> None:
     """Append detected drifts and whether they were retrained."""
     _append(path, "drift_events", rows)
+
+
+def read_open_drift(path: Path) -> pl.DataFrame:
+    """Every client with an open drift episode (a drift recorded after the client was last
+    trained, by any trigger) and what decides whether it may be retrained now: client_id,
+    detected_at (the episode's first record), metric, reason, last_trained_at,
+    last_retrained_at (last training for drift or feedback), trained_until (the newest bucket
+    its models saw) and last_usage_ts (its newest usage bucket)."""
+    with connect(path, read_only=True) as con:
+        return fetch_frame(
+            con,
+            """
+            WITH runs AS (
+                SELECT client_id,
+                       max(trained_at) AS last_trained_at,
+                       max(trained_at) FILTER (WHERE trigger IN ('drift', 'feedback'))
+                           AS last_retrained_at,
+                       max(trained_until) AS trained_until
+                FROM model_runs GROUP BY 1
+            ),
+            episodes AS (
+                SELECT d.client_id, d.detected_at, d.metric, d.reason
+                FROM drift_events d LEFT JOIN runs r USING (client_id)
+                WHERE r.last_trained_at IS NULL OR d.detected_at > r.last_trained_at
+                QUALIFY row_number() OVER (
+                    PARTITION BY d.client_id ORDER BY d.detected_at, d.metric
+                ) = 1
+            ),
+            newest AS (SELECT client_id, max(ts) AS last_usage_ts FROM usage GROUP BY 1)
+            SELECT e.client_id, e.detected_at, e.metric, e.reason, r.last_trained_at,
+                   r.last_retrained_at, r.trained_until, n.last_usage_ts
+            FROM episodes e
+            LEFT JOIN runs r USING (client_id)
+            LEFT JOIN newest n USING (client_id)
+            ORDER BY e.client_id
+            """,
+        )
+
+
+def mark_drift_retrained(path: Path, closed: dict[str, tuple[str, datetime]]) -> None:
+    """Record on each open episode that a retraining closed it: client id -> (the version
+    registered, when the episode opened)."""
+    if not closed:
+        return
+    frame = pl.DataFrame(
+        [(cid, version, since) for cid, (version, since) in closed.items()],
+        schema={"client_id": pl.String, "model_version": pl.String, "since": pl.Datetime("us")},
+        orient="row",
+    )
+    with connect(path) as con:
+        con.register("closed", frame.to_arrow())
+        con.execute(
+            """
+            UPDATE drift_events d SET retrained = true, model_version = c.model_version
+            FROM closed c
+            WHERE d.client_id = c.client_id AND NOT d.retrained AND d.detected_at >= c.since
+            """
+        )
+        con.unregister("closed")
 
 
 def _append(path: Path, table: str, rows: pl.DataFrame) -> None:

@@ -1,4 +1,5 @@
-"""reconcile-pools end to end: real warehouse, real pools (processes), real retraining."""
+"""reconcile-pools end to end: real warehouse, real pools (processes, never touched by
+reconciling), real retraining."""
 
 from __future__ import annotations
 
@@ -12,12 +13,14 @@ import pytest
 
 from flows.ingest import ingest_usage
 from flows.predict import predict_profiles
-from flows.provision import open_runtime, provision_pools
+from flows.provision import provision_pools
 from flows.reconcile import reconcile_pools
+from flows.runtime import open_pool_runtime
 from flows.settings import Settings
 from flows.train import train_flow
 from provisioning.apply import release_all
 from warehouse.db import connect, fetch_frame, fetch_value
+from warehouse.feedback import record_feedback
 from warehouse.predictions import write_predictions
 
 END = datetime(2026, 1, 19)
@@ -30,7 +33,7 @@ def settings(prefect_harness, data_dir, monkeypatch) -> Settings:
     monkeypatch.setenv("PREWARM_POOL", f"test-{uuid.uuid4().hex[:8]}")
     settings = Settings()
     yield settings
-    release_all(open_runtime(settings), settings.pool_scope)
+    release_all(open_pool_runtime(settings), settings.pool_scope)
 
 
 def _events(path: Path, client: str, start: datetime, buckets: int, level) -> Path:
@@ -59,7 +62,12 @@ def _forecast(client: str, origin: datetime, need: float, buckets: int = 12) -> 
     )  # fmt: skip
 
 
-def test_reconciliation_rows_cold_starts_and_reactive_scale_up(settings, tmp_path):
+def _members(settings: Settings) -> list[str]:
+    members = open_pool_runtime(settings).list({"prewarm.managed": "1", **settings.pool_scope})
+    return sorted(m.id for m in members)
+
+
+def test_reconciliation_rows_and_cold_starts_leave_the_pool_alone(settings, tmp_path):
     # Client "flat" needs exactly 2 instances every bucket for 2 days.
     start = END - timedelta(days=2)
     ingest_usage(
@@ -67,6 +75,8 @@ def test_reconciliation_rows_cold_starts_and_reactive_scale_up(settings, tmp_pat
     )
     write_predictions(settings.warehouse_path, _forecast("flat", END - STEP, 2.0), pl.DataFrame())
     provision_pools()  # plans 2 warm instances from END + buffer on
+    planned = _members(settings)
+    assert len(planned) == 2
     # The next hour arrives: need 2, then 5 in its last bucket (a surprise burst).
     later = _events(tmp_path / "b.csv", "flat", END, 12, lambda i, t: 5.0 if i == 11 else 2.0)
     ingest_usage(source="events", path=later)
@@ -87,26 +97,62 @@ def test_reconciliation_rows_cold_starts_and_reactive_scale_up(settings, tmp_pat
     # previous bucket's need only pays for the burst.
     assert rows["cold_starts"].to_list() == [2.0] + [0.0] * 10 + [3.0]
     assert rows["reactive_cold_starts"].to_list() == [0.0] * 11 + [3.0]
-    assert summary.buckets == 12
-    # The safety net: 5 needed now, the plan holds 2 -> 3 more active at once.
-    assert summary.scaled_up == {"flat": 3}
-    members = open_runtime(settings).list({"prewarm.managed": "1", **settings.pool_scope})
-    assert len([m for m in members if m.client_id == "flat"]) == 5
-    assert rows["action"].to_list()[-1] == "scale-up"
-    # A second reconcile finds nothing new and changes nothing.
+    assert summary.buckets == 12 and summary.cold_starts == 5.0
+    # Scoring only: the burst is provisioning's to answer, the pool is as the plan left it.
+    assert _members(settings) == planned
+    assert rows["action"].to_list() == [None] * 12
+    assert not summary.drifted and summary.retraining is None
+    # A second reconcile finds nothing new.
     again = reconcile_pools(retrain=False)
-    assert again.buckets == 0 and again.actions == {}
+    assert again.buckets == 0 and _members(settings) == planned
 
 
-def test_drift_retrains_exactly_the_drifted_clients(settings):
-    ingest_usage(source="synthetic", clients=2, days=10, seed=5, end=END)
-    first = train_flow(settings)(client_ids=None)
-    assert {r.version for r in first.registrations} == {"1"}
-    # c0001's last 30 windows missed the band; c0000's were fine.
+def test_feedback_actuals_are_scored_where_usage_has_none(settings, tmp_path):
+    start = END - timedelta(days=1)
+    ingest_usage(
+        source="events", path=_events(tmp_path / "a.csv", "gap", start, 288, lambda i, t: 2.0)
+    )
+    write_predictions(settings.warehouse_path, _forecast("gap", END - STEP, 2.0), pl.DataFrame())
+    # The next hour arrives with END + 15 .. 25 min lost on the way.
+    hour = _events(tmp_path / "b.csv", "gap", END, 12, lambda i, t: 2.0)
+    lines = hour.read_text().splitlines()
+    hour.write_text("\n".join(lines[:4] + lines[7:]) + "\n")
+    ingest_usage(source="events", path=hour)
+    first = reconcile_pools(retrain=False)
+    assert first.buckets == 9  # the three lost buckets have nothing to be scored against
+    # The client reports what it really needed over END + 15 .. 35 min: 5 instances.
+    record_feedback(
+        settings.warehouse_path, "gap", END + 3 * STEP, END + 7 * STEP, 4,
+        {"concurrency": 5.0}, None,
+    )  # fmt: skip
+    second = reconcile_pools(retrain=False)
+    with connect(settings.warehouse_path, read_only=True) as con:
+        rows = con.execute(
+            "SELECT window_start, actual, error, covered, cold_starts FROM reconciliations"
+            " WHERE reconciled_at = (SELECT max(reconciled_at) FROM reconciliations)"
+            " ORDER BY window_start"
+        ).fetchall()
+        measured = fetch_value(
+            con,
+            "SELECT list(actual ORDER BY window_start) FROM reconciliations"
+            " WHERE window_start >= ? AND window_start < ?",
+            [END + 6 * STEP, END + 7 * STEP],
+        )
+    # The lost buckets are scored against the reported 5 (error 5 - 2, outside the band, and
+    # with no plan, 5 cold starts); END + 30 min was measured (2) and stays as scored.
+    assert second.buckets == 3
+    assert rows == [(END + i * STEP, 5.0, 3.0, False, 5.0) for i in (3, 4, 5)]
+    assert measured == [2.0]
+    assert reconcile_pools(retrain=False).buckets == 0
+
+
+def _seed_misses(path: Path, client_ids: tuple[str, ...], missed: str) -> None:
+    """30 reconciled windows before END for each client; `missed` is outside the band."""
     rows = []
-    for client, covered in (("c0000", True), ("c0001", False)):
+    for client in client_ids:
         for i in range(30):
             ts = END - STEP * (30 - i)
+            covered = client != missed
             rows.append((client, ts, ts + STEP, "requests", 1.0, 2.0, 3.0, 2.0, 0.0, covered, 0.1))
     frame = pl.DataFrame(
         rows,
@@ -114,13 +160,45 @@ def test_drift_retrains_exactly_the_drifted_clients(settings):
                 "predicted_p50", "predicted_p90", "actual", "error", "covered", "pinball"],
         orient="row",
     ).with_columns(pl.lit(datetime(2026, 1, 19)).alias("reconciled_at"))  # fmt: skip
-    with connect(settings.warehouse_path) as con:
+    with connect(path) as con:
         con.register("seed", frame.to_arrow())
         con.execute(f"INSERT INTO reconciliations ({', '.join(frame.columns)}) SELECT * FROM seed")
+
+
+def _drift_events(path: Path) -> list[tuple]:
+    with connect(path, read_only=True) as con:
+        return con.execute(
+            "SELECT client_id, retrained, model_version FROM drift_events ORDER BY detected_at"
+        ).fetchall()
+
+
+def test_drift_is_recorded_once_per_episode(settings):
+    ingest_usage(source="synthetic", clients=2, days=3, seed=5, end=END)
+    _seed_misses(settings.warehouse_path, ("c0000", "c0001"), missed="c0001")
+    for _ in range(3):
+        summary = reconcile_pools(retrain=False)
+        assert set(summary.drifted) == {"c0001"}
+        assert summary.waiting == {"c0001": "retraining off"}
+    # Until c0001 is trained, the episode stays open: one row, however many cycles see it.
+    assert _drift_events(settings.warehouse_path) == [("c0001", False, None)]
+
+
+def test_drift_retrains_exactly_the_drifted_clients_once(settings, tmp_path):
+    ingest_usage(source="synthetic", clients=2, days=10, seed=5, end=END)
+    first = train_flow(settings)(client_ids=None)
+    assert {r.version for r in first.registrations} == {"1"}
+    _seed_misses(settings.warehouse_path, ("c0000", "c0001"), missed="c0001")
+    for client in ("c0000", "c0001"):  # new data since the training
+        ingest_usage(
+            source="events",
+            path=_events(tmp_path / f"{client}.csv", client, END, 12, lambda i, t: 3.0),
+        )
     summary = reconcile_pools()
     assert set(summary.drifted) == {"c0001"}
     assert "coverage 0.00" in summary.drifted["c0001"]
-    assert set(summary.retrained) == {"c0001"}
+    assert summary.retrained == {"c0001": "2"}
+    (retrained,) = summary.retraining.retrained
+    assert (retrained.client_id, retrained.trigger, retrained.version) == ("c0001", "drift", "2")
     with connect(settings.warehouse_path, read_only=True) as con:
         versions = dict(
             con.execute(
@@ -132,6 +210,13 @@ def test_drift_retrains_exactly_the_drifted_clients(settings):
         ).fetchall()
     assert versions == {"c0000": "1", "c0001": "2"}
     assert event == [("c0001", True, "2", summary.drifted["c0001"])]
+    # The windows judged still hold the old model's misses: the drift is seen again and
+    # opens a new episode, but the client was just retrained: it waits out the cooldown.
+    for _ in range(2):
+        again = reconcile_pools()
+        assert set(again.drifted) == {"c0001"} and again.retrained == {}
+        assert again.waiting["c0001"].startswith("cooldown until ")
+    assert _drift_events(settings.warehouse_path) == [("c0001", True, "2"), ("c0001", False, None)]
 
 
 def _wmape(path: Path, since: datetime) -> float:
