@@ -929,7 +929,13 @@ def soak(
         parse_freq_any(cycle)
     except ValueError as error:
         raise PrewarmError(str(error)) from None
-    from flows.soak import SoakOptions, prepare_workdir, soak_settings, write_soak_files
+    from flows.soak import (
+        SoakOptions,
+        prepare_workdir,
+        soak_pool,
+        soak_settings,
+        write_soak_files,
+    )
     from provisioning.replay import load_trace, reference_memory
 
     options = SoakOptions(
@@ -939,7 +945,7 @@ def soak(
     reference = reference_memory(load_trace(options.trace).memory_mb)
     prepare_workdir(options.workdir)
     write_soak_files(options, reference)
-    export_settings(soak_settings(options, pool="soak"))
+    export_settings(soak_settings(options, pool=soak_pool(options.workdir)))
     _Settings()  # the soak's settings must validate before anything runs
     _settings(runs_flows=True)
     from flows.soak import plot_soak, run_soak

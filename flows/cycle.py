@@ -39,7 +39,7 @@ from flows.artifacts import publish_cycle
 from flows.clock import clock_rate, expected_lead_seconds
 from flows.feed import complete_feed, ingest_feed
 from flows.locks import warehouse_write
-from flows.predict import predict_profiles
+from flows.predict import predict_and_write
 from flows.provision import action_counts, apply_targets, make_plan, record_plan
 from flows.reconcile import reconcile_buckets, record_drift
 from flows.settings import Settings
@@ -82,6 +82,7 @@ class CycleSummary:
     drifted: dict[str, str] = field(default_factory=dict)
     retrain_eligible: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    step_seconds: dict[str, float] = field(default_factory=dict)  # where the time went
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -160,12 +161,16 @@ def _prediction_due(settings: Settings, mark: datetime | None) -> tuple[bool, st
 
 @flow(name="prewarm-cycle")
 def prewarm_cycle(
-    feed: str | None = None, speed: float | None = None, at: datetime | None = None
+    feed: str | None = None,
+    speed: float | None = None,
+    at: datetime | None = None,
+    lead_seconds: float | None = None,
 ) -> CycleSummary:
     """Ingest from the feed, predict, plan, apply and score, on one watermark and clock.
 
     `feed` (none | spool:DIR | trace:DIR | synthetic) is followed from now on; by default
-    the warehouse's own feed. `at` pins the clock (tests, replays)."""
+    the warehouse's own feed. `at` pins the clock and `lead_seconds` the expected duration
+    (tests, and a soak's first cycle, which completes before its traffic starts)."""
     settings = Settings()
     logger = get_run_logger()
     started = time.perf_counter()
@@ -184,7 +189,7 @@ def prewarm_cycle(
         with warehouse_write():
             start_cycle(path, cycle_id, followed.describe(), clock, late)
         try:
-            _run(settings, followed, clock, summary, started)
+            _run(settings, followed, clock, summary, started, lead_seconds)
         except BaseException as error:
             summary.seconds = time.perf_counter() - started
             with warehouse_write():
@@ -204,29 +209,54 @@ def prewarm_cycle(
     return summary
 
 
+class _StepTimer:
+    """Records the seconds since the previous call under each step's name."""
+
+    def __init__(self, into: dict[str, float]) -> None:
+        self.into = into
+        self.last = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self.into[name] = round(now - self.last, 3)
+        self.last = now
+
+
 def _run(
-    settings: Settings, feed: Feed, clock: datetime, summary: CycleSummary, started: float
+    settings: Settings,
+    feed: Feed,
+    clock: datetime,
+    summary: CycleSummary,
+    started: float,
+    lead_seconds: float | None,
 ) -> None:
     """The steps of one cycle, filling `summary` and the cycle's row."""
     path = settings.warehouse_path
+    step = _StepTimer(summary.step_seconds)
     if feed.kind != "none":
         ingested = ingest_feed(settings, feed, clock)
         summary.ingested_rows = int(ingested.rows_loaded)
         summary.notes.extend(ingested.notes)
+    step("ingest")
     mark = watermark(path)
     summary.watermark = mark.isoformat() if mark else None
     due, models = _prediction_due(settings, mark)
     if due:
-        predict_profiles()
+        predict_and_write(settings)
     summary.predicted = due
-    summary.lead_s = expected_lead_seconds(settings, feed)
+    step("predict")
+    summary.lead_s = (
+        expected_lead_seconds(settings, feed) if lead_seconds is None else lead_seconds
+    )
     planned = make_plan(
         settings, clock, summary.lead_s, plan_id=f"plan-{summary.cycle_id.removeprefix('cycle-')}"
     )
     record_plan(settings, planned, dry_run=False, cycle_id=summary.cycle_id)
     summary.plan_id = planned.plan.plan_id
     summary.first_window = planned.span[0].isoformat()
+    step("plan")
     summary.runtime, result = apply_targets(settings, planned)
+    step("apply")
     summary.actions = action_counts(result.pool_events)
     summary.failed_actions = result.failed
     summary.drained = len(result.drained)
@@ -245,6 +275,7 @@ def _run(
             summary.retrain_eligible = sorted(
                 drift.filter("eligible").get_column("client_id").to_list()
             )
+    step("score")
     summary.seconds = time.perf_counter() - started
     with warehouse_write():
         finish_cycle(
@@ -257,6 +288,7 @@ def _run(
             unpauses=summary.actions["unpause"] + summary.actions["start"],
             failed_actions=summary.failed_actions, seconds=summary.seconds,
             lag_seconds=summary.lag_s, drifted=len(summary.drifted),
+            pinned=lead_seconds is not None,
         )  # fmt: skip
 
 

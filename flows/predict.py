@@ -80,8 +80,12 @@ def predict_group(
 @flow(name="predict-profiles")
 def predict_profiles(client_ids: list[str] | None = None) -> PredictSummary:
     """Forecast every client with a registered model and write forecasts and profiles."""
+    return predict_and_write(Settings(), client_ids)
+
+
+def predict_and_write(settings: Settings, client_ids: list[str] | None = None) -> PredictSummary:
+    """The body of `predict-profiles`, callable from another flow without a subflow run."""
     started = time.perf_counter()
-    settings = Settings()
     logger = get_run_logger()
     path = settings.warehouse_path
     usage = read_recent_usage(path, settings.predict_history_days, client_ids)

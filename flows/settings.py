@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     synthetic_clients: int = Field(default=50, ge=1)
     synthetic_days: int = Field(default=14, ge=1)
     synthetic_seed: int = 7
-    horizon: str = Field(default="1h", description="how far forecasts reach: 1h .. 48h")
+    horizon: str = Field(default="1h", description="how far forecasts reach: 10min .. 48h")
     train_history_days: float = Field(default=28.0, gt=0, description="history a fit sees")
     predict_history_days: float = Field(
         default=8.0, gt=0, description="history a prediction reads (lags reach one week)"
@@ -134,8 +134,8 @@ class Settings(BaseSettings):
     @classmethod
     def _check_horizon(cls, value: str) -> str:
         seconds = parse_freq_any(value)
-        if not 3600 <= seconds <= 48 * 3600:
-            raise ValueError(f"horizon {value!r} must be between 1h and 48h")
+        if not 600 <= seconds <= 48 * 3600:
+            raise ValueError(f"horizon {value!r} must be between 10min and 48h")
         return value
 
     @field_validator("cycle", "scale_down_delay", "retrain_cooldown", "activation_lease")
@@ -211,6 +211,13 @@ def configure_environment(settings: Settings, prefect_api_url: str | None = None
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DO_NOT_TRACK", "true")
+
+
+def export_settings(values: dict[str, str]) -> None:
+    """Set PREWARM_<NAME> for everything this process runs from now on (a soak runs its own
+    warehouse, registry and pool, never the operator's)."""
+    for name, value in values.items():
+        os.environ[f"PREWARM_{name.upper()}"] = value
 
 
 def child_environment(**extra: str) -> dict[str, str]:

@@ -28,6 +28,7 @@ Clients whose own history would starve a model (too short, too sparse) get a
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from collections.abc import Collection
@@ -62,7 +63,7 @@ WAREHOUSE_METRICS: tuple[str, ...] = METRICS
 
 _EPOCH = datetime(1970, 1, 1)
 _KEYS = ["client_id", "metric"]
-_MIN_HORIZON_SECONDS = 3_600
+_MIN_HORIZON_SECONDS = 600  # 10 minutes: a 1-minute series forecast past one cycle
 _MAX_HORIZON_SECONDS = 48 * 3_600
 _SHRINK_GRID = np.linspace(0.0, 1.0, 21)
 _MIN_BUCKET_POINTS = 30  # fewer calibration points than this: use all horizons pooled
@@ -123,7 +124,7 @@ class ForecastConfig:
             high = _MAX_HORIZON_SECONDS // self.freq_seconds
             raise ValueError(
                 f"horizon_steps={self.horizon_steps} at {self.freq_seconds} s covers"
-                f" {seconds / 3600:g} h; it must cover 1 h to 48 h, i.e. {low}..{high} steps"
+                f" {seconds / 3600:g} h; it must cover 10 min to 48 h, i.e. {low}..{high} steps"
             )
         if not 0 < self.coverage_target < 1:
             raise ValueError(f"coverage_target must be in (0, 1), got {self.coverage_target}")
@@ -171,6 +172,17 @@ class QuantileBoosters:
 
     boosters: tuple[lgb.Booster, lgb.Booster, lgb.Booster]
     horizon_scale: tuple[float, ...]
+
+    def fingerprint(self) -> str:
+        """Identity of the boosters' content: equal for copies loaded apart (the global
+        model's boosters arrive once per client it serves), computed once per object."""
+        cached = self.__dict__.get("_fingerprint")
+        if cached is None:
+            digest = hashlib.sha256(repr(self.horizon_scale).encode())
+            for booster in self.boosters:
+                digest.update(booster.model_to_string().encode())
+            cached = self.__dict__["_fingerprint"] = digest.hexdigest()
+        return cached
 
 
 @dataclass
@@ -644,7 +656,9 @@ def _min_slice_steps(config: ForecastConfig) -> int:
 
 
 def _min_train_steps(config: ForecastConfig) -> int:
-    return max(2 * config.horizon_steps, config.steps_per_day // 2)
+    # Two horizons, and half a day of buckets or 120 of them, whichever is fewer: a
+    # 1-minute series (a serverless trace) is usable after two hours, not twelve.
+    return max(2 * config.horizon_steps, min(config.steps_per_day // 2, 120))
 
 
 def min_fit_steps(config: ForecastConfig) -> int:
@@ -1009,6 +1023,174 @@ def forecast_origins(
     if not frames:
         return _empty_forecast()
     return pl.concat(frames).sort("origin", "metric", "horizon")
+
+
+def forecast_latest(
+    forecasters: dict[str, ClientForecaster],
+    histories: dict[str, pl.DataFrame],
+    calendar: pl.DataFrame | None = None,
+) -> pl.DataFrame:
+    """Each client's forecast from the last bucket of its history, as `predict` gives it,
+    for many clients at once.
+
+    Clients whose forecasters share a configuration and feature spec (the global model's,
+    or own models fitted together) get their features built in one pass, and boosters
+    shared by several clients (the global model's) score all their rows in one call; only
+    the per-client calibration runs client by client. Equal to calling `predict` per client.
+    """
+    families: dict[tuple[ForecastConfig, FeatureSpec], list[ClientForecaster]] = {}
+    for client_id, forecaster in forecasters.items():
+        if client_id in histories:
+            key = (forecaster.config, forecaster.feature_spec)
+            families.setdefault(key, []).append(forecaster)
+    frames = [_forecast_family(members, histories, calendar) for members in families.values()]
+    frames = [f for f in frames if f.height]
+    if not frames:
+        return _empty_forecast()
+    return pl.concat(frames).sort("client_id", "origin", "metric", "horizon")
+
+
+def _forecast_family(
+    members: list[ClientForecaster],
+    histories: dict[str, pl.DataFrame],
+    calendar: pl.DataFrame | None,
+) -> pl.DataFrame:
+    """`forecast_latest` for forecasters of one configuration and feature spec."""
+    config, spec = members[0].config, members[0].feature_spec
+    freq, horizon = config.freq_seconds, config.horizon_steps
+    tails, pairs, origins, attributes = [], [], [], []
+    inputs: list[str] = []
+    served: list[ClientForecaster] = []
+    for forecaster in members:
+        own = histories[forecaster.client_id].filter(pl.col("client_id") == forecaster.client_id)
+        metrics = [m for m in forecaster.metrics if m in own.columns]
+        if own.height == 0 or not metrics:
+            continue
+        step = _step_of_datetime(own.get_column("ts").max(), freq)
+        recent = _recent_origins([step], config)
+        since = ts_of(pl.lit(min([step, *recent]) - spec.lookback_steps - 1), freq)
+        tails.append(
+            own.filter((pl.col("ts") > since) & (pl.col("ts") <= ts_of(pl.lit(step), freq)))
+        )
+        inputs += [*metrics, *(m for m in spec.cross_metrics if m in own.columns)]
+        pairs += [
+            _origin_pairs(forecaster.client_id, [step], horizon, "forecast"),
+            _origin_pairs(forecaster.client_id, recent, horizon, "recent"),
+        ]
+        origins.append((forecaster.client_id, step))
+        attributes.append(client_frame(forecaster.client_id, forecaster.client))
+        served.append(forecaster)
+    if not served:
+        return _empty_forecast()
+    inputs = list(dict.fromkeys(inputs))
+    grid = regular_grid(pl.concat(tails, how="diagonal_relaxed"), freq, inputs,
+                        extend_steps=horizon, missing_as=0.0)  # fmt: skip
+    long = to_long(grid, inputs)
+    scales = _family_scales(served, long, origins)
+    known = [a for a in attributes if a is not None]
+    clients = pl.concat(known, how="vertical_relaxed") if known else None
+    series = build_series(long, spec, scales, calendar, clients)
+    rows = assemble_rows(series, pl.concat(pairs), spec).filter(pl.col("anchor").is_not_null())
+    rows = rows.filter((pl.col("part") == "forecast") | pl.col("target").is_not_null())
+    frames = []
+    present = set(rows.get_column("client_id").unique().to_list())
+    for metric in dict.fromkeys(m for f in served for m in f.metrics):
+        users = [f for f in served if metric in f.metrics and f.client_id in present]
+        by_boosters: dict[str, list[ClientForecaster]] = {}
+        for forecaster in users:
+            key = forecaster.models[metric].boosters.fingerprint()
+            by_boosters.setdefault(key, []).append(forecaster)
+        metric_rows = rows.filter(pl.col("metric") == metric)
+        for group in by_boosters.values():
+            frames += _score_group(group, metric, metric_rows, spec, config)
+    if not frames:
+        return _empty_forecast()
+    return pl.concat(frames)
+
+
+def _family_scales(
+    served: list[ClientForecaster], long: pl.DataFrame, origins: list[tuple[str, int]]
+) -> pl.DataFrame:
+    """`_prediction_scales` of every served client at once."""
+    origin = pl.DataFrame(
+        origins, schema={"client_id": pl.String, "origin": pl.Int64}, orient="row"
+    )
+    observed = _scales(
+        long.join(origin, on="client_id").filter(pl.col("step") <= pl.col("origin")).drop("origin")
+    )
+    stored = pl.DataFrame(
+        [(f.client_id, m, model.scale) for f in served for m, model in f.models.items()],
+        schema={"client_id": pl.String, "metric": pl.String, "stored": pl.Float64},
+        orient="row",
+    )
+    return observed.join(stored, on=["client_id", "metric"], how="left").select(
+        "client_id", "metric", pl.coalesce("stored", "scale").alias("scale")
+    )
+
+
+def _score_group(
+    group: list[ClientForecaster],
+    metric: str,
+    metric_rows: pl.DataFrame,
+    spec: FeatureSpec,
+    config: ForecastConfig,
+) -> list[pl.DataFrame]:
+    """One metric's forecasts for clients sharing boosters: one booster call for all rows,
+    then each client's own calibration, recalibration and bias."""
+    ids = [f.client_id for f in group]
+    rows = metric_rows.filter(pl.col("client_id").is_in(ids)).with_row_index("_row")
+    wanted, recent = (
+        rows.filter(pl.col("part") == "forecast"),
+        rows.filter(pl.col("part") == "recent"),
+    )
+    boosters = group[0].models[metric].boosters
+    raw_wanted = _raw_quantiles(boosters, wanted, spec)
+    raw_recent = _raw_quantiles(boosters, recent, spec)
+    wanted_at = {cid: idx for (cid,), idx in _positions(wanted).items()}
+    recent_at = {cid: idx for (cid,), idx in _positions(recent).items()}
+    frames = []
+    for forecaster in group:
+        at = wanted_at.get(forecaster.client_id)
+        if at is None:
+            continue
+        mine = wanted[at]
+        back = recent_at.get(forecaster.client_id, np.zeros(0, np.int64))
+        model = forecaster.models[metric]
+        scaled = _final_quantiles(
+            model, mine, recent[back], spec, config, raw=(raw_wanted[at], raw_recent[back])
+        )
+        values = _to_values(
+            scaled,
+            mine.get_column("anchor").to_numpy(),
+            mine.get_column("scale").to_numpy(),
+            forecaster.bias.get(metric, 0.0),
+        )
+        frames.append(
+            mine.select(
+                "client_id",
+                "metric",
+                pl.col("origin_ts").alias("origin"),
+                pl.col("target_ts").alias("ts"),
+                pl.col("horizon").cast(pl.Int32),
+                pl.Series("p10", values[:, 0]),
+                pl.Series("p50", values[:, 1]),
+                pl.Series("p90", values[:, 2]),
+            )  # fmt: skip
+        )
+    return frames
+
+
+def _positions(rows: pl.DataFrame) -> dict[tuple[str], np.ndarray]:
+    """Row positions of each client in `rows`, in order."""
+    if rows.height == 0:
+        return {}
+    indexed = rows.select("client_id").with_row_index("_pos")
+    return {
+        key: part.get_column("_pos").to_numpy().astype(np.int64)
+        for key, part in indexed.partition_by(
+            "client_id", as_dict=True, maintain_order=True
+        ).items()
+    }
 
 
 def _forecast_rows(

@@ -1,6 +1,7 @@
 """Predict a group of clients from their loaded forecasters: forecasts, exceedance, profiles.
 
-Pure: forecasters in memory, frames in, frames out. `flows.predict` loads the registered
+Pure: forecasters in memory, frames in, frames out. Clients sharing a model family are
+forecast together (`models.forecaster.forecast_latest`). `flows.predict` loads the registered
 models and writes the results; the soak's simulator calls the same function, so the live
 loop and its simulation predict alike.
 
@@ -17,7 +18,7 @@ from typing import Any
 
 import polars as pl
 
-from models.forecaster import client_frame
+from models.forecaster import client_frame, forecast_latest
 from models.profile import build_profiles, idle_floors
 from models.registry import model_name
 
@@ -49,18 +50,12 @@ def predict_clients(
         forecasters: client -> (loaded forecaster, registered version).
     Returns None when no client could be predicted.
     """
-    forecasts, quality = [], []
+    quality = []
     # exceedance key -> (the model, its clients, their attribute rows)
     shared: dict[str, tuple[Any, list[str], list[pl.DataFrame]]] = {}
     versions = {}
     for client_id, (forecaster, version) in forecasters.items():
         versions[client_id] = version
-        forecasts.append(
-            forecaster.predict(histories[client_id], calendar).with_columns(
-                pl.lit(model_name(client_id)).alias("model_name"),
-                pl.lit(version).alias("model_version"),
-            )
-        )
         quality.append(_quality(client_id, forecaster.holdout))
         if forecaster.exceedance is not None:
             key = _exceedance_key(forecaster.exceedance)
@@ -69,10 +64,17 @@ def predict_clients(
             attributes = client_frame(client_id, forecaster.client)
             if attributes is not None:
                 entry[2].append(attributes)
-    if not forecasts:
+    if not versions:
         return None
     stamp = pl.lit(generated_at).cast(pl.Datetime("us")).alias("generated_at")
-    forecast_rows = pl.concat(forecasts).with_columns(stamp)
+    latest = forecast_latest({c: f for c, (f, _) in forecasters.items()}, histories, calendar)
+    forecast_rows = latest.with_columns(
+        pl.col("client_id")
+        .replace_strict({c: model_name(c) for c in versions}, return_dtype=pl.String)
+        .alias("model_name"),
+        pl.col("client_id").replace_strict(versions, return_dtype=pl.String).alias("model_version"),
+        stamp,
+    )
     exceedance = None
     if shared:
         exceedance = pl.concat(

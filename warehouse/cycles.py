@@ -20,7 +20,7 @@ from warehouse.db import connect, fetch_frame, fetch_one, fetch_value, transacti
 _RESULT_COLUMNS = (
     "watermark", "ingested_rows", "predicted", "models", "plan_id", "first_window",
     "lead_seconds", "runtime", "creates", "releases", "pauses", "unpauses", "failed_actions",
-    "seconds", "lag_seconds", "late_seconds", "drifted",
+    "seconds", "lag_seconds", "late_seconds", "drifted", "pinned",
 )  # fmt: skip
 
 
@@ -62,13 +62,14 @@ def finish_cycle(
 
 
 def recent_durations(path: Path, cycles: int) -> list[float]:
-    """Wall seconds of the newest finished cycles (newest first)."""
+    """Wall seconds of the newest finished cycles (newest first), leaving out cycles whose
+    lead was pinned by the caller (a soak's first, which also warms every cache)."""
     if not Path(path).exists():
         return []
     with connect(path, read_only=True) as con:
         rows = con.execute(
             "SELECT seconds FROM cycles WHERE status = 'done' AND seconds IS NOT NULL"
-            " ORDER BY seq DESC LIMIT ?",
+            " AND NOT coalesce(pinned, false) ORDER BY seq DESC LIMIT ?",
             [cycles],
         ).fetchall()
     return [float(r[0]) for r in rows]

@@ -54,6 +54,7 @@ CREATE TABLE cycles (                    -- one row per prewarm-cycle run
     lag_seconds    DOUBLE,              -- clock when the pool was applied - end of watermark
     late_seconds   DOUBLE,              -- how long after its scheduled time the run started
     drifted        INTEGER,
+    pinned         BOOLEAN,             -- the lead was given, not predicted (tests, soaks)
     error          VARCHAR
 );
 
