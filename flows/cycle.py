@@ -245,9 +245,7 @@ def _run(
         predict_and_write(settings)
     summary.predicted = due
     step("predict")
-    summary.lead_s = (
-        expected_lead_seconds(settings, feed) if lead_seconds is None else lead_seconds
-    )
+    summary.lead_s = expected_lead_seconds(settings, feed) if lead_seconds is None else lead_seconds
     planned = make_plan(
         settings, clock, summary.lead_s, plan_id=f"plan-{summary.cycle_id.removeprefix('cycle-')}"
     )
