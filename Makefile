@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint bench bench-ingest bench-train bench-accuracy bench-activation bench-planner bench-replay screenshots clean-data
+.PHONY: install demo test lint bench bench-ingest bench-train bench-accuracy bench-activation bench-planner bench-replay bench-soak bench-soak-docker screenshots clean-data
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "prewarm needs Python 3.11, found " + sys.version' 
@@ -23,7 +23,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
-bench: bench-ingest bench-train bench-accuracy bench-activation bench-planner bench-replay
+bench: bench-ingest bench-train bench-accuracy bench-activation bench-planner bench-replay bench-soak
 
 bench-ingest: $(STAMP)
 	$(BIN)/python bench/ingest.py
@@ -39,6 +39,16 @@ bench-planner: $(STAMP)
 
 bench-replay: $(STAMP)
 	$(BIN)/python bench/replay.py
+
+# The loop left running on the Azure trace, live against its simulation (issue 11).
+TRACE ?= ../shared/traces/azure-functions-2019
+bench-soak: $(STAMP)
+	$(BIN)/prewarm soak --trace $(TRACE) --warmup 240 --minutes 120 --speed 60 --runtime process \
+		--workdir data/soak --json bench/results/soak.json --plot docs/img/soak.png
+
+bench-soak-docker: $(STAMP)
+	$(BIN)/prewarm soak --trace $(TRACE) --warmup 240 --minutes 60 --speed 60 --runtime docker \
+		--workdir data/soak-docker --json bench/results/soak-docker.json --plot docs/img/soak-docker.png
 
 bench-train: $(STAMP)
 	$(BIN)/python bench/train.py

@@ -116,6 +116,7 @@ def publish_cycle(summary: Any) -> None:
                 f"| runtime actions | {actions} (failed {summary.failed_actions}, "
                 f"drained {summary.drained}) |",
                 f"| lag (pool applied after the watermark) | {lag} |",
+                f"| churn (members created + released, last hour) | {summary.churn_per_hour} |",
                 f"| duration | {summary.seconds:.1f} s |",
                 f"| drifted | {len(summary.drifted)} (retrain eligible: "
                 f"{len(summary.retrain_eligible)}) |",

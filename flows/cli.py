@@ -540,7 +540,7 @@ def cycle(
         f"{summary.runtime}: {actions}"
         + (f" ({summary.failed_actions} failed)" if summary.failed_actions else "")
         + (f"; {summary.drained} busy members left to drain" if summary.drained else "")
-        + f". Lag {lag}; {summary.seconds:.1f} s."
+        + f". Lag {lag}; churn {summary.churn_per_hour} members/hour; {summary.seconds:.1f} s."
     )
     if summary.drifted:
         console.print(

@@ -44,7 +44,7 @@ from flows.provision import action_counts, apply_targets, make_plan, record_plan
 from flows.reconcile import reconcile_buckets, record_drift
 from flows.settings import Settings
 from models.registry import current_aliases
-from warehouse.cycles import finish_cycle, last_prediction, start_cycle
+from warehouse.cycles import churn_last_hour, finish_cycle, last_prediction, start_cycle
 from warehouse.db import utc_now
 from warehouse.errors import PrewarmError
 from warehouse.feeds import Feed, feed_clock, follow_feed, parse_feed, read_feed, watermark
@@ -83,6 +83,7 @@ class CycleSummary:
     retrain_eligible: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     step_seconds: dict[str, float] = field(default_factory=dict)  # where the time went
+    churn_per_hour: int = 0  # members created + released by the controller, last hour
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -247,7 +248,11 @@ def _run(
     step("predict")
     summary.lead_s = expected_lead_seconds(settings, feed) if lead_seconds is None else lead_seconds
     planned = make_plan(
-        settings, clock, summary.lead_s, plan_id=f"plan-{summary.cycle_id.removeprefix('cycle-')}"
+        settings,
+        clock,
+        summary.lead_s,
+        plan_id=f"plan-{summary.cycle_id.removeprefix('cycle-')}",
+        clock_rate=clock_rate(feed),
     )
     record_plan(settings, planned, dry_run=False, cycle_id=summary.cycle_id)
     summary.plan_id = planned.plan.plan_id
@@ -256,6 +261,7 @@ def _run(
     summary.runtime, result = apply_targets(settings, planned)
     step("apply")
     summary.actions = action_counts(result.pool_events)
+    summary.churn_per_hour = churn_last_hour(path, utc_now())
     summary.failed_actions = result.failed
     summary.drained = len(result.drained)
     applied_clock = clock + timedelta(seconds=(time.perf_counter() - started) * clock_rate(feed))

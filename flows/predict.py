@@ -30,7 +30,7 @@ from warehouse.errors import PrewarmError
 from warehouse.predictions import write_predictions
 from warehouse.reads import read_calendar, read_clients, read_recent_usage
 
-_CACHE: dict[tuple[str, str], Any] = {}
+_CACHE: dict[str, tuple[str, Any]] = {}  # client -> (version, loaded forecaster)
 _CACHE_LOCK = threading.Lock()
 
 
@@ -46,15 +46,18 @@ class PredictSummary:
 
 
 def _forecaster(client_id: str, alias: str, version: str, tracking_uri: str) -> Any:
-    key = (client_id, version)
+    """The client's model at `version`, loaded once per process; one version per client is
+    kept (a retrained client's older one is dropped), so the cache stays as big as the
+    client count however long the process runs."""
     with _CACHE_LOCK:
-        if key in _CACHE:
-            return _CACHE[key]
+        cached = _CACHE.get(client_id)
+        if cached is not None and cached[0] == version:
+            return cached[1]
     loaded = load_forecaster(client_id, tracking_uri, alias)
     if loaded is None:
         return None
     with _CACHE_LOCK:
-        _CACHE[key] = loaded[0]
+        _CACHE[client_id] = (version, loaded[0])
     return loaded[0]
 
 

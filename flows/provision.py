@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import polars as pl
@@ -27,7 +27,7 @@ from prefect.cache_policies import NONE
 
 from api.composite import client_base
 from flows.artifacts import publish_plan
-from flows.clock import expected_lead_seconds, planning_clock
+from flows.clock import clock_rate, expected_lead_seconds, planning_clock
 from flows.locks import warehouse_write
 from flows.runtime import open_pool_runtime
 from flows.settings import Settings
@@ -42,6 +42,7 @@ from provisioning.schema import anticipated_from_profile, compose_workload, rend
 from provisioning.targets import targets_as_desired, targets_hold
 from warehouse.db import utc_now
 from warehouse.errors import PrewarmError
+from warehouse.feeds import read_feed
 from warehouse.plans import read_recent_targets, write_plan
 from warehouse.pools import (
     read_inventory,
@@ -68,6 +69,7 @@ class PlannedPool:
     configs: dict[str, dict]
     clock: datetime
     span: tuple[datetime, datetime]
+    clock_rate: float = 1.0  # clock seconds per wall second (a trace replayed live)
 
     @property
     def untouchable(self) -> set[str]:
@@ -198,6 +200,7 @@ def make_plan(
     clock: datetime,
     lead_seconds: float,
     plan_id: str | None = None,
+    clock_rate: float = 1.0,
 ) -> PlannedPool:
     """Plan pools for every client from the latest forecasts, then the targets of the span
     from clock + lead to one cycle later (see `provisioning.targets`)."""
@@ -220,19 +223,19 @@ def make_plan(
         if pool.height
         else None
     )
-    delay = settings.scale_down_delay_seconds
+    timing = cycle_timing(settings)
     try:
         decided = plan_cycle(
             sized,
             _inventory(settings),
             clock,
             lead_seconds,
-            cycle_timing(settings),
+            timing,
             usage=read_recent_usage(path, 7),
             exceedance=exceedance,
             quantiles=quantiles,
             current_pool=current,
-            recent_targets=read_recent_targets(path, clock - timedelta(seconds=delay), clock),
+            recent_targets=read_recent_targets(path, timing.hold_since(clock), clock),
             costs=_costs(settings),
             plan_id=plan_id,
         )
@@ -240,7 +243,7 @@ def make_plan(
         raise PrewarmError(f"{settings.costs_path}: [planner]: {error}") from None
     targets, first_window = decided.targets, decided.span[0]
     configs = _final_configs(composites, extensions, profiles, targets, first_window)
-    return PlannedPool(decided.plan, targets, configs, clock, decided.span)
+    return PlannedPool(decided.plan, targets, configs, clock, decided.span, clock_rate)
 
 
 @task(cache_policy=NONE)
@@ -267,6 +270,8 @@ def apply_on(runtime: ContainerRuntime, settings: Settings, planned: PlannedPool
         scope=settings.pool_scope,
         hold=targets_hold(planned.targets),
         leases=LeaseBook(lease_book_path(settings.data_dir, settings.pool)),
+        # The lease book keeps wall time; the delay is on the plan's clock.
+        keep_used_seconds=settings.scale_down_delay_seconds / planned.clock_rate,
     )
     observed_at = utc_now()
     events = result.pool_events
@@ -319,11 +324,13 @@ def provision_pools(dry_run: bool = False) -> ProvisionSummary:
     logger = get_run_logger()
     clock = planning_clock(settings)
     # Unique per run: the planner's default id comes from the data clock, which repeats.
+    feed = read_feed(settings.warehouse_path)
     planned = make_plan(
         settings,
         clock,
-        expected_lead_seconds(settings),
+        expected_lead_seconds(settings, feed),
         plan_id=f"plan-{utc_now():%Y%m%dT%H%M%S%f}",
+        clock_rate=clock_rate(feed),
     )
     plan = planned.plan
     record_plan(settings, planned, dry_run)

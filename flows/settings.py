@@ -58,8 +58,6 @@ class Settings(BaseSettings):
     trace_day: date = Field(
         default=date(2019, 7, 15), description="day the Azure Functions trace minutes refer to"
     )
-    ingest_source: Literal["synthetic", "azure-functions", "events"] = "synthetic"
-    ingest_path: Path | None = None
     synthetic_clients: int = Field(default=50, ge=1)
     synthetic_days: int = Field(default=14, ge=1)
     synthetic_seed: int = 7

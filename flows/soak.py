@@ -16,8 +16,10 @@
 
 Costs are prewarm replay's for a cost ratio R: idle cost in proportion to memory and a cold
 start worth R idle minutes of the median function (`replay.plan_warm`), with the planner
-keeping members running (tier active), as prewarm@R does. The host is declared large (the
-replay's is unbounded): the soak measures the loop, not packing.
+keeping members running (tier active), as prewarm@R does, plus the default cost model's
+price of a warming step relative to a cold start (2%: hysteresis). The host is declared
+large (the replay's is unbounded): the soak measures the loop, not packing. Retraining runs
+at a lower CPU priority than the cycles, as background work should.
 """
 
 from __future__ import annotations
@@ -41,11 +43,13 @@ import numpy as np
 import polars as pl
 
 from flows.settings import Settings, child_environment
+from provisioning.costs import CostModel
 
 log = logging.getLogger(__name__)
 
 MARKER = ".prewarm-soak"  # a work directory the soak made (and may wipe on the next run)
 TRAFFIC_START_S = 5.0  # seconds the traffic process has to start before its first minute
+RETRAIN_NICENESS = 10  # retraining is background work: the loop's cycles come first
 SOAK_HOST = "soak"
 
 
@@ -160,18 +164,21 @@ def soak_settings(options: SoakOptions, pool: str) -> dict[str, str]:
         "inventory_path": str(work / "inventory.toml"),
         "cycle": options.cycle,
         "scale_down_delay": options.delay,
-        "ingest_source": "azure-functions",
     }
 
 
 def write_soak_files(options: SoakOptions, reference_mb: float) -> None:
     """The cost model of prewarm@R and a host the pool never fills."""
     penalty = options.ratio * reference_mb / 1024.0
+    # A warming step is priced against a cold start as the default cost model prices it
+    # (2%): the planner's hysteresis band is that ratio, what keeps plans from flapping.
+    default = CostModel()
+    action = penalty * default.scaling_action / default.default_cold_start_penalty
     (options.workdir / "costs.toml").write_text(
         "# prewarm replay's cost model at ratio R (see flows/soak.py)\n"
         "[costs]\n"
         "core_minute = 0.0\nmemory_gib_minute = 1.0\ndisk_gib_minute = 0.0\n"
-        f"default_cold_start_penalty = {penalty!r}\nscaling_action = 0.0\n\n"
+        f"default_cold_start_penalty = {penalty!r}\nscaling_action = {action!r}\n\n"
         '[planner]\nwarm_tiers = ["active"]\n'
     )
     (options.workdir / "inventory.toml").write_text(
@@ -212,27 +219,46 @@ def run_soak(options: SoakOptions, say: Callable[[str], None]) -> SoakReport:
     with warehouse_write():
         follow_feed(settings.warehouse_path, spec, now=_utc())
     say(f"live: first cycle at {sim_start:%H:%M} (pool {settings.pool} on {runtime.name})")
-    prewarm_cycle(at=sim_start, lead_seconds=0.0)
-    configs = _cold_start_configs(settings, trace)
-    # The replay clock reaches sim_start a few seconds from now, so the traffic process is
-    # up and waiting when its first minute is due.
-    with warehouse_write():
-        feed = follow_feed(
-            settings.warehouse_path, spec, now=_utc() + timedelta(seconds=TRAFFIC_START_S)
+    traffic: subprocess.Popen[bytes] | None = None
+    try:
+        began = time.time()
+        first = prewarm_cycle(at=sim_start, lead_seconds=0.0)
+        prime = LiveCycle(
+            0, began, began, time.time() - began, first.clock, 0.0, None, dict(first.actions),
+            first.failed_actions, _rss_mb(), dict(first.step_seconds),
+        )  # fmt: skip
+        configs = _cold_start_configs(settings, trace)
+        # The replay clock reaches sim_start a few seconds from now, so the traffic process
+        # is up and waiting when its first minute is due.
+        with warehouse_write():
+            feed = follow_feed(
+                settings.warehouse_path, spec, now=_utc() + timedelta(seconds=TRAFFIC_START_S)
+            )
+        # The feed keeps its anchor as naive UTC: the traffic's clock is the same instant.
+        wall_start = (
+            datetime.fromisoformat(str(feed.params["wall_start"])).replace(tzinfo=UTC).timestamp()
         )
-    # The feed keeps its anchor as naive UTC: the traffic's clock is the same instant.
-    wall_start = (
-        datetime.fromisoformat(str(feed.params["wall_start"])).replace(tzinfo=UTC).timestamp()
-    )
-    traffic = _start_traffic(options, settings, configs, wall_start)
-    rss_start = _rss_mb()
-    cycles = _run_cycles(options, wall_start, say)
-    say("live: waiting for the last minutes' traffic")
-    code = traffic.wait()
-    if code != 0:
-        from warehouse.errors import PrewarmError
+        traffic = _start_traffic(options, settings, configs, wall_start)
+        rss_start = _rss_mb()
+        cycles = [prime, *_run_cycles(options, wall_start, say)]
+        say("live: waiting for the last minutes' traffic")
+        code = traffic.wait()
+        if code != 0:
+            from warehouse.errors import PrewarmError
 
-        raise PrewarmError(f"the soak's traffic process failed (exit {code}); see its log")
+            raise PrewarmError(
+                f"the soak's traffic process failed (exit {code}); see "
+                f"{options.workdir / 'traffic.log'}"
+            )
+    except BaseException:
+        # A soak that fails leaves nothing running: its traffic, then its pool.
+        if traffic is not None and traffic.poll() is None:
+            traffic.kill()
+            traffic.wait()
+        from flows.pool_admin import release_everything
+
+        release_everything(settings)
+        raise
     say("simulated: the same minutes through the same decisions, ideal timing")
     return _report(options, settings, trace, cycles, trained, rss_start, say)
 
@@ -316,7 +342,7 @@ def _run_cycles(
 def _start_retraining(options: SoakOptions) -> subprocess.Popen[bytes]:
     log_file = (options.workdir / "retrain.log").open("ab")
     return subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "retrain"],
+        ["nice", "-n", str(RETRAIN_NICENESS), sys.executable, "-m", "flows.cli", "retrain"],
         stdout=log_file, stderr=subprocess.STDOUT, env=child_environment(),
     )  # fmt: skip
 
@@ -356,6 +382,7 @@ def _report(
     events = _live_events(settings, lines, replay_time)
     delay = timedelta(seconds=_seconds(options.delay))
     lags = [c.lag_s for c in cycles if c.lag_s is not None]
+    timed = [c.seconds for c in cycles if c.index > 0]  # the first also warms every cache
     hour = [c.rss_mb for c in cycles if replay_time(c.began) >= sim_start + timedelta(hours=1)]
     actions = dict.fromkeys(("create", "release", "pause", "unpause", "start"), 0)
     for c in cycles:
@@ -366,7 +393,7 @@ def _report(
     report = SoakReport(
         live=soak_metrics(live, reference),
         simulated=soak_metrics(simulation.ledger, reference),
-        cycles=len(cycles) + 1,
+        cycles=len(cycles),
         actions=actions,
         contradicting_actions=count_contradictions(events, delay),
         lag_s={
@@ -390,8 +417,8 @@ def _report(
             },
             "activation_failures": sum(x["failures"] for x in lines),
             "cycle_seconds": {
-                "p50": statistics.median([c.seconds for c in cycles]) if cycles else None,
-                "max": max((c.seconds for c in cycles), default=None),
+                "p50": statistics.median(timed) if timed else None,
+                "max": max(timed, default=None),
             },
             "retrains_started": sum(c.retrain_started for c in cycles),
             "trained_at_warmup": len(trained.registrations),
@@ -495,14 +522,16 @@ def _simulate(options: SoakOptions, settings: Settings, trace: Any, cycles: list
 
     sim_start = trace.ts(options.warmup)
     cycle_s = _seconds(options.cycle)
-    leads = [c.lead_s for c in cycles]
-    lead = statistics.median(leads) if leads else 0.0
+    lead_of = {c.index: c.lead_s for c in cycles if c.index > 0}
+    lead = statistics.median(lead_of.values()) if lead_of else 0.0
     plan = [SimCycle(sim_start, 0.0)]
     k = 1
     while (clock := sim_start + timedelta(seconds=k * cycle_s)) < trace.ts(
         options.warmup + options.minutes
     ):
-        plan.append(SimCycle(clock, leads[k - 1] if k - 1 < len(leads) else lead))
+        # Every slot of the cadence, as an ideal clock runs it (the live loop may skip one
+        # when a cycle runs long); each with the lead its live twin planned with.
+        plan.append(SimCycle(clock, lead_of.get(k, lead)))
         k += 1
     return simulate_soak(
         trace, options.warmup, options.minutes, plan, cycle_timing(settings),

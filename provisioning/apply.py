@@ -166,9 +166,10 @@ def reconcile_once(
     on_progress: ProgressCallback | None = None,
     hold: Mapping[tuple[str, str | None], int] | None = None,
     leases: LeaseBook | None = None,
+    keep_used_seconds: float = 0.0,
 ) -> ApplyResult:
-    """List the pool, diff it against `desired` (with `hold` and the busy members of
-    `leases`), apply the actions.
+    """List the pool, diff it against `desired` (with `hold`, the busy members of `leases`
+    and the members used in the last `keep_used_seconds`), apply the actions.
 
     `scope`: extra labels selecting the members this pool owns (default: every
     prewarm-managed member the runtime lists); created members carry them too, so the next
@@ -183,9 +184,10 @@ def reconcile_once(
     members = runtime.list(_selector(scope))
     extra_labels = {key: value for key, value in scope.items() if key != LABEL_PLAN}
     busy = leases.busy() if leases is not None else set()
+    used = leases.used_within(keep_used_seconds) if leases and keep_used_seconds else set()
     actions = diff(
         desired, specs, members, untouchable,
-        plan_id=plan_id, labels=extra_labels, hold=hold, busy=busy,
+        plan_id=plan_id, labels=extra_labels, hold=hold, busy=busy, recently_used=used,
     )  # fmt: skip
     return apply_actions(runtime, actions, plan_id, on_progress, scope=scope, leases=leases)
 

@@ -41,6 +41,12 @@ class CycleTiming:
         """The first tick at or after clock + lead."""
         return ceil_to_tick(clock + timedelta(seconds=lead_seconds), self.tick_seconds)
 
+    def hold_since(self, clock: datetime) -> datetime:
+        """Plans made after this still hold their members: a plan's pool stays in force
+        until the next cycle replaces it (one cycle later), and only then starts the
+        scale-down delay of what it wanted."""
+        return clock - timedelta(seconds=self.delay_seconds + self.cycle_seconds)
+
 
 @dataclass(frozen=True)
 class CyclePlan:

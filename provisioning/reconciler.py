@@ -35,7 +35,9 @@ Rules, applied in this order:
    hold is released.
 6. **Busy** members (serving a request: `provisioning.runtime.leases`) are never released,
    paused or replaced: they are matched first, never a transition's source, and a busy
-   surplus, orphan or stale member is left as it is (drained) until it is idle.
+   surplus, orphan or stale member is left as it is (drained) until it is idle. Members
+   **recently used** (within the scale-down delay) are not released either, as surplus or
+   orphan: the need that used them is not in any plan yet.
 
 The output is sorted by (client, target tier warmest first, member id, host; creates after
 member actions), so the same state always gives the same list. For a release, `tier` is the
@@ -120,6 +122,7 @@ def diff(
     labels: Mapping[str, str] | None = None,
     hold: Mapping[tuple[str, str | None], int] | None = None,
     busy: Iterable[str] = (),
+    recently_used: Iterable[str] = (),
 ) -> list[Action]:
     """The actions that turn `members` into `desired` (rules in the module docstring).
 
@@ -134,10 +137,12 @@ def diff(
         labels: extra labels for created members (e.g. the scope the caller lists by).
         hold: (client, host) -> members kept even beyond `desired` (stabilisation).
         busy: ids of members serving a request now: never released, paused or replaced.
+        recently_used: ids of members used within the delay: never released.
     """
     skip = set(untouchable)
     held = {key: int(n) for key, n in (hold or {}).items() if key[0] not in skip and n > 0}
     busy_ids = set(busy)
+    kept_ids = busy_ids | set(recently_used)
     wanted = _wanted_counts(desired, skip)
     _check_specs(wanted, specs)
     planned_clients = {client for client, _ in wanted} | {client for client, _ in held}
@@ -150,7 +155,7 @@ def diff(
         key = (member.client_id, member.labels.get(LABEL_HOST))
         draining = member.id in busy_ids
         if not member.client_id or member.client_id not in planned_clients:
-            if not draining:
+            if member.id not in kept_ids:
                 actions.append(_release(member, REASON_ORPHAN))
         elif member.client_id not in specs:
             # Held but no longer planned: no config to compare with, so it stays as it is.
@@ -173,6 +178,7 @@ def diff(
                 dict(labels or {}),
                 held.get(key, 0),
                 busy_ids,
+                kept_ids,
             )
         )
     return sorted(actions, key=_action_order)
@@ -244,9 +250,10 @@ def _match_group(
     labels: dict[str, str],
     hold: int,
     busy: set[str],
+    kept: set[str],
 ) -> list[Action]:
     """Actions for one (client, host): cheapest transitions, then creates, then releases
-    beyond the hold; busy members are kept as they are."""
+    beyond the hold; busy members are kept as they are, recently used ones are kept."""
     client_id, host = key
     counts = want or dict.fromkeys(TIERS, 0)
     by_tier: dict[Tier, list[Member]] = {tier: [] for tier in TIERS}
@@ -272,11 +279,12 @@ def _match_group(
             replacements -= 1
             actions.append(_create(client_id, tier, host, config, plan_id, labels, reason))
     left = [m for tier in TIERS for m in surplus[tier]]
-    # The hold keeps the warmest surplus (a busy one always stays: it drains).
+    # The hold keeps the warmest surplus; a busy one always stays (it drains), and so does
+    # one used within the delay.
     kept_room = max(hold - sum(counts.values()), 0)
     release_reason = REASON_SCALE_DOWN if want is not None else REASON_HOST_GONE
-    for member in sorted(left, key=lambda m: (m.id not in busy, _TIER_RANK[m.tier], _newest(m))):
-        if member.id in busy or kept_room > 0:
+    for member in sorted(left, key=lambda m: (m.id not in kept, _TIER_RANK[m.tier], _newest(m))):
+        if member.id in kept or kept_room > 0:
             kept_room -= 1
         else:
             actions.append(_release(member, release_reason))

@@ -194,7 +194,7 @@ def simulate_soak(
             history.append((cycle.clock, decided.targets))
             done += 1
         for effect, decided in [p for p in pending if p[0] <= start]:
-            pool.apply(decided, effect)
+            pool.apply(decided, effect, used_since=effect - timedelta(seconds=timing.delay_seconds))
         pending = [p for p in pending if p[0] > start]
         warm = pool.warm_counts()
         for client_id, i in index.items():
@@ -223,7 +223,7 @@ def _plan(
     """The live loop's planning step at the cycle's clock, on the simulated pool."""
     known = usage.filter(pl.col("ts") < cycle.clock)
     exceedance, quantiles, profiles = predict(cycle.clock, known)
-    since = cycle.clock - timedelta(seconds=timing.delay_seconds)
+    since = timing.hold_since(cycle.clock)
     recent = [t for at, t in history if since < at <= cycle.clock and t.height]
     recent_targets = (
         pl.concat(recent)
@@ -271,6 +271,7 @@ class _SimPool:
 
     def __init__(self, sizes: dict[str, tuple[float, float]]) -> None:
         self.members: dict[str, Member] = {}
+        self.last_used: dict[str, datetime] = {}  # member -> end of the minute it served
         self.sizes = sizes
         self.events: list[dict] = []
         self._ids = itertools.count()
@@ -290,11 +291,14 @@ class _SimPool:
         frame = pl.DataFrame(rows, schema=["client_id", "tier", "host"], orient="row")
         return frame.group_by("client_id", "tier", "host").len("count")
 
-    def apply(self, decided: CyclePlan, at: datetime) -> None:
-        """Make the pool match the plan's targets, as the live apply step does."""
+    def apply(self, decided: CyclePlan, at: datetime, used_since: datetime) -> None:
+        """Make the pool match the plan's targets, as the live apply step does (members
+        used since `used_since` are kept, as the lease book keeps them live)."""
+        recently = {m for m, last in self.last_used.items() if last >= used_since}
         actions = diff(
             targets_as_desired(decided.targets), self.specs(), list(self.members.values()),
             plan_id=decided.plan.plan_id, hold=targets_hold(decided.targets),
+            recently_used=recently,
         )  # fmt: skip
         for action in actions:
             self._run(action, at)
@@ -314,18 +318,21 @@ class _SimPool:
             key=lambda m: (order[m.tier], m.id),
         )
         cold = 0
+        done = at + MINUTE  # the minute's requests end with it
         for member in idle[:need]:
             if member.tier == "cold":
                 cold += 1
             if member.tier != "active":
                 self._set_tier(member, "active")
                 self._event(at, "activate", member, "request")
+            self.last_used[member.id] = done
         for _ in range(need - min(need, len(idle))):
             host = next(
                 (m.labels.get(LABEL_HOST) for m in idle), None
             )  # beside its others, as the API's cold start
             member = self._new(client_id, "active", host, at)
             self._event(at, "create", member, "request")
+            self.last_used[member.id] = done
             cold += 1
         return cold
 

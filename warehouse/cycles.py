@@ -90,3 +90,15 @@ def read_cycles(path: Path, limit: int = 20) -> pl.DataFrame:
     """The newest cycles, newest first."""
     with connect(path, read_only=True) as con:
         return fetch_frame(con, "SELECT * FROM cycles ORDER BY seq DESC LIMIT ?", [limit])
+
+
+def churn_last_hour(path: Path, now: datetime) -> int:
+    """Members the controller created or released in the hour before `now` (wall clock)."""
+    with connect(path, read_only=True) as con:
+        value = fetch_value(
+            con,
+            "SELECT count(*) FROM pool_events WHERE ok AND action IN ('create', 'release')"
+            " AND happened_at > ? - INTERVAL 1 HOUR AND happened_at <= ?",
+            [now, now],
+        )
+    return int(value or 0)

@@ -3,7 +3,10 @@
 A member claimed for a request is *busy* until its lease ends. The apply step never releases
 or pauses a busy member (it drains: the member stays until it is idle), and a claim never
 hands a busy member to a second request. A member the apply step is about to release or pause
-is *reserved* for that moment, so a request cannot claim it in between.
+is *reserved* for that moment, so a request cannot claim it in between. When a lease ends the
+book remembers when the member was last *used*: the apply step keeps a member used within
+the scale-down delay even if no plan wants it yet (the need that used it reaches the
+warehouse only with the next ingest).
 
 The book is one small JSON file per pool (under the data directory), guarded by an flock:
 the API, a cycle's apply step and a soak's traffic driver all see the same leases. Expired
@@ -24,6 +27,8 @@ from pathlib import Path
 # A reservation outlives the runtime call it guards (a release takes well under a second);
 # after this it is dropped, so a crashed apply cannot reserve a member forever.
 RESERVATION_S = 60.0
+# How long the book remembers when a member was last used (longer than any sane delay).
+USED_MEMORY_S = 24 * 3600.0
 
 
 class LeaseBook:
@@ -56,7 +61,14 @@ class LeaseBook:
     def end(self, member_id: str) -> None:
         """The request a member served is done: the member is idle again."""
         with self._book() as book:
-            book["leases"].pop(member_id, None)
+            if book["leases"].pop(member_id, None) is not None:
+                book["used"][member_id] = self._clock()
+
+    def used_within(self, seconds: float) -> set[str]:
+        """Members busy now or used in the last `seconds`."""
+        with self._book(write=False) as book:
+            since = self._clock() - seconds
+            return set(book["leases"]) | {m for m, at in book["used"].items() if at >= since}
 
     def reserve(self, member_id: str) -> bool:
         """Reserve an idle member for a release or pause; False when it is busy or reserved."""
@@ -79,9 +91,14 @@ class LeaseBook:
             fcntl.flock(lock, fcntl.LOCK_EX)
             now = self._clock()
             book = self._load()
-            for section in book.values():
-                for member_id in [m for m, until in section.items() if until <= now]:
-                    del section[member_id]
+            for section in ("leases", "reserved"):
+                for member_id, until in list(book[section].items()):
+                    if until <= now:
+                        del book[section][member_id]
+                        if section == "leases":  # a lease that ran out: used until then
+                            book["used"][member_id] = until
+            for member_id in [m for m, at in book["used"].items() if at < now - USED_MEMORY_S]:
+                del book["used"][member_id]
             yield book
             if write:
                 self._save(book)
@@ -96,8 +113,8 @@ class LeaseBook:
             # refuse every request of the pool.
             data = {}
         return {
-            "leases": {str(k): float(v) for k, v in (data.get("leases") or {}).items()},
-            "reserved": {str(k): float(v) for k, v in (data.get("reserved") or {}).items()},
+            section: {str(k): float(v) for k, v in (data.get(section) or {}).items()}
+            for section in ("leases", "reserved", "used")
         }
 
     def _save(self, book: dict[str, dict[str, float]]) -> None:

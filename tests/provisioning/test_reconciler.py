@@ -313,3 +313,20 @@ def test_summarize_counts_by_kind_and_reason() -> None:
         {"kind": "create", "reason": REASON_SCALE_UP, "count": 1},
     ]
     assert summarize([]).height == 0 and summarize([]).columns == ["kind", "reason", "count"]
+
+
+def test_recently_used_members_are_kept_but_busy_ones_alone_stay_untouched():
+    """A member used within the delay is not released (surplus or orphan); it may still be
+    paused. A busy one is not even paused."""
+    used = _member("m-used1", "a", "active")
+    idle = _member("m-idle2", "a", "active")
+    orphan = _member("m-orphan3", "gone", "shadow")
+    desired = _desired(("a", "shadow", 1, "h1"))
+    actions = diff(
+        desired, SPECS, [used, idle, orphan], plan_id=PLAN,
+        recently_used={"m-used1", "m-orphan3"},
+    )  # fmt: skip
+    kinds = {(a.kind, a.member_id) for a in actions}
+    assert ("release", "m-orphan3") not in kinds and ("release", "m-used1") not in kinds
+    # the plan wants one shadow: one active is paused, the recently used one is kept
+    assert sum(k == "shadow" for k, _ in kinds) == 1 and not any(k == "release" for k, _ in kinds)
