@@ -12,14 +12,17 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from flows import stack
 from flows.deployments import ON_DEMAND, SCHEDULED
 from flows.settings import Settings
+from warehouse.db import connect
 
 pytestmark = pytest.mark.e2e
 
@@ -144,3 +147,37 @@ def test_mlflow_ui_shows_forecasters_with_a_champion(running_stack, browser, sho
     assert "@ champion" in row or "@ challenger" in row, row
     assert "@ champion" in body  # at least one model made it past the promotion gate
     _screenshot(page, shots / "mlflow-models.png")
+
+
+def _run_deployment(settings: Settings, name: str, timeout_s: float = 300.0) -> dict:
+    """Start a run of a served deployment through the Prefect API; its final state."""
+    api = stack.prefect_api_url(settings)
+    found = httpx.post(
+        f"{api}/deployments/filter", json={"deployments": {"name": {"any_": [name]}}}, timeout=10
+    ).json()
+    assert found, f"no deployment {name}"
+    run = httpx.post(f"{api}/deployments/{found[0]['id']}/create_flow_run", json={}, timeout=10)
+    run.raise_for_status()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        state = httpx.get(f"{api}/flow_runs/{run.json()['id']}", timeout=10).json()["state"]
+        if state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            return state
+        time.sleep(1.0)
+    raise AssertionError(f"{name} did not finish within {timeout_s:.0f} s")
+
+
+def test_the_stack_runs_cycles_that_converge(running_stack):
+    """`prewarm up` serves prewarm-cycle: two runs on the same data, the second changes
+    nothing on the runtime."""
+    for _ in range(2):
+        state = _run_deployment(running_stack, "prewarm-cycle")
+        if state["type"] == "CANCELLED":  # the schedule's own run was going: one at a time
+            state = _run_deployment(running_stack, "prewarm-cycle")
+        assert state["type"] == "COMPLETED", state
+    with connect(running_stack.warehouse_path, read_only=True) as con:
+        rows = con.execute(
+            "SELECT status, creates + releases + pauses + unpauses FROM cycles ORDER BY seq"
+        ).fetchall()
+    assert len(rows) >= 2 and {status for status, _ in rows} == {"done"}
+    assert rows[0][1] > 0 and rows[-1][1] == 0
