@@ -11,6 +11,7 @@ work: pure, shared with the soak's simulator).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,17 +19,20 @@ from datetime import datetime
 from typing import Any
 
 import polars as pl
+from mlflow.exceptions import MlflowException
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
 from flows.locks import warehouse_write
 from flows.settings import Settings
 from models.prediction import Predictions, predict_clients
-from models.registry import CHALLENGER, CHAMPION, current_aliases, load_forecaster
+from models.registry import CHALLENGER, CHAMPION, current_aliases, load_forecaster_version
 from warehouse.db import utc_now
 from warehouse.errors import PrewarmError
 from warehouse.predictions import write_predictions
 from warehouse.reads import read_calendar, read_clients, read_recent_usage
+
+log = logging.getLogger(__name__)
 
 _CACHE: dict[str, tuple[str, Any]] = {}  # client -> (version, loaded forecaster)
 _CACHE_LOCK = threading.Lock()
@@ -53,12 +57,15 @@ def _forecaster(client_id: str, alias: str, version: str, tracking_uri: str) -> 
         cached = _CACHE.get(client_id)
         if cached is not None and cached[0] == version:
             return cached[1]
-    loaded = load_forecaster(client_id, tracking_uri, alias)
-    if loaded is None:
+    try:
+        loaded = load_forecaster_version(client_id, version, tracking_uri)
+    except MlflowException as error:  # deleted meanwhile: the next run sees the new aliases
+        log.warning("forecaster %s version %s (%s) could not be loaded: %s",
+                    client_id, version, alias, error)  # fmt: skip
         return None
     with _CACHE_LOCK:
-        _CACHE[client_id] = (version, loaded[0])
-    return loaded[0]
+        _CACHE[client_id] = (version, loaded)
+    return loaded
 
 
 @task(cache_policy=NONE)

@@ -372,9 +372,9 @@ def _report(
     lines = [json.loads(x) for x in (options.workdir / "traffic.jsonl").read_text().splitlines()]
     live = _live_ledger(trace, options, lines)
     reference = fixed10_idle(trace, options.warmup, options.minutes)
-    simulation = _simulate(options, settings, trace, cycles)
-    sim_start = trace.ts(options.warmup)
     wall_start = lines[0]["due"] if lines else time.time()
+    simulation = _simulate(options, settings, trace, cycles, wall_start)
+    sim_start = trace.ts(options.warmup)
 
     def replay_time(wall: float) -> datetime:
         return sim_start + timedelta(seconds=(wall - wall_start) * options.speed)
@@ -484,29 +484,46 @@ def _live_events(
     return pl.DataFrame(rows, schema=EVENT_SCHEMA)
 
 
-def _simulate(options: SoakOptions, settings: Settings, trace: Any, cycles: list[LiveCycle]) -> Any:
+def _simulate(
+    options: SoakOptions, settings: Settings, trace: Any, cycles: list[LiveCycle], wall_start: float
+) -> Any:
+    """The simulated soak, predicting at each cycle with the model versions the live cycle
+    of the same slot predicted with (retraining replaced some during the soak)."""
     from flows.provision import _costs, cycle_timing
     from models.prediction import predict_clients
-    from models.registry import CHALLENGER, CHAMPION, current_aliases, load_forecaster
+    from models.registry import load_forecaster_version
     from provisioning.inventory import load_inventory
     from provisioning.soak import SimCycle, simulate_soak
     from warehouse.reads import read_calendar, read_clients
 
     clients = read_clients(settings.warehouse_path)
     calendar = read_calendar(settings.warehouse_path)
-    forecasters = {}
-    for cid, known in current_aliases(settings.mlflow_tracking_uri).items():
-        # As the live predict step picks: the champion, else the newest challenger.
-        alias = CHAMPION if CHAMPION in known else CHALLENGER
-        loaded = load_forecaster(cid, settings.mlflow_tracking_uri, alias)
-        if loaded is not None:
-            forecasters[cid] = loaded
+    runs = _prediction_runs(settings)
+    loaded: dict[tuple[str, str], Any] = {}
     sizes = {
         r["client_id"]: (0.5, float(r["container_memory_mb"] or 512.0))
         for r in clients.iter_rows(named=True)
     }
+    sim_start = trace.ts(options.warmup)
+    cycle_s = _seconds(options.cycle)
+    live = {c.index: c for c in cycles}
+
+    def wall_of(clock: datetime) -> float:
+        """When the live loop predicted for the slot at `clock` (its cycle's end)."""
+        slot = round((clock - sim_start).total_seconds() / cycle_s)
+        if slot in live:
+            return live[slot].began + live[slot].seconds
+        return wall_start + (clock - sim_start).total_seconds() / options.speed
 
     def predict(clock: datetime, usage: pl.DataFrame) -> tuple:
+        versions = _versions_at(runs, wall_of(clock))
+        forecasters = {}
+        for cid, version in versions.items():
+            if (cid, version) not in loaded:
+                loaded[(cid, version)] = load_forecaster_version(
+                    cid, version, settings.mlflow_tracking_uri
+                )
+            forecasters[cid] = (loaded[(cid, version)], version)
         histories = {
             cid: frame
             for (cid,), frame in usage.partition_by("client_id", as_dict=True).items()
@@ -520,8 +537,6 @@ def _simulate(options: SoakOptions, settings: Settings, trace: Any, cycles: list
         quantiles = predicted.forecasts.filter(pl.col("metric") == "concurrency")
         return predicted.exceedance, quantiles, predicted.profiles
 
-    sim_start = trace.ts(options.warmup)
-    cycle_s = _seconds(options.cycle)
     lead_of = {c.index: c.lead_s for c in cycles if c.index > 0}
     lead = statistics.median(lead_of.values()) if lead_of else 0.0
     plan = [SimCycle(sim_start, 0.0)]
@@ -539,6 +554,33 @@ def _simulate(options: SoakOptions, settings: Settings, trace: Any, cycles: list
         inventory=load_inventory(options.workdir / "inventory.toml"), costs=_costs(settings),
         predict=predict,
     )  # fmt: skip
+
+
+def _prediction_runs(settings: Settings) -> list[tuple[float, dict[str, str]]]:
+    """Every live prediction run: (wall time, client -> model version), oldest first."""
+    from warehouse.db import connect, fetch_frame
+
+    with connect(settings.warehouse_path, read_only=True) as con:
+        rows = fetch_frame(
+            con,
+            "SELECT generated_at, client_id, any_value(model_version) AS version"
+            " FROM forecasts GROUP BY 1, 2 ORDER BY 1",
+        )
+    runs: dict[float, dict[str, str]] = {}
+    for row in rows.iter_rows(named=True):
+        wall = row["generated_at"].replace(tzinfo=UTC).timestamp()
+        runs.setdefault(wall, {})[row["client_id"]] = row["version"]
+    return sorted(runs.items())
+
+
+def _versions_at(runs: list[tuple[float, dict[str, str]]], wall: float) -> dict[str, str]:
+    """The versions of the newest prediction run made by `wall` (the first run before it)."""
+    chosen = runs[0][1] if runs else {}
+    for at, versions in runs:
+        if at > wall:
+            break
+        chosen = versions
+    return chosen
 
 
 def _orphans(

@@ -243,6 +243,16 @@ def load_forecaster(
     return model.unwrap_python_model().forecaster, str(version.version)
 
 
+def load_forecaster_version(client_id: str, version: str, tracking_uri: str) -> Any:
+    """The forecaster registered as `forecaster-<id>` version `version` (not an alias, which
+    may move between reading it and loading it)."""
+    with _LOCK:
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
+        model = mlflow.pyfunc.load_model(f"models:/{model_name(client_id)}/{version}")
+    return model.unwrap_python_model().forecaster
+
+
 def current_aliases(tracking_uri: str) -> dict[str, dict[str, str]]:
     """For every registered forecaster: client id -> {alias: version}."""
     models: list[Any] = []

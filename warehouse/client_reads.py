@@ -36,12 +36,14 @@ def read_client_extensions(con: duckdb.DuckDBPyConnection, client_id: str) -> li
 
 
 def read_latest_profile(con: duckdb.DuckDBPyConnection, client_id: str) -> list[dict[str, Any]]:
-    """The client's `profiles` rows from its latest `generated_at`, by window start."""
+    """The client's `profiles` rows of its latest prediction run, by window start (none when
+    that run found no demand window: an older run's window is not current)."""
     frame = fetch_frame(
         con,
-        "SELECT * FROM profiles WHERE client_id = ? AND generated_at ="
-        " (SELECT max(generated_at) FROM profiles WHERE client_id = ?)"
+        "SELECT * FROM profiles WHERE client_id = ? AND generated_at = (SELECT max(g) FROM ("
+        " SELECT max(generated_at) AS g FROM forecasts WHERE client_id = ?"
+        " UNION ALL SELECT max(generated_at) FROM profiles WHERE client_id = ?))"
         " ORDER BY window_start",
-        [client_id, client_id],
+        [client_id, client_id, client_id],
     )
     return list(frame.iter_rows(named=True))

@@ -81,30 +81,47 @@ def read_schema_extensions(path: Path) -> dict[str, list[dict[str, Any]]]:
     return extensions
 
 
+# Each client's newest prediction run. Profiles and exceedance rows are taken from that run
+# only: a run that found no demand window writes no profile, and an older run's window
+# must not stand in for it (a stale window, with its confidence, would keep warming a
+# client the newest forecast calls idle).
+_LATEST_RUN = """
+    WITH latest AS (
+        SELECT client_id, max(generated_at) AS generated_at FROM (
+            SELECT client_id, generated_at FROM forecasts
+            UNION ALL SELECT client_id, generated_at FROM forecast_exceedance
+            UNION ALL SELECT client_id, generated_at FROM profiles
+        ) GROUP BY client_id
+    )
+"""
+
+
 def read_latest_forecasts(path: Path) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """Each client's latest prediction run: concurrency quantiles, exceedance, profiles."""
     with connect(path, read_only=True) as con:
         quantiles = fetch_frame(
             con,
-            """
-            SELECT client_id, metric, origin, ts, p10, p50, p90 FROM forecasts
-            QUALIFY generated_at = max(generated_at) OVER (PARTITION BY client_id)
-                AND origin = max(origin) OVER (PARTITION BY client_id)
+            _LATEST_RUN
+            + """
+            SELECT f.client_id, f.metric, f.origin, f.ts, f.p10, f.p50, f.p90
+            FROM forecasts f JOIN latest USING (client_id, generated_at)
+            QUALIFY f.origin = max(f.origin) OVER (PARTITION BY f.client_id)
             """,
         )
         exceedance = fetch_frame(
             con,
-            """
-            SELECT client_id, origin, ts, level, p_exceed FROM forecast_exceedance
-            QUALIFY generated_at = max(generated_at) OVER (PARTITION BY client_id)
+            _LATEST_RUN
+            + """
+            SELECT e.client_id, e.origin, e.ts, e.level, e.p_exceed
+            FROM forecast_exceedance e JOIN latest USING (client_id, generated_at)
             """,
         )
         profiles = fetch_frame(
             con,
-            """
-            SELECT * FROM profiles
-            QUALIFY generated_at = max(generated_at) OVER (PARTITION BY client_id)
-            ORDER BY client_id, window_start
+            _LATEST_RUN
+            + """
+            SELECT p.* FROM profiles p JOIN latest USING (client_id, generated_at)
+            ORDER BY p.client_id, p.window_start
             """,
         )
     return quantiles, exceedance, profiles

@@ -53,6 +53,8 @@ from provisioning.runtime.base import (
 
 log = logging.getLogger(__name__)
 
+DOCKER_MIN_MEMORY_MB = 6  # the smallest memory limit the Docker daemon accepts
+
 Reach = Literal["bridge", "published"]
 _TIER_BY_STATUS: dict[str, Tier] = {"paused": "shadow", "running": "active", "restarting": "active"}
 _HTTP_CONFLICT = 409
@@ -329,7 +331,8 @@ class DockerRuntime:
         env = {"PORT": str(spec.port), **spec.env}
         host_config = self._api.create_host_config(
             nano_cpus=int(spec.cpu * 1e9),
-            mem_limit=f"{spec.memory_mb}m",
+            # The daemon refuses a limit under its minimum: a tiny function gets the minimum.
+            mem_limit=f"{max(spec.memory_mb, DOCKER_MIN_MEMORY_MB)}m",
             port_bindings={port_key: ("127.0.0.1", None)} if self.reach == "published" else None,
         )
         created = self._api.create_container(

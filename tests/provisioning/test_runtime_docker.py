@@ -269,3 +269,12 @@ def test_build_image_explains_how_to_get_busybox(tmp_path: Path) -> None:
     # A dynamically linked binary (this Python) would not run in an image without libc.
     with pytest.raises(ImageBuildError, match="dynamically linked"):
         check_busybox(Path(sys.executable).resolve())
+
+
+@pytest.mark.docker
+def test_a_function_smaller_than_dockers_minimum_gets_the_minimum(
+    docker_runtime: DockerRuntime, docker_client: docker.DockerClient, make_spec: SpecMaker
+) -> None:
+    """Traces hold functions of a few MB; the daemon refuses limits under 6 MB."""
+    member = docker_runtime.create(make_spec("cold", memory_mb=2))
+    assert _attrs(docker_client, member.id)["HostConfig"]["Memory"] == 6 * 2**20

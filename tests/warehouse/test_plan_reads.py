@@ -1,0 +1,81 @@
+"""The one definition of "the latest": each client's newest prediction run, and the newest
+applied plan by sequence, never by the data clock, never a dry run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import polars as pl
+
+from warehouse.db import connect
+from warehouse.plans import latest_applied_plan, planned_host, write_plan
+from warehouse.pools import read_latest_forecasts
+
+T0 = datetime(2026, 1, 19, 12, 0)
+
+
+def _forecast_row(generated_at: datetime) -> dict:
+    return {
+        "client_id": "a", "metric": "concurrency", "origin": T0, "ts": T0 + timedelta(minutes=5),
+        "horizon": 1, "p10": 0.0, "p50": 0.0, "p90": 0.0, "model_name": "forecaster-a",
+        "model_version": "1", "generated_at": generated_at,
+    }  # fmt: skip
+
+
+def test_a_run_without_a_demand_window_is_not_shadowed_by_an_older_window(warehouse_path):
+    """The older run had a window (low confidence); the newest found none: no profile."""
+    early, late = T0, T0 + timedelta(minutes=5)
+    with connect(warehouse_path) as con:
+        forecasts = pl.DataFrame([_forecast_row(early), _forecast_row(late)])
+        con.register("f", forecasts.to_arrow())
+        con.execute("INSERT INTO forecasts SELECT * FROM f")
+        con.execute(
+            "INSERT INTO profiles (client_id, generated_at, origin, window_start, window_end,"
+            " duration_minutes, confidence, model_name, model_version)"
+            " VALUES ('a', ?, ?, ?, ?, 5, 0.2, 'forecaster-a', '1')",
+            [early, T0, T0 + timedelta(minutes=5), T0 + timedelta(minutes=10)],
+        )
+    quantiles, _, profiles = read_latest_forecasts(warehouse_path)
+    assert profiles.height == 0
+    assert quantiles.height == 1
+
+
+@dataclass
+class _Plan:
+    plan_id: str
+    created_at: datetime
+    desired: pl.DataFrame
+    unserved: pl.DataFrame
+    first_window: datetime = T0
+    tick_seconds: int = 300
+    windows: int = 1
+    buffer_seconds: float = 0.0
+    totals: dict | None = None
+
+
+def _plan(plan_id: str, created_at: datetime) -> _Plan:
+    empty = pl.DataFrame(schema={"plan_id": pl.String, "client_id": pl.String})
+    return _Plan(plan_id, created_at, empty.drop("plan_id"), empty, totals={})
+
+
+def _targets(host: str) -> pl.DataFrame:
+    return pl.DataFrame(
+        {"client_id": ["a"], "host": [host], "active": [1], "shadow": [0], "cold": [0],
+         "hold": [1], "floor_need": [0], "reason": [None]},
+        schema_overrides={"reason": pl.String},
+    )  # fmt: skip
+
+
+def test_the_latest_plan_is_the_newest_applied_one_by_sequence(warehouse_path: Path):
+    # Same data clock for both (two plans on the same data): only the sequence orders them.
+    first = write_plan(warehouse_path, _plan("p-1", T0), False, {}, _targets("h1"))
+    second = write_plan(warehouse_path, _plan("p-2", T0), False, {}, _targets("h2"))
+    dry = write_plan(
+        warehouse_path, _plan("p-3", T0 + timedelta(hours=1)), True, {}, _targets("h3")
+    )
+    assert (first, second, dry) == (1, 2, 3)
+    with connect(warehouse_path, read_only=True) as con:
+        assert latest_applied_plan(con) == "p-2"  # a dry run is never the pool's plan
+        assert planned_host(con, "a") == "h2"
