@@ -28,7 +28,10 @@ bench: bench-ingest bench-train bench-accuracy bench-activation bench-planner be
 bench-ingest: $(STAMP)
 	$(BIN)/python bench/ingest.py
 
+# Release the pool first: containers or processes outliving their warehouse would be
+# strays to the next one.
 clean-data:
+	-test -x $(BIN)/prewarm && test -f data/warehouse.duckdb && $(BIN)/prewarm pools --release-all
 	rm -rf data mlruns/mlflow.db mlruns/artifacts
 
 bench-activation: $(STAMP)

@@ -25,7 +25,7 @@ from flows.settings import Settings
 from flows.train import TrainSummary, train_flow
 from models.registry import current_aliases
 from warehouse.db import utc_now
-from warehouse.feeds import Feed, FeedMismatch
+from warehouse.feeds import Feed, FeedMismatch, watermark
 from warehouse.reads import read_training_state
 
 
@@ -73,15 +73,19 @@ def prewarm_pipeline(
         "source": source, "path": path, "clients": clients, "days": days, "seed": seed, "end": end,
     }  # fmt: skip
     ingested = [ingest_usage(**common, hold_back_minutes=replay_minutes)]
-    _record_demo_feed(settings, source, clients, days, seed, logger)
     stale = stale_clients(settings)
     trained = train_flow(settings)(client_ids=stale) if stale else None
     logger.info("%d clients needed (re)training", len(stale))
     predicted = predict_profiles()
-    provisioned = provision_pools()
+    # The pool is planned on the data's clock: for the held-back hour, which then "arrives".
+    mark = watermark(settings.warehouse_path)
+    at = mark + timedelta(seconds=settings.freq_seconds) if mark is not None else None
+    provisioned = provision_pools(at=at)
     if replay_minutes:
         ingested.append(ingest_usage(**common, only_last_minutes=replay_minutes))
     reconciled = reconcile_pools()
+    # From now on the warehouse follows the demo's feed (cycles under `prewarm up`).
+    _record_demo_feed(settings, source, clients, days, seed, logger)
     return PipelineSummary(ingested, stale, trained, predicted, provisioned, reconciled)
 
 

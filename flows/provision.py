@@ -235,7 +235,11 @@ def make_plan(
             exceedance=exceedance,
             quantiles=quantiles,
             current_pool=current,
-            recent_targets=read_recent_targets(path, timing.hold_since(clock), clock),
+            # Plans by when they were applied (wall clock, the delay scaled to it): a
+            # change of clock between plans (the demo's, then a live feed's) holds too.
+            recent_targets=read_recent_targets(
+                path, utc_now() - (clock - timing.hold_since(clock)) / clock_rate
+            ),
             costs=_costs(settings),
             plan_id=plan_id,
         )
@@ -318,11 +322,13 @@ def record_plan(
 
 
 @flow(name="provision-pools")
-def provision_pools(dry_run: bool = False) -> ProvisionSummary:
-    """Plan warm pools for every client and, unless dry_run, make the runtime match."""
+def provision_pools(dry_run: bool = False, at: datetime | None = None) -> ProvisionSummary:
+    """Plan warm pools for every client and, unless dry_run, make the runtime match.
+
+    `at` pins the planning clock (the demo plans for the hour it holds back)."""
     settings = Settings()
     logger = get_run_logger()
-    clock = planning_clock(settings)
+    clock = at or planning_clock(settings)
     # Unique per run: the planner's default id comes from the data clock, which repeats.
     feed = read_feed(settings.warehouse_path)
     planned = make_plan(

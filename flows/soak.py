@@ -99,7 +99,7 @@ class SoakReport:
     lag_s: dict[str, float | None]
     orphans: int
     mlflow_versions: int
-    rss_mb: dict[str, float]
+    rss_mb: dict[str, float | None]
     settings: dict[str, Any] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
 
@@ -404,7 +404,7 @@ def _report(
         mlflow_versions=versions,
         rss_mb={
             "start": rss_start,
-            "first_hour": hour[0] if hour else math.nan,
+            "first_hour": hour[0] if hour else None,
             "end": cycles[-1].rss_mb if cycles else rss_start,
         },
         settings={**{k: str(v) for k, v in asdict(options).items()}, "minute_wall_s": minute_s},

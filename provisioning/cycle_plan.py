@@ -176,6 +176,7 @@ def plan_cycle(
         recent_targets=recent_targets,
         clients=clients,
         inventory=inventory,
+        current=current_pool,
         floor_tier="shadow" if "shadow" in config.warm_tiers else config.warm_tiers[0],
     )
     return CyclePlan(plan, targets, (first_window, span_end))

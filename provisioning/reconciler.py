@@ -26,8 +26,11 @@ Rules, applied in this order:
    - a needed shadow from a surplus active ('demote surplus active to shadow': a pause), then
      from a surplus cold ('warm cold to shadow'): one `shadow` action, as every runtime's
      `shadow` starts a cold member, waits for health, then freezes it;
-   - a needed cold is always created: no runtime operation cools a warm member without
-     losing it, and keeping a warmer one would hold memory the planner did not budget.
+   - a needed cold is filled by a surplus shadow as it is (no action), then by a surplus
+     active paused to shadow: no runtime operation cools a warm member to cold without
+     losing it, and releasing it only to create a colder one is churn that undoes the
+     member's own creation (the warmer member holds some memory the plan did not budget,
+     until the hold lets the client's pool shrink).
    Remaining deficits are created in their tier ('scale up'); remaining surpluses are released
    ('scale down', or 'host no longer planned' when the group has no desired rows).
 5. **Hold** (scale-down stabilisation): a group keeps up to `hold` members even when fewer are
@@ -75,11 +78,13 @@ REASON_PROMOTE = "promote shadow to active"
 REASON_START = "start cold to active"
 REASON_DEMOTE = "demote surplus active to shadow"
 REASON_WARM = "warm cold to shadow"
+REASON_KEEP_WARMER = "keep warmer member for a cold slot"  # no action: nothing to do
 
 # Deficit tier -> the surplus tiers that can fill it, cheapest first, with the reason.
 _TRANSITIONS: tuple[tuple[Tier, tuple[tuple[Tier, str], ...]], ...] = (
     ("active", (("shadow", REASON_PROMOTE), ("cold", REASON_START))),
     ("shadow", (("active", REASON_DEMOTE), ("cold", REASON_WARM))),
+    ("cold", (("shadow", REASON_KEEP_WARMER), ("active", REASON_DEMOTE))),
 )
 _KIND_FOR_TIER: dict[Tier, ActionKind] = {"active": "activate", "shadow": "shadow"}
 _TIER_RANK = {tier: rank for rank, tier in enumerate(TIERS)}  # active, shadow, cold
@@ -270,7 +275,9 @@ def _match_group(
             while deficit[target] and idle:
                 member = idle.pop(0)
                 surplus[source].remove(member)
-                actions.append(_transition(member, target, host, reason))
+                if reason != REASON_KEEP_WARMER:
+                    # A cold slot takes a paused member as it is, a running one paused.
+                    actions.append(_transition(member, _filled_as(target), host, reason))
                 deficit[target] -= 1
     replacements = stale
     for tier in TIERS:
@@ -289,6 +296,11 @@ def _match_group(
         else:
             actions.append(_release(member, release_reason))
     return actions
+
+
+def _filled_as(target: Tier) -> Tier:
+    """The tier a member takes to fill a slot of `target`: cold slots hold shadows."""
+    return "shadow" if target == "cold" else target
 
 
 def _newest(member: Member) -> tuple[float, str]:

@@ -23,8 +23,8 @@ Two inputs raise a target and nothing lowers it:
 
 Capacity: the floor's extra members are placed only where the host has room after the plan's
 own (cpu for active, memory for active and shadow). Held members already exist, so holding
-them takes no new room; the hold is cut where held members and the plan's new ones together
-would exceed a host's memory, the largest holds first (the plan's own demand wins).
+them takes no new room; the hold is cut where held warm members and the plan's own together
+would exceed a host's memory, the largest first (the plan's own demand wins).
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ def pool_targets(
     recent_targets: pl.DataFrame | None = None,
     clients: pl.DataFrame | None = None,
     inventory: pl.DataFrame | None = None,
+    current: pl.DataFrame | None = None,
     floor_tier: str = "shadow",
 ) -> pl.DataFrame:
     """Per provisioning client and host: members wanted now by tier, the hold and the floor.
@@ -75,6 +76,7 @@ def pool_targets(
             last delay (their largest total each).
         clients: client_id, container_cpu, container_memory_mb (and mode): sizes for room.
         inventory: host, cpu_cores, memory_mb: the room.
+        current: client_id, tier, host (and count): the pool now, for what held members hold.
         floor_tier: the tier a floor top-up gets (shadow: warm, no cpu held).
     Returns:
         TARGETS_SCHEMA rows, sorted by client and host; hold >= active + shadow + cold.
@@ -98,7 +100,7 @@ def pool_targets(
     home = _home_hosts(span, recent_targets, inventory)
     targets = _with_floor(span, floor, home, clients, inventory, floor_tier, forecast_only)
     targets = _with_hold(targets, ahead, recent_need, recent_targets, home, forecast_only)
-    targets = _cap_hold(targets, clients, inventory)
+    targets = _cap_hold(targets, clients, inventory, current)
     return targets.select(list(TARGETS_SCHEMA)).cast(TARGETS_SCHEMA).sort(_KEY, nulls_last=True)
 
 
@@ -297,37 +299,61 @@ def _with_hold(
 
 
 def _cap_hold(
-    targets: pl.DataFrame, clients: pl.DataFrame | None, inventory: pl.DataFrame | None
+    targets: pl.DataFrame,
+    clients: pl.DataFrame | None,
+    inventory: pl.DataFrame | None,
+    current: pl.DataFrame | None,
 ) -> pl.DataFrame:
-    """Cut holds where held members and the plan's own would overfill a host's memory."""
+    """Cut holds where held warm members and the plan's own would overfill a host's memory.
+
+    A held extra member holds memory only when it is warm (active or shadow) now: the
+    reconciler keeps the warmest surplus, so the warm extras are those beyond the target's
+    own warm count. To let a warm one go, the hold must also drop the colder extras the
+    reconciler would keep before it.
+    """
     if clients is None or inventory is None or targets.height == 0:
         return targets
     memory = _sizes(clients)[1]
+    warm_now = _warm_counts(current)
     capacity = dict(inventory.select("host", "memory_mb").iter_rows())
     rows = targets.to_dicts()
     for host, room in capacity.items():
         on_host = [r for r in rows if r["host"] == host]
         used = sum((r["active"] + r["shadow"]) * memory.get(r["client_id"], 0.0) for r in on_host)
-        extra = sorted(
-            (r for r in on_host if r["hold"] > r["active"] + r["shadow"] + r["cold"]),
-            key=lambda r: (-(r["hold"] - r["active"] - r["shadow"] - r["cold"]), r["client_id"]),
-        )
-        held = {
-            id(r): (r["hold"] - r["active"] - r["shadow"] - r["cold"])
-            * memory.get(r["client_id"], 0.0)
-            for r in extra
-        }
-        over = used + sum(held.values()) - float(room)
-        for r in extra:
+        extras = []
+        for r in on_host:
+            extra = r["hold"] - r["active"] - r["shadow"] - r["cold"]
+            warm = min(
+                extra, max(0, warm_now.get((r["client_id"], host), 0) - r["active"] - r["shadow"])
+            )
+            if warm > 0:
+                extras.append((r, extra, warm))
+        over = used + sum(w * memory.get(r["client_id"], 0.0) for r, _, w in extras) - float(room)
+        for r, extra, warm in sorted(extras, key=lambda e: (-e[2], e[0]["client_id"])):
             if over <= 0:
                 break
             size = memory.get(r["client_id"], 0.0) or 1.0
-            surplus = r["hold"] - r["active"] - r["shadow"] - r["cold"]
-            cut = min(surplus, math.ceil(over / size))
+            dropped = min(warm, math.ceil(over / size))
+            cut = (extra - warm) + dropped  # the colder extras go first
             r["hold"] -= cut
-            over -= cut * size
+            over -= dropped * size
             r["reason"] = (r["reason"] or "hold") + f" (hold cut by {cut}: host {host} full)"
     return pl.DataFrame(rows, schema=targets.schema)
+
+
+def _warm_counts(current: pl.DataFrame | None) -> dict[tuple[str, str | None], int]:
+    """Warm (active or shadow) members per client and host in the current pool."""
+    if current is None or current.height == 0:
+        return {}
+    counts = (
+        current if "count" in current.columns else current.with_columns(pl.lit(1).alias("count"))
+    )
+    warm = (
+        counts.filter(pl.col("tier").is_in(["active", "shadow"]))
+        .group_by(_KEY)
+        .agg(pl.col("count").sum())
+    )
+    return {(c, h): int(n) for c, h, n in warm.iter_rows()}
 
 
 class _Room:

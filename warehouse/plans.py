@@ -18,7 +18,7 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from warehouse.db import connect, fetch_frame, fetch_value, transaction
+from warehouse.db import connect, fetch_frame, fetch_value, transaction, utc_now
 from warehouse.pools import insert_frame
 
 LATEST_APPLIED_PLAN = "SELECT plan_id FROM plans WHERE NOT dry_run ORDER BY seq DESC LIMIT 1"
@@ -46,11 +46,11 @@ def write_plan(
     with connect(path) as con, transaction(con):
         seq = int(fetch_value(con, "SELECT coalesce(max(seq), 0) + 1 FROM plans") or 1)
         con.execute(
-            "INSERT INTO plans (plan_id, seq, cycle_id, created_at, first_window, tick_seconds,"
-            " windows, buffer_seconds, dry_run, totals)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?::JSON)",
+            "INSERT INTO plans (plan_id, seq, cycle_id, created_at, recorded_at, first_window,"
+            " tick_seconds, windows, buffer_seconds, dry_run, totals)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?::JSON)",
             [
-                plan.plan_id, seq, cycle_id, plan.created_at, plan.first_window,
+                plan.plan_id, seq, cycle_id, plan.created_at, utc_now(), plan.first_window,
                 plan.tick_seconds, plan.windows, plan.buffer_seconds, dry_run,
                 json.dumps(plan.totals),
             ],
@@ -91,19 +91,19 @@ def read_applied_targets(path: Path) -> tuple[str | None, pl.DataFrame, dict[str
     return plan_id, targets, {cid: json.loads(cfg) for cid, cfg in configs.iter_rows()}
 
 
-def read_recent_targets(path: Path, since: datetime, until: datetime) -> pl.DataFrame:
-    """Per client and host, the most members any applied plan made in (since, until] wanted
-    (client_id, host, total): what scale-down stabilisation holds."""
+def read_recent_targets(path: Path, since: datetime) -> pl.DataFrame:
+    """Per client and host, the most members any plan applied since `since` (wall clock)
+    wanted (client_id, host, total): what scale-down stabilisation holds."""
     with connect(path, read_only=True) as con:
         return fetch_frame(
             con,
             """
             SELECT t.client_id, t.host, max(t.active + t.shadow + t.cold)::BIGINT AS total
             FROM plan_targets t JOIN plans p USING (plan_id)
-            WHERE NOT p.dry_run AND p.created_at > ? AND p.created_at <= ?
+            WHERE NOT p.dry_run AND p.recorded_at > ?
             GROUP BY ALL
             """,
-            [since, until],
+            [since],
         )
 
 

@@ -22,6 +22,9 @@ import pytest
 from flows import stack
 from flows.deployments import ON_DEMAND, SCHEDULED
 from flows.settings import Settings
+from provisioning.apply import release_all
+from provisioning.runtime.process_runtime import ProcessRuntime
+from provisioning.runtime.select import PROCESS_STATE_FILE
 from warehouse.db import connect
 
 pytestmark = pytest.mark.e2e
@@ -80,6 +83,10 @@ def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings
     finally:
         for service in reversed(services):
             stack.stop(service)
+        # The cycles' members outlive the stack (as a pool should): release them here.
+        state = settings.data_dir / PROCESS_STATE_FILE
+        if state.exists():
+            release_all(ProcessRuntime(state), settings.pool_scope)
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)

@@ -215,12 +215,20 @@ def test_a_needed_active_prefers_a_shadow_over_a_cold_member() -> None:
     ]
 
 
-def test_a_needed_cold_is_created_and_a_surplus_shadow_released() -> None:
-    shadow = _member("m1", "a", "shadow")
+def test_a_cold_slot_keeps_a_warmer_member_instead_of_replacing_it() -> None:
+    """Releasing a member only to create a colder one undoes its creation: a surplus shadow
+    fills the cold slot as it is, a running one is paused for it; a missing one is created."""
+    shadow, active = _member("m1", "a", "shadow"), _member("m2", "b", "active")
 
-    actions = diff(_desired(("a", "cold", 1, "h1")), SPECS, [shadow], plan_id=PLAN)
+    actions = diff(
+        _desired(("a", "cold", 2, "h1"), ("b", "cold", 1, "h1")), SPECS, [shadow, active],
+        plan_id=PLAN,
+    )  # fmt: skip
 
-    assert actions == [_release(shadow, REASON_SCALE_DOWN), _create("a", "cold", "h1")]
+    assert [(x.kind, x.client_id, x.member_id, x.tier) for x in actions] == [
+        ("create", "a", None, "cold"),
+        ("shadow", "b", "m2", "shadow"),
+    ]
 
 
 def test_members_on_a_host_no_longer_planned_are_replaced_on_the_new_host() -> None:

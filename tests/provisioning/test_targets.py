@@ -115,7 +115,7 @@ def test_forecast_only_clients_get_no_target():
     assert targets.get_column("client_id").to_list() == ["a"]
 
 
-def test_hold_is_cut_where_held_members_would_overfill_a_hosts_memory():
+def test_hold_is_cut_where_held_warm_members_would_overfill_a_hosts_memory():
     desired = _desired([("a", 0, "active", 2)])
     recent_targets = pl.DataFrame({"client_id": ["b"], "host": ["h1"], "total": [4]})
     clients = pl.DataFrame(
@@ -126,14 +126,20 @@ def test_hold_is_cut_where_held_members_would_overfill_a_hosts_memory():
         }
     )
     inventory = pl.DataFrame({"host": ["h1"], "cpu_cores": [4.0], "memory_mb": [2048.0]})
-    targets = pool_targets(
-        desired, T0, T0 + TICK, T0 + TICK, recent_targets=recent_targets, clients=clients,
-        inventory=inventory,
-    )  # fmt: skip
-    assert _row(targets, "a")["hold"] == 2
-    b = _row(targets, "b")
-    assert b["hold"] == 2  # 2 x 512 of a + 2 x 512 held = the host's 2048
-    assert "host h1 full" in b["reason"]
+
+    def held(tier: str) -> dict:
+        current = pl.DataFrame({"client_id": ["b"], "tier": [tier], "host": ["h1"], "count": [4]})
+        targets = pool_targets(
+            desired, T0, T0 + TICK, T0 + TICK, recent_targets=recent_targets, clients=clients,
+            inventory=inventory, current=current,
+        )  # fmt: skip
+        assert _row(targets, "a")["hold"] == 2
+        return _row(targets, "b")
+
+    warm = held("shadow")
+    assert warm["hold"] == 2  # 2 x 512 of a + 2 x 512 held paused = the host's 2048
+    assert "host h1 full" in warm["reason"]
+    assert held("cold")["hold"] == 4  # created, not started: they hold no memory
 
 
 def test_targets_convert_to_the_reconcilers_inputs():

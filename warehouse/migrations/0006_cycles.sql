@@ -6,6 +6,9 @@
 -- serialised), never by the data clock: two plans on the same data differ only in seq.
 ALTER TABLE plans ADD COLUMN seq BIGINT;
 ALTER TABLE plans ADD COLUMN cycle_id VARCHAR;  -- the cycle that made it (NULL: a command)
+-- When it was recorded, on the wall clock: the scale-down hold looks back over plans by
+-- this, so a change of clock (the demo's data clock, then a live feed's) holds as well.
+ALTER TABLE plans ADD COLUMN recorded_at TIMESTAMP;
 UPDATE plans SET seq = o.n
 FROM (SELECT plan_id, row_number() OVER (ORDER BY created_at, plan_id) AS n FROM plans) o
 WHERE plans.plan_id = o.plan_id;
