@@ -33,7 +33,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger
+import polars as pl
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NONE
 
 from flows.artifacts import publish_cycle
 from flows.clock import clock_rate, expected_lead_seconds
@@ -48,6 +50,7 @@ from warehouse.cycles import churn_last_hour, finish_cycle, last_prediction, sta
 from warehouse.db import utc_now
 from warehouse.errors import PrewarmError
 from warehouse.feeds import Feed, feed_clock, follow_feed, parse_feed, read_feed, watermark
+from warehouse.predictions import prune_predictions
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +226,21 @@ class _StepTimer:
         self.last = now
 
 
+@task(cache_policy=NONE)
+def score(settings: Settings) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Score the buckets that arrived, record drift, prune old prediction runs: one task
+    (each task run costs a cycle tens of milliseconds of its own)."""
+    now = utc_now()
+    scored = reconcile_buckets.fn(settings, now)
+    drift = record_drift.fn(settings, now)
+    before = now - timedelta(seconds=settings.prediction_retention_seconds)
+    with warehouse_write():
+        pruned = prune_predictions(settings.warehouse_path, before)
+    if pruned:
+        log.info("pruned %d prediction rows generated before %s", pruned, before)
+    return scored, drift
+
+
 def _run(
     settings: Settings,
     feed: Feed,
@@ -268,17 +286,16 @@ def _run(
     if mark is not None:
         bucket = timedelta(seconds=settings.freq_seconds)
         summary.lag_s = max(0.0, (applied_clock - (mark + bucket)).total_seconds())
-    scored = reconcile_buckets(settings, utc_now())
-    summary.scored_buckets = (
-        scored.select("client_id", "window_start").unique().height if scored.height else 0
-    )
-    drift = record_drift(settings, utc_now())
+    scored, drift = score(settings)
     if drift.height:
         summary.drifted = dict(drift.select("client_id", "reason").iter_rows())
         if "eligible" in drift.columns:
             summary.retrain_eligible = sorted(
                 drift.filter("eligible").get_column("client_id").to_list()
             )
+    summary.scored_buckets = (
+        scored.select("client_id", "window_start").unique().height if scored.height else 0
+    )
     step("score")
     summary.seconds = time.perf_counter() - started
     with warehouse_write():

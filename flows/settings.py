@@ -118,6 +118,9 @@ class Settings(BaseSettings):
         default="60s",
         description="a member activated for a request is busy (never released) this long",
     )
+    prediction_retention: str = Field(
+        default="2d", description="prediction runs older than this are pruned (latest kept)"
+    )
     cycle_history_cycles: int = Field(
         default=5, ge=1, description="recent cycles whose durations predict the next one's"
     )
@@ -136,7 +139,9 @@ class Settings(BaseSettings):
             raise ValueError(f"horizon {value!r} must be between 10min and 48h")
         return value
 
-    @field_validator("cycle", "scale_down_delay", "retrain_cooldown", "activation_lease")
+    @field_validator(
+        "cycle", "scale_down_delay", "retrain_cooldown", "activation_lease", "prediction_retention"
+    )
     @classmethod
     def _check_duration(cls, value: str) -> str:
         if parse_freq_any(value) <= 0:
@@ -175,6 +180,10 @@ class Settings(BaseSettings):
     @property
     def retrain_cooldown_seconds(self) -> int:
         return parse_freq_any(self.retrain_cooldown)
+
+    @property
+    def prediction_retention_seconds(self) -> int:
+        return parse_freq_any(self.prediction_retention)
 
     @property
     def activation_lease_seconds(self) -> int:

@@ -8,13 +8,14 @@ Timing: the pool a cycle applies is in place `lead` seconds after its clock (the
 expected duration) and serves until the next cycle's pool, one cycle later. So the plan's
 first window is the first tick at or after clock + lead (never a window already begun),
 the targets cover [first window, first window + cycle), and the look-ahead that holds
-members reaches the scale-down delay past the first window.
+members reaches the scale-down delay past the first window, read from a second, more
+cautious plan (cold starts priced twice as high): hysteresis between creating and releasing.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -25,6 +26,8 @@ from provisioning.planner import Plan, base_rates, plan_pools, planner_config_fr
 from provisioning.targets import pool_targets
 
 PLAN_WINDOWS = 12  # at least an hour of 5-minute windows: the planner's look-ahead
+# The hold's plan prices a cold start this many times higher than the pool's own plan.
+HOLD_PENALTY_FACTOR = 2.0
 
 
 @dataclass(frozen=True)
@@ -153,18 +156,25 @@ def plan_cycle(
         if usage.height and "concurrency" in usage.columns
         else None
     )
-    plan = plan_pools(
-        clients,
-        inventory,
-        clock,
-        exceedance=exceedance if exceedance is not None and exceedance.height else None,
-        quantiles=quantiles if quantiles is not None and quantiles.height else None,
-        current_pool=current_pool,
-        priors=priors,
-        costs=costs,
-        config=config,
-        plan_id=plan_id,
-    )
+
+    def plan_at(prices: CostModel) -> Plan:
+        return plan_pools(
+            clients,
+            inventory,
+            clock,
+            exceedance=exceedance if exceedance is not None and exceedance.height else None,
+            quantiles=quantiles if quantiles is not None and quantiles.height else None,
+            current_pool=current_pool,
+            priors=priors,
+            costs=prices,
+            config=config,
+            plan_id=plan_id,
+        )
+
+    plan = plan_at(costs)
+    # What a more cautious plan keeps over the look-ahead holds members: releasing takes
+    # a clearer "not needed" than creating takes "needed" (hysteresis against flapping).
+    cautious = plan_at(_with_penalty_factor(costs, HOLD_PENALTY_FACTOR))
     need = need_now(usage, clock, timing.delay_seconds, tick)
     targets = pool_targets(
         plan.desired,
@@ -177,6 +187,16 @@ def plan_cycle(
         clients=clients,
         inventory=inventory,
         current=current_pool,
+        lookahead=cautious.desired,
         floor_tier="shadow" if "shadow" in config.warm_tiers else config.warm_tiers[0],
     )
     return CyclePlan(plan, targets, (first_window, span_end))
+
+
+def _with_penalty_factor(costs: CostModel, factor: float) -> CostModel:
+    """The cost model with every cold-start penalty multiplied by `factor`."""
+    return replace(
+        costs,
+        cold_start_penalty={tier: v * factor for tier, v in costs.cold_start_penalty.items()},
+        default_cold_start_penalty=costs.default_cold_start_penalty * factor,
+    )

@@ -15,11 +15,12 @@ Two inputs raise a target and nothing lowers it:
   the host has room). prewarm is then never worse than a reactive autoscaler that keeps what
   the last bucket used.
 - **hold**, scale-down stabilisation as Kubernetes' HPA does it: the members never released
-  below, the most that any of these wanted: the span, the plan's windows over the next
-  `delay` (a member the plan expects to need again soon is not released now), the targets of
-  every plan applied in the last `delay`, and every need observed in the last `delay`. A
-  member is therefore released only after it has been unneeded for the whole delay, looking
-  back and ahead, and the pool does not flap with noise in the forecast.
+  below, the most that any of these wanted: the span, the windows over the next `delay` of
+  a plan made at twice the cold-start penalty (a member even a more cautious plan expects to
+  need again soon is not released now: a band of hysteresis between creating and releasing),
+  the targets of every plan applied in the last `delay`, and every need observed in the last
+  `delay`. A member is therefore released only after it has been unneeded for the whole
+  delay, looking back and ahead, and the pool does not flap with noise in the forecast.
 
 Capacity: the floor's extra members are placed only where the host has room after the plan's
 own (cpu for active, memory for active and shadow). Held members already exist, so holding
@@ -61,6 +62,7 @@ def pool_targets(
     clients: pl.DataFrame | None = None,
     inventory: pl.DataFrame | None = None,
     current: pl.DataFrame | None = None,
+    lookahead: pl.DataFrame | None = None,
     floor_tier: str = "shadow",
 ) -> pl.DataFrame:
     """Per provisioning client and host: members wanted now by tier, the hold and the floor.
@@ -77,6 +79,9 @@ def pool_targets(
         clients: client_id, container_cpu, container_memory_mb (and mode): sizes for room.
         inventory: host, cpu_cores, memory_mb: the room.
         current: client_id, tier, host (and count): the pool now, for what held members hold.
+        lookahead: the rows whose windows over the look-ahead hold members (default:
+            `desired`); the cycle passes a plan made at a higher cold-start penalty, so a
+            member is released only when even that plan does not expect it to be needed.
         floor_tier: the tier a floor top-up gets (shadow: warm, no cpu held).
     Returns:
         TARGETS_SCHEMA rows, sorted by client and host; hold >= active + shadow + cold.
@@ -87,7 +92,12 @@ def pool_targets(
         (pl.col("mode") == "provision") & pl.col("tier").is_in(TIERS) & (pl.col("count") > 0)
     )
     span = _cumulative_max(provisioning, span_start, span_end)
-    ahead = _cumulative_max(provisioning, span_start, lookahead_end).select(
+    held_plan = provisioning
+    if lookahead is not None:
+        held_plan = lookahead.filter(
+            (pl.col("mode") == "provision") & pl.col("tier").is_in(TIERS) & (pl.col("count") > 0)
+        )
+    ahead = _cumulative_max(held_plan, span_start, lookahead_end).select(
         *_KEY, pl.col("total").alias("ahead")
     )
     forecast_only = set(

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import cache
 from importlib import resources
 from pathlib import Path
 
@@ -75,7 +76,7 @@ def connect(
             writer.close()
         con = _open(path, True, wait_s)
     try:
-        if not read_only:
+        if not read_only and _pending_migrations(con):
             migrate(con)
         yield con
     finally:
@@ -107,20 +108,32 @@ def naive_utc(moment: datetime) -> datetime:
 
 
 def _pending_migrations(con: duckdb.DuckDBPyConnection) -> bool:
-    known = {version for version, _ in _migration_files()} | {"views"}
+    """Whether a migration or the views are missing or changed: one small query (a cycle
+    opens dozens of short connections, each asks)."""
     try:
-        applied = {
-            row[0] for row in con.execute("SELECT version FROM schema_migrations").fetchall()
-        }
+        applied = dict(con.execute("SELECT version, checksum FROM schema_migrations").fetchall())
     except duckdb.CatalogException:
         return True
-    return bool(known - applied)
+    expected = {version: _checksum(sql) for version, sql in _migration_files()}
+    missing = any(version not in applied for version in expected)
+    return missing or applied.get("views") != _checksum(_views_sql())
 
 
-def _migration_files() -> list[tuple[str, str]]:
+@cache
+def _migration_files() -> tuple[tuple[str, str], ...]:
     folder = resources.files("warehouse.migrations")
     files = sorted(f for f in folder.iterdir() if f.name.endswith(".sql"))
-    return [(f.name.removesuffix(".sql"), f.read_text()) for f in files]
+    return tuple((f.name.removesuffix(".sql"), f.read_text()) for f in files)
+
+
+@cache
+def _views_sql() -> str:
+    return resources.files("warehouse").joinpath("views.sql").read_text()
+
+
+@cache
+def _checksum(sql: str) -> str:
+    return hashlib.sha256(sql.encode()).hexdigest()[:16]
 
 
 def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
@@ -133,7 +146,7 @@ def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
     done = dict(con.execute("SELECT version, checksum FROM schema_migrations").fetchall())
     applied = []
     for version, sql in _migration_files():
-        checksum = hashlib.sha256(sql.encode()).hexdigest()[:16]
+        checksum = _checksum(sql)
         if version in done:
             if done[version] != checksum:
                 log.warning("migration %s changed after it was applied; not re-applied", version)
@@ -152,8 +165,8 @@ def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
 
 def _apply_views(con: duckdb.DuckDBPyConnection) -> None:
     """(Re)create the documented views when views.sql changed since they were last made."""
-    sql = resources.files("warehouse").joinpath("views.sql").read_text()
-    checksum = hashlib.sha256(sql.encode()).hexdigest()[:16]
+    sql = _views_sql()
+    checksum = _checksum(sql)
     current = fetch_value(con, "SELECT checksum FROM schema_migrations WHERE version = 'views'")
     if current == checksum:
         return

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 import polars as pl
 
-from warehouse.db import connect, transaction
+from warehouse.db import connect, fetch_value, transaction
 
 _FORECAST_COLUMNS = (
     "client_id, metric, origin, ts, horizon, p10, p50, p90, model_name, model_version, generated_at"
@@ -48,3 +49,29 @@ def write_model_runs(path: Path, runs: pl.DataFrame) -> None:
         con.register("new_runs", runs.to_arrow())
         columns = ", ".join(runs.columns)
         con.execute(f"INSERT INTO model_runs ({columns}) SELECT {columns} FROM new_runs")
+
+
+def prune_predictions(path: Path, before: datetime) -> int:
+    """Delete prediction runs generated before `before`, except each client's latest run
+    (its current forecast, whatever its age); return the rows deleted.
+
+    Every cycle appends a run; without this the tables, and every query over them, grow
+    without bound. Scoring reads the forecasts of buckets that arrive within a horizon, so
+    a retention of a day or more loses nothing it needs."""
+    deleted = 0
+    with connect(path) as con, transaction(con):
+        for table in ("forecasts", "forecast_exceedance", "profiles"):
+            deleted += int(
+                fetch_value(
+                    con,
+                    f"""
+                    DELETE FROM {table} t WHERE t.generated_at < ?
+                      AND t.generated_at < (
+                          SELECT max(generated_at) FROM {table} l WHERE l.client_id = t.client_id
+                      )
+                    """,
+                    [before],
+                )
+                or 0
+            )
+    return deleted

@@ -156,3 +156,10 @@ def test_targets_convert_to_the_reconcilers_inputs():
 def test_an_unknown_floor_tier_is_refused():
     with pytest.raises(ValueError, match="floor_tier"):
         pool_targets(_desired([]), T0, T0 + TICK, T0 + TICK, floor_tier="warm")
+
+
+def test_a_more_cautious_plan_over_the_look_ahead_holds_what_it_would_keep():
+    desired = _desired([("a", 0, "active", 1), ("a", 2, "active", 1)])
+    cautious = _desired([("a", 0, "active", 1), ("a", 2, "active", 3)])
+    row = _row(pool_targets(desired, T0, T0 + TICK, T0 + 3 * TICK, lookahead=cautious), "a")
+    assert (row["active"], row["hold"]) == (1, 3)  # created for the plan, held for the caution

@@ -79,3 +79,21 @@ def test_the_latest_plan_is_the_newest_applied_one_by_sequence(warehouse_path: P
     with connect(warehouse_path, read_only=True) as con:
         assert latest_applied_plan(con) == "p-2"  # a dry run is never the pool's plan
         assert planned_host(con, "a") == "h2"
+
+
+def test_old_prediction_runs_are_pruned_but_each_clients_latest_is_kept(warehouse_path):
+    runs = [T0, T0 + timedelta(days=1), T0 + timedelta(days=3)]
+    rows = [_forecast_row(at) for at in runs] + [
+        {**_forecast_row(T0), "client_id": "b", "model_name": "forecaster-b"}
+    ]
+    with connect(warehouse_path) as con:
+        con.register("f", pl.DataFrame(rows).to_arrow())
+        con.execute("INSERT INTO forecasts SELECT * FROM f")
+    from warehouse.predictions import prune_predictions
+
+    assert prune_predictions(warehouse_path, T0 + timedelta(days=2)) == 2
+    with connect(warehouse_path, read_only=True) as con:
+        kept = con.execute("SELECT client_id, generated_at FROM forecasts ORDER BY 1, 2").fetchall()
+    # a keeps only its newest run; b's only run is its current forecast, however old
+    assert kept == [("a", runs[2]), ("b", T0)]
+    assert prune_predictions(warehouse_path, T0 + timedelta(days=2)) == 0  # converged
