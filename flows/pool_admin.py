@@ -76,7 +76,7 @@ def view_pool(settings: Settings) -> PoolView:
     bound = bound_runtime(settings)
     view = PoolView(runtime=bound)
     if bound is not None:
-        view.members = open_runtime_named(bound, settings).list(_selector(settings))
+        view.members = open_runtime_named(bound, settings, image=False).list(_selector(settings))
     for name in RUNTIMES:
         if name == bound:
             continue

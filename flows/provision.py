@@ -29,14 +29,14 @@ from api.composite import client_base
 from flows.artifacts import publish_plan
 from flows.clock import clock_rate, expected_lead_seconds, planning_clock
 from flows.locks import warehouse_write
-from flows.runtime import open_pool_runtime
+from flows.runtime import bound_runtime, open_pool_runtime, open_runtime_named
 from flows.settings import Settings
-from provisioning.apply import ApplyResult, reconcile_once
+from provisioning.apply import ApplyResult, members_frame, reconcile_once
 from provisioning.costs import CostModel, load_cost_model
 from provisioning.cycle_plan import CycleTiming, plan_cycle, planner_clients
 from provisioning.inventory import default_inventory, load_inventory
 from provisioning.planner import TIERS, Plan
-from provisioning.runtime.base import ContainerRuntime
+from provisioning.runtime.base import LABEL_MANAGED, ContainerRuntime
 from provisioning.runtime.leases import LeaseBook, lease_book_path
 from provisioning.schema import anticipated_from_profile, compose_workload, render_container_config
 from provisioning.targets import targets_as_desired, targets_hold
@@ -194,6 +194,28 @@ def _final_configs(
     return configs
 
 
+def _current_pool(settings: Settings) -> pl.DataFrame | None:
+    """Members per client, tier and host as the pool's runtime lists them now (members
+    requests created since the last apply included: the plan keeps what exists cheaper than
+    it warms anew); what the warehouse last recorded when the runtime cannot be asked."""
+    bound = bound_runtime(settings)
+    members = None
+    if bound is not None:
+        try:
+            listed = open_runtime_named(bound, settings, image=False).list(
+                {LABEL_MANAGED: "1", **settings.pool_scope}
+            )
+            members = members_frame(listed, "current")
+        except PrewarmError as error:  # the apply step will say so loudly
+            log.warning("planning from the recorded pool: the runtime did not answer (%s)", error)
+    if members is None:
+        members = read_pool(settings.warehouse_path)
+    members = members.filter(pl.col("tier").is_in(["active", "shadow", "cold"]))
+    if members.height == 0:
+        return None
+    return members.group_by("client_id", "tier", "host").len("count")
+
+
 @task(cache_policy=NONE)
 def make_plan(
     settings: Settings,
@@ -215,14 +237,7 @@ def make_plan(
     sized = planner_clients(
         clients, {c: (v["cpu"], v["memory_mb"]) for c, v in composites.items()}, profiles
     )
-    pool = read_pool(path)
-    current = (
-        pool.filter(pl.col("tier").is_in(["active", "shadow", "cold"]))
-        .group_by("client_id", "tier", "host")
-        .len("count")
-        if pool.height
-        else None
-    )
+    current = _current_pool(settings)
     timing = cycle_timing(settings)
     try:
         decided = plan_cycle(

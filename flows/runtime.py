@@ -42,9 +42,9 @@ def bound_runtime(settings: Settings) -> str | None:
     return read_pool_runtime(settings.warehouse_path, settings.pool)
 
 
-def open_runtime_named(name: str, settings: Settings) -> ContainerRuntime:
-    """Open `docker` or `process` as asked, with the worker image ready; raise when Docker
-    does not answer (never fall back)."""
+def open_runtime_named(name: str, settings: Settings, image: bool = True) -> ContainerRuntime:
+    """Open `docker` or `process` as asked, with the worker image ready (unless `image` is
+    False: only listing); raise when Docker does not answer (never fall back)."""
     if name == "docker":
         reason = docker_unavailable_reason(timeout_s=2.0)
         if reason is not None:
@@ -53,7 +53,8 @@ def open_runtime_named(name: str, settings: Settings) -> ContainerRuntime:
                 "start the daemon, or move the pool with `prewarm pools --migrate-to process`."
             )
         try:
-            build_image()
+            if image:
+                build_image()
         except Exception as error:
             raise PrewarmError(f"The Docker worker image could not be built: {error}") from error
     if name not in ("docker", "process"):
