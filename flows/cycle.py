@@ -40,14 +40,14 @@ from prefect.cache_policies import NONE
 from flows.artifacts import publish_cycle
 from flows.clock import clock_rate, expected_lead_seconds
 from flows.feed import complete_feed, ingest_feed
-from flows.locks import warehouse_write
+from flows.locks import warehouse_session, warehouse_write
 from flows.predict import predict_and_write
-from flows.provision import action_counts, apply_targets, make_plan, record_plan
+from flows.provision import PlannedPool, action_counts, apply_targets, make_plan, record_plan
 from flows.reconcile import reconcile_buckets, record_drift
 from flows.settings import Settings
 from models.registry import current_aliases
 from warehouse.cycles import churn_last_hour, finish_cycle, last_prediction, start_cycle
-from warehouse.db import utc_now
+from warehouse.db import shared_connection, utc_now
 from warehouse.errors import PrewarmError
 from warehouse.feeds import Feed, feed_clock, follow_feed, parse_feed, read_feed, watermark
 from warehouse.predictions import prune_predictions
@@ -178,20 +178,20 @@ def prewarm_cycle(
     settings = Settings()
     logger = get_run_logger()
     started = time.perf_counter()
+    path = settings.warehouse_path
     with cycle_lock(settings):
-        followed = _resolve_feed(settings, feed, speed)
-        path = settings.warehouse_path
-        clock = at or feed_clock(path, followed, utc_now())
-        cycle_id = f"cycle-{utc_now():%Y%m%dT%H%M%S%f}"
         late = _late_seconds()
+        with warehouse_session(path):
+            followed = _resolve_feed(settings, feed, speed)
+            clock = at or feed_clock(path, followed, utc_now())
+            cycle_id = f"cycle-{utc_now():%Y%m%dT%H%M%S%f}"
+            start_cycle(path, cycle_id, followed.describe(), clock, late)
         summary = CycleSummary(cycle_id, followed.describe(), clock.isoformat(), late_s=late)
         if late is not None and late > settings.cycle_seconds:
             logger.warning(
                 "this cycle starts %.0f s after its scheduled time (the previous one ran long?)",
                 late,
             )
-        with warehouse_write():
-            start_cycle(path, cycle_id, followed.describe(), clock, late)
         try:
             _run(settings, followed, clock, summary, started, lead_seconds)
         except BaseException as error:
@@ -257,35 +257,55 @@ def _run(
         summary.ingested_rows = int(ingested.rows_loaded)
         summary.notes.extend(ingested.notes)
     step("ingest")
-    mark = watermark(path)
+    with shared_connection(path):
+        mark = watermark(path)
+        due, models = _prediction_due(settings, mark)
     summary.watermark = mark.isoformat() if mark else None
-    due, models = _prediction_due(settings, mark)
     if due:
         predict_and_write(settings)
     summary.predicted = due
     step("predict")
-    summary.lead_s = expected_lead_seconds(settings, feed) if lead_seconds is None else lead_seconds
-    planned = make_plan(
-        settings,
-        clock,
-        summary.lead_s,
-        plan_id=f"plan-{summary.cycle_id.removeprefix('cycle-')}",
-        clock_rate=clock_rate(feed),
-    )
-    record_plan(settings, planned, dry_run=False, cycle_id=summary.cycle_id)
+    with warehouse_session(path):
+        summary.lead_s = (
+            expected_lead_seconds(settings, feed) if lead_seconds is None else lead_seconds
+        )
+        planned = make_plan(
+            settings,
+            clock,
+            summary.lead_s,
+            plan_id=f"plan-{summary.cycle_id.removeprefix('cycle-')}",
+            clock_rate=clock_rate(feed),
+        )
+        record_plan(settings, planned, dry_run=False, cycle_id=summary.cycle_id)
     summary.plan_id = planned.plan.plan_id
     summary.first_window = planned.span[0].isoformat()
     step("plan")
     summary.runtime, result = apply_targets(settings, planned)
     step("apply")
     summary.actions = action_counts(result.pool_events)
-    summary.churn_per_hour = churn_last_hour(path, utc_now())
     summary.failed_actions = result.failed
     summary.drained = len(result.drained)
     applied_clock = clock + timedelta(seconds=(time.perf_counter() - started) * clock_rate(feed))
     if mark is not None:
         bucket = timedelta(seconds=settings.freq_seconds)
         summary.lag_s = max(0.0, (applied_clock - (mark + bucket)).total_seconds())
+    with warehouse_session(path):
+        _score_and_finish(settings, summary, step, started, mark, models, planned, lead_seconds)
+
+
+def _score_and_finish(
+    settings: Settings,
+    summary: CycleSummary,
+    step: _StepTimer,
+    started: float,
+    mark: datetime | None,
+    models: str | None,
+    planned: PlannedPool,
+    lead_seconds: float | None,
+) -> None:
+    """Churn, scoring and drift, then the cycle's row: on one connection."""
+    path = settings.warehouse_path
+    summary.churn_per_hour = churn_last_hour(path, utc_now())
     scored, drift = score(settings)
     if drift.height:
         summary.drifted = dict(drift.select("client_id", "reason").iter_rows())
@@ -298,19 +318,18 @@ def _run(
     )
     step("score")
     summary.seconds = time.perf_counter() - started
-    with warehouse_write():
-        finish_cycle(
-            path, summary.cycle_id, "done",
-            watermark=mark, ingested_rows=summary.ingested_rows, predicted=summary.predicted,
-            models=models, plan_id=summary.plan_id, first_window=planned.span[0],
-            lead_seconds=summary.lead_s, runtime=summary.runtime,
-            creates=summary.actions["create"], releases=summary.actions["release"],
-            pauses=summary.actions["pause"],
-            unpauses=summary.actions["unpause"] + summary.actions["start"],
-            failed_actions=summary.failed_actions, seconds=summary.seconds,
-            lag_seconds=summary.lag_s, drifted=len(summary.drifted),
-            pinned=lead_seconds is not None,
-        )  # fmt: skip
+    finish_cycle(
+        path, summary.cycle_id, "done",
+        watermark=mark, ingested_rows=summary.ingested_rows, predicted=summary.predicted,
+        models=models, plan_id=summary.plan_id, first_window=planned.span[0],
+        lead_seconds=summary.lead_s, runtime=summary.runtime,
+        creates=summary.actions["create"], releases=summary.actions["release"],
+        pauses=summary.actions["pause"],
+        unpauses=summary.actions["unpause"] + summary.actions["start"],
+        failed_actions=summary.failed_actions, seconds=summary.seconds,
+        lag_seconds=summary.lag_s, drifted=len(summary.drifted),
+        pinned=lead_seconds is not None,
+    )  # fmt: skip
 
 
 def _start_retraining(clients: list[str]) -> None:

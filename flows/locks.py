@@ -11,24 +11,47 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from contextvars import ContextVar
 from functools import cache
+from pathlib import Path
 
 from prefect.client.orchestration import get_client
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectNotFound
 
+from warehouse.db import shared_connection
+
 WAREHOUSE_WRITE_LIMIT = "prewarm-warehouse-write"
+
+
+# Whether this thread of control holds the slot already (the limit is not reentrant).
+_holding: ContextVar[bool] = ContextVar("prewarm_warehouse_write", default=False)
 
 
 @contextmanager
 def warehouse_write() -> Iterator[None]:
     """Hold the warehouse write slot when the limit exists (waits up to 10 minutes)."""
+    if _holding.get():
+        yield
+        return
     guard = (
         concurrency(WAREHOUSE_WRITE_LIMIT, occupy=1, timeout_seconds=600, strict=False)
         if _limit_exists()
         else nullcontext()
     )
     with guard:
+        token = _holding.set(True)
+        try:
+            yield
+        finally:
+            _holding.reset(token)
+
+
+@contextmanager
+def warehouse_session(path: Path) -> Iterator[None]:
+    """A few reads and writes on one connection, holding the write slot first (a process
+    that holds the file but waits for the slot would block the slot's holder)."""
+    with warehouse_write(), shared_connection(path):
         yield
 
 

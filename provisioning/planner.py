@@ -242,7 +242,9 @@ def exceedance_from_quantiles(
     lower = lo - (mid - lo) / 4.0
     theta = (hi - mid) / _LN5
     t = np.arange(levels, dtype=np.float64)[None, :]  # k - 1
-    with np.errstate(divide="ignore", invalid="ignore"):
+    # Each branch is evaluated everywhere and selected after: the ones not taken may
+    # divide by zero or overflow harmlessly.
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         segments = [
             np.ones_like(t + lo),
             1.0 - 0.1 * (t - lower) / (lo - lower),
