@@ -3,14 +3,13 @@
 The clock is the followed feed's (`warehouse.feeds.feed_clock`): the wall clock for a live
 feed, the replay clock for a trace replayed live, the data's own clock (one bucket after the
 newest usage) when no feed is followed. A cycle's pool is in place only once the cycle has
-run, so its plan starts after the cycle is expected to end: the lead is the median duration
-of the recent cycles, in clock seconds (a trace replayed at N times real time moves its clock
-N seconds per second).
+run, so its plan starts after the cycle is expected to end: the lead is the longest of the
+recent cycles' durations (the median would leave every other cycle's first minutes cold), in
+clock seconds (a trace replayed at N times real time moves its clock N seconds per second).
 """
 
 from __future__ import annotations
 
-import statistics
 from datetime import datetime
 
 from flows.settings import Settings
@@ -29,9 +28,9 @@ def clock_rate(feed: object | None) -> float:
 
 
 def expected_lead_seconds(settings: Settings, feed: object | None = None) -> float:
-    """Clock seconds the next cycle is expected to take (the median of the recent ones)."""
+    """Clock seconds the next cycle should be done within (the longest of the recent ones)."""
     durations = recent_durations(settings.warehouse_path, settings.cycle_history_cycles)
-    wall = statistics.median(durations) if durations else DEFAULT_CYCLE_SECONDS
+    wall = max(durations) if durations else DEFAULT_CYCLE_SECONDS
     return wall * clock_rate(feed)
 
 

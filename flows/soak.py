@@ -508,6 +508,7 @@ def _simulate(
     from provisioning.inventory import load_inventory
     from provisioning.soak import SimCycle, simulate_soak
     from warehouse.reads import read_calendar, read_clients
+    from warehouse.sources.azure_functions import load_azure_functions
 
     clients = read_clients(settings.warehouse_path)
     calendar = read_calendar(settings.warehouse_path)
@@ -565,7 +566,7 @@ def _simulate(
         trace, options.warmup, options.minutes, plan, cycle_timing(settings),
         clients=clients.select("client_id", "tier", "mode"), sizes=sizes,
         inventory=load_inventory(options.workdir / "inventory.toml"), costs=_costs(settings),
-        predict=predict,
+        usage=load_azure_functions(options.trace, day=settings.trace_day).rows, predict=predict,
     )  # fmt: skip
 
 

@@ -165,6 +165,7 @@ def simulate_soak(
     sizes: dict[str, tuple[float, float]],
     inventory: pl.DataFrame,
     costs: CostModel,
+    usage: pl.DataFrame,
     predict: Predictor,
 ) -> Simulation:
     """Replay minutes [first_minute, first_minute + minutes) of `trace` with the live loop's
@@ -173,11 +174,12 @@ def simulate_soak(
     Args:
         clients: client_id, tier, mode of every function (the warehouse's clients rows).
         sizes: client -> (cpu, memory MB) of one member, as the live loop renders them.
+        usage: the usage rows the live loop ingests from the trace, every metric its
+            models read (a model given only concurrency predicts something else).
         predict: the live loop's prediction from usage before a clock.
     """
     ledger = Ledger.empty(trace, first_minute, minutes)
     index = {cid: i for i, cid in enumerate(ledger.client_ids)}
-    usage = _usage(trace)
     pool = _SimPool(sizes)
     history: list[tuple[datetime, pl.DataFrame]] = []
     pending: list[tuple[datetime, CyclePlan]] = []
@@ -245,18 +247,6 @@ def _plan(
         recent_targets=recent_targets,
         costs=costs,
         plan_id=f"sim-{cycle.clock:%Y%m%dT%H%M}",
-    )
-
-
-def _usage(trace: Trace) -> pl.DataFrame:
-    minutes = np.array([trace.ts(m) for m in range(trace.minutes)], dtype="datetime64[us]")
-    return pl.DataFrame(
-        {
-            "client_id": np.repeat(trace.client_ids, trace.minutes).tolist(),
-            "ts": np.tile(minutes, trace.functions),
-            "concurrency": trace.need.ravel().astype(np.float64),
-        },
-        schema={"client_id": pl.String, "ts": pl.Datetime("us"), "concurrency": pl.Float64},
     )
 
 
