@@ -2,19 +2,30 @@
 
 Kept apart from the HTTP layer so the decision (warm or cold, which tier it came from, how
 long the request waited) is plain code over a `ContainerRuntime`.
+
+**Bounded cold starts.** With a `ColdStartCap` (what the API passes), a client never holds
+more than `limit` members (the members its applied plan gives it plus a burst allowance):
+the cold start runs under the client's lock, re-lists the client's members, takes one that
+became idle meanwhile, and creates a new one only below the limit. Concurrent cold starts
+of one client therefore coalesce: the second waits for the first (at most `wait_s`), then
+finds the members as they are now. Past the limit the request is refused
+(`ActivationRefused`), with how long until a lease ends; nothing is created.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from provisioning.apply import activate_one
 from provisioning.reconciler import build_spec
 from provisioning.runtime.base import (
+    LABEL_CLIENT,
+    LABEL_MANAGED,
     LABEL_PLAN,
     ContainerRuntime,
     Member,
@@ -31,6 +42,37 @@ COLD_START_PLAN = "api-cold-start"
 # Loads what a cold start needs: the client's rendered container config, and the host the
 # latest plan placed the client on (None when unplanned).
 ColdStartInputs = Callable[[], tuple[Mapping[str, Any], str | None]]
+
+
+class ActivationRefused(Exception):
+    """No member for this request: the client is at its limit, or its cold start is busy."""
+
+    def __init__(self, reason: str, detail: str, retry_after_s: float) -> None:
+        super().__init__(detail)
+        self.reason = reason  # short, for `pool_events.reason`
+        self.detail = detail  # for the client
+        self.retry_after_s = retry_after_s
+
+
+@dataclass
+class ColdStartCap:
+    """At most `limit` members for the client; its cold starts one at a time (`lock`)."""
+
+    limit: int
+    wait_s: float  # how long a cold start waits for the client's previous one
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class ClientLocks:
+    """One lock per client id, made on first use (bounded by the clients with a key)."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, threading.Lock] = {}
+        self._mutex = threading.Lock()
+
+    def of(self, client_id: str) -> threading.Lock:
+        with self._mutex:
+            return self._locks.setdefault(client_id, threading.Lock())
 
 
 @dataclass(frozen=True)
@@ -58,18 +100,70 @@ def activate_or_cold_start(
     leases: LeaseBook,
     lease_seconds: float,
     members: list[Member] | None = None,
+    *,
+    cap: ColdStartCap | None = None,
 ) -> ActivationOutcome:
     """Claim the client's warmest idle member; with none, create an active one, timed.
 
     The member is leased to the request for `lease_seconds` either way (busy: never released
     or handed to another request meanwhile). `members`: the client's members as listed
-    moments ago, when the caller lists once for many requests. Raises the runtime's errors
-    (PrewarmRuntimeError and subclasses) as they come.
+    moments ago, when the caller lists once for many requests. With `cap`, cold starts are
+    bounded (see the module doc) and `ActivationRefused` says when one is not allowed.
+    Raises the runtime's errors (PrewarmRuntimeError and subclasses) as they come.
     """
-    claimed = activate_one(runtime, client_id, leases, lease_seconds, scope=scope, members=members)
+    claimed = _claim(runtime, client_id, scope, leases, lease_seconds, members)
     if claimed is not None:
-        member, ms, before = claimed
-        return ActivationOutcome(member, ms, cold_start=False, tier_before=before)
+        return claimed
+    if cap is None:
+        return _cold_start(runtime, client_id, scope, cold_start_inputs, leases, lease_seconds)
+    if not cap.lock.acquire(timeout=cap.wait_s):
+        raise ActivationRefused(
+            "refused (cold start busy)",
+            "Another request of this client is starting a member; try again shortly.",
+            1.0,
+        )
+    try:
+        # Listed again: the cold start this one waited for (or the reconciler) changed them.
+        current = runtime.list({LABEL_MANAGED: "1", **scope, LABEL_CLIENT: client_id})
+        claimed = _claim(runtime, client_id, scope, leases, lease_seconds, current)
+        if claimed is not None:
+            return claimed
+        if len(current) >= cap.limit:
+            wait = leases.seconds_left(m.id for m in current)
+            raise ActivationRefused(
+                f"refused (at capacity: {len(current)} of {cap.limit} members)",
+                f"This client already holds {len(current)} member(s), its limit; all are "
+                "serving requests. Try again when one is free (see Retry-After).",
+                wait if wait is not None else lease_seconds,
+            )
+        return _cold_start(runtime, client_id, scope, cold_start_inputs, leases, lease_seconds)
+    finally:
+        cap.lock.release()
+
+
+def _claim(
+    runtime: ContainerRuntime,
+    client_id: str,
+    scope: Mapping[str, str],
+    leases: LeaseBook,
+    lease_seconds: float,
+    members: list[Member] | None,
+) -> ActivationOutcome | None:
+    claimed = activate_one(runtime, client_id, leases, lease_seconds, scope=scope, members=members)
+    if claimed is None:
+        return None
+    member, ms, before = claimed
+    return ActivationOutcome(member, ms, cold_start=False, tier_before=before)
+
+
+def _cold_start(
+    runtime: ContainerRuntime,
+    client_id: str,
+    scope: Mapping[str, str],
+    cold_start_inputs: ColdStartInputs,
+    leases: LeaseBook,
+    lease_seconds: float,
+) -> ActivationOutcome:
     config, host = cold_start_inputs()
     # A scope naming a plan lists only that plan's members: the new one must carry it too.
     plan_id = scope.get(LABEL_PLAN, COLD_START_PLAN)

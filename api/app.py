@@ -19,20 +19,33 @@ Security decisions:
   500. Every SQL statement is parameterised (in `warehouse/`).
 
 Warehouse access: each request opens short-lived DuckDB connections (flows write the same
-file from other processes). In one process DuckDB refuses a read-only and a read-write
-connection to one file at the same time, so warehouse calls are serialised by a lock; a
-file locked by another process for longer than `lock_wait_s` is a 503 with Retry-After.
+file from other processes). Nothing queues behind one process-wide lock: reads run together
+and writes run together (`api.gate.ModeGate`: DuckDB refuses a read-only and a read-write
+connection to one file at once within a process), and each call waits at most
+`lock_wait_s`, gate and file lock together, before a 503 with Retry-After. Keys are checked
+against an in-memory snapshot of the live keys (`api.keys.KeyCache`), so a flood of bad
+keys is refused without opening the warehouse.
+
+Activation is bounded per client (`api.activation`): a per-key token bucket (429), no
+activation for a forecast-only client (409, nothing started), and at most the members the
+applied plan gives the client plus `burst_max` (429 with Retry-After past it; cold starts
+of one client coalesce). Every outcome, refusals included, is recorded in `pool_events`
+through `api.recorder.ActivationRecorder`, in batches off the request path.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from concurrent.futures import Future
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -46,8 +59,16 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.activation import ActivationOutcome, activate_or_cold_start
+from api.activation import (
+    ActivationOutcome,
+    ActivationRefused,
+    ClientLocks,
+    ColdStartCap,
+    activate_or_cold_start,
+)
 from api.composite import client_composite
+from api.gate import ModeGate
+from api.keys import KeyCache
 from api.models import (
     Activated,
     ColdStarted,
@@ -61,16 +82,25 @@ from api.models import (
     ProfileWindow,
     ValidationFailed,
 )
+from api.rate import TokenBuckets, retry_after
+from api.recorder import ActivationRecorder
 from provisioning.reconciler import LABEL_HOST
 from provisioning.runtime.base import ContainerRuntime, PrewarmRuntimeError, ms_since
 from provisioning.runtime.leases import LeaseBook, lease_book_path
 from provisioning.schema import Composite, SchemaError, render_container_config
-from warehouse.activations import Activation, record_activation
-from warehouse.api_keys import KEY_PREFIX, parse_key, verify_key
+from provisioning.schema_checks import SchemaRejected
+from warehouse.activations import (
+    Activation,
+    ActivationTerms,
+    read_activation_terms,
+    record_activations,
+)
+from warehouse.api_keys import KEY_PREFIX, parse_key
 from warehouse.client_reads import read_latest_profile
 from warehouse.db import connect
 from warehouse.errors import PrewarmError, WarehouseBusy
 from warehouse.feedback import record_feedback
+from warehouse.live_keys import read_live_keys
 from warehouse.plans import planned_host
 from warehouse.sources.base import METRICS
 from warehouse.validation import CLIENT_ID_PATTERN
@@ -81,11 +111,18 @@ T = TypeVar("T")
 
 API_KEY_HEADER = "X-API-Key"
 DEFAULT_LOCK_WAIT_S = 5.0
+DEFAULT_BURST_MAX = 4
+DEFAULT_ACTIVATE_RATE = 10.0
+DEFAULT_ACTIVATE_BURST = 20
 RETRY_AFTER_S = 5
+# How long a client's mode and planned members are trusted (plans change once a cycle).
+_TERMS_MAX_AGE_S = 2.0
+FORECAST_ONLY = "forecast-only"
 _HEALTH_LOCK_WAIT_S = 0.5
 _WWW_AUTHENTICATE = {"WWW-Authenticate": 'Bearer realm="prewarm"'}
 _RETRY = {"Retry-After": str(RETRY_AFTER_S)}
 _INTERNAL_ERROR = "Internal server error; it has been logged."
+_BUSY_DETAIL = "The warehouse is busy (a flow is writing); try again shortly."
 _FASTAPI_BODY_ERROR = "There was an error parsing the body"
 
 ClientId = Annotated[
@@ -113,7 +150,8 @@ class BodyTooLarge(HTTPException):
 
 
 class _Context:
-    """What the routes share: the warehouse and its lock, the runtime, the pool scope."""
+    """What the routes share: the warehouse and its gate, the runtime, the pool scope, the
+    key snapshot, the activation limits and the outcome recorder."""
 
     def __init__(
         self,
@@ -123,41 +161,82 @@ class _Context:
         lock_wait_s: float,
         leases: LeaseBook,
         lease_seconds: float,
+        burst_max: int,
+        rate: TokenBuckets,
+        allowed_images: Iterable[str] | None,
     ) -> None:
         self.warehouse_path = Path(warehouse_path)
+        # A client's composite, checked against the images this deployment allows.
+        self.composite = partial(client_composite, allowed_images=allowed_images)
         self.runtime_factory = runtime_factory
         self.pool_scope = dict(pool_scope)
         self.lock_wait_s = lock_wait_s
         self.leases = leases
         self.lease_seconds = lease_seconds
-        self._db_lock = threading.Lock()
+        self.burst_max = burst_max
+        self.rate = rate
+        self.client_locks = ClientLocks()
+        self.keys = KeyCache(lambda: self.warehouse(read_live_keys))
+        self.recorder = ActivationRecorder(
+            lambda batch: self.warehouse(record_activations, batch, write=True),
+            retryable=(PrewarmError, WarehouseUnavailable),
+        )
+        self._gate = ModeGate()
+        self._migrated = False
+        self._terms: dict[str, tuple[float, ActivationTerms]] = {}
         self._runtime: ContainerRuntime | None = None
         self._runtime_lock = threading.Lock()
 
-    def warehouse(self, call: Callable[..., T], *args: Any) -> T:
-        """`call(warehouse_path, *args, wait_s=...)` under the process-wide warehouse lock."""
+    def warehouse(
+        self, call: Callable[..., T], *args: Any, write: bool = False, wait_s: float | None = None
+    ) -> T:
+        """`call(warehouse_path, *args, wait_s=...)`, all waits within `lock_wait_s`.
+
+        `write`: whether `call` opens the warehouse read-write (see `api.gate`); `wait_s`:
+        a shorter bound than `lock_wait_s`."""
         if not self.warehouse_path.exists():
             raise WarehouseUnavailable(str(self.warehouse_path))
-        with self._db_lock:
-            return call(self.warehouse_path, *args, wait_s=self.lock_wait_s)
+        deadline = time.monotonic() + (self.lock_wait_s if wait_s is None else wait_s)
+        if not self._migrated:
+            # A read-only open of an older warehouse migrates it through a read-write one:
+            # done once, in write mode, so it never meets this process's readers.
+            with (
+                self._gate.hold(True, deadline),
+                connect(self.warehouse_path, wait_s=_left(deadline)),
+            ):
+                self._migrated = True
+        with self._gate.hold(write, deadline):
+            return call(self.warehouse_path, *args, wait_s=_left(deadline))
 
     def warehouse_answers(self) -> bool:
         """Whether the warehouse opens (read-only) within a short wait."""
         if not self.warehouse_path.exists():
             return False
         try:
-            with (
-                self._db_lock,
-                connect(self.warehouse_path, True, _HEALTH_LOCK_WAIT_S) as con,
-            ):
-                con.execute("SELECT 1").fetchall()
+            self.warehouse(_select_one, wait_s=_HEALTH_LOCK_WAIT_S)
         except Exception as error:  # any failure means "not usable now"; say why in the log
             log.warning("health check: the warehouse does not open: %s", error)
             return False
         return True
 
+    def terms(self, client_id: str) -> ActivationTerms:
+        """The client's mode and planned members, read at most every `_TERMS_MAX_AGE_S`."""
+        now = time.monotonic()
+        cached = self._terms.get(client_id)
+        if cached is not None and now - cached[0] < _TERMS_MAX_AGE_S:
+            return cached[1]
+        terms = self.warehouse(read_activation_terms, client_id)
+        self._terms[client_id] = (now, terms)
+        return terms
+
+    @property
+    def runtime_name(self) -> str:
+        """The runtime's name for `pool_events`, 'none' before one could be opened."""
+        return self._runtime.name if self._runtime is not None else "none"
+
     def close(self) -> None:
-        """Let go of the runtime's connections (its members keep running)."""
+        """Record what is queued (bounded), let go of the runtime (its members keep running)."""
+        self.recorder.close(self.lock_wait_s + 1.0)
         close = getattr(self._runtime, "close", None)
         if callable(close):
             close()
@@ -182,6 +261,15 @@ class _Context:
 
 def _context(request: Request) -> _Context:
     return request.app.state.prewarm
+
+
+def _left(deadline: float) -> float:
+    return max(0.0, deadline - time.monotonic())
+
+
+def _select_one(path: Path, *, wait_s: float) -> None:
+    with connect(path, read_only=True, wait_s=wait_s) as con:
+        con.execute("SELECT 1").fetchall()
 
 
 # --- authentication -------------------------------------------------------------------------
@@ -215,7 +303,8 @@ def _authenticate(request: Request) -> str:
     if parsed is None:
         log.info("rejected a malformed API key on %s", request.url.path)
         raise _unauthorized("Invalid API key.")
-    client_id = _context(request).warehouse(verify_key, key)
+    ctx = _context(request)
+    client_id = ctx.keys.client_of(key, ctx.lock_wait_s)
     if client_id is None:
         # The key id is the public half of a key: safe to log, useful to trace probing.
         log.info("rejected API key %s_%s (unknown, revoked or forged)", KEY_PREFIX, parsed[0])
@@ -346,16 +435,40 @@ def _install_handlers(app: FastAPI) -> None:
 
     async def busy(_: Request, error: Exception) -> Response:
         log.warning("warehouse busy: %s", error)
-        return _error(503, "The warehouse is busy (a flow is writing); try again shortly.", _RETRY)
+        return _error(503, _BUSY_DETAIL, _RETRY)
 
     async def no_warehouse(_: Request, error: Exception) -> Response:
         log.warning("no warehouse at %s", error)
         return _error(503, "The warehouse is not available yet; try again later.", _RETRY)
 
+    async def schema_refused(request: Request, error: Exception) -> Response:
+        # A stored extension failed the safety checks (one stored before they existed):
+        # 422 naming the field, on /schema and /activate alike; nothing reached a runtime.
+        assert isinstance(error, SchemaRejected)
+        log.warning("refused the stored schema of %s: %s", request.url.path, error)
+        if request.url.path.endswith("/activate"):
+            ctx = _context(request)
+            ctx.recorder.submit(  # written off the request path, like every outcome
+                Activation(
+                    client_id=str(request.path_params.get("client_id")),
+                    runtime=ctx.runtime_name,
+                    ms=0.0,
+                    reason="request: refused (schema)",
+                    ok=False,
+                    error=str(error),
+                )
+            )
+        problem = FieldError(field=error.field, message=error.problem, type="schema_refused")
+        body = ValidationFailed(
+            detail=f"The client's stored schema cannot be used: {error}", errors=[problem]
+        )
+        return JSONResponse(body.model_dump(), 422)
+
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(WarehouseBusy, busy)
     app.add_exception_handler(WarehouseUnavailable, no_warehouse)
+    app.add_exception_handler(SchemaRejected, schema_refused)
 
 
 def _field_error(item: Mapping[str, Any]) -> FieldError:
@@ -436,6 +549,7 @@ def _v1_router() -> APIRouter:
             body.score,
             dict(body.actual) if body.actual is not None else None,
             body.comment,
+            write=True,
         )
         return FeedbackOut(feedback_id=feedback_id)
 
@@ -444,7 +558,16 @@ def _v1_router() -> APIRouter:
         response_model=Activated,
         summary="Claim warm capacity for an incoming request",
         responses={
-            409: {"model": ColdStarted, "description": "No warm member: one was cold-started."},
+            409: {
+                "model": ColdStarted | Error,
+                "description": "No warm member: one was cold-started (`fallback`). Or the "
+                "client is forecast-only: nothing is started (`detail` only).",
+            },
+            429: {
+                "model": Error,
+                "description": "Too many activations for this key, or the client holds its "
+                "limit of members; nothing was started. See Retry-After.",
+            },
             503: {"model": Error, "description": "No runtime, or it failed; see the detail."},
         },
     )
@@ -453,32 +576,108 @@ def _v1_router() -> APIRouter:
     ) -> Activated | JSONResponse:
         """Activate the client's warmest member (shadow, else cold); with none, start one.
 
-        200: a warm member serves. 409: none was warm, so one was created active (a cold
-        start); its endpoint serves all the same.
+        200: a warm member serves. 409 with `fallback`: none was warm, so one was created
+        active (a cold start); its endpoint serves all the same. 409 without: the client is
+        forecast-only. 429: rate-limited, or the client holds its limit of members (the
+        members its plan gives it plus a burst allowance).
         """
         ctx = _context(request)
-        runtime = ctx.runtime()
         started = time.perf_counter()
+        outcome: ActivationOutcome | Activation
         try:
-            outcome = activate_or_cold_start(
-                runtime,
-                client_id,
-                ctx.pool_scope,
-                lambda: _cold_start_inputs(ctx, client_id),
-                ctx.leases,
-                ctx.lease_seconds,
-            )
-        except (PrewarmRuntimeError, SchemaError) as error:
-            log.warning("activation for %s failed: %s", client_id, error)
-            # Recorded now: background tasks do not run when the route raises.
-            _record_failure(ctx, client_id, runtime.name, error, ms_since(started))
-            raise HTTPException(
-                503, "No capacity could be activated or started; try again shortly.", _RETRY
-            ) from error
-        background.add_task(_record_outcome, ctx, client_id, runtime.name, outcome)
-        return _activation_response(outcome)
+            outcome = _activate(ctx, client_id, started)
+        except _Refusal as refusal:
+            outcome, response = refusal.activation, refusal.response
+        else:
+            response = _activation_response(outcome)
+        background.add_task(_recorded, ctx, _record(ctx, client_id, outcome))
+        return response
 
     return router
+
+
+class _Refusal(Exception):
+    """An activation that ends without a member: its answer and its `pool_events` row."""
+
+    def __init__(self, activation: Activation, response: JSONResponse) -> None:
+        super().__init__(activation.reason)
+        self.activation = activation
+        self.response = response
+
+
+def _activate(ctx: _Context, client_id: str, started: float) -> ActivationOutcome:
+    """Rate limit, runtime, mode, then a bounded activation; `_Refusal` for every "no"."""
+
+    def refuse(
+        reason: str, status_code: int, detail: str, headers: Mapping[str, str] | None = None
+    ) -> _Refusal:
+        activation = Activation(
+            client_id=client_id,
+            runtime=ctx.runtime_name,
+            ms=ms_since(started),
+            reason=f"request: {reason}",
+            ok=False,
+            error=detail,
+        )
+        return _Refusal(activation, _error(status_code, detail, headers))
+
+    wait = ctx.rate.take(client_id)  # one live key per client: per key is per client
+    if wait > 0:
+        log.info("activation for %s rate-limited", client_id)
+        raise refuse(
+            "refused (rate limited)",
+            429,
+            f"Too many activations: at most {ctx.rate.rate:g} a second per key "
+            f"(bursts of {ctx.rate.burst}).",
+            {"Retry-After": retry_after(wait)},
+        )
+    try:
+        runtime = ctx.runtime()
+        terms = ctx.terms(client_id)
+    except HTTPException as error:
+        detail = str(error.detail)
+        raise refuse("failed (no runtime)", error.status_code, detail, error.headers) from error
+    except (WarehouseBusy, WarehouseUnavailable) as error:
+        log.warning("activation for %s: the warehouse is unavailable: %s", client_id, error)
+        raise refuse("failed (warehouse busy)", 503, _BUSY_DETAIL, _RETRY) from error
+    if terms.mode == FORECAST_ONLY:
+        raise refuse(
+            "refused (forecast-only)",
+            409,
+            "This client is forecast-only: prewarm forecasts its demand but runs no members "
+            "for it, so there is nothing to activate and none is started.",
+        )
+    cap = ColdStartCap(
+        limit=terms.planned_members + ctx.burst_max,
+        wait_s=ctx.lock_wait_s,
+        lock=ctx.client_locks.of(client_id),
+    )
+    try:
+        return activate_or_cold_start(
+            runtime,
+            client_id,
+            ctx.pool_scope,
+            lambda: _cold_start_inputs(ctx, client_id),
+            ctx.leases,
+            ctx.lease_seconds,
+            cap=cap,
+        )
+    except ActivationRefused as refusal:
+        log.info("activation for %s %s", client_id, refusal.reason)
+        raise refuse(
+            refusal.reason, 429, refusal.detail, {"Retry-After": retry_after(refusal.retry_after_s)}
+        ) from refusal
+    except (WarehouseBusy, WarehouseUnavailable) as error:
+        log.warning("activation for %s: the warehouse is unavailable: %s", client_id, error)
+        raise refuse("failed (warehouse busy)", 503, _BUSY_DETAIL, _RETRY) from error
+    except (PrewarmRuntimeError, SchemaError) as error:
+        log.warning("activation for %s failed: %s", client_id, error)
+        refusal = refuse(
+            "failed", 503, "No capacity could be activated or started; try again shortly.", _RETRY
+        )
+        # The row keeps the cause (for the operator); the answer does not.
+        refusal.activation = replace(refusal.activation, error=f"{type(error).__name__}: {error}")
+        raise refusal from error
 
 
 def _read_profile(path: Path, client_id: str, *, wait_s: float) -> list[dict[str, Any]]:
@@ -511,7 +710,7 @@ def _profile(client_id: str, rows: list[dict[str, Any]]) -> Profile:
 
 def _composite(ctx: _Context, client_id: str) -> dict[str, Any]:
     try:
-        return ctx.warehouse(client_composite, client_id)
+        return ctx.warehouse(ctx.composite, client_id)
     except SchemaError as error:
         # The client's own stored extensions disagree: tell them which, it is their config.
         raise HTTPException(409, f"The stored schema cannot be composed: {error}") from error
@@ -519,7 +718,7 @@ def _composite(ctx: _Context, client_id: str) -> dict[str, Any]:
 
 def _cold_start_inputs(ctx: _Context, client_id: str) -> tuple[dict[str, Any], str | None]:
     # SchemaError propagates (not _composite's 409): on /activate, 409 means "cold-started".
-    config = render_container_config(ctx.warehouse(client_composite, client_id))
+    config = render_container_config(ctx.warehouse(ctx.composite, client_id))
     return config, ctx.warehouse(_planned_host, client_id)
 
 
@@ -547,15 +746,15 @@ def _activation_response(outcome: ActivationOutcome) -> Activated | JSONResponse
     return JSONResponse(body.model_dump(mode="json"), status.HTTP_409_CONFLICT)
 
 
-def _record_outcome(
-    ctx: _Context, client_id: str, runtime: str, outcome: ActivationOutcome
-) -> None:
+def _record(ctx: _Context, client_id: str, outcome: ActivationOutcome | Activation) -> Future[bool]:
+    """Queue the outcome's `pool_events` row (a refusal or failure comes as its row)."""
+    if isinstance(outcome, Activation):
+        return ctx.recorder.submit(outcome)
     member = outcome.member
-    _record_quietly(
-        ctx,
+    return ctx.recorder.submit(
         Activation(
             client_id=client_id,
-            runtime=runtime,
+            runtime=ctx.runtime_name,
             ms=outcome.ms,
             reason=outcome.reason,
             member_id=member.id,
@@ -563,32 +762,17 @@ def _record_outcome(
             host=member.labels.get(LABEL_HOST),
             endpoint=member.endpoint,
             created_at=member.created_at,
-        ),
+        )
     )
 
 
-def _record_failure(
-    ctx: _Context, client_id: str, runtime: str, error: Exception, ms: float
-) -> None:
-    _record_quietly(
-        ctx,
-        Activation(
-            client_id=client_id,
-            runtime=runtime,
-            ms=ms,
-            reason="request: failed",
-            ok=False,
-            error=f"{type(error).__name__}: {error}",
-        ),
-    )
-
-
-def _record_quietly(ctx: _Context, activation: Activation) -> None:
-    """Record after the response: a busy warehouse must not fail a served activation."""
+async def _recorded(ctx: _Context, done: Future[bool]) -> None:
+    """After the response: wait (bounded, no thread held) until the row is written, so the
+    request cycle ends with its outcome in the warehouse when the warehouse allows."""
     try:
-        ctx.warehouse(record_activation, activation)
-    except (PrewarmError, WarehouseUnavailable) as error:
-        log.warning("activation of %s not recorded: %s", activation.member_id, error)
+        await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(done)), ctx.lock_wait_s + 1.0)
+    except TimeoutError:
+        log.info("activation outcome still queued after the response (warehouse busy)")
 
 
 def _utc(moment: datetime) -> datetime:
@@ -620,6 +804,10 @@ def create_app(
     lock_wait_s: float = DEFAULT_LOCK_WAIT_S,
     leases: LeaseBook | None = None,
     lease_seconds: float = 60.0,
+    burst_max: int = DEFAULT_BURST_MAX,
+    activate_rate: float = DEFAULT_ACTIVATE_RATE,
+    activate_burst: int = DEFAULT_ACTIVATE_BURST,
+    allowed_images: Iterable[str] | None = None,
 ) -> FastAPI:
     """The API over `warehouse_path`; activation needs `runtime_factory` (built on first use).
 
@@ -627,6 +815,9 @@ def create_app(
     (e.g. `Settings.pool_scope`); `lock_wait_s` is how long a request waits for a warehouse
     another process has locked before answering 503. An activated member is leased to its
     request for `lease_seconds` in `leases` (default: the pool's book beside the warehouse).
+    A client holds at most its planned members plus `burst_max`; each key may activate
+    `activate_rate` times a second, in bursts of up to `activate_burst`. A schema may name
+    only `allowed_images` (default: the worker image prewarm builds).
     """
     if leases is None:
         pool = dict(pool_scope).get("prewarm.pool", "default")
@@ -640,7 +831,15 @@ def create_app(
         openapi_url="/openapi.json",
     )
     app.state.prewarm = _Context(
-        warehouse_path, runtime_factory, pool_scope, lock_wait_s, leases, lease_seconds
+        warehouse_path,
+        runtime_factory,
+        pool_scope,
+        lock_wait_s,
+        leases,
+        lease_seconds,
+        burst_max,
+        TokenBuckets(activate_rate, activate_burst),
+        allowed_images,
     )
 
     @app.get("/healthz", response_model=Health, summary="Liveness, and whether the warehouse opens")

@@ -115,7 +115,7 @@ def sql(
 ) -> None:
     """Run an ad-hoc query on a read-only connection to the warehouse."""
     settings = _settings()
-    from warehouse.reads import run_query
+    from warehouse.adhoc import run_query
 
     frame = run_query(settings.warehouse_path, query)
     if format is OutputFormat.csv:
@@ -736,6 +736,10 @@ def api(
         settings.pool_scope,
         leases=LeaseBook(lease_book_path(settings.data_dir, settings.pool)),
         lease_seconds=settings.activation_lease_seconds,
+        burst_max=settings.burst_max,
+        activate_rate=settings.activate_rate,
+        activate_burst=settings.activate_burst,
+        allowed_images=settings.allowed_image_list,
     )
     serve(app_, host=host, port=port or settings.api_port)
 
@@ -1061,7 +1065,8 @@ def _print_demo_summary(settings: Settings, summary: Any, seconds: float) -> Non
 def main() -> None:
     """Entry point: run the CLI, turning expected failures into one clear message."""
     try:
-        app(standalone_mode=False)
+        # Outside standalone mode a command's `typer.Exit(code)` comes back as the return value.
+        code = app(standalone_mode=False)
     except PrewarmError as error:
         errors.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
         raise SystemExit(1) from None
@@ -1072,13 +1077,16 @@ def main() -> None:
         raise SystemExit(2) from None
     except (typer.Exit, typer.Abort) as stop:
         raise SystemExit(getattr(stop, "exit_code", 1)) from None
-    except Exception as error:  # click's usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(error, click.ClickException):
-            error.show()
-            raise SystemExit(error.exit_code) from None
-        raise
+    except typer.TyperException as error:
+        # Usage errors (unknown command, bad option value: exit 2) from the click that typer
+        # vendors; upstream `click.ClickException` is not their base.
+        show = getattr(error, "show", None)
+        if show is not None:
+            show()
+        else:
+            errors.print(f"Error: {error.format_message()}", highlight=False, soft_wrap=True)
+        raise SystemExit(error.exit_code) from None
+    raise SystemExit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from models.registry import CHALLENGER, CHAMPION, current_aliases, load_forecast
 from warehouse.db import utc_now
 from warehouse.errors import PrewarmError
 from warehouse.predictions import write_predictions
-from warehouse.reads import read_calendar, read_clients, read_recent_usage
+from warehouse.reads import has_model_runs, read_calendar, read_clients, read_recent_usage
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,8 @@ def predict_and_write(settings: Settings, client_ids: list[str] | None = None) -
         raise PrewarmError("No usage to predict from. Ingest some first: `prewarm ingest`.")
     calendar = read_calendar(path)
     frequencies = read_clients(path).select("client_id", "freq_seconds")
-    aliases = current_aliases(settings.mlflow_tracking_uri)
+    # Trained models in the warehouse but none in the registry: a lost registry, not a new one.
+    aliases = current_aliases(settings.mlflow_tracking_uri, models_expected=has_model_runs(path))
     summary = PredictSummary()
     generated_at = utc_now()
     all_forecasts, all_exceedance, all_profiles = [], [], []

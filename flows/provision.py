@@ -38,8 +38,15 @@ from provisioning.inventory import default_inventory, load_inventory
 from provisioning.planner import TIERS, Plan
 from provisioning.runtime.base import LABEL_MANAGED, ContainerRuntime
 from provisioning.runtime.leases import LeaseBook, lease_book_path
-from provisioning.schema import anticipated_from_profile, compose_workload, render_container_config
+from provisioning.schema import (
+    SchemaError,
+    anticipated_from_profile,
+    compose_workload,
+    render_container_config,
+)
+from provisioning.schema_checks import SchemaLimits, SchemaRejected, limits_from_inventory
 from provisioning.targets import targets_as_desired, targets_hold
+from provisioning.toml_file import read_toml
 from warehouse.db import utc_now
 from warehouse.errors import PrewarmError
 from warehouse.feeds import read_feed
@@ -117,12 +124,9 @@ def _planner_overrides(settings: Settings) -> dict[str, Any]:
     """The `[planner]` section of the costs file (warm tiers, reserve...), if any."""
     if not settings.costs_path:
         return {}
-    import tomllib
-
-    try:
-        section = tomllib.loads(settings.costs_path.read_text()).get("planner", {})
-    except (OSError, tomllib.TOMLDecodeError) as error:
-        raise PrewarmError(f"{settings.costs_path}: cannot be read: {error}") from None
+    section = read_toml(settings.costs_path).get("planner", {})  # unreadable: one clear line
+    if not isinstance(section, dict):
+        raise PrewarmError(f"{settings.costs_path}: [planner] must be a table")
     ignored = sorted(set(section) & set(_CYCLE_OWNED))
     if ignored:
         log.warning("[planner] %s ignored: the cycle sets the window grid", ", ".join(ignored))
@@ -146,14 +150,22 @@ def _inventory(settings: Settings) -> pl.DataFrame:
     return inventory
 
 
-def _static_composites(clients: pl.DataFrame, extensions: dict[str, list[dict]]) -> dict[str, dict]:
-    """Each client's composite without the anticipated section (it needs the plan)."""
-    return {
-        row["client_id"]: compose_workload(
-            row["client_id"], extensions.get(row["client_id"], []), None, client_base(row)
-        )
-        for row in clients.iter_rows(named=True)
-    }
+def _static_composites(
+    clients: pl.DataFrame, extensions: dict[str, list[dict]], limits: SchemaLimits
+) -> dict[str, dict]:
+    """Each client's composite without the anticipated section (it needs the plan). A client
+    whose schema is refused gets none: it is planned no member (any it has are released),
+    and every other client is provisioned as usual."""
+    composites = {}
+    for row in clients.iter_rows(named=True):
+        client_id = row["client_id"]
+        try:
+            composites[client_id] = compose_workload(
+                client_id, extensions.get(client_id, []), None, client_base(row), limits=limits
+            )
+        except (SchemaError, SchemaRejected) as error:
+            log.warning("client %s gets no members: its schema is refused: %s", client_id, error)
+    return composites
 
 
 def _final_configs(
@@ -162,6 +174,7 @@ def _final_configs(
     profiles: pl.DataFrame,
     targets: pl.DataFrame,
     first_window: datetime,
+    limits: SchemaLimits,
 ) -> dict[str, dict]:
     """Render each client's container config, with the anticipated section from its next
     profile window and the pool size its targets hold now."""
@@ -189,7 +202,9 @@ def _final_configs(
             for k, v in composite.items()
             if k not in ("client_id", "extensions", "anticipated")
         }
-        full = compose_workload(client_id, extensions.get(client_id, []), anticipated, base)
+        full = compose_workload(
+            client_id, extensions.get(client_id, []), anticipated, base, limits=limits
+        )
         configs[client_id] = render_container_config(full)
     return configs
 
@@ -232,36 +247,44 @@ def make_plan(
         raise PrewarmError("No clients to provision for. Run `prewarm ingest` first.")
     quantiles, exceedance, profiles = read_latest_forecasts(path)
     quantiles = quantiles.filter(pl.col("metric") == "concurrency")
-    extensions = read_schema_extensions(path)
-    composites = _static_composites(clients, extensions)
+    extensions, unreadable = read_schema_extensions(path)
+    for client_id, why in unreadable.items():
+        log.warning("client %s gets no members: %s", client_id, why)
+    clients = clients.filter(~pl.col("client_id").is_in(list(unreadable)))
+    inventory = _inventory(settings)
+    limits = limits_from_inventory(inventory, settings.allowed_image_list)
+    composites = _static_composites(clients, extensions, limits)
+    # Only clients with a composite are planned: the others' members are released.
+    planned = pl.col("client_id").is_in(list(composites))
+    clients, quantiles, profiles = (f.filter(planned) for f in (clients, quantiles, profiles))
     sized = planner_clients(
         clients, {c: (v["cpu"], v["memory_mb"]) for c, v in composites.items()}, profiles
     )
     current = _current_pool(settings)
     timing = cycle_timing(settings)
+    # Plans by when they were applied (wall clock, the delay scaled to it): a change of
+    # clock between plans (the demo's, then a live feed's) holds too.
+    recent = read_recent_targets(path, utc_now() - (clock - timing.hold_since(clock)) / clock_rate)
     try:
         decided = plan_cycle(
             sized,
-            _inventory(settings),
+            inventory,
             clock,
             lead_seconds,
             timing,
-            usage=read_recent_usage(path, 7),
-            exceedance=exceedance,
+            usage=read_recent_usage(path, 7).filter(planned),
+            exceedance=exceedance.filter(planned),
             quantiles=quantiles,
-            current_pool=current,
-            # Plans by when they were applied (wall clock, the delay scaled to it): a
-            # change of clock between plans (the demo's, then a live feed's) holds too.
-            recent_targets=read_recent_targets(
-                path, utc_now() - (clock - timing.hold_since(clock)) / clock_rate
-            ),
+            current_pool=current.filter(planned) if current is not None else None,
+            recent_targets=recent.filter(planned),
             costs=_costs(settings),
             plan_id=plan_id,
         )
     except ValueError as error:  # a bad [planner] override: the message names the key
-        raise PrewarmError(f"{settings.costs_path}: [planner]: {error}") from None
+        where = f"{settings.costs_path}: [planner]" if settings.costs_path else "planning"
+        raise PrewarmError(f"{where}: {error}") from None
     targets, first_window = decided.targets, decided.span[0]
-    configs = _final_configs(composites, extensions, profiles, targets, first_window)
+    configs = _final_configs(composites, extensions, profiles, targets, first_window, limits)
     return PlannedPool(decided.plan, targets, configs, clock, decided.span, clock_rate)
 
 

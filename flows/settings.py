@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from datetime import date
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from warehouse.errors import PrewarmError
 
 _FREQ_UNITS = {"s": 1, "sec": 1, "min": 60, "m": 60, "h": 3600, "d": 86400}
 
@@ -124,6 +127,20 @@ class Settings(BaseSettings):
     cycle_history_cycles: int = Field(
         default=5, ge=1, description="recent cycles whose durations predict the next one's"
     )
+    burst_max: int = Field(
+        default=4, ge=0, description="members a client may activate beyond what its plan gives it"
+    )
+    activate_rate: float = Field(
+        default=10.0, gt=0, description="activations a second per API key (then 429)"
+    )
+    activate_burst: int = Field(
+        default=20, ge=1, description="activations one API key may make at once"
+    )
+    allowed_images: str = Field(
+        default="prewarm/worker:latest",  # the worker image prewarm builds (runtime/images.py)
+        pattern=r"^\s*[^,\s]+(\s*,\s*[^,\s]+)*\s*$",
+        description="comma-separated images a client schema may run (refused otherwise)",
+    )
 
     @field_validator("freq")
     @classmethod
@@ -190,6 +207,11 @@ class Settings(BaseSettings):
         return parse_freq_any(self.activation_lease)
 
     @property
+    def allowed_image_list(self) -> tuple[str, ...]:
+        """PREWARM_ALLOWED_IMAGES as a tuple of image names."""
+        return tuple(image.strip() for image in self.allowed_images.split(","))
+
+    @property
     def pool_scope(self) -> dict[str, str]:
         """The labels that mark this prewarm's members (another pool's are never touched)."""
         return {"prewarm.pool": self.pool}
@@ -208,7 +230,7 @@ def configure_environment(settings: Settings, prefect_api_url: str | None = None
     """
     if prefect_api_url:
         os.environ.setdefault("PREFECT_API_URL", prefect_api_url)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    _ensure_data_dir(settings.data_dir)
     os.environ.setdefault("PREFECT_HOME", str(settings.prefect_home.resolve()))
     # This machine may have no internet: never try to send telemetry.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -218,6 +240,30 @@ def configure_environment(settings: Settings, prefect_api_url: str | None = None
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DO_NOT_TRACK", "true")
+
+
+def _ensure_data_dir(path: Path) -> None:
+    """Create the data directory, or say in one line why it cannot hold prewarm's state."""
+    fix = "set PREWARM_DATA_DIR to a writable directory"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise PrewarmError(
+            f"The data directory {path} is a file, not a directory: {fix}."
+        ) from None
+    except OSError as error:
+        raise PrewarmError(
+            f"The data directory {path} cannot be created ({error.strerror}): {fix}."
+        ) from None
+    # Tried, not asked: root passes every mode check, a read-only mount refuses it anyway.
+    try:
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise PrewarmError(
+            f"The data directory {path} is not writable ({error.strerror}); prewarm keeps its "
+            f"warehouse and state there: make it writable or {fix}."
+        ) from None
 
 
 def export_settings(values: dict[str, str]) -> None:

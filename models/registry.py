@@ -18,6 +18,8 @@ import tempfile
 import threading
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -30,6 +32,9 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, infer_signature
+from sqlalchemy.exc import SQLAlchemyError
+
+from warehouse.errors import PrewarmError
 
 log = logging.getLogger(__name__)
 
@@ -133,12 +138,70 @@ def _experiment_id(client: MlflowClient, artifacts_dir: Path) -> str:
     )
 
 
+class RegistryUnavailable(PrewarmError):
+    """The MLflow registry cannot be read, or has lost the forecasters the warehouse records."""
+
+    def __init__(self, where: Path | str, problem: str) -> None:
+        recover = "run `prewarm train` to retrain every client"
+        if isinstance(where, Path) and where.exists():
+            recover = "move it aside and " + recover
+        super().__init__(
+            f"The MLflow registry at {where} is missing or corrupt ({problem}). Restore it "
+            f"from a backup, or {recover}."
+        )
+
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_NOT_SQLITE = "is not an SQLite database"
+
+
+def _sqlite_file(tracking_uri: str) -> Path | None:
+    """The database file of a `sqlite:///` tracking URI (None for any other store)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    return Path(tracking_uri.removeprefix("sqlite:///").split("?", 1)[0])
+
+
+def _sqlite_file_problem(path: Path) -> str | None:
+    """What is wrong with the registry file on its face (its header), or None."""
+    try:
+        with path.open("rb") as handle:
+            header = handle.read(len(_SQLITE_MAGIC))
+    except FileNotFoundError:
+        return "no such file"
+    except OSError as error:
+        return f"cannot be read: {error.strerror or error}"
+    if not header:
+        return "the file is empty"
+    return None if header == _SQLITE_MAGIC else _NOT_SQLITE
+
+
+@contextmanager
+def _readable_registry(tracking_uri: str, models_expected: bool = False) -> Iterator[Path | None]:
+    """Refuse a registry file that is not SQLite (or is gone while `models_expected`) before
+    MLflow opens it (it would create or migrate one), and turn a database error inside the
+    block into RegistryUnavailable; yields the file (None for a non-SQLite store)."""
+    path = _sqlite_file(tracking_uri)
+    if path is not None:
+        problem = _sqlite_file_problem(path)
+        # A missing or empty file is a new project (MLflow creates its tables), unless
+        # models were trained: then it is a lost registry, and is left untouched.
+        if problem == _NOT_SQLITE or (problem and models_expected):
+            raise RegistryUnavailable(path, problem)
+    try:
+        yield path
+    except (MlflowException, SQLAlchemyError) as error:
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else "unreadable"
+        raise RegistryUnavailable(path or tracking_uri, f"cannot be read: {detail}") from None
+
+
 def ensure_experiment(tracking_uri: str, artifacts_dir: Path) -> str:
     """The forecasters' experiment id, created (with its artifact location) if missing."""
     with _LOCK:
         _ensure_sqlite_dir(tracking_uri)
-        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-        return _experiment_id(client, artifacts_dir)
+        with _readable_registry(tracking_uri):
+            client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+            return _experiment_id(client, artifacts_dir)
 
 
 def _ensure_sqlite_dir(tracking_uri: str) -> None:
@@ -253,24 +316,29 @@ def load_forecaster_version(client_id: str, version: str, tracking_uri: str) -> 
     return model.unwrap_python_model().forecaster
 
 
-def current_aliases(tracking_uri: str) -> dict[str, dict[str, str]]:
-    """For every registered forecaster: client id -> {alias: version}."""
+def current_aliases(tracking_uri: str, models_expected: bool = False) -> dict[str, dict[str, str]]:
+    """For every registered forecaster: client id -> {alias: version}.
+
+    Raises RegistryUnavailable when the registry cannot be read, and, with `models_expected`
+    (the warehouse records trained models), when it is missing or holds no forecaster: an
+    empty answer would silently leave every client without a forecast.
+    """
     models: list[Any] = []
-    with _LOCK:
+    with _LOCK, _readable_registry(tracking_uri, models_expected) as path:
         client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         token = None
         while True:
-            try:
-                page = client.search_registered_models(max_results=1000, page_token=token)
-            except MlflowException:
-                return {}
+            page = client.search_registered_models(max_results=1000, page_token=token)
             models += list(page)
             token = page.token
             if not token:
                 break
     prefix = "forecaster-"
-    return {
+    aliases = {
         m.name.removeprefix(prefix): {alias: str(v) for alias, v in (m.aliases or {}).items()}
         for m in models
         if m.name.startswith(prefix)
     }
+    if models_expected and not aliases:
+        raise RegistryUnavailable(path or tracking_uri, "holds no registered forecaster")
+    return aliases

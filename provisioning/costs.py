@@ -55,7 +55,6 @@ cold-start penalty and a warmer tier never worse on a hit, which keeps plans mon
 from __future__ import annotations
 
 import math
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -64,6 +63,7 @@ from typing import Any
 
 import numpy as np
 
+from provisioning.toml_file import UnreadableToml, read_toml
 from warehouse.errors import PrewarmError
 
 WARM_TIERS: tuple[str, ...] = ("active", "shadow", "cold")
@@ -224,9 +224,9 @@ def load_cost_model(path: str | Path, section: str = "costs") -> CostModel:
     """Read `[section]` of a TOML file into a CostModel (defaults when the section is absent)."""
     path = Path(path)
     try:
-        document = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as error:
-        raise CostConfigError(f"{path}: not valid TOML: {error}") from None
+        document = read_toml(path)
+    except UnreadableToml as error:
+        raise CostConfigError(str(error)) from None
     values = document.get(section, {})
     if not isinstance(values, Mapping):
         raise CostConfigError(f"{path}: [{section}] must be a table")
@@ -236,8 +236,13 @@ def load_cost_model(path: str | Path, section: str = "costs") -> CostModel:
 def _number(where: str, value: Any) -> float:
     # bool is an int in Python; `true` for a price is a typo, not 1.0.
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise CostConfigError(f"{where}: expected a number, got {type(value).__name__} {value!r}")
-    return float(value)
+        text = repr(value)  # cut short: a wrong type may be a whole nested table
+        text = text if len(text) <= 60 else text[:57] + "..."
+        raise CostConfigError(f"{where}: expected a number, got {type(value).__name__} {text}")
+    try:
+        return float(value)
+    except OverflowError:  # TOML integers have no size limit
+        raise CostConfigError(f"{where}: too large a number") from None
 
 
 def _check_non_negative(name: str, value: float) -> None:

@@ -28,13 +28,13 @@ from __future__ import annotations
 import math
 import os
 import platform
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
+from provisioning.toml_file import UnreadableToml, read_toml
 from warehouse.errors import PrewarmError
 
 INVENTORY_SCHEMA: dict[str, pl.DataType] = {
@@ -72,13 +72,10 @@ class InventoryError(PrewarmError, ValueError):
 
 def load_inventory(path: str | Path) -> pl.DataFrame:
     """Read a TOML inventory file into the inventory frame (INVENTORY_SCHEMA)."""
-    path = Path(path)
     try:
-        document = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise InventoryError(str(path), ["file not found"]) from None
-    except tomllib.TOMLDecodeError as error:
-        raise InventoryError(str(path), [f"not valid TOML: {error}"]) from None
+        document = read_toml(path)
+    except UnreadableToml as error:
+        raise InventoryError(str(error.path), [error.reason]) from None
     return inventory_from_dict(document, source=str(path))
 
 
@@ -188,14 +185,25 @@ def _validate_host(raw: Mapping[str, Any], where: str) -> tuple[dict[str, Any], 
             continue
         if isinstance(value, bool) or not isinstance(value, int | float):
             problems.append(
-                f"{label}: {key} must be a number, got {type(value).__name__} {value!r}"
+                f"{label}: {key} must be a number, got {type(value).__name__} {_short(value)}"
             )
             continue
-        if not math.isfinite(value):
-            problems.append(f"{label}: {key} must be finite, got {value}")
-        elif key in _POSITIVE and value <= 0:
-            problems.append(f"{label}: {key} must be > 0, got {value}")
-        elif value < 0:
-            problems.append(f"{label}: {key} must be >= 0, got {value}")
-        row[key] = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # TOML integers have no size limit
+            problems.append(f"{label}: {key} is too large, got {_short(value)}")
+            continue
+        if not math.isfinite(number):
+            problems.append(f"{label}: {key} must be finite, got {number}")
+        elif key in _POSITIVE and number <= 0:
+            problems.append(f"{label}: {key} must be > 0, got {number:g}")
+        elif number < 0:
+            problems.append(f"{label}: {key} must be >= 0, got {number:g}")
+        row[key] = number
     return row, problems
+
+
+def _short(value: Any) -> str:
+    """A value for a message: its repr, cut short (a wrong type may be a whole nested table)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

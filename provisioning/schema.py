@@ -25,6 +25,10 @@ conflict, raised with both names and values, unless their precedences differ: th
 higher precedence wins, as declared. Every extension is validated on its own before
 composing, so a wrong type names the extension, the JSON path and the expected type, and an
 unknown key is rejected with its path and the keys allowed there.
+
+Every extension, and the composite, also goes through `provisioning/schema_checks.py`
+(bounded sizes, no control characters, no loader/interpreter environment variables, cpu and
+memory within the inventory, allowed images): what is refused there never reaches a runtime.
 """
 
 from __future__ import annotations
@@ -40,6 +44,15 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from provisioning.schema_checks import (
+    MAX_FILE_BYTES,
+    SchemaLimits,
+    SchemaRejected,
+    check_composite,
+    check_document,
+    check_json_text,
+    check_workload,
+)
 from warehouse.errors import PrewarmError
 
 EXAMPLES_DIR = Path(__file__).parent / "schemas" / "examples"
@@ -134,7 +147,7 @@ class Workload(_Strict):
     @classmethod
     def _env_names(cls, env: dict[str, str]) -> dict[str, str]:
         for key in env:
-            if not _ENV_NAME.match(key):
+            if not _ENV_NAME.fullmatch(key):
                 raise ValueError(f"key {key!r} is not a valid environment variable name")
             if key.startswith(ENV_PREFIX):
                 raise ValueError(f"key {key!r} uses the reserved prefix {ENV_PREFIX} (prewarm's)")
@@ -219,14 +232,31 @@ def workload_json_schema() -> dict[str, Any]:
 
 
 def load_extension(path: str | Path) -> dict[str, Any]:
-    """Read one extension document from a JSON file (validated when composed)."""
+    """Read one extension document from a JSON file (validated when composed).
+
+    Its size and nesting are checked before it is parsed (SchemaRejected), so neither a huge
+    file nor a deeply nested one gets as far as `json.loads`.
+    """
     path = Path(path)
+    source = str(path)
     try:
-        document = json.loads(path.read_text())
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise SchemaRejected(source, "$", f"{size} bytes, more than {MAX_FILE_BYTES}")
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise SchemaError(f"{path}: not UTF-8 text (byte {error.start})") from None
+    except OSError as error:
+        raise SchemaError(f"{path}: cannot be read: {error.strerror}") from None
+    check_json_text(text, source)
+    try:
+        document = json.loads(text)
     except json.JSONDecodeError as error:
         raise SchemaError(
             f"{path}: not valid JSON at line {error.lineno} column {error.colno}: {error.msg}"
         ) from None
+    except ValueError as error:  # e.g. an integer of more than 4300 digits
+        raise SchemaRejected(source, "$", f"not readable as JSON ({error})") from None
     if not isinstance(document, dict):
         raise SchemaError(f"{path}: an extension must be a JSON object, got {_json_type(document)}")
     return document
@@ -238,11 +268,20 @@ def load_extensions(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
 
 
 def validate_extension(
-    document: Mapping[str, Any], base: Mapping[str, Any] | None = None
+    document: Mapping[str, Any],
+    base: Mapping[str, Any] | None = None,
+    limits: SchemaLimits | None = None,
 ) -> Extension:
-    """Check one extension document on its own; raise SchemaValidationError naming the path."""
+    """Check one extension document on its own; raise SchemaValidationError naming the path
+    (shape, types) or SchemaRejected naming the field (unsafe: see `schema_checks`).
+
+    `limits`: the deployment's images and largest host; without them those two are not checked.
+    """
     label = document.get("name") if isinstance(document, Mapping) else None
-    source = f"extension {label!r}" if isinstance(label, str) else "extension"
+    # The name is only echoed when it is short and printable (it is client input).
+    printable = isinstance(label, str) and len(label) <= 64 and label.isprintable()
+    source = f"extension {label!r}" if printable else "extension"
+    check_document(document, source)
     try:
         extension = Extension.model_validate(dict(document))
     except ValidationError as error:
@@ -262,6 +301,7 @@ def validate_extension(
         Workload.model_validate(merged)
     except ValidationError as error:
         raise SchemaValidationError(source, _issues(error, Workload, ("workload",))) from None
+    check_workload(extension.workload, source, "$.workload", limits)
     return extension
 
 
@@ -270,10 +310,16 @@ def compose_workload(
     extensions: Iterable[Mapping[str, Any]] = (),
     anticipated: Mapping[str, Any] | None = None,
     base: Mapping[str, Any] | None = None,
+    *,
+    limits: SchemaLimits | None = None,
 ) -> dict[str, Any]:
-    """The composite: base <- extensions by (precedence, name) <- anticipated (a plain dict)."""
+    """The composite: base <- extensions by (precedence, name) <- anticipated (a plain dict).
+
+    The one place a composite is built: each extension and the result pass the safety checks
+    (`schema_checks`; with `limits`, also the image allow-list and the largest host).
+    """
     base_dict = _validated_base(base)
-    parsed = [validate_extension(document, base_dict) for document in extensions]
+    parsed = [validate_extension(document, base_dict, limits) for document in extensions]
     _check_unique_names(parsed)
     ordered = sorted(parsed, key=lambda e: (e.precedence, e.name))
     _check_conflicts(ordered)
@@ -292,7 +338,9 @@ def compose_workload(
         raise SchemaValidationError(
             f"composite of {client_id!r}", _issues(error, Composite, ())
         ) from None
-    return _ordered_dump(composite)
+    result = _ordered_dump(composite)
+    check_composite(result, f"composite of {client_id!r}", limits)
+    return result
 
 
 def anticipated_from_profile(profile_row: Mapping[str, Any], pool_size: int) -> dict[str, Any]:
@@ -334,6 +382,8 @@ def render_container_config(composite: Mapping[str, Any]) -> dict[str, Any]:
     except ValidationError as error:
         raise SchemaValidationError("composite", _issues(error, Composite, ())) from None
     data = model.model_dump(mode="json")
+    # Again here, the last step before a runtime, whoever built the composite.
+    check_composite(data, "composite")
     env = dict(model.env)
     env.update(
         {

@@ -13,6 +13,7 @@ import docker
 import pytest
 
 from provisioning.runtime.base import LABEL_MANAGED, LABEL_PLAN
+from provisioning.runtime.docker_runtime import remove_unused_networks
 from provisioning.runtime.images import WORKER_IMAGE, build_image
 from provisioning.runtime.select import docker_unavailable_reason
 
@@ -55,6 +56,8 @@ def remove_test_containers(client: docker.DockerClient, labels: dict[str, str]) 
         if container.labels.get(LABEL_PLAN, "").startswith(TEST_PLAN_PREFIX):
             with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
                 container.remove(force=True)
+    # Removed behind the runtime's back: the client networks it would have dropped stay.
+    remove_unused_networks(client)
 
 
 @pytest.fixture

@@ -1,20 +1,30 @@
 """Activations served by the API: one `pool_events` row each, and the member's running count.
 
 `write_pool_state` records what a reconcile did; an activation for an incoming request
-happens between reconciles, so it is recorded here, one request at a time: an 'activate'
-event with the time the request waited, and an upsert of the member (now active) that adds
-one to its `activations` and sets `last_activation_ms`. A cold-start fallback is recorded
-the same way (its member is new), with the reason saying so.
+happens between reconciles, so it is recorded here: an 'activate' event with the time the
+request waited, and an upsert of the member (now active) that adds one to its `activations`
+and sets `last_activation_ms`. A cold-start fallback is recorded the same way (its member is
+new), with the reason saying so. A refused or failed request is an event too (`ok` false,
+no member, the reason saying why), so every request that reached activation leaves a row.
+
+`record_activations` writes a batch in one transaction: the API queues outcomes and writes
+them together (`api/recorder.py`), so a flood of requests costs a few warehouse writes, not
+one each. `read_activation_terms` is what the API checks before activating: the client's
+mode and how many members the newest applied plan gives it.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from warehouse.db import connect, naive_utc, transaction, utc_now
+import duckdb
+
+from warehouse.db import connect, fetch_one, naive_utc, transaction, utc_now
+from warehouse.plans import LATEST_APPLIED_PLAN
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +36,7 @@ class Activation:
     client_id: str
     runtime: str
     ms: float
-    reason: str  # e.g. 'request: from shadow', 'request: cold start (no warm member)'
+    reason: str  # e.g. 'request: from shadow', 'request: refused (at capacity ...)'
     member_id: str | None = None
     plan_id: str | None = None
     host: str | None = None
@@ -34,6 +44,14 @@ class Activation:
     created_at: datetime | None = None
     ok: bool = True
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class ActivationTerms:
+    """What bounds a client's activations: its mode and the members its plan gives it."""
+
+    mode: str  # provision | forecast-only (warehouse.pools.MODES)
+    planned_members: int  # active + shadow + cold over the newest applied plan's targets
 
 
 def record_activation(
@@ -44,33 +62,66 @@ def record_activation(
     wait_s: float | None = None,
 ) -> None:
     """Append the 'activate' event; for a successful one, upsert its member as active."""
-    at = naive_utc(happened_at) if happened_at is not None else utc_now()
-    a = activation
+    record_activations(path, [(activation, happened_at or utc_now())], wait_s=wait_s)
+
+
+def record_activations(
+    path: Path,
+    batch: Sequence[tuple[Activation, datetime]],
+    *,
+    wait_s: float | None = None,
+) -> None:
+    """Record (activation, when it happened) pairs in one transaction, in order."""
+    if not batch:
+        return
     with connect(path, wait_s=wait_s) as con, transaction(con):
+        for activation, happened_at in batch:
+            _record(con, activation, naive_utc(happened_at))
+    log.debug("recorded %d activation(s)", len(batch))
+
+
+def read_activation_terms(
+    path: Path, client_id: str, *, wait_s: float | None = None
+) -> ActivationTerms:
+    """The client's mode (provision when unknown) and its members in the newest applied plan."""
+    with connect(path, read_only=True, wait_s=wait_s) as con:
+        row = fetch_one(
+            con,
+            f"""
+            SELECT (SELECT coalesce(max(mode), 'provision') FROM clients WHERE client_id = ?),
+                   (SELECT coalesce(sum(active + shadow + cold), 0) FROM plan_targets
+                    WHERE plan_id = ({LATEST_APPLIED_PLAN}) AND client_id = ?)
+            """,
+            [client_id, client_id],
+        )
+    assert row is not None  # scalar subqueries: always one row
+    return ActivationTerms(mode=str(row[0]), planned_members=int(row[1]))
+
+
+def _record(con: duckdb.DuckDBPyConnection, a: Activation, at: datetime) -> None:
+    con.execute(
+        "INSERT INTO pool_events (member_id, client_id, plan_id, runtime, action, tier,"
+        " host, ms, ok, error, reason, happened_at)"
+        " VALUES (?, ?, ?, ?, 'activate', 'active', ?, ?, ?, ?, ?, ?)",
+        [a.member_id, a.client_id, a.plan_id, a.runtime, a.host, a.ms, a.ok, a.error,
+         a.reason, at],
+    )  # fmt: skip
+    if a.ok and a.member_id is not None:
         con.execute(
-            "INSERT INTO pool_events (member_id, client_id, plan_id, runtime, action, tier,"
-            " host, ms, ok, error, reason, happened_at)"
-            " VALUES (?, ?, ?, ?, 'activate', 'active', ?, ?, ?, ?, ?, ?)",
-            [a.member_id, a.client_id, a.plan_id, a.runtime, a.host, a.ms, a.ok, a.error,
-             a.reason, at],
+            """
+            INSERT INTO pool_members (member_id, client_id, plan_id, runtime, tier, host,
+                                      endpoint, created_at, activations,
+                                      last_activation_ms, observed_at)
+            VALUES (?, ?, ?, ?, 'active', ?, ?, ?, 1, ?, ?)
+            ON CONFLICT (member_id) DO UPDATE SET
+                tier = 'active',
+                endpoint = excluded.endpoint,
+                host = coalesce(excluded.host, pool_members.host),
+                released_at = NULL,
+                activations = pool_members.activations + 1,
+                last_activation_ms = excluded.last_activation_ms,
+                observed_at = excluded.observed_at
+            """,
+            [a.member_id, a.client_id, a.plan_id, a.runtime, a.host, a.endpoint,
+             naive_utc(a.created_at) if a.created_at else None, a.ms, at],
         )  # fmt: skip
-        if a.ok and a.member_id is not None:
-            con.execute(
-                """
-                INSERT INTO pool_members (member_id, client_id, plan_id, runtime, tier, host,
-                                          endpoint, created_at, activations,
-                                          last_activation_ms, observed_at)
-                VALUES (?, ?, ?, ?, 'active', ?, ?, ?, 1, ?, ?)
-                ON CONFLICT (member_id) DO UPDATE SET
-                    tier = 'active',
-                    endpoint = excluded.endpoint,
-                    host = coalesce(excluded.host, pool_members.host),
-                    released_at = NULL,
-                    activations = pool_members.activations + 1,
-                    last_activation_ms = excluded.last_activation_ms,
-                    observed_at = excluded.observed_at
-                """,
-                [a.member_id, a.client_id, a.plan_id, a.runtime, a.host, a.endpoint,
-                 naive_utc(a.created_at) if a.created_at else None, a.ms, at],
-            )  # fmt: skip
-    log.debug("recorded activation of %s for %s (%.1f ms)", a.member_id, a.client_id, a.ms)

@@ -30,7 +30,7 @@ import duckdb
 
 from warehouse.db import connect, fetch_one, fetch_value, transaction, utc_now
 from warehouse.errors import PrewarmError
-from warehouse.validation import CLIENT_ID_PATTERN
+from warehouse.validation import is_client_id
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,6 @@ KEY_PREFIX = "pw"
 _KEY_ID_BYTES = 8  # 16 hex characters: unique enough to name a row, never secret
 _SECRET_BYTES = 32  # 256 bits of entropy
 _KEY_PATTERN = re.compile(r"^pw_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
-_CLIENT_ID = re.compile(CLIENT_ID_PATTERN)
 # Compared against when a key id is unknown, so a miss costs the same HMAC as a hit.
 _DUMMY_SALT = secrets.token_bytes(16)
 _BARE_CLIENT_SOURCE = "api"
@@ -46,7 +45,7 @@ _BARE_CLIENT_SOURCE = "api"
 
 def parse_key(key: str) -> tuple[str, str] | None:
     """(key_id, secret) of a well-formed key, or None (malformed keys never reach the DB)."""
-    match = _KEY_PATTERN.match(key)
+    match = _KEY_PATTERN.fullmatch(key)
     return (match.group(1), match.group(2)) if match else None
 
 
@@ -159,7 +158,7 @@ def _client_exists(con: duckdb.DuckDBPyConnection, client_id: str) -> bool:
 
 
 def _check_client_id(client_id: str) -> None:
-    if not _CLIENT_ID.match(client_id):
+    if not is_client_id(client_id):
         raise PrewarmError(
             f"{client_id!r} is not a valid client id: 1-128 characters from letters, digits "
             "and . _ : @ -, starting with a letter or digit."

@@ -50,7 +50,12 @@ def _open(path: Path, read_only: bool, wait_s: float) -> duckdb.DuckDBPyConnecti
                         f"The warehouse {path} is locked by another process (a running flow?) "
                         f"and stayed locked for {wait_s:.0f} s. Try again when it finishes."
                     ) from error
-                raise
+                # Not a DuckDB file, a directory, unreadable: one line, never a traceback.
+                reason = str(error).strip().splitlines()[0] if str(error).strip() else "unknown"
+                raise PrewarmError(
+                    f"The warehouse {path} cannot be opened ({reason}). Restore it from a "
+                    "backup, or point PREWARM_DATA_DIR at another directory."
+                ) from error
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
 

@@ -8,6 +8,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import polars as pl
 
 from warehouse.db import connect, fetch_frame, fetch_value, transaction, utc_now
@@ -32,9 +33,12 @@ def store_inventory(path: Path, inventory: pl.DataFrame, source: str) -> None:
 def read_inventory(path: Path) -> pl.DataFrame:
     """The stored hosts (empty when none were loaded yet)."""
     with connect(path, read_only=True) as con:
-        return fetch_frame(
-            con, "SELECT * EXCLUDE (source, updated_at) FROM inventory ORDER BY host"
-        )
+        return fetch_inventory(con)
+
+
+def fetch_inventory(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
+    """`read_inventory` on an open connection."""
+    return fetch_frame(con, "SELECT * EXCLUDE (source, updated_at) FROM inventory ORDER BY host")
 
 
 def set_client_mode(path: Path, client_id: str, mode: str) -> str:
@@ -69,16 +73,24 @@ def store_schema_extension(path: Path, client_id: str, document: dict[str, Any])
         )
 
 
-def read_schema_extensions(path: Path) -> dict[str, list[dict[str, Any]]]:
-    """Every client's extension documents."""
+def read_schema_extensions(path: Path) -> tuple[dict[str, list[dict[str, Any]]], dict[str, str]]:
+    """Every client's extension documents, and the clients with a document that cannot even
+    be parsed (stored before documents were checked: nested too deep for `json.loads`, an
+    integer too long to convert), with why."""
     with connect(path, read_only=True) as con:
         rows = con.execute(
             "SELECT client_id, document::VARCHAR FROM client_schema_extensions ORDER BY 1, 2"
         ).fetchall()
     extensions: dict[str, list[dict[str, Any]]] = {}
+    unreadable: dict[str, str] = {}
     for client_id, document in rows:
-        extensions.setdefault(client_id, []).append(json.loads(document))
-    return extensions
+        try:
+            extensions.setdefault(client_id, []).append(json.loads(document))
+        except RecursionError:
+            unreadable[client_id] = "a stored extension is nested too deeply to read"
+        except ValueError as error:
+            unreadable[client_id] = f"a stored extension is not readable ({error})"
+    return extensions, unreadable
 
 
 # Each client's newest prediction run. Profiles and exceedance rows are taken from that run

@@ -1,15 +1,13 @@
-"""Read side of the warehouse: summaries, client lists, usage series, ad-hoc queries."""
+"""Read side of the warehouse: summaries, client lists, usage series (ad-hoc SQL: adhoc.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-import duckdb
 import polars as pl
 
 from warehouse.db import connect, fetch_frame, fetch_one, fetch_value
-from warehouse.errors import PrewarmError
 
 
 @dataclass(frozen=True)
@@ -74,16 +72,6 @@ def read_usage(path: Path, client_ids: list[str] | None = None) -> pl.DataFrame:
         )
 
 
-def run_query(path: Path, sql: str) -> pl.DataFrame:
-    """Run ad-hoc SQL on a read-only connection; errors come back as one clear message."""
-    with connect(path, read_only=True) as con:
-        try:
-            return fetch_frame(con, sql)
-        except duckdb.Error as error:
-            first_line = str(error).strip().splitlines()[0]
-            raise PrewarmError(f"The query failed: {first_line}") from error
-
-
 def read_clients(path: Path) -> pl.DataFrame:
     """The clients table (attributes as JSON text)."""
     with connect(path, read_only=True) as con:
@@ -128,6 +116,12 @@ def read_feedback_signals(path: Path, since: object) -> tuple[pl.DataFrame, pl.D
         )
         feedback = fetch_frame(con, "SELECT * FROM feedback WHERE received_at >= ?", [since])
     return reconciliations, feedback
+
+
+def has_model_runs(path: Path) -> bool:
+    """Whether any forecaster was ever trained on this warehouse (so the registry has some)."""
+    with connect(path, read_only=True) as con:
+        return fetch_value(con, "SELECT EXISTS (SELECT 1 FROM model_runs)") is True
 
 
 def read_training_state(path: Path) -> pl.DataFrame:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cache
@@ -26,7 +27,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CLIENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
+_CLIENT_ID_BODY = r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}"
+# The one definition of a client id. Anchored with ^...$ for pydantic / FastAPI (Rust regex,
+# where $ is the very end). Python's $ also matches before a final newline, so Python code
+# checks with `is_client_id` (and GE's pandas `str.contains` gets \A...\Z).
+CLIENT_ID_PATTERN = rf"^{_CLIENT_ID_BODY}$"
+_CLIENT_ID = re.compile(rf"\A{_CLIENT_ID_BODY}\Z")
 EARLIEST_TS = datetime(2000, 1, 1)
 MAX_VALUE = 1e15  # far above any real count; +inf lands above it
 EXAMPLE_ROWS = 3
@@ -286,6 +292,11 @@ def _run_row_suite(
     return failed
 
 
+def is_client_id(text: object) -> bool:
+    """Whether `text` is a valid client id, all of it (no trailing newline, NUL or path)."""
+    return isinstance(text, str) and _CLIENT_ID.fullmatch(text) is not None
+
+
 def _run_client_id_suite(rows: pl.DataFrame) -> dict[str, list[str]]:
     import great_expectations as gx
 
@@ -293,7 +304,7 @@ def _run_client_id_suite(rows: pl.DataFrame) -> dict[str, list[str]]:
     if ids.height == 0:
         return {}
     expectation = gx.expectations.ExpectColumnValuesToMatchRegex(
-        column="client_id", regex=CLIENT_ID_PATTERN
+        column="client_id", regex=_CLIENT_ID.pattern
     )
     (result,) = _validate(ids.to_pandas(), "client_ids", [expectation])
     if result.success:

@@ -11,10 +11,27 @@ measured here it is faster than a published port (no docker-proxy hop, no iptabl
 to add at start: cold create+start p50 ~250 ms vs ~330 ms) and equally reliable on a Linux
 host. Where the bridge is not routable from the host (Docker Desktop, rootless Docker),
 use `reach="published"`: the port is then published on 127.0.0.1 with a random host port.
+
+Members are isolated from each other and from the host (issue 12): each client's members
+share one bridge network of their own (`prewarm-<client>`, labelled `prewarm.managed=1`),
+created on demand and removed with the client's last member. With bridge reach it is
+`internal` (no route out: the worker needs no egress, and the host still reaches it through
+the bridge); published ports need a non-internal network, so `reach="published"` uses
+`prewarm-<client>-pub` with egress. Docker's own isolation rules drop traffic between two
+bridge networks, so one client's member cannot reach another's. Every member runs read-only
+as nobody (65534:65534) with no capabilities, `no-new-privileges`, a size-bounded `/tmp` and
+a pids limit, on top of the spec's CPU and memory limits.
+
+Not covered by Docker: an internal network still routes to its gateway, the host itself, so
+a member can open connections to host services listening on all interfaces (0.0.0.0). The
+member bridges are all named `pwm-<hash>`; on a shared host, drop what members start there:
+`iptables -I INPUT -i pwm-+ -m conntrack --ctstate NEW -j DROP` (the host's own probes and
+activations are connections *it* starts, so they keep working).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 import uuid
@@ -54,6 +71,13 @@ from provisioning.runtime.base import (
 log = logging.getLogger(__name__)
 
 DOCKER_MIN_MEMORY_MB = 6  # the smallest memory limit the Docker daemon accepts
+MEMBER_USER = "65534:65534"  # nobody: a member never runs as root, whatever its image says
+MEMBER_PIDS_LIMIT = 128  # processes and threads per member: a fork bomb stops here
+MEMBER_TMPFS = {"/tmp": "size=16m,mode=1777"}  # the only writable path (root is read-only)
+# Non-root without capabilities may not bind ports under 1024 unless its network namespace
+# says so; the sysctl is namespaced, so this changes nothing outside the member.
+_MEMBER_SYSCTLS = {"net.ipv4.ip_unprivileged_port_start": "0"}
+BRIDGE_PREFIX = "pwm-"
 
 Reach = Literal["bridge", "published"]
 _TIER_BY_STATUS: dict[str, Tier] = {"paused": "shadow", "running": "active", "restarting": "active"}
@@ -178,6 +202,50 @@ def _translate_errors(member_id: str | None = None) -> Iterator[None]:
         ) from error
 
 
+def client_network(client_id: str, reach: Reach = "bridge") -> str:
+    """The name of a client's own network (`prewarm-<client>`, `-pub` for published reach).
+
+    A client id that is not already a valid Docker name (or was shortened) gets a hash of
+    the full id, so two ids that squash to the same name never share a network.
+    """
+    safe = safe_name_part(client_id)
+    if safe != client_id:
+        safe = f"{safe}-{hashlib.sha256(client_id.encode()).hexdigest()[:8]}"
+    return f"prewarm-{safe}" + ("-pub" if reach == "published" else "")
+
+
+def bridge_name(network: str) -> str:
+    """The host interface of a client network: `pwm-` and a hash (Linux allows 15 chars).
+
+    One prefix for every member bridge lets the operator firewall them with one rule (see
+    the module docstring).
+    """
+    return f"{BRIDGE_PREFIX}{hashlib.sha256(network.encode()).hexdigest()[:11]}"
+
+
+def _network_missing(error: APIError) -> bool:
+    return "network" in str(error.explanation or error) and "not found" in str(
+        error.explanation or error
+    )
+
+
+def remove_unused_networks(client: docker.DockerClient) -> list[str]:
+    """Remove every prewarm-managed network no container is on; return their names.
+
+    `DockerRuntime.release` drops a client's network with its last member; this sweeps the
+    ones left when members were removed some other way (`docker rm -f`, a test's cleanup).
+    """
+    removed = []
+    for network in client.api.networks(filters={"label": f"{LABEL_MANAGED}=1"}):
+        name = network["Name"]
+        if client.api.containers(all=True, filters={"network": name}):
+            continue
+        with suppress(NotFound, APIError):  # gone, or a member arrived since we looked
+            client.api.remove_network(network["Id"])
+            removed.append(name)
+    return removed
+
+
 def daemon_address() -> str:
     """Where `docker.from_env()` looks for the daemon (DOCKER_HOST, else the local socket)."""
     return str(kwargs_from_env().get("base_url") or DEFAULT_UNIX_SOCKET)
@@ -214,6 +282,8 @@ class DockerRuntime:
         # Addresses of members last seen paused: activating a shadow then needs no inspect
         # round trip before the unpause (a paused container keeps its address).
         self._paused_endpoints: dict[str, str] = {}
+        # Client networks this runtime created or found: a create then needs no extra call.
+        self._networks: set[str] = set()
 
     # -- the ContainerRuntime interface ------------------------------------------------
 
@@ -261,11 +331,15 @@ class DockerRuntime:
         return replace(member, details={**member.details, "timings_ms": timings}), elapsed
 
     def release(self, member_id: str) -> None:
-        """Stop (SIGKILL unless `stop_timeout_s` > 0) and remove; a gone member is fine."""
+        """Stop (SIGKILL unless `stop_timeout_s` > 0) and remove; a gone member is fine.
+
+        The client's network goes with its last member.
+        """
         self._paused_endpoints.pop(member_id, None)
         self._cpu.forget(member_id)
         with _translate_errors():
             try:
+                network = self._own_network(self._api.inspect_container(member_id))
                 if self.stop_timeout_s > 0:
                     self._api.stop(member_id, timeout=self.stop_timeout_s)
                 self._api.remove_container(member_id, force=True, v=True)
@@ -275,6 +349,9 @@ class DockerRuntime:
                 # Two releases racing: the loser finds the removal already under way.
                 if "already in progress" not in str(error):
                     raise
+                return
+            if network is not None:
+                self._drop_network_if_unused(network)
         log.info("released %s", member_id[:12])
 
     def list(self, labels: dict[str, str] | None = None) -> list[Member]:
@@ -327,6 +404,7 @@ class DockerRuntime:
     def _create_container(self, spec: ContainerSpec) -> str:
         name = f"prewarm-{safe_name_part(spec.client_id)}-{uuid.uuid4().hex[:8]}"
         port_key = f"{spec.port}/tcp"
+        network = client_network(spec.client_id, self.reach)
         # Images following the $PORT convention (ours does) listen on the spec's port.
         env = {"PORT": str(spec.port), **spec.env}
         host_config = self._api.create_host_config(
@@ -334,22 +412,99 @@ class DockerRuntime:
             # The daemon refuses a limit under its minimum: a tiny function gets the minimum.
             mem_limit=f"{max(spec.memory_mb, DOCKER_MIN_MEMORY_MB)}m",
             port_bindings={port_key: ("127.0.0.1", None)} if self.reach == "published" else None,
+            network_mode=network,
+            pids_limit=MEMBER_PIDS_LIMIT,
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+            read_only=True,
+            tmpfs=MEMBER_TMPFS,
+            sysctls=_MEMBER_SYSCTLS,
         )
-        created = self._api.create_container(
-            image=spec.image,
-            name=name,
-            environment=env,
-            labels=spec.member_labels(),
-            ports=[spec.port] if self.reach == "published" else None,
-            host_config=host_config,
-            detach=True,
-        )
+        kwargs = {
+            "image": spec.image,
+            "name": name,
+            "environment": env,
+            "labels": spec.member_labels(),
+            "ports": [spec.port] if self.reach == "published" else None,
+            "host_config": host_config,
+            "user": MEMBER_USER,
+            "detach": True,
+        }
+        self._ensure_network(spec.client_id)
+        try:
+            created = self._api.create_container(**kwargs)
+        except NotFound as error:
+            # Another prewarm removed the network with its last member since we saw it.
+            if not _network_missing(error):
+                raise
+            self._ensure_network(spec.client_id, known=False)
+            created = self._api.create_container(**kwargs)
         return str(created["Id"])
+
+    def _ensure_network(self, client_id: str, known: bool = True) -> None:
+        """Create the client's network unless this runtime already saw it (idempotent)."""
+        name = client_network(client_id, self.reach)
+        if known and name in self._networks:
+            return
+        try:
+            # check_duplicate: two prewarms creating it at once get one network, not two.
+            self._api.create_network(
+                name,
+                driver="bridge",
+                internal=self.reach == "bridge",
+                labels={LABEL_MANAGED: "1", LABEL_CLIENT: client_id},
+                check_duplicate=True,
+                options={"com.docker.network.bridge.name": bridge_name(name)},
+            )
+            log.info("created network %s", name)
+        except APIError as error:
+            if error.status_code != _HTTP_CONFLICT and "already exists" not in str(error):
+                raise
+        self._networks.add(name)
+
+    @staticmethod
+    def _own_network(attrs: dict[str, Any]) -> str | None:
+        """The client network a container was created on, if it is one of ours."""
+        client = (attrs["Config"].get("Labels") or {}).get(LABEL_CLIENT)
+        mode = attrs["HostConfig"].get("NetworkMode")
+        if client is None or mode not in {
+            client_network(client, r) for r in ("bridge", "published")
+        }:
+            return None  # an older member on the default bridge: that network is not ours
+        return str(mode)
+
+    def _drop_network_if_unused(self, name: str) -> None:
+        """Remove a client's network once no container (created ones too) is on it."""
+        self._networks.discard(name)
+        if self._api.containers(all=True, filters={"network": name}):
+            return
+        try:
+            self._api.remove_network(name)
+            log.info("removed network %s: no member left on it", name)
+        except APIError as error:
+            # Gone already, or a member started on it since we looked: it stays, and its
+            # last release removes it.
+            log.debug("kept network %s: %s", name, error.explanation or error)
+
+    def _start(self, container_id: str) -> None:
+        """Start a container, re-creating its network if it was removed since creation.
+
+        A created (cold) member does not hold its network: a release of the client's last
+        running member may remove it. The daemon finds a re-created network by name.
+        """
+        try:
+            self._api.start(container_id)
+        except APIError as error:
+            if not _network_missing(error):
+                raise
+            labels = self._api.inspect_container(container_id)["Config"].get("Labels") or {}
+            self._ensure_network(labels.get(LABEL_CLIENT, ""), known=False)
+            self._api.start(container_id)
 
     def _start_healthy(self, container_id: str) -> _Steps:
         """Start a container and wait until its health endpoint answers."""
         began = time.perf_counter()
-        self._api.start(container_id)
+        self._start(container_id)
         started = time.perf_counter()
         # The address exists only once started: one inspect, then poll (refusals are fast).
         self._await_health(container_id)

@@ -85,9 +85,9 @@ def _add_file(archive: tarfile.TarFile, name: str, data: bytes, mode: int) -> No
     archive.addfile(info, io.BytesIO(data))
 
 
-def _add_dir(archive: tarfile.TarFile, name: str) -> None:
+def _add_dir(archive: tarfile.TarFile, name: str, mode: int = 0o755) -> None:
     info = tarfile.TarInfo(name)
-    info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, 0
+    info.type, info.mode, info.mtime = tarfile.DIRTYPE, mode, 0
     archive.addfile(info)
 
 
@@ -95,8 +95,11 @@ def worker_rootfs(busybox: Path = BUSYBOX_PATH) -> bytes:
     """The worker's root filesystem as a deterministic tar (same inputs, same bytes)."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as archive:
-        for directory in ("bin", "tmp", "www"):
+        for directory in ("bin", "www"):
             _add_dir(archive, directory)
+        # Sticky and world-writable like any /tmp: the runtime mounts a tmpfs here, which
+        # takes this directory's mode, and the member runs as nobody.
+        _add_dir(archive, "tmp", 0o1777)
         _add_file(archive, "bin/busybox", busybox.read_bytes(), 0o755)
         _add_file(archive, "www/health", _HEALTH, 0o644)
         _add_file(archive, "www/index.html", _INDEX_HTML, 0o644)

@@ -64,6 +64,12 @@ class LeaseBook:
             if book["leases"].pop(member_id, None) is not None:
                 book["used"][member_id] = self._clock()
 
+    def seconds_left(self, member_ids: Iterable[str]) -> float | None:
+        """Seconds until the first lease among `member_ids` ends; None when none is leased."""
+        with self._book(write=False) as book:
+            ends = [book["leases"][m] for m in member_ids if m in book["leases"]]
+            return max(0.0, min(ends) - self._clock()) if ends else None
+
     def used_within(self, seconds: float) -> set[str]:
         """Members busy now or used in the last `seconds`."""
         with self._book(write=False) as book:

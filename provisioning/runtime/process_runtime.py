@@ -7,12 +7,25 @@ no CPU); cold = recorded only, with no process yet: a process has nothing like D
 stopped before its interpreter starts would hold memory like a shadow, so we do not pretend
 it is cold. Activating a cold member therefore spawns it.
 
-Workers run in their own session (setsid), so they outlive the prewarm that started them.
-The pool is persisted in a JSON file guarded by an flock; a new ProcessRuntime on the same
-file (a restarted prewarm) finds its workers again, identified by pid *and* the process
-start time from /proc/<pid>/stat, so a recycled pid is never mistaken for a worker. Entries
-whose process is gone are dropped on every load. CPU and memory limits are recorded but
-not enforced (that needs cgroups). Linux only (/proc).
+Workers run in their own session and process group (setsid), so they outlive the prewarm
+that started them. The pool is persisted in a JSON file guarded by an flock; a new
+ProcessRuntime on the same file (a restarted prewarm) finds its workers again, identified by
+pid *and* the process start time from /proc/<pid>/stat, so a recycled pid is never mistaken
+for a worker. Entries whose process is gone are dropped on every load.
+
+Nothing is left running unowned: a spawn is written to the state file (its endpoint, no pid
+yet) before the worker exists and again, with its pid, before waiting for its health, so a
+prewarm killed (even with SIGKILL) in between leaves a record: the next load stops a worker
+whose spawn was interrupted (found by its `--member` argument) and keeps the member cold,
+and `--release-all` finds a worker recorded before its health answered.
+
+Limits: each worker gets RLIMIT_AS (the spec's memory, at least what the interpreter needs)
+and RLIMIT_NPROC, set with prlimit right after the spawn, while the worker's interpreter is
+still starting and before it serves anything. RLIMIT_NPROC counts every process of the
+*user*, so it only caps a worker relative to everything else that user runs, and Linux does
+not enforce it for root (CAP_SYS_RESOURCE): run prewarm as an unprivileged user, or use the
+Docker runtime (a per-member pids limit), where that matters. CPU is recorded but not
+enforced (that needs cgroups). Linux only (/proc).
 """
 
 from __future__ import annotations
@@ -21,6 +34,7 @@ import fcntl
 import json
 import logging
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -57,6 +71,10 @@ STATE_VERSION = 1
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _STOPPED_STATES = {"T", "t"}
 _DEAD_STATES = {"Z", "X", "x"}
+# Virtual address space a worker's interpreter needs (measured VmPeak ~25 MiB, with room):
+# a spec asking for less memory gets this much, or the worker could not start at all.
+WORKER_MIN_AS_MB = 64
+WORKER_NPROC = 128  # see the module docstring: per user, not enforced for root
 
 # Popen handles of the workers this interpreter spawned, shared by every ProcessRuntime in
 # it, so whichever instance releases a worker reaps it through its Popen (no zombie, no
@@ -180,6 +198,27 @@ def _signal(pid: int, start_ticks: int | None, signum: int) -> None:
             os.kill(pid, signum)
 
 
+def _limit(pid: int, memory_mb: int) -> None:
+    """Cap a worker's address space and process count (see the module docstring)."""
+    address_space = max(memory_mb, WORKER_MIN_AS_MB) * 2**20
+    try:
+        resource.prlimit(pid, resource.RLIMIT_AS, (address_space, address_space))
+        resource.prlimit(pid, resource.RLIMIT_NPROC, (WORKER_NPROC, WORKER_NPROC))
+    except (ProcessLookupError, PermissionError) as error:
+        # Gone already (its health wait says so), or an OS that refuses: never fatal.
+        log.warning("could not limit worker pid %s: %s", pid, error)
+
+
+def _limits_of(pid: int) -> dict[str, int]:
+    """The worker's hard RLIMIT_AS (MiB) and RLIMIT_NPROC, as the kernel holds them."""
+    try:
+        address_space = resource.prlimit(pid, resource.RLIMIT_AS)[1]
+        nproc = resource.prlimit(pid, resource.RLIMIT_NPROC)[1]
+    except (ProcessLookupError, PermissionError):
+        return {}
+    return {"as_mb": address_space // 2**20, "nproc": nproc}
+
+
 def _terminate(pid: int, start_ticks: int | None, grace_s: float) -> None:
     """SIGTERM, then SIGKILL after the grace period; reap either way."""
     _signal(pid, start_ticks, signal.SIGTERM)
@@ -232,7 +271,7 @@ class ProcessRuntime:
             pool[record.id] = record
             try:
                 if spec.tier != "cold":
-                    self._start_healthy(record)
+                    self._start_healthy(record, pool)
                 if spec.tier == "shadow":
                     self._freeze(record)
             except BaseException:
@@ -248,7 +287,7 @@ class ProcessRuntime:
         with self._pool() as pool:
             record = self._get(pool, member_id)
             if record.pid is None:
-                self._start_healthy(record)
+                self._start_healthy(record, pool)
             self._freeze(record)
         return self._member(record)
 
@@ -258,7 +297,7 @@ class ProcessRuntime:
             record = self._get(pool, member_id)
             from_tier = self._tier(record)
             started = time.perf_counter()
-            resume_ms, resumed_at = self._resume(record, from_tier)
+            resume_ms, resumed_at = self._resume(record, from_tier, pool)
             elapsed = ms_since(started)
             record.timings_ms = {
                 "resume": resume_ms,
@@ -367,6 +406,8 @@ class ProcessRuntime:
     def _drop_dead(self, pool: dict[str, _Record]) -> dict[str, _Record]:
         kept = {}
         for member_id, record in pool.items():
+            if record.pid is None and record.endpoint is not None:
+                self._stop_interrupted_spawn(record)
             if record.pid is None or _is_same_process(record.pid, record.pid_start):
                 kept[member_id] = record
                 continue
@@ -379,16 +420,38 @@ class ProcessRuntime:
             _reap(record.pid, record.pid_start)
         return kept
 
+    def _stop_interrupted_spawn(self, record: _Record) -> None:
+        """A record with an endpoint but no pid: its spawner died before recording the pid.
+        Stop the worker it may have started; the member stays, cold."""
+        marker = str(self.state_path.resolve())
+        for pid, argv in _worker_processes(str(WORKER_SCRIPT)):
+            if _argument(argv, "--member") == record.id and _argument(argv, "--state") == marker:
+                stat = _read_proc_stat(pid)
+                if stat is not None:
+                    _terminate(pid, stat.start_ticks, self.grace_s)
+                    log.warning(
+                        "stopped worker pid %s of %s: its spawn was interrupted", pid, record.id
+                    )
+        record.endpoint = record.log_path = None
+        record.labels[LABEL_TIER] = "cold"
+
     # -- processes --------------------------------------------------------------------
 
-    def _spawn(self, record: _Record) -> None:
-        """Start the worker on a listening socket bound here, so its endpoint is known now."""
+    def _spawn(self, record: _Record, pool: dict[str, _Record]) -> None:
+        """Start the worker on a listening socket bound here, so its endpoint is known now.
+
+        The pool (holding `record`) is saved before the worker exists and again once its
+        pid is known: a kill at any point leaves a record that owns, or finds, the worker.
+        """
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             listener.bind(("127.0.0.1", 0))
             listener.listen(128)
             self.log_dir.mkdir(parents=True, exist_ok=True)
             log_path = self.log_dir / f"{record.id}.log"
+            record.endpoint = f"http://127.0.0.1:{listener.getsockname()[1]}"
+            record.log_path = str(log_path)
+            self._save(pool)  # endpoint without pid = "spawn under way" (see _drop_dead)
             with open(log_path, "ab") as log_file:
                 popen = subprocess.Popen(
                     [
@@ -397,37 +460,37 @@ class ProcessRuntime:
                         *("--state", str(self.state_path.resolve())),
                     ],
                     pass_fds=(listener.fileno(),),
-                    start_new_session=True,  # own session: outlives us, immune to our Ctrl-C
+                    # Own session and process group: outlives us, immune to our Ctrl-C.
+                    start_new_session=True,
                     stdin=subprocess.DEVNULL,
                     stdout=log_file,
                     stderr=log_file,
                     env=self._worker_env(record),
                 )
-            port = listener.getsockname()[1]
         finally:
             listener.close()
         _SPAWNED[popen.pid] = popen
         stat = _read_proc_stat(popen.pid)
         record.pid = popen.pid
         record.pid_start = stat.start_ticks if stat else None
-        record.endpoint = f"http://127.0.0.1:{port}"
-        record.log_path = str(log_path)
+        self._save(pool)
+        _limit(popen.pid, record.memory_mb)
 
-    def _start_healthy(self, record: _Record) -> None:
+    def _start_healthy(self, record: _Record, pool: dict[str, _Record]) -> None:
         """Spawn and wait for the first health answer (the worker is killed if none comes)."""
         started = time.perf_counter()
-        self._spawn(record)
+        self._spawn(record, pool)
         self._await_health(record, self._pending(record))
         record.timings_ms = {"spawn_to_healthy": ms_since(started)}
 
-    def _resume(self, record: _Record, tier: Tier) -> tuple[float, float]:
+    def _resume(self, record: _Record, tier: Tier, pool: dict[str, _Record]) -> tuple[float, float]:
         """Get the worker running and answering.
 
         Returns the resume step's duration in ms and the perf_counter instant it ended.
         """
         if tier == "cold":
             began = time.perf_counter()
-            self._spawn(record)
+            self._spawn(record, pool)
             spawned = time.perf_counter()
             self._await_health(record, self._pending(record))
             return (spawned - began) * 1000.0, spawned
@@ -534,7 +597,8 @@ class ProcessRuntime:
                 "log": record.log_path,
                 "cpu": record.cpu,
                 "memory_mb": record.memory_mb,
-                "limits_enforced": False,
+                "limits_enforced": False,  # cgroup-style CPU and memory: see rlimits
+                "rlimits": _limits_of(record.pid) if record.pid is not None else {},
                 "timings_ms": dict(record.timings_ms),
             },
         )

@@ -125,3 +125,19 @@ def test_no_key(case: Any, api: FastAPI) -> None:
     _without_5xx(response)
     if case.path.startswith("/v1/"):
         assert response.status_code in (401, 404, 405), response.text
+
+
+@schema.parametrize()
+@EXAMPLES
+def test_another_clients_key_gets_nothing_of_a(case: Any, api: FastAPI, world: World) -> None:
+    """Client b's key on client a's paths (a has profiles, schema, a pool): never a success,
+    never a byte of a's data, whatever schemathesis generates around it."""
+    if "client_id" not in (case.path_parameters or {}):
+        return  # /healthz and the docs carry no client data
+    case.path_parameters["client_id"] = "a"
+    response = case.call(app=api, headers={"Authorization": f"Bearer {world.key_b}"})
+
+    _without_5xx(response)
+    assert response.status_code in (401, 403, 404, 405, 422), response.text
+    # Nothing that names a as its subject comes back (a profile, a schema, a member).
+    assert '"client_id":"a"' not in response.text.replace(" ", ""), response.text

@@ -7,6 +7,7 @@ known in advance. Each test uses its own pool name, so it never touches other me
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import datetime, timedelta
 
@@ -192,3 +193,32 @@ def test_the_need_just_observed_is_kept_warm(pool_settings):
         ).fetchone()
     assert floor == 3 and reason.startswith("floor")
     assert provision_pools().actions == {}
+
+
+def _store_raw_extension(settings: Settings, client_id: str, name: str, document: str) -> None:
+    """An extension as if stored before documents were checked (straight into the table)."""
+    with connect(settings.warehouse_path) as con:
+        con.execute(
+            "INSERT INTO client_schema_extensions VALUES (?, ?, 0, ?::JSON, now())",
+            [client_id, name, document],
+        )
+
+
+def test_a_client_with_an_unsafe_stored_schema_gets_no_member_and_others_are_served(
+    pool_settings,
+):
+    """A preload library in one client's stored schema, and a document too deep to parse in
+    another's: neither reaches the runtime, and the third client is provisioned as usual."""
+    preload = {"name": "evil", "workload": {"env": {"LD_PRELOAD": "/tmp/evil.so"}}}
+    _store_raw_extension(pool_settings, "c0000", "evil", json.dumps(preload))
+    deep = "[" * 100_000 + "]" * 100_000
+    _store_raw_extension(pool_settings, "c0001", "deep", '{"name": "deep", "x": ' + deep + "}")
+    summary = provision_pools()
+    assert _members(pool_settings) == {}  # c0002 is idle: nothing was wanted for it
+    assert summary.actions == {}
+    with connect(pool_settings.warehouse_path) as con:
+        con.execute("DELETE FROM client_schema_extensions WHERE client_id = 'c0001'")
+    provision_pools()
+    members = _members(pool_settings)
+    assert "c0000" not in members  # still refused
+    assert sum(members["c0001"].values()) == 1  # served again once its schema is readable

@@ -1,0 +1,229 @@
+"""Docker members are isolated from each other and from the host (issue 12), on real Docker.
+
+Each test provisions real members with `DockerRuntime` and attacks from inside them with
+`docker exec` (which runs as the member's user, with its capabilities: none). Every member
+is released through the runtime afterwards, so the client networks go with them.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import docker
+import pytest
+
+from provisioning.runtime.base import LABEL_PLAN, ContainerSpec, Member, Tier, probe_once
+from provisioning.runtime.docker_runtime import (
+    MEMBER_PIDS_LIMIT,
+    DockerRuntime,
+    client_network,
+    remove_unused_networks,
+)
+from tests.conftest import TEST_PLAN_PREFIX, remove_test_containers
+
+pytestmark = pytest.mark.docker
+
+SpecMaker = Callable[..., ContainerSpec]
+
+
+@pytest.fixture
+def plan_id() -> str:
+    return f"{TEST_PLAN_PREFIX}{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def runtime(
+    docker_client: docker.DockerClient, worker_image: str, plan_id: str
+) -> Iterator[DockerRuntime]:
+    """A DockerRuntime whose members of this test's plan are all released afterwards."""
+    runtime = DockerRuntime(docker_client)
+    yield runtime
+    for member in runtime.list({LABEL_PLAN: plan_id}):
+        runtime.release(member.id)
+    remove_test_containers(docker_client, {LABEL_PLAN: plan_id})
+    remove_unused_networks(docker_client)
+
+
+@pytest.fixture
+def make_spec(plan_id: str, worker_image: str) -> SpecMaker:
+    # Client ids unique to the test: networks are per client, so tests never share one.
+    suffix = plan_id[-6:]
+
+    def make(client: str, tier: Tier = "active") -> ContainerSpec:
+        return ContainerSpec(
+            client_id=f"sec-{client}-{suffix}",
+            plan_id=plan_id,
+            tier=tier,
+            image=worker_image,
+            cpu=0.5,
+            memory_mb=64,
+        )
+
+    return make
+
+
+def _exec(client: docker.DockerClient, member: Member, script: str) -> tuple[int, str]:
+    """Run a shell script inside a member, as the member runs (its user, no capabilities)."""
+    result = client.containers.get(member.id).exec_run(["/bin/busybox", "sh", "-c", script])
+    return result.exit_code, result.output.decode(errors="replace")
+
+
+def _ip(member: Member) -> str:
+    assert member.endpoint is not None
+    return member.endpoint.split("//")[1].split(":")[0]
+
+
+def _health_over_tcp(target: Member) -> str:
+    """A script that GETs the target's /health with busybox nc (2 s timeout)."""
+    request = r"printf 'GET /health HTTP/1.0\r\n\r\n'"
+    return f"{request} | /bin/busybox nc -w 2 {_ip(target)} 8080"
+
+
+def _pids(client: docker.DockerClient, member: Member) -> int:
+    stats: dict[str, Any] = client.api.stats(member.id, stream=False)
+    return int(stats["pids_stats"]["current"])
+
+
+def test_a_member_reaches_its_own_clients_members_but_not_another_clients(
+    runtime: DockerRuntime, docker_client: docker.DockerClient, make_spec: SpecMaker
+) -> None:
+    a1, a2 = runtime.create(make_spec("a")), runtime.create(make_spec("a"))
+    b1 = runtime.create(make_spec("b"))
+
+    # The control: the same probe works between two members of one client.
+    code, out = _exec(docker_client, a1, _health_over_tcp(a2))
+    assert code == 0 and "200 OK" in out
+    for source, target in ((a1, b1), (b1, a1), (b1, a2)):
+        code, out = _exec(docker_client, source, _health_over_tcp(target))
+        assert code != 0 and "200 OK" not in out, (source.client_id, target.client_id, out)
+
+    networks = {
+        m.id: docker_client.containers.get(m.id).attrs["HostConfig"]["NetworkMode"]
+        for m in (a1, a2, b1)
+    }
+    assert networks == {
+        a1.id: client_network(a1.client_id),
+        a2.id: client_network(a1.client_id),
+        b1.id: client_network(b1.client_id),
+    }
+    for name in set(networks.values()):
+        attrs = docker_client.api.inspect_network(name)
+        assert attrs["Internal"] is True  # no egress: the worker needs none
+        assert attrs["Labels"]["prewarm.managed"] == "1"
+
+
+def test_a_fork_bomb_is_capped_by_the_pids_limit_and_hurts_no_one_else(
+    runtime: DockerRuntime, docker_client: docker.DockerClient, make_spec: SpecMaker
+) -> None:
+    bomber, neighbour = runtime.create(make_spec("bomb")), runtime.create(make_spec("quiet"))
+    container = docker_client.containers.get(bomber.id)
+    container.exec_run(["/bin/busybox", "sh", "-c", "b() { b | b & }; b"], detach=True)
+
+    peak = 0
+    deadline = time.monotonic() + 8
+    while time.monotonic() < deadline:
+        peak = max(peak, _pids(docker_client, bomber))
+        if peak >= MEMBER_PIDS_LIMIT:
+            break
+    # It did fill its quota (so the cap, not a lazy bomb, is what stopped it) and, while it
+    # keeps forking, never gets past it ...
+    assert MEMBER_PIDS_LIMIT * 0.9 <= peak <= MEMBER_PIDS_LIMIT
+    assert all(_pids(docker_client, bomber) <= MEMBER_PIDS_LIMIT for _ in range(3))
+    # ... while the host forks as usual and the other client's member still answers.
+    assert subprocess.run(["true"], check=False).returncode == 0
+    assert probe_once(neighbour.endpoint or "", 2.0)
+
+    runtime.release(bomber.id)
+    assert bomber.id not in {m.id for m in runtime.list()}
+
+
+def test_a_member_cannot_write_its_root_but_has_a_bounded_tmp(
+    runtime: DockerRuntime, docker_client: docker.DockerClient, make_spec: SpecMaker
+) -> None:
+    member = runtime.create(make_spec("fs"))
+
+    code, out = _exec(docker_client, member, "echo x > /pwned")
+    assert code != 0 and "Read-only file system" in out
+    code, out = _exec(docker_client, member, "echo x > /www/health")
+    assert code != 0  # nor replace what it serves
+    code, out = _exec(docker_client, member, "echo hello > /tmp/note && cat /tmp/note")
+    assert (code, out.strip()) == (0, "hello")
+    code, out = _exec(
+        docker_client, member, "/bin/busybox dd if=/dev/zero of=/tmp/big bs=1M count=64"
+    )
+    assert code != 0 and "No space left" in out  # 16 MiB of tmpfs, not the host's disk
+
+
+def test_a_member_runs_as_nobody_without_capabilities_or_new_privileges(
+    runtime: DockerRuntime, docker_client: docker.DockerClient, make_spec: SpecMaker
+) -> None:
+    member = runtime.create(make_spec("caps"))
+
+    code, out = _exec(docker_client, member, "/bin/busybox id -u; /bin/busybox id -g")
+    assert (code, out.split()) == (0, ["65534", "65534"])
+    code, out = _exec(docker_client, member, "cat /proc/self/status")
+    status = dict(line.split(":\t", 1) for line in out.splitlines() if ":\t" in line)
+    assert int(status["CapEff"], 16) == 0 and int(status["CapBnd"], 16) == 0
+    assert status["NoNewPrivs"].strip() == "1"
+    # The worker itself (pid 1), not only what exec starts, runs so.
+    code, out = _exec(docker_client, member, "grep -E '^(Uid|CapEff)' /proc/1/status")
+    assert "65534" in out and "0000000000000000" in out
+    host_config = docker_client.containers.get(member.id).attrs["HostConfig"]
+    assert host_config["ReadonlyRootfs"] is True
+    assert host_config["PidsLimit"] == MEMBER_PIDS_LIMIT
+    assert host_config["CapDrop"] == ["ALL"]
+    assert host_config["SecurityOpt"] == ["no-new-privileges"]
+    assert host_config["NanoCpus"] == 500_000_000 and host_config["Memory"] == 64 * 2**20
+
+
+def test_activation_still_works_and_the_network_goes_with_the_last_member(
+    runtime: DockerRuntime, docker_client: docker.DockerClient, make_spec: SpecMaker
+) -> None:
+    shadow = runtime.create(make_spec("warm", "shadow"))
+    cold = runtime.create(make_spec("warm", "cold"))
+    network = client_network(shadow.client_id)
+    assert shadow.endpoint is not None and not probe_once(shadow.endpoint, 0.3)  # frozen
+
+    active, elapsed_ms = runtime.activate(shadow.id)
+    assert active.tier == "active" and 0 < elapsed_ms < 10_000
+    assert probe_once(active.endpoint or "", 2.0)
+    started, _ = runtime.activate(cold.id)
+    assert started.tier == "active" and probe_once(started.endpoint or "", 2.0)
+
+    runtime.release(shadow.id)
+    assert docker_client.api.networks(names=[network])  # one member is still on it
+    runtime.release(cold.id)
+    assert not docker_client.api.networks(names=[network])
+    runtime.release(cold.id)  # releasing again is still fine
+
+
+def test_a_cold_member_starts_even_when_its_network_was_removed_meanwhile(
+    runtime: DockerRuntime, docker_client: docker.DockerClient, make_spec: SpecMaker
+) -> None:
+    # A created container does not hold its network: another prewarm releasing the client's
+    # last running member removes it. Activation re-creates it.
+    cold = runtime.create(make_spec("late", "cold"))
+    docker_client.api.remove_network(client_network(cold.client_id))
+
+    member, _ = runtime.activate(cold.id)
+
+    assert member.tier == "active" and probe_once(member.endpoint or "", 2.0)
+    attrs = docker_client.api.inspect_network(client_network(cold.client_id))
+    assert attrs["Internal"] is True
+
+
+def test_a_runtime_creates_on_a_network_another_prewarm_removed_since(
+    runtime: DockerRuntime, docker_client: docker.DockerClient, make_spec: SpecMaker
+) -> None:
+    first = runtime.create(make_spec("churn"))
+    DockerRuntime(docker_client).release(first.id)  # another prewarm: the network goes too
+    assert not docker_client.api.networks(names=[client_network(first.client_id)])
+
+    second = runtime.create(make_spec("churn"))  # this runtime still thinks it exists
+
+    assert probe_once(second.endpoint or "", 2.0)
+    assert docker_client.api.inspect_network(client_network(second.client_id))["Internal"]
