@@ -12,19 +12,20 @@ to add at start: cold create+start p50 ~250 ms vs ~330 ms) and equally reliable 
 host. Where the bridge is not routable from the host (Docker Desktop, rootless Docker),
 use `reach="published"`: the port is then published on 127.0.0.1 with a random host port.
 
-Members are isolated from each other and from the host (issue 12): each client's members
-share one bridge network of their own (`prewarm-<client>`, labelled `prewarm.managed=1`),
-created on demand and removed with the client's last member. With bridge reach it is
-`internal` (no route out: the worker needs no egress, and the host still reaches it through
-the bridge); published ports need a non-internal network, so `reach="published"` uses
-`prewarm-<client>-pub` with egress. Docker's own isolation rules drop traffic between two
-bridge networks, so one client's member cannot reach another's. Every member runs read-only
-as nobody (65534:65534) with no capabilities, `no-new-privileges`, a size-bounded `/tmp` and
-a pids limit, on top of the spec's CPU and memory limits.
+Members are isolated from each other and from the host (issue 12): every member is on one
+bridge network (`prewarm-members`, labelled `prewarm.managed=1`, created on demand, removed
+with the last member) with inter-container traffic disabled (`enable_icc=false`): no member
+reaches any other, of its client or another's, while the host reaches each at its address.
+With bridge reach the network is also `internal` (no route out: the worker needs no
+egress); published ports need a non-internal network, so `reach="published"` uses
+`prewarm-members-pub`. One network, not one per client: Docker's default address pools
+hold about 30 bridge networks, a host holds members of hundreds of clients. Every member
+runs read-only as nobody (65534:65534) with no capabilities, `no-new-privileges`, a
+size-bounded `/tmp` and a pids limit, on top of the spec's CPU and memory limits.
 
 Not covered by Docker: an internal network still routes to its gateway, the host itself, so
 a member can open connections to host services listening on all interfaces (0.0.0.0). The
-member bridges are all named `pwm-<hash>`; on a shared host, drop what members start there:
+member bridge is named `pwm-<hash>`; on a shared host, drop what members start there:
 `iptables -I INPUT -i pwm-+ -m conntrack --ctstate NEW -j DROP` (the host's own probes and
 activations are connections *it* starts, so they keep working).
 """
@@ -202,20 +203,13 @@ def _translate_errors(member_id: str | None = None) -> Iterator[None]:
         ) from error
 
 
-def client_network(client_id: str, reach: Reach = "bridge") -> str:
-    """The name of a client's own network (`prewarm-<client>`, `-pub` for published reach).
-
-    A client id that is not already a valid Docker name (or was shortened) gets a hash of
-    the full id, so two ids that squash to the same name never share a network.
-    """
-    safe = safe_name_part(client_id)
-    if safe != client_id:
-        safe = f"{safe}-{hashlib.sha256(client_id.encode()).hexdigest()[:8]}"
-    return f"prewarm-{safe}" + ("-pub" if reach == "published" else "")
+def members_network(reach: Reach = "bridge") -> str:
+    """The network every member is on (`-pub` for published reach: it needs egress)."""
+    return "prewarm-members" + ("-pub" if reach == "published" else "")
 
 
 def bridge_name(network: str) -> str:
-    """The host interface of a client network: `pwm-` and a hash (Linux allows 15 chars).
+    """The host interface of a members network: `pwm-` and a hash (Linux allows 15 chars).
 
     One prefix for every member bridge lets the operator firewall them with one rule (see
     the module docstring).
@@ -232,7 +226,7 @@ def _network_missing(error: APIError) -> bool:
 def remove_unused_networks(client: docker.DockerClient) -> list[str]:
     """Remove every prewarm-managed network no container is on; return their names.
 
-    `DockerRuntime.release` drops a client's network with its last member; this sweeps the
+    `DockerRuntime.release` drops the members network with its last member; this sweeps the
     ones left when members were removed some other way (`docker rm -f`, a test's cleanup).
     """
     removed = []
@@ -282,7 +276,7 @@ class DockerRuntime:
         # Addresses of members last seen paused: activating a shadow then needs no inspect
         # round trip before the unpause (a paused container keeps its address).
         self._paused_endpoints: dict[str, str] = {}
-        # Client networks this runtime created or found: a create then needs no extra call.
+        # Members networks this runtime created or found: a create then needs no extra call.
         self._networks: set[str] = set()
 
     # -- the ContainerRuntime interface ------------------------------------------------
@@ -333,7 +327,7 @@ class DockerRuntime:
     def release(self, member_id: str) -> None:
         """Stop (SIGKILL unless `stop_timeout_s` > 0) and remove; a gone member is fine.
 
-        The client's network goes with its last member.
+        The members network goes with the last member on it.
         """
         self._paused_endpoints.pop(member_id, None)
         self._cpu.forget(member_id)
@@ -404,7 +398,7 @@ class DockerRuntime:
     def _create_container(self, spec: ContainerSpec) -> str:
         name = f"prewarm-{safe_name_part(spec.client_id)}-{uuid.uuid4().hex[:8]}"
         port_key = f"{spec.port}/tcp"
-        network = client_network(spec.client_id, self.reach)
+        network = members_network(self.reach)
         # Images following the $PORT convention (ours does) listen on the spec's port.
         env = {"PORT": str(spec.port), **spec.env}
         host_config = self._api.create_host_config(
@@ -430,20 +424,20 @@ class DockerRuntime:
             "user": MEMBER_USER,
             "detach": True,
         }
-        self._ensure_network(spec.client_id)
+        self._ensure_network()
         try:
             created = self._api.create_container(**kwargs)
         except NotFound as error:
             # Another prewarm removed the network with its last member since we saw it.
             if not _network_missing(error):
                 raise
-            self._ensure_network(spec.client_id, known=False)
+            self._ensure_network(known=False)
             created = self._api.create_container(**kwargs)
         return str(created["Id"])
 
-    def _ensure_network(self, client_id: str, known: bool = True) -> None:
-        """Create the client's network unless this runtime already saw it (idempotent)."""
-        name = client_network(client_id, self.reach)
+    def _ensure_network(self, known: bool = True) -> None:
+        """Create the members network unless this runtime already saw it (idempotent)."""
+        name = members_network(self.reach)
         if known and name in self._networks:
             return
         try:
@@ -452,9 +446,13 @@ class DockerRuntime:
                 name,
                 driver="bridge",
                 internal=self.reach == "bridge",
-                labels={LABEL_MANAGED: "1", LABEL_CLIENT: client_id},
+                labels={LABEL_MANAGED: "1"},
                 check_duplicate=True,
-                options={"com.docker.network.bridge.name": bridge_name(name)},
+                options={
+                    "com.docker.network.bridge.name": bridge_name(name),
+                    # No member reaches another; the host still reaches every member.
+                    "com.docker.network.bridge.enable_icc": "false",
+                },
             )
             log.info("created network %s", name)
         except APIError as error:
@@ -464,17 +462,14 @@ class DockerRuntime:
 
     @staticmethod
     def _own_network(attrs: dict[str, Any]) -> str | None:
-        """The client network a container was created on, if it is one of ours."""
-        client = (attrs["Config"].get("Labels") or {}).get(LABEL_CLIENT)
+        """The members network a container was created on, if it is one of ours."""
         mode = attrs["HostConfig"].get("NetworkMode")
-        if client is None or mode not in {
-            client_network(client, r) for r in ("bridge", "published")
-        }:
+        if mode not in {members_network("bridge"), members_network("published")}:
             return None  # an older member on the default bridge: that network is not ours
         return str(mode)
 
     def _drop_network_if_unused(self, name: str) -> None:
-        """Remove a client's network once no container (created ones too) is on it."""
+        """Remove the members network once no container (created ones too) is on it."""
         self._networks.discard(name)
         if self._api.containers(all=True, filters={"network": name}):
             return
@@ -489,16 +484,15 @@ class DockerRuntime:
     def _start(self, container_id: str) -> None:
         """Start a container, re-creating its network if it was removed since creation.
 
-        A created (cold) member does not hold its network: a release of the client's last
-        running member may remove it. The daemon finds a re-created network by name.
+        A created (cold) member does not hold its network: a release of the last running
+        member may remove it. The daemon finds a re-created network by name.
         """
         try:
             self._api.start(container_id)
         except APIError as error:
             if not _network_missing(error):
                 raise
-            labels = self._api.inspect_container(container_id)["Config"].get("Labels") or {}
-            self._ensure_network(labels.get(LABEL_CLIENT, ""), known=False)
+            self._ensure_network(known=False)
             self._api.start(container_id)
 
     def _start_healthy(self, container_id: str) -> _Steps:

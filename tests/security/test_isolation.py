@@ -2,7 +2,7 @@
 
 Each test provisions real members with `DockerRuntime` and attacks from inside them with
 `docker exec` (which runs as the member's user, with its capabilities: none). Every member
-is released through the runtime afterwards, so the client networks go with them.
+is released through the runtime afterwards, so the members network goes with the last.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from provisioning.runtime.base import LABEL_PLAN, ContainerSpec, Member, Tier, p
 from provisioning.runtime.docker_runtime import (
     MEMBER_PIDS_LIMIT,
     DockerRuntime,
-    client_network,
+    members_network,
     remove_unused_networks,
 )
 from tests.conftest import TEST_PLAN_PREFIX, remove_test_containers
@@ -50,7 +50,7 @@ def runtime(
 
 @pytest.fixture
 def make_spec(plan_id: str, worker_image: str) -> SpecMaker:
-    # Client ids unique to the test: networks are per client, so tests never share one.
+    # Client ids unique to the test.
     suffix = plan_id[-6:]
 
     def make(client: str, tier: Tier = "active") -> ContainerSpec:
@@ -88,32 +88,38 @@ def _pids(client: docker.DockerClient, member: Member) -> int:
     return int(stats["pids_stats"]["current"])
 
 
-def test_a_member_reaches_its_own_clients_members_but_not_another_clients(
+def test_no_member_reaches_another_and_the_host_reaches_every_one(
     runtime: DockerRuntime, docker_client: docker.DockerClient, make_spec: SpecMaker
 ) -> None:
     a1, a2 = runtime.create(make_spec("a")), runtime.create(make_spec("a"))
     b1 = runtime.create(make_spec("b"))
 
-    # The control: the same probe works between two members of one client.
-    code, out = _exec(docker_client, a1, _health_over_tcp(a2))
-    assert code == 0 and "200 OK" in out
-    for source, target in ((a1, b1), (b1, a1), (b1, a2)):
+    # The control: the host (what activates and serves them) reaches each member.
+    for member in (a1, a2, b1):
+        assert probe_once(member.endpoint or "", 2.0), member.id
+    # Not another client's member, and not even one of its own client (none needs to).
+    for source, target in ((a1, b1), (b1, a1), (b1, a2), (a1, a2)):
         code, out = _exec(docker_client, source, _health_over_tcp(target))
         assert code != 0 and "200 OK" not in out, (source.client_id, target.client_id, out)
 
-    networks = {
-        m.id: docker_client.containers.get(m.id).attrs["HostConfig"]["NetworkMode"]
-        for m in (a1, a2, b1)
+    modes = {
+        docker_client.containers.get(m.id).attrs["HostConfig"]["NetworkMode"] for m in (a1, a2, b1)
     }
-    assert networks == {
-        a1.id: client_network(a1.client_id),
-        a2.id: client_network(a1.client_id),
-        b1.id: client_network(b1.client_id),
-    }
-    for name in set(networks.values()):
-        attrs = docker_client.api.inspect_network(name)
-        assert attrs["Internal"] is True  # no egress: the worker needs none
-        assert attrs["Labels"]["prewarm.managed"] == "1"
+    # One network for every client: Docker's default pools hold only ~30 bridge networks.
+    assert modes == {members_network()}
+    attrs = docker_client.api.inspect_network(members_network())
+    assert attrs["Internal"] is True  # no egress: the worker needs none
+    assert attrs["Options"]["com.docker.network.bridge.enable_icc"] == "false"
+    assert attrs["Labels"]["prewarm.managed"] == "1"
+
+
+def test_members_of_more_clients_than_docker_has_address_pools(
+    runtime: DockerRuntime, docker_client: docker.DockerClient, make_spec: SpecMaker
+) -> None:
+    """40 clients, one member each: more than the ~30 networks Docker's pools allow."""
+    members = [runtime.create(make_spec(f"c{i}", "cold")) for i in range(40)]
+    assert len({m.client_id for m in members}) == 40
+    assert len(runtime.list({LABEL_PLAN: members[0].labels[LABEL_PLAN]})) == 40
 
 
 def test_a_fork_bomb_is_capped_by_the_pids_limit_and_hurts_no_one_else(
@@ -185,7 +191,7 @@ def test_activation_still_works_and_the_network_goes_with_the_last_member(
 ) -> None:
     shadow = runtime.create(make_spec("warm", "shadow"))
     cold = runtime.create(make_spec("warm", "cold"))
-    network = client_network(shadow.client_id)
+    network = members_network()
     assert shadow.endpoint is not None and not probe_once(shadow.endpoint, 0.3)  # frozen
 
     active, elapsed_ms = runtime.activate(shadow.id)
@@ -197,22 +203,24 @@ def test_activation_still_works_and_the_network_goes_with_the_last_member(
     runtime.release(shadow.id)
     assert docker_client.api.networks(names=[network])  # one member is still on it
     runtime.release(cold.id)
-    assert not docker_client.api.networks(names=[network])
+    # Gone with the last member on it (another pool's members on this daemon keep it).
+    others = docker_client.api.containers(all=True, filters={"network": network})
+    assert bool(docker_client.api.networks(names=[network])) == bool(others)
     runtime.release(cold.id)  # releasing again is still fine
 
 
 def test_a_cold_member_starts_even_when_its_network_was_removed_meanwhile(
     runtime: DockerRuntime, docker_client: docker.DockerClient, make_spec: SpecMaker
 ) -> None:
-    # A created container does not hold its network: another prewarm releasing the client's
-    # last running member removes it. Activation re-creates it.
+    # A created container does not hold its network: another prewarm releasing the last
+    # running member removes it. Activation re-creates it.
     cold = runtime.create(make_spec("late", "cold"))
-    docker_client.api.remove_network(client_network(cold.client_id))
+    docker_client.api.remove_network(members_network())
 
     member, _ = runtime.activate(cold.id)
 
     assert member.tier == "active" and probe_once(member.endpoint or "", 2.0)
-    attrs = docker_client.api.inspect_network(client_network(cold.client_id))
+    attrs = docker_client.api.inspect_network(members_network())
     assert attrs["Internal"] is True
 
 
@@ -221,9 +229,9 @@ def test_a_runtime_creates_on_a_network_another_prewarm_removed_since(
 ) -> None:
     first = runtime.create(make_spec("churn"))
     DockerRuntime(docker_client).release(first.id)  # another prewarm: the network goes too
-    assert not docker_client.api.networks(names=[client_network(first.client_id)])
+    assert not docker_client.api.networks(names=[members_network()])
 
     second = runtime.create(make_spec("churn"))  # this runtime still thinks it exists
 
     assert probe_once(second.endpoint or "", 2.0)
-    assert docker_client.api.inspect_network(client_network(second.client_id))["Internal"]
+    assert docker_client.api.inspect_network(members_network())["Internal"]
