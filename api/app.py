@@ -529,7 +529,7 @@ def _v1_router() -> APIRouter:
         responses={409: {"model": Error, "description": "Stored extensions conflict."}},
     )
     def get_schema(client_id: ClientId, request: Request) -> dict[str, Any]:
-        """base <- the client's extensions <- anticipated (from the next profile window)."""
+        """base <- the client's extensions <- anticipated (what the applied plan gave)."""
         return _composite(_context(request), client_id)
 
     @router.post(

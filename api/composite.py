@@ -2,6 +2,8 @@
 
 Moved here from `flows/schemas.py` so the API serves exactly what `prewarm schema show`
 prints, without importing `flows`. The reads select the one client, on one connection.
+The anticipated section is the one the newest applied plan rendered into the client's
+members (`flows/provision.py`), so what is served is what the containers got.
 
 Every composite is checked against the deployment's limits (`provisioning/schema_checks.py`):
 the largest host of the stored inventory (this machine when none is stored) and the image
@@ -11,17 +13,23 @@ allow-list, so an extension stored before those checks existed is refused here t
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
-from provisioning.schema import anticipated_from_profile, compose_workload
-from provisioning.schema_checks import SchemaLimits, SchemaRejected, limits_from_inventory
+from provisioning.schema import (
+    ENV_PREFIX,
+    Anticipated,
+    anticipated_from_profile,
+    compose_workload,
+)
+from provisioning.schema_checks import SchemaRejected, limits_from_inventory
 from warehouse.client_reads import read_client, read_client_extensions, read_latest_profile
 from warehouse.db import connect
 from warehouse.errors import PrewarmError
+from warehouse.plans import read_applied_config
 from warehouse.pools import fetch_inventory
 
 
@@ -35,25 +43,23 @@ def client_base(client: Mapping[str, Any]) -> dict[str, Any] | None:
     return base or None
 
 
-def compose_client(
-    client: Mapping[str, Any],
-    extensions: Sequence[Mapping[str, Any]],
-    profile: Sequence[Mapping[str, Any]],
-    limits: SchemaLimits | None = None,
-) -> dict[str, Any]:
-    """The composite from already-read rows; `profile` is the latest run's windows.
+def client_anticipated(con: duckdb.DuckDBPyConnection, client_id: str) -> dict[str, Any] | None:
+    """The anticipated section the client's members got from the newest applied plan.
 
-    The anticipated section comes from the earliest window of the latest profile run, with
-    its p90 concurrency (else p50) as the recommended pool size.
+    A client no applied plan covers yet gets one from the earliest window of its latest
+    profile run, with its p90 concurrency (else p50) as the pool size (source "profile").
     """
-    anticipated = None
-    if profile:
-        row = min(profile, key=lambda r: r["window_start"])
-        pool_size = int(round(row.get("concurrency_p90") or row.get("concurrency_p50") or 0))
-        anticipated = anticipated_from_profile(row, pool_size)
-    return compose_workload(
-        client["client_id"], extensions, anticipated, client_base(client), limits=limits
-    )
+    config = read_applied_config(con, client_id)
+    if config is not None:
+        # Read back from the env the plan rendered: exactly what the members were given.
+        text = config.get("env", {}).get(f"{ENV_PREFIX}ANTICIPATED")
+        return Anticipated.model_validate_json(text).model_dump(mode="json") if text else None
+    profile = read_latest_profile(con, client_id)
+    if not profile:
+        return None
+    row = min(profile, key=lambda r: r["window_start"])
+    pool_size = int(round(row.get("concurrency_p90") or row.get("concurrency_p50") or 0))
+    return {**anticipated_from_profile(row, pool_size), "source": "profile"}
 
 
 def read_stored_extensions(con: duckdb.DuckDBPyConnection, client_id: str) -> list[dict[str, Any]]:
@@ -78,7 +84,7 @@ def client_composite(
     wait_s: float | None = None,
     allowed_images: Iterable[str] | None = None,
 ) -> dict[str, Any]:
-    """base (from the clients table) <- stored extensions <- anticipated (next profile window).
+    """base (from the clients table) <- stored extensions <- anticipated (`client_anticipated`).
 
     Raises PrewarmError for an unknown client; SchemaError when stored extensions conflict;
     SchemaRejected when one is unsafe (see `provisioning.schema_checks`).
@@ -88,7 +94,7 @@ def client_composite(
         if client is None:
             raise PrewarmError(f"No client {client_id!r} in the warehouse.")
         extensions = read_stored_extensions(con, client_id)
-        profile = read_latest_profile(con, client_id)
+        anticipated = client_anticipated(con, client_id)
         # The stored inventory's largest host (this machine when none is stored).
         limits = limits_from_inventory(fetch_inventory(con), allowed_images)
-    return compose_client(client, extensions, profile, limits)
+    return compose_workload(client_id, extensions, anticipated, client_base(client), limits=limits)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
@@ -990,23 +991,31 @@ def demo(
     replay_minutes: Annotated[
         int, typer.Option(min=0, help="Minutes held back and replayed as if live, then reconciled.")
     ] = 60,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", help="Show the run's log on the console too.")
+    ] = False,
 ) -> None:
     """Run the main job once on the embedded defaults and say where to look next.
 
     ingest -> validate -> train (missing or stale models) -> predict profiles -> provision
     (Docker when a daemon answers, processes otherwise) -> the last hour arrives -> reconcile.
+    The run's log (Prefect's, MLflow's and other libraries' messages) goes to data/logs/demo.log.
     """
     settings = _settings(runs_flows=True)
+    from flows.logs import output_to_log
     from flows.pipeline import prewarm_pipeline
     from flows.progress import progress_bars
 
     started = time.perf_counter()
     source = "azure-functions" if trace else "synthetic"
-    with progress_bars():
+    log_path = settings.data_dir / "logs" / "demo.log"
+    with contextlib.nullcontext() if verbose else output_to_log(log_path), progress_bars():
         summary = prewarm_pipeline(
             source=source, path=trace, clients=clients, days=days, replay_minutes=replay_minutes
         )
     _print_demo_summary(settings, summary, time.perf_counter() - started)
+    if not verbose:
+        console.print(f"The run's log: {log_path}")
 
 
 def _print_demo_summary(settings: Settings, summary: Any, seconds: float) -> None:

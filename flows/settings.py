@@ -240,6 +240,9 @@ def configure_environment(settings: Settings, prefect_api_url: str | None = None
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DO_NOT_TRACK", "true")
+    # Loading a model draws a download bar per client: noise in any log, and models load in
+    # flows, never while someone waits on one download.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def _ensure_data_dir(path: Path) -> None:

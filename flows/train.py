@@ -25,6 +25,7 @@ from prefect.futures import as_completed
 from prefect.task_runners import ProcessPoolTaskRunner
 
 from flows.locks import warehouse_write
+from flows.progress import tracker
 from flows.settings import Settings, parse_freq_any
 from models.evaluation import WindowScore, holdout_start, score_window
 from models.exceedance import ExceedanceConfig, fit_exceedance_model
@@ -483,9 +484,10 @@ def train_forecasters(
     summary = TrainSummary(trigger=trigger)
 
     frequencies = clients.select("client_id", "freq_seconds")
-    for (freq,), group in usage.join(frequencies, on="client_id").group_by(
-        "freq_seconds", maintain_order=True
-    ):
+    grouped = usage.join(frequencies, on="client_id")
+    progress = tracker("Training forecasters")
+    total, done = grouped.get_column("client_id").n_unique(), 0
+    for (freq,), group in grouped.group_by("freq_seconds", maintain_order=True):
         config = forecast_config(settings, int(freq))
         group = group.drop("freq_seconds")
         futures = _submit_group(
@@ -494,6 +496,9 @@ def train_forecasters(
         )  # fmt: skip
         for future in as_completed(list(futures)):
             cid = futures[future]
+            done += 1
+            if progress:
+                progress(done, total)
             try:
                 outcome = future.result()
             except Exception as error:  # one client's failure must not stop the others

@@ -178,6 +178,7 @@ class Anticipated(_Strict):
     confidence: float = Field(ge=0, le=1)
     model_version: str | None = None
     generated_at: str | None = None
+    source: Literal["plan", "profile"] = "plan"  # who sized the pool (see api/composite.py)
 
     @field_validator("window_start", "window_end", "generated_at")
     @classmethod

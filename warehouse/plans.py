@@ -91,6 +91,18 @@ def read_applied_targets(path: Path) -> tuple[str | None, pl.DataFrame, dict[str
     return plan_id, targets, {cid: json.loads(cfg) for cid, cfg in configs.iter_rows()}
 
 
+def read_applied_config(con: duckdb.DuckDBPyConnection, client_id: str) -> dict[str, Any] | None:
+    """The container config the newest applied plan rendered for the client (what its members
+    were created with), or None when no applied plan holds one for it."""
+    value = fetch_value(
+        con,
+        f"SELECT config::VARCHAR FROM allocations WHERE plan_id = ({LATEST_APPLIED_PLAN})"
+        " AND client_id = ? AND config IS NOT NULL LIMIT 1",
+        [client_id],
+    )
+    return json.loads(value) if value is not None else None
+
+
 def read_recent_targets(path: Path, since: datetime) -> pl.DataFrame:
     """Per client and host, the most members any plan applied since `since` (wall clock)
     wanted (client_id, host, total): what scale-down stabilisation holds."""

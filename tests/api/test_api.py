@@ -138,7 +138,8 @@ def test_own_key_reads_the_composite_schema(client: TestClient, world: World) ->
     assert schema["cache"]["ttl_seconds"] == 600  # the extension
     anticipated = schema["anticipated"]
     assert anticipated["window_start"] == WINDOW_1[0].isoformat() + "Z"
-    assert anticipated["recommended_pool_size"] == 3  # round(concurrency p90 3.4)
+    # No plan applied yet: the profile's own guess, round(concurrency p90 3.4), and it says so.
+    assert (anticipated["recommended_pool_size"], anticipated["source"]) == (3, "profile")
     assert anticipated["peak"]["concurrency"] == {"p50": 2.0, "p90": 3.4}
     assert anticipated["confidence"] == 0.75
 

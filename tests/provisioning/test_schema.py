@@ -263,6 +263,7 @@ def test_anticipated_from_a_profile_row():
         "confidence": 0.7,
         "model_version": "3",
         "generated_at": "2026-01-05T11:50:00Z",
+        "source": "plan",
     }
     backwards = {**PROFILE, "window_end": PROFILE["window_start"]}
     with pytest.raises(SchemaValidationError, match="window_end must be after window_start"):

@@ -9,8 +9,17 @@ from pathlib import Path
 
 import polars as pl
 
+from warehouse.activations import read_activation_terms
 from warehouse.db import connect
-from warehouse.plans import latest_applied_plan, planned_host, write_plan
+from warehouse.monitoring import read_planned_capacity
+from warehouse.plans import (
+    latest_applied_plan,
+    planned_host,
+    read_applied_config,
+    read_applied_targets,
+    read_recent_targets,
+    write_plan,
+)
 from warehouse.pools import read_latest_forecasts
 
 T0 = datetime(2026, 1, 19, 12, 0)
@@ -55,30 +64,50 @@ class _Plan:
     totals: dict | None = None
 
 
-def _plan(plan_id: str, created_at: datetime) -> _Plan:
-    empty = pl.DataFrame(schema={"plan_id": pl.String, "client_id": pl.String})
-    return _Plan(plan_id, created_at, empty.drop("plan_id"), empty, totals={})
+def _plan(plan_id: str, created_at: datetime, members: int) -> _Plan:
+    """A plan holding `members` active members of client a in the window at T0."""
+    desired = pl.DataFrame(
+        {"plan_id": [plan_id], "client_id": ["a"], "window_start": [T0],
+         "window_end": [T0 + timedelta(minutes=5)], "tier": ["active"], "count": [members],
+         "host": ["h"], "mode": ["provision"], "expected_cost": [0.0],
+         "expected_cold_starts": [0.0], "priority": [1.0]},
+    )  # fmt: skip
+    return _Plan(plan_id, created_at, desired, pl.DataFrame(), totals={})
 
 
-def _targets(host: str) -> pl.DataFrame:
-    return pl.DataFrame(
-        {"client_id": ["a"], "host": [host], "active": [1], "shadow": [0], "cold": [0],
-         "hold": [1], "floor_need": [0], "reason": [None]},
+def _record(path: Path, plan_id: str, members: int, dry_run: bool, hours: int = 0) -> int:
+    """Record the plan with its targets (host h-<plan>) and a config naming it."""
+    targets = pl.DataFrame(
+        {"client_id": ["a"], "host": [f"h-{plan_id}"], "active": [members], "shadow": [0],
+         "cold": [0], "hold": [members], "floor_need": [0], "reason": [None]},
         schema_overrides={"reason": pl.String},
     )  # fmt: skip
+    plan = _plan(plan_id, T0 + timedelta(hours=hours), members)
+    return write_plan(path, plan, dry_run, {"a": {"image": f"img-{plan_id}"}}, targets)
 
 
 def test_the_latest_plan_is_the_newest_applied_one_by_sequence(warehouse_path: Path):
-    # Same data clock for both (two plans on the same data): only the sequence orders them.
-    first = write_plan(warehouse_path, _plan("p-1", T0), False, {}, _targets("h1"))
-    second = write_plan(warehouse_path, _plan("p-2", T0), False, {}, _targets("h2"))
-    dry = write_plan(
-        warehouse_path, _plan("p-3", T0 + timedelta(hours=1)), True, {}, _targets("h3")
-    )
-    assert (first, second, dry) == (1, 2, 3)
+    """Every reader of "the plan" sees p-2: not p-1 (same data clock, older sequence), not the
+    dry run p-3 recorded after it (a later data clock too)."""
+    seqs = [
+        _record(warehouse_path, "p-1", 1, False),
+        _record(warehouse_path, "p-2", 2, False),
+        _record(warehouse_path, "p-3", 5, True, hours=1),
+    ]
+    assert seqs == [1, 2, 3]
     with connect(warehouse_path, read_only=True) as con:
-        assert latest_applied_plan(con) == "p-2"  # a dry run is never the pool's plan
-        assert planned_host(con, "a") == "h2"
+        assert latest_applied_plan(con) == "p-2"
+        assert planned_host(con, "a") == "h-p-2"
+        assert read_applied_config(con, "a") == {"image": "img-p-2"}
+        assert read_applied_config(con, "b") is None  # no plan for b
+    plan_id, targets, configs = read_applied_targets(warehouse_path)
+    assert (plan_id, targets.get_column("active").to_list()) == ("p-2", [2])
+    assert configs == {"a": {"image": "img-p-2"}}
+    assert read_activation_terms(warehouse_path, "a").planned_members == 2
+    capacity = read_planned_capacity(warehouse_path)
+    assert capacity.select("client_id", "active").rows() == [("a", 2)]
+    recent = read_recent_targets(warehouse_path, T0 - timedelta(days=1))
+    assert sorted(recent.select("host", "total").rows()) == [("h-p-1", 1), ("h-p-2", 2)]
 
 
 def test_old_prediction_runs_are_pruned_but_each_clients_latest_is_kept(warehouse_path):
