@@ -8,6 +8,7 @@ and the temporary Prefect server a flow command starts.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -183,11 +184,16 @@ def _uvicorn_child(parent: int) -> int | None:
 def _listening_port(pid: int) -> int | None:
     """The TCP port the process's listening socket (its inherited fd) is bound to."""
     inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        target = os.readlink(fd)
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+    try:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(FileNotFoundError):  # closed while we looked
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        table = Path(f"/proc/{pid}/net/tcp").read_text()
+    except FileNotFoundError:  # the process is gone (or still exec'ing): not listening yet
+        return None
+    for line in table.splitlines()[1:]:
         fields = line.split()
         if fields[3] == "0A" and fields[9] in inodes:  # 0A = LISTEN
             return int(fields[1].split(":")[1], 16)
