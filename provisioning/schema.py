@@ -52,6 +52,7 @@ from provisioning.schema_checks import (
     check_document,
     check_json_text,
     check_workload,
+    json_type,
 )
 from warehouse.errors import PrewarmError
 
@@ -259,7 +260,7 @@ def load_extension(path: str | Path) -> dict[str, Any]:
     except ValueError as error:  # e.g. an integer of more than 4300 digits
         raise SchemaRejected(source, "$", f"not readable as JSON ({error})") from None
     if not isinstance(document, dict):
-        raise SchemaError(f"{path}: an extension must be a JSON object, got {_json_type(document)}")
+        raise SchemaError(f"{path}: an extension must be a JSON object, got {json_type(document)}")
     return document
 
 
@@ -524,7 +525,7 @@ def _issues(
         kind = item["type"]
         if kind in _EXPECTED:
             value = item["input"]
-            got = "null" if value is None else f"{_json_type(value)} {_show(value)}"
+            got = "null" if value is None else f"{json_type(value)} {_show(value)}"
             problem = f"expected {_EXPECTED[kind]}, got {got}"
         elif kind == "extra_forbidden":
             known = _known_keys(model, loc[:-1])
@@ -567,24 +568,6 @@ def _json_path(loc: tuple[str | int, ...], prefix: str = "$") -> str:
     for part in loc:
         path += f"[{part}]" if isinstance(part, int) else f".{part}"
     return path
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, Mapping):
-        return "object"
-    if isinstance(value, list | tuple):
-        return "array"
-    return type(value).__name__
 
 
 def _show(value: Any) -> str:

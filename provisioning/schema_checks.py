@@ -153,7 +153,7 @@ def check_document(document: Any, source: str) -> None:
     the exact serialised size is checked at the end.
     """
     if not isinstance(document, Mapping):
-        raise SchemaRejected(source, "$", f"expected a JSON object, got {_kind(document)}")
+        raise SchemaRejected(source, "$", f"expected a JSON object, got {json_type(document)}")
     estimate = 0  # at most the serialised size, in characters
 
     def grow(amount: int) -> None:
@@ -172,7 +172,8 @@ def check_document(document: Any, source: str) -> None:
             if isinstance(value, Mapping):
                 for key, item in value.items():
                     if not isinstance(key, str):
-                        raise SchemaRejected(source, path, f"a key is {_kind(key)}, not a string")
+                        problem = f"a key is {json_type(key)}, not a string"
+                        raise SchemaRejected(source, path, problem)
                     key_path = f"{path}.{_segment(key)}"
                     _check_string(key, source, key_path, key=True)
                     grow(len(key) + 4)  # quotes, colon, comma
@@ -190,7 +191,7 @@ def check_document(document: Any, source: str) -> None:
             _check_number(value, source, path)
             grow(1)
         else:
-            raise SchemaRejected(source, path, f"{_kind(value)} is not a JSON value")
+            raise SchemaRejected(source, path, f"{json_type(value)} is not a JSON value")
     # Walked, so at most MAX_DEPTH deep: serialising cannot recurse too far.
     text = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
     size = len(text.encode("utf-8", "surrogatepass"))
@@ -310,11 +311,20 @@ def _kib(size: int) -> str:
     return f"{size / 1024:.0f} KiB" if size >= 10 * 1024 else f"{size} bytes"
 
 
-def _kind(value: Any) -> str:
+def json_type(value: Any) -> str:
+    """A value's JSON type name, for messages ("object", "integer", ...)."""
     if value is None:
         return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
     if isinstance(value, Mapping):
-        return "an object"
-    if isinstance(value, list):
-        return "an array"
+        return "object"
+    if isinstance(value, list | tuple):
+        return "array"
     return type(value).__name__

@@ -9,7 +9,6 @@ covers yet is served its profile's, marked `source: profile`; a later dry run ch
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 
@@ -17,14 +16,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from flows.ingest import ingest_usage
 from flows.provision import provision_pools
 from flows.runtime import open_pool_runtime
 from flows.schemas import show_client_composite
 from flows.settings import Settings
 from provisioning.apply import release_all
 from provisioning.runtime.process_runtime import ProcessRuntime
-from tests.flows.test_provision_flow import END, _seed_forecasts
+from tests.flows.test_provision_flow import END, seeded_pool
 from warehouse.api_keys import issue_key
 from warehouse.db import connect
 
@@ -37,14 +35,8 @@ WINDOW = (END, END + timedelta(hours=6))
 def settings(prefect_harness, data_dir, monkeypatch) -> Iterator[Settings]:
     """Three clients on a process pool; c0000 certainly needs 2 members, and its profile's
     p90 concurrency (7.6) would say 8."""
-    monkeypatch.setenv("PREWARM_RUNTIME", "process")
-    monkeypatch.setenv("PREWARM_POOL", f"test-{uuid.uuid4().hex[:8]}")
-    ingest_usage(source="synthetic", clients=3, days=2, seed=3, end=END)
-    settings = Settings()
-    _seed_forecasts(settings)
+    settings = seeded_pool(monkeypatch, "process")
     with connect(settings.warehouse_path) as con:
-        # No need observed lately: the forecasts alone size the pool.
-        con.execute("UPDATE usage SET concurrency = 0 WHERE ts >= ?", [END - timedelta(hours=1)])
         con.execute(
             "INSERT INTO profiles (client_id, generated_at, origin, window_start, window_end,"
             " duration_minutes, concurrency_p50, concurrency_p90, confidence, model_name,"

@@ -62,20 +62,26 @@ def _seed_forecasts(settings: Settings) -> None:
     write_predictions(settings.warehouse_path, forecasts, pl.DataFrame(), exceedance)
 
 
+def seeded_pool(monkeypatch: pytest.MonkeyPatch, runtime: str) -> Settings:
+    """Three synthetic clients with the forecasts above, a unique pool on `runtime`. The
+    hand-made forecasts alone decide the pool: no need observed lately (the floor), which
+    test_the_need_just_observed_is_kept_warm covers."""
+    monkeypatch.setenv("PREWARM_RUNTIME", runtime)
+    monkeypatch.setenv("PREWARM_POOL", f"test-{uuid.uuid4().hex[:8]}")
+    ingest_usage(source="synthetic", clients=3, days=2, seed=3, end=END)
+    settings = Settings()
+    _seed_forecasts(settings)
+    with connect(settings.warehouse_path) as con:
+        con.execute("UPDATE usage SET concurrency = 0 WHERE ts >= ?", [END - timedelta(hours=1)])
+    return settings
+
+
 @pytest.fixture(params=["process", pytest.param("docker", marks=pytest.mark.docker)])
 def pool_settings(request, prefect_harness, data_dir, monkeypatch):
     """A seeded warehouse, a unique pool on the chosen runtime, everything released after."""
     if request.param == "docker" and (reason := docker_unavailable_reason(timeout_s=2.0)):
         pytest.skip(f"needs a Docker daemon: {reason}")
-    monkeypatch.setenv("PREWARM_RUNTIME", request.param)
-    monkeypatch.setenv("PREWARM_POOL", f"test-{uuid.uuid4().hex[:8]}")
-    ingest_usage(source="synthetic", clients=3, days=2, seed=3, end=END)
-    settings = Settings()
-    _seed_forecasts(settings)
-    # The hand-made forecasts alone decide the pool: no need observed lately (the floor),
-    # which test_the_need_just_observed_is_kept_warm covers.
-    with connect(settings.warehouse_path) as con:
-        con.execute("UPDATE usage SET concurrency = 0 WHERE ts >= ?", [END - timedelta(hours=1)])
+    settings = seeded_pool(monkeypatch, request.param)
     yield settings
     release_all(open_runtime(settings), settings.pool_scope)
 

@@ -21,12 +21,11 @@ from pydantic import Field, TypeAdapter, ValidationError
 
 from models.registry import RegistryUnavailable, current_aliases, ensure_experiment
 from provisioning.costs import CostConfigError, load_cost_model
+from tests.security.cli import PREWARM, isolated_env
 from warehouse.api_keys import issue_key
 from warehouse.db import connect, fetch_value
 from warehouse.errors import PrewarmError
 from warehouse.validation import CLIENT_ID_PATTERN, is_client_id
-
-PREWARM = str(Path(sys.executable).with_name("prewarm"))
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -34,13 +33,7 @@ Run = Callable[..., subprocess.CompletedProcess[str]]
 @pytest.fixture
 def prewarm(tmp_path: Path) -> Run:
     """Run the real CLI in a fresh home: data dir, registry and Prefect state under tmp_path."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "PREWARM_"))}
-    env.update(
-        PREWARM_DATA_DIR=str(tmp_path / "data"),
-        PREWARM_MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}",
-        PREWARM_MLFLOW_ARTIFACTS_DIR=str(tmp_path / "mlruns" / "artifacts"),
-        COLUMNS="200",
-    )
+    env = isolated_env(tmp_path)
 
     def run(*args: str, timeout: float = 120, **extra_env: str) -> subprocess.CompletedProcess:
         return subprocess.run(

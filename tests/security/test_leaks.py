@@ -30,6 +30,7 @@ from provisioning.runtime.process_runtime import (
     WORKER_SCRIPT,
     ProcessRuntime,
 )
+from tests.security.cli import PREWARM, isolated_env
 
 REPO = Path(__file__).resolve().parents[2]
 SCOPE = {"prewarm.pool": "leak-test"}
@@ -201,17 +202,11 @@ def _listening_port(pid: int) -> int | None:
 
 
 def test_the_temporary_prefect_server_dies_with_a_killed_flow_command(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "PREWARM_"))}
-    env.update(
-        PREWARM_DATA_DIR=str(tmp_path / "data"),
-        PREWARM_MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
-        PREWARM_MLFLOW_ARTIFACTS_DIR=str(tmp_path / "artifacts"),
-        # Never `prewarm up`'s server, should one run here: a temporary one is the case.
-        PREWARM_PREFECT_PORT="1",
-    )
+    # Never `prewarm up`'s server, should one run here: a temporary one is the case.
+    env = isolated_env(tmp_path, PREWARM_PREFECT_PORT="1")
     bystander = subprocess.Popen(["sleep", "120"])  # must survive: nothing else is killed
     command = subprocess.Popen(
-        [Path(sys.executable).with_name("prewarm"), "ingest", "--source", "synthetic",
+        [PREWARM, "ingest", "--source", "synthetic",
          "--clients", "2", "--days", "1"],
         cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip

@@ -8,11 +8,9 @@ import csv
 import hashlib
 import io
 import json
-import os
 import re
 import socket
 import subprocess
-import sys
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
@@ -20,26 +18,14 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from tests.security.cli import PREWARM, isolated_env
 from warehouse.db import connect
-
-PREWARM = str(Path(sys.executable).with_name("prewarm"))
-
-
-def _env(tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "PREWARM_"))}
-    env.update(
-        PREWARM_DATA_DIR=str(tmp_path / "data"),
-        PREWARM_MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
-        PREWARM_MLFLOW_ARTIFACTS_DIR=str(tmp_path / "artifacts"),
-        COLUMNS="200",
-    )
-    return env
 
 
 def _sql(tmp_path: Path, query: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [PREWARM, "sql", query, *args],
-        env=_env(tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env=isolated_env(tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
 
 
