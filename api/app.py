@@ -44,7 +44,6 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -84,6 +83,9 @@ from api.models import (
 )
 from api.rate import TokenBuckets, retry_after
 from api.recorder import ActivationRecorder
+from core.errors import PrewarmError
+from core.times import aware_utc
+from core.vocabulary import METRICS
 from provisioning.reconciler import LABEL_HOST
 from provisioning.runtime.base import ContainerRuntime, PrewarmRuntimeError, ms_since
 from provisioning.runtime.leases import LeaseBook, lease_book_path
@@ -98,11 +100,10 @@ from warehouse.activations import (
 from warehouse.api_keys import KEY_PREFIX, parse_key
 from warehouse.client_reads import read_latest_profile
 from warehouse.db import connect
-from warehouse.errors import PrewarmError, WarehouseBusy
+from warehouse.errors import WarehouseBusy
 from warehouse.feedback import record_feedback
 from warehouse.live_keys import read_live_keys
 from warehouse.plans import planned_host
-from warehouse.sources.base import METRICS
 from warehouse.validation import CLIENT_ID_PATTERN
 
 log = logging.getLogger(__name__)
@@ -688,8 +689,8 @@ def _read_profile(path: Path, client_id: str, *, wait_s: float) -> list[dict[str
 def _profile(client_id: str, rows: list[dict[str, Any]]) -> Profile:
     windows = [
         ProfileWindow(
-            start=_utc(row["window_start"]),
-            end=_utc(row["window_end"]),
+            start=aware_utc(row["window_start"]),
+            end=aware_utc(row["window_end"]),
             duration_minutes=float(row["duration_minutes"]),
             peaks={
                 metric: Peak(
@@ -704,7 +705,7 @@ def _profile(client_id: str, rows: list[dict[str, Any]]) -> Profile:
         )
         for row in rows
     ]
-    generated_at = _utc(rows[0]["generated_at"]) if rows else None
+    generated_at = aware_utc(rows[0]["generated_at"]) if rows else None
     return Profile(client_id=client_id, generated_at=generated_at, windows=windows)
 
 
@@ -773,10 +774,6 @@ async def _recorded(ctx: _Context, done: Future[bool]) -> None:
         await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(done)), ctx.lock_wait_s + 1.0)
     except TimeoutError:
         log.info("activation outcome still queued after the response (warehouse busy)")
-
-
-def _utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _finite(value: Any) -> float | None:

@@ -19,6 +19,7 @@ from typing import Any
 
 import duckdb
 
+from core.errors import PrewarmError
 from provisioning.schema import (
     ENV_PREFIX,
     Anticipated,
@@ -28,7 +29,6 @@ from provisioning.schema import (
 from provisioning.schema_checks import SchemaRejected, limits_from_inventory
 from warehouse.client_reads import read_client, read_client_extensions, read_latest_profile
 from warehouse.db import connect
-from warehouse.errors import PrewarmError
 from warehouse.plans import read_applied_config
 from warehouse.pools import fetch_inventory
 

@@ -15,8 +15,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, model_validator
 
-# The six usage metrics (warehouse.sources.base.METRICS), spelled out for the schema.
-Metric = Literal["requests", "concurrency", "cpu_cores", "memory_mb", "net_mbps", "io_ops"]
+from core.times import aware_utc
+from core.vocabulary import MetricName, TierName
+
+Metric = MetricName
 MAX_COMMENT_CHARS = 2000
 # Feedback is about forecast windows around now: a date years away is a typo or a probe.
 MAX_WINDOW_DISTANCE = timedelta(days=400)
@@ -61,8 +63,8 @@ class FeedbackIn(BaseModel):
 
     @model_validator(mode="after")
     def _sane_window(self) -> FeedbackIn:
-        self.window_start = _as_utc(self.window_start)
-        self.window_end = _as_utc(self.window_end)
+        self.window_start = aware_utc(self.window_start)
+        self.window_end = aware_utc(self.window_end)
         if self.window_end <= self.window_start:
             raise ValueError("window_end must be after window_start")
         now = datetime.now(UTC)
@@ -115,7 +117,7 @@ class Activated(BaseModel):
     member_id: str
     endpoint: str | None
     activation_ms: float = Field(description="From the call to the member's first answer.")
-    tier_before: Literal["active", "shadow", "cold"] | None = Field(
+    tier_before: TierName | None = Field(
         description="The member's tier before: active (idle, served at once), shadow, cold."
     )
 
@@ -143,7 +145,3 @@ class FieldError(BaseModel):
 class ValidationFailed(BaseModel):
     detail: str = Field(description="Every problem in one sentence, fields named.")
     errors: list[FieldError]
-
-
-def _as_utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)

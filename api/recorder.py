@@ -27,9 +27,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from datetime import datetime
 
+from core.errors import PrewarmError
+from core.times import utc_now
 from warehouse.activations import Activation
-from warehouse.db import utc_now
-from warehouse.errors import PrewarmError
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import duckdb
 
-from warehouse.db import utc_now
+from core.times import utc_now
 from warehouse.ingest import BatchRecord, load_batch
 from warehouse.sources.synthetic import generate_synthetic
 from warehouse.validation import _context, validate_batch

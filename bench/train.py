@@ -78,8 +78,8 @@ def _one_run(args: argparse.Namespace, index: int) -> dict:
 
         # One Prefect API for this process and the fit workers it starts (as the CLI does).
         configure_environment(settings, prefect_api_url=prefect_api_url(settings))
+        from core.times import utc_now
         from flows.train import train_flow
-        from warehouse.db import utc_now
         from warehouse.ingest import BatchRecord, load_batch
         from warehouse.sources.synthetic import generate_synthetic
         from warehouse.validation import validate_batch

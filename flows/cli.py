@@ -17,8 +17,9 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from core.errors import PrewarmError
+from core.vocabulary import Mode, Source
 from flows.settings import Settings, configure_environment
-from warehouse.errors import PrewarmError
 
 app = typer.Typer(
     help="prewarm: forecast each client's demand and warm capacity before it arrives.",
@@ -29,12 +30,6 @@ app = typer.Typer(
 # Piped output (logs, CI) gets wide tables instead of an 80-column squeeze.
 console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 errors = Console(stderr=True, soft_wrap=True)
-
-
-class Source(StrEnum):
-    synthetic = "synthetic"
-    azure_functions = "azure-functions"
-    events = "events"
 
 
 class OutputFormat(StrEnum):
@@ -61,7 +56,7 @@ def _settings(runs_flows: bool = False) -> Settings:
 
 @app.command()
 def ingest(
-    source: Annotated[Source, typer.Option(help="Where usage comes from.")] = Source.synthetic,
+    source: Annotated[Source, typer.Option(help="Where usage comes from.")] = Source.SYNTHETIC,
     path: Annotated[
         Path | None,
         typer.Option(help="Trace directory (azure-functions) or CSV/Parquet/JSONL file (events)."),
@@ -561,11 +556,6 @@ clients_app = typer.Typer(help="Clients: API keys and provisioning mode.", no_ar
 app.add_typer(clients_app, name="clients")
 
 
-class Mode(StrEnum):
-    provision = "provision"
-    forecast_only = "forecast-only"
-
-
 @clients_app.command("mode")
 def clients_mode(
     client_id: Annotated[str, typer.Argument(help="The client id.")],
@@ -657,7 +647,7 @@ app.add_typer(feed_app, name="feed")
 def feed_show() -> None:
     """The feed followed, its parameters, its clock and watermark, and the files taken."""
     settings = _settings()
-    from warehouse.db import utc_now
+    from core.times import utc_now
     from warehouse.feeds import feed_clock, read_feed, read_taken_files, watermark
 
     path = settings.warehouse_path
@@ -704,8 +694,8 @@ def feed_follow(
     NAME.tmp or NAME.partial) and rename it in when complete; each file is taken once.
     """
     settings = _settings()
+    from core.times import utc_now
     from flows.feed import complete_feed
-    from warehouse.db import utc_now
     from warehouse.feeds import follow_feed, parse_feed
 
     feed = complete_feed(parse_feed(spec, speed=speed), settings)

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from core.times import utc_now
 from flows.settings import Settings
 from warehouse.cycles import recent_durations
-from warehouse.db import utc_now
 
 # Before any cycle has finished: what a small cycle takes on the reference machine.
 DEFAULT_CYCLE_SECONDS = 5.0

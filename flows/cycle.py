@@ -37,6 +37,8 @@ import polars as pl
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
+from core.errors import PrewarmError
+from core.times import utc_now
 from flows.artifacts import publish_cycle
 from flows.clock import clock_rate, expected_lead_seconds
 from flows.feed import complete_feed, ingest_feed
@@ -47,8 +49,7 @@ from flows.reconcile import reconcile_buckets, record_drift
 from flows.settings import Settings
 from models.registry import current_aliases
 from warehouse.cycles import churn_last_hour, finish_cycle, last_prediction, start_cycle
-from warehouse.db import shared_connection, utc_now
-from warehouse.errors import PrewarmError
+from warehouse.db import shared_connection
 from warehouse.feeds import Feed, feed_clock, follow_feed, parse_feed, read_feed, watermark
 from warehouse.predictions import prune_predictions
 

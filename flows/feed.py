@@ -12,10 +12,10 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 from prefect.exceptions import MissingContextError
 
+from core.times import naive_utc, utc_now
 from flows.ingest import load_report, record_rejection, rejection_problem
 from flows.locks import warehouse_write
 from flows.settings import Settings
-from warehouse.db import naive_utc, utc_now
 from warehouse.feed_screen import read_newest_buckets, screen_report
 from warehouse.feed_sources import PendingBatch
 from warehouse.feeds import Feed, follow_feed, is_taken, pending_batches, watermark

@@ -12,6 +12,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 from prefect.states import Failed
 
+from core.vocabulary import SourceName
 from flows.locks import warehouse_write
 from flows.progress import tracker
 from flows.settings import Settings
@@ -34,7 +35,6 @@ from warehouse.sources.synthetic import generate_synthetic
 from warehouse.validation import ValidationReport, describe_rejection, validate_batch
 
 _EPOCH = datetime(1970, 1, 1)
-SourceName = Literal["synthetic", "azure-functions", "events"]
 
 
 @dataclass

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from warehouse.errors import PrewarmError
+from core.errors import PrewarmError
 
 _RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
 

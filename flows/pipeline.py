@@ -16,6 +16,7 @@ from typing import Any
 import polars as pl
 from prefect import flow, get_run_logger
 
+from core.times import utc_now
 from flows.feed import record_feed
 from flows.ingest import IngestOutcome, SourceName, default_end, ingest_usage
 from flows.predict import PredictSummary, predict_profiles
@@ -24,7 +25,6 @@ from flows.reconcile import ReconcileSummary, reconcile_pools
 from flows.settings import Settings
 from flows.train import TrainSummary, train_flow
 from models.registry import current_aliases
-from warehouse.db import utc_now
 from warehouse.feeds import Feed, FeedMismatch, watermark
 from warehouse.reads import read_training_state
 

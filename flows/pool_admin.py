@@ -15,6 +15,8 @@ from pathlib import Path
 
 import polars as pl
 
+from core.errors import PrewarmError
+from core.times import utc_now
 from flows.locks import warehouse_write
 from flows.runtime import bound_runtime, open_runtime_named
 from flows.settings import Settings
@@ -23,8 +25,7 @@ from provisioning.runtime.base import LABEL_MANAGED, ContainerRuntime, Member
 from provisioning.runtime.leases import LeaseBook, lease_book_path
 from provisioning.runtime.select import PROCESS_STATE_FILE, docker_unavailable_reason
 from provisioning.targets import targets_as_desired, targets_hold
-from warehouse.db import connect, fetch_frame, utc_now
-from warehouse.errors import PrewarmError
+from warehouse.db import connect, fetch_frame
 from warehouse.plans import read_applied_targets
 from warehouse.pools import rebind_pool_runtime, write_pool_state
 

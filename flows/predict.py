@@ -23,12 +23,12 @@ from mlflow.exceptions import MlflowException
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
+from core.errors import PrewarmError
+from core.times import utc_now
 from flows.locks import warehouse_write
 from flows.settings import Settings
 from models.prediction import Predictions, predict_clients
 from models.registry import CHALLENGER, CHAMPION, current_aliases, load_forecaster_version
-from warehouse.db import utc_now
-from warehouse.errors import PrewarmError
 from warehouse.predictions import write_predictions
 from warehouse.reads import has_model_runs, read_calendar, read_clients, read_recent_usage
 

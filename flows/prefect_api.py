@@ -23,9 +23,9 @@ from functools import cache
 
 import httpx
 
+from core.errors import PrewarmError
 from flows import stack
 from flows.settings import Settings, child_environment
-from warehouse.errors import PrewarmError
 
 # Like PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS in flows/settings.py: on a busy
 # 2-core machine the server can take a minute to start. (Prefect is not imported here: its

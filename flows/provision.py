@@ -26,6 +26,8 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
 from api.composite import client_base
+from core.errors import PrewarmError
+from core.times import utc_now
 from flows.artifacts import publish_plan
 from flows.clock import clock_rate, expected_lead_seconds, planning_clock
 from flows.locks import warehouse_write
@@ -47,8 +49,6 @@ from provisioning.schema import (
 from provisioning.schema_checks import SchemaLimits, SchemaRejected, limits_from_inventory
 from provisioning.targets import targets_as_desired, targets_hold
 from provisioning.toml_file import read_toml
-from warehouse.db import utc_now
-from warehouse.errors import PrewarmError
 from warehouse.feeds import read_feed
 from warehouse.plans import read_recent_targets, write_plan
 from warehouse.pools import (

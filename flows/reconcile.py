@@ -27,6 +27,8 @@ import polars as pl
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
+from core.errors import PrewarmError
+from core.times import utc_now
 from flows.artifacts import publish_reconciliation
 from flows.locks import warehouse_write
 from flows.retrain import RetrainSummary, retrain_candidates, retrain_drifted
@@ -37,8 +39,6 @@ from models.retraining import retrain_decisions
 from provisioning.costs import CostModel, load_cost_model
 from provisioning.monitoring import DriftThresholds, detect_drift, pool_outcomes, score_forecasts
 from provisioning.runtime.base import ContainerRuntime
-from warehouse.db import utc_now
-from warehouse.errors import PrewarmError
 from warehouse.feedback import read_reported_actuals
 from warehouse.monitoring import (
     annotate_reconciliations,

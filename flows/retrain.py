@@ -17,11 +17,11 @@ from datetime import datetime, timedelta
 import polars as pl
 from prefect import flow, get_run_logger
 
+from core.times import utc_now
 from flows.locks import warehouse_write
 from flows.settings import Settings
 from flows.train import train_flow
 from models.retraining import retrain_decisions
-from warehouse.db import utc_now
 from warehouse.monitoring import mark_drift_retrained, read_open_drift
 
 RETRAIN_TRIGGERS = ("drift", "feedback")  # the order their runs go in

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import logging
 
+from core.errors import PrewarmError
 from flows.settings import Settings
 from provisioning.runtime.base import ContainerRuntime, RuntimeUnavailable
 from provisioning.runtime.images import build_image
 from provisioning.runtime.select import docker_unavailable_reason, select_runtime
-from warehouse.errors import PrewarmError
 from warehouse.pools import bind_pool_runtime, read_pool_runtime
 
 log = logging.getLogger(__name__)

@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from api.composite import client_base, client_composite, read_stored_extensions
+from core.errors import PrewarmError
 from flows.settings import Settings
 from provisioning.inventory import load_inventory
 from provisioning.schema import compose_workload, load_extension, validate_extension
 from provisioning.schema_checks import SchemaLimits, SchemaRejected, limits_from_inventory
 from warehouse.client_reads import read_client
 from warehouse.db import connect
-from warehouse.errors import PrewarmError
 from warehouse.pools import read_inventory, store_schema_extension
 
 __all__ = ["add_extension", "schema_limits", "show_client_composite"]

@@ -15,7 +15,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from warehouse.errors import PrewarmError
+from core.errors import PrewarmError
+from core.vocabulary import ModeName
 
 _FREQ_UNITS = {"s": 1, "sec": 1, "min": 60, "m": 60, "h": 3600, "d": 86400}
 
@@ -102,7 +103,7 @@ class Settings(BaseSettings):
     costs_path: Path | None = Field(
         default=None, description="TOML with a [costs] section overriding the cost model"
     )
-    new_client_mode: Literal["provision", "forecast-only"] = Field(
+    new_client_mode: ModeName = Field(
         default="provision", description="mode a client starts in when first ingested"
     )
     exceedance_levels: int = Field(

@@ -116,7 +116,7 @@ def soak_pool(workdir: Path) -> str:
 def prepare_workdir(workdir: Path) -> None:
     """An empty work directory, or a previous soak's (its pool released, then wiped);
     anything else is refused."""
-    from warehouse.errors import PrewarmError
+    from core.errors import PrewarmError
 
     if workdir.exists() and any(workdir.iterdir()):
         if not (workdir / MARKER).exists():
@@ -205,7 +205,7 @@ def run_soak(options: SoakOptions, say: Callable[[str], None]) -> SoakReport:
     settings = Settings()
     trace = load_trace(options.trace)
     if options.warmup + options.minutes > trace.minutes:
-        from warehouse.errors import PrewarmError
+        from core.errors import PrewarmError
 
         raise PrewarmError(
             f"The trace has {trace.minutes} minutes: --warmup {options.warmup} plus --minutes "
@@ -245,7 +245,7 @@ def run_soak(options: SoakOptions, say: Callable[[str], None]) -> SoakReport:
         say("live: waiting for the last minutes' traffic")
         code = traffic.wait()
         if code != 0:
-            from warehouse.errors import PrewarmError
+            from core.errors import PrewarmError
 
             raise PrewarmError(
                 f"the soak's traffic process failed (exit {code}); see "
@@ -265,7 +265,7 @@ def run_soak(options: SoakOptions, say: Callable[[str], None]) -> SoakReport:
 
 
 def _utc() -> datetime:
-    from warehouse.db import utc_now
+    from core.times import utc_now
 
     return utc_now()
 

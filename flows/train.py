@@ -24,6 +24,8 @@ from prefect.cache_policies import NONE
 from prefect.futures import as_completed
 from prefect.task_runners import ProcessPoolTaskRunner
 
+from core.errors import PrewarmError
+from core.times import utc_now
 from flows.locks import warehouse_write
 from flows.progress import tracker
 from flows.settings import Settings, parse_freq_any
@@ -58,8 +60,6 @@ from models.registry import (
     register_forecaster,
 )
 from models.retraining import check_trigger
-from warehouse.db import utc_now
-from warehouse.errors import PrewarmError
 from warehouse.feedback import read_reported_actuals
 from warehouse.predictions import write_model_runs
 from warehouse.reads import (

@@ -20,8 +20,8 @@ from datetime import datetime, timedelta
 
 import polars as pl
 
+from core.vocabulary import METRICS
 from models.forecaster import Adjustments
-from warehouse.sources.base import METRICS
 
 log = logging.getLogger(__name__)
 

@@ -39,6 +39,7 @@ import lightgbm as lgb
 import numpy as np
 import polars as pl
 
+from core.vocabulary import METRICS
 from models.baselines import coverage, naive_forecast, pinball, seasonal_naive_forecast, wmape
 from models.features import (
     DAY_SECONDS,
@@ -54,7 +55,6 @@ from models.features import (
     to_long,
     ts_of,
 )
-from warehouse.sources.base import METRICS
 
 log = logging.getLogger(__name__)
 

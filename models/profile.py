@@ -23,7 +23,7 @@ from datetime import datetime
 
 import polars as pl
 
-from warehouse.sources.base import METRICS
+from core.vocabulary import METRICS
 
 PROFILE_METRICS = METRICS
 DEMAND_METRICS = ("concurrency", "requests")

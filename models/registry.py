@@ -34,7 +34,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model, infer_signature
 from sqlalchemy.exc import SQLAlchemyError
 
-from warehouse.errors import PrewarmError
+from core.errors import PrewarmError
 
 log = logging.getLogger(__name__)
 

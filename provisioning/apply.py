@@ -41,6 +41,7 @@ from typing import Any
 
 import polars as pl
 
+from core.times import naive_utc
 from provisioning.reconciler import LABEL_HOST, Action, diff
 from provisioning.runtime.base import (
     LABEL_CLIENT,
@@ -245,7 +246,7 @@ def activate_one(
 
 def members_frame(members: Iterable[Member], plan_id: str) -> pl.DataFrame:
     """Members as `pool_members` rows observed now under `plan_id`."""
-    observed_at = _naive_utc(datetime.now(UTC))
+    observed_at = naive_utc(datetime.now(UTC))
     rows = [
         {
             "member_id": m.id,
@@ -255,7 +256,7 @@ def members_frame(members: Iterable[Member], plan_id: str) -> pl.DataFrame:
             "tier": m.tier,
             "host": m.labels.get(LABEL_HOST),
             "endpoint": m.endpoint,
-            "created_at": _naive_utc(m.created_at),
+            "created_at": naive_utc(m.created_at),
             "observed_at": observed_at,
         }
         for m in sorted(members, key=lambda m: (m.client_id, m.id))
@@ -283,7 +284,7 @@ def _selector(scope: Mapping[str, str] | None) -> dict[str, str]:
 
 def _run(runtime: ContainerRuntime, action: Action) -> dict[str, Any]:
     """Execute one action; its event row, with the error instead of raising it."""
-    at = _naive_utc(datetime.now(UTC))
+    at = naive_utc(datetime.now(UTC))
     started = time.perf_counter()
     member_id = action.member_id
     ms: float | None = None
@@ -333,12 +334,6 @@ def _execute(runtime: ContainerRuntime, action: Action) -> tuple[str | None, flo
     else:
         raise ValueError(f"unknown action kind {action.kind!r}")
     return action.member_id, None
-
-
-def _naive_utc(moment: datetime) -> datetime:
-    if moment.tzinfo is None:
-        return moment
-    return moment.astimezone(UTC).replace(tzinfo=None)
 
 
 def release_all(runtime: ContainerRuntime, scope: Mapping[str, str] | None = None) -> int:

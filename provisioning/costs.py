@@ -63,10 +63,10 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import PrewarmError
+from core.vocabulary import TIERS
 from provisioning.toml_file import UnreadableToml, read_toml
-from warehouse.errors import PrewarmError
 
-WARM_TIERS: tuple[str, ...] = ("active", "shadow", "cold")
 MIB_PER_GIB = 1024.0
 
 _DEFAULT_PENALTIES: Mapping[str, float] = MappingProxyType(
@@ -138,7 +138,7 @@ class CostModel:
         elif tier == "cold":
             result = np.zeros_like(memory_cost, dtype=np.float64) + self.disk_minute()
         else:
-            raise ValueError(f"unknown warm tier {tier!r}; expected one of {WARM_TIERS}")
+            raise ValueError(f"unknown warm tier {tier!r}; expected one of {TIERS}")
         return float(result) if np.ndim(result) == 0 else result
 
     def cold_penalty(self, client_tier: str | None) -> float:

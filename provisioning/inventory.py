@@ -34,8 +34,8 @@ from typing import Any
 
 import polars as pl
 
+from core.errors import PrewarmError
 from provisioning.toml_file import UnreadableToml, read_toml
-from warehouse.errors import PrewarmError
 
 INVENTORY_SCHEMA: dict[str, pl.DataType] = {
     "host": pl.String(),

@@ -82,8 +82,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from core.errors import PrewarmError
 from provisioning.costs import MIB_PER_GIB, CostModel
-from warehouse.errors import PrewarmError
 
 log = logging.getLogger(__name__)
 

@@ -57,7 +57,8 @@ from typing import Any, Literal
 
 import polars as pl
 
-from provisioning.runtime.base import TIERS, ContainerSpec, Member, Tier
+from core.vocabulary import TIERS
+from provisioning.runtime.base import ContainerSpec, Member, Tier
 
 log = logging.getLogger(__name__)
 

@@ -44,6 +44,8 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from core.errors import PrewarmError
+from core.times import naive_utc
 from provisioning.schema_checks import (
     MAX_FILE_BYTES,
     SchemaLimits,
@@ -54,7 +56,6 @@ from provisioning.schema_checks import (
     check_workload,
     json_type,
 )
-from warehouse.errors import PrewarmError
 
 EXAMPLES_DIR = Path(__file__).parent / "schemas" / "examples"
 ENV_PREFIX = "PREWARM_"
@@ -612,9 +613,7 @@ def _iso(moment: Any) -> str:
             raise SchemaError(str(error)) from None
     if not isinstance(moment, datetime):
         raise SchemaError(f"expected a datetime, got {type(moment).__name__} {moment!r}")
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC).replace(tzinfo=None)
-    return moment.isoformat(timespec="seconds") + "Z"
+    return naive_utc(moment).isoformat(timespec="seconds") + "Z"
 
 
 def _float_or_none(value: Any) -> float | None:

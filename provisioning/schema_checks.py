@@ -31,8 +31,8 @@ from typing import Any
 
 import polars as pl
 
+from core.errors import PrewarmError
 from provisioning.inventory import default_inventory
-from warehouse.errors import PrewarmError
 
 # The worker image prewarm builds (`provisioning/runtime/images.py`, WORKER_IMAGE): named
 # here too so this module does not import the Docker SDK.

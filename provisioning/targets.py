@@ -35,7 +35,7 @@ from datetime import datetime
 
 import polars as pl
 
-from provisioning.runtime.base import TIERS
+from core.vocabulary import TIERS
 
 TARGETS_SCHEMA: dict[str, pl.DataType] = {
     "client_id": pl.String(),

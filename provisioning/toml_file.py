@@ -6,7 +6,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from warehouse.errors import PrewarmError
+from core.errors import PrewarmError
 
 # Inventories and cost files are a few KiB; reading more would only let a wrong path (a
 # log, /dev/zero) fill memory before failing.

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import duckdb
 
-from warehouse.db import connect, fetch_one, naive_utc, transaction, utc_now
+from core.times import naive_utc, utc_now
+from warehouse.db import connect, fetch_one, transaction
 from warehouse.plans import LATEST_APPLIED_PLAN
 
 log = logging.getLogger(__name__)

@@ -8,8 +8,8 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
+from core.errors import PrewarmError
 from warehouse.db import connect
-from warehouse.errors import PrewarmError
 
 # A read-only file still lets a statement write elsewhere: COPY ... TO and EXPORT DATABASE
 # write any path (the warehouse file itself included), ATTACH opens other databases

@@ -28,8 +28,9 @@ from pathlib import Path
 
 import duckdb
 
-from warehouse.db import connect, fetch_one, fetch_value, transaction, utc_now
-from warehouse.errors import PrewarmError
+from core.errors import PrewarmError
+from core.times import utc_now
+from warehouse.db import connect, fetch_one, fetch_value, transaction
 from warehouse.validation import is_client_id
 
 log = logging.getLogger(__name__)

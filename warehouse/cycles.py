@@ -14,7 +14,8 @@ from typing import Any
 
 import polars as pl
 
-from warehouse.db import connect, fetch_frame, fetch_one, fetch_value, transaction, utc_now
+from core.times import utc_now
+from warehouse.db import connect, fetch_frame, fetch_one, fetch_value, transaction
 
 # Columns `finish_cycle` may set (the rest are written at the start).
 _RESULT_COLUMNS = (

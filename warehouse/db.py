@@ -12,7 +12,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from datetime import UTC, datetime
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -20,7 +19,9 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from warehouse.errors import PrewarmError, WarehouseBusy
+from core.errors import PrewarmError
+from core.times import utc_now
+from warehouse.errors import WarehouseBusy
 
 log = logging.getLogger(__name__)
 
@@ -133,18 +134,6 @@ def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
     except BaseException:
         con.execute("ROLLBACK")
         raise
-
-
-def utc_now() -> datetime:
-    """Naive UTC now, the warehouse's timestamp convention."""
-    return datetime.now(UTC).replace(tzinfo=None)
-
-
-def naive_utc(moment: datetime) -> datetime:
-    """A datetime as naive UTC (naive input is taken to be UTC already)."""
-    if moment.tzinfo is None:
-        return moment
-    return moment.astimezone(UTC).replace(tzinfo=None)
 
 
 def _pending_migrations(con: duckdb.DuckDBPyConnection) -> bool:

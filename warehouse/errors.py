@@ -1,8 +1,6 @@
-"""Errors that carry a message meant for the person running prewarm."""
+"""The warehouse layer's errors (the base, PrewarmError, lives in core.errors)."""
 
-
-class PrewarmError(Exception):
-    """A failure explained in plain words; the CLI prints it without a traceback."""
+from core.errors import PrewarmError
 
 
 class SourceError(PrewarmError):

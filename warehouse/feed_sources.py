@@ -23,7 +23,8 @@ from datetime import date, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 
-from warehouse.errors import PrewarmError, SourceError
+from core.errors import PrewarmError
+from warehouse.errors import SourceError
 from warehouse.ingest import TakenFile
 from warehouse.sources.azure_functions import load_azure_functions
 from warehouse.sources.base import ExtractedBatch, restrict_batch

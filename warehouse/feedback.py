@@ -16,7 +16,8 @@ from pathlib import Path
 
 import polars as pl
 
-from warehouse.db import connect, fetch_frame, naive_utc, utc_now
+from core.times import naive_utc, utc_now
+from warehouse.db import connect, fetch_frame
 
 log = logging.getLogger(__name__)
 

@@ -30,8 +30,9 @@ from typing import Any, Literal, cast
 
 import polars as pl
 
-from warehouse.db import connect, fetch_frame, fetch_one, fetch_value, naive_utc, transaction
-from warehouse.errors import PrewarmError
+from core.errors import PrewarmError
+from core.times import naive_utc
+from warehouse.db import connect, fetch_frame, fetch_one, fetch_value, transaction
 from warehouse.feed_sources import (
     PendingBatch,
     load_trace,

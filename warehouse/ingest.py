@@ -19,9 +19,11 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from warehouse.db import connect, fetch_value, transaction, utc_now
-from warehouse.errors import PrewarmError
-from warehouse.sources.base import METRICS, ExtractedBatch
+from core.errors import PrewarmError
+from core.times import utc_now
+from core.vocabulary import METRICS
+from warehouse.db import connect, fetch_value, transaction
+from warehouse.sources.base import ExtractedBatch
 
 log = logging.getLogger(__name__)
 

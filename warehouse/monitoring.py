@@ -9,8 +9,8 @@ from pathlib import Path
 
 import polars as pl
 
+from core.vocabulary import METRICS
 from warehouse.db import connect, fetch_frame
-from warehouse.sources.base import METRICS
 
 
 def read_unreconciled(path: Path) -> pl.DataFrame:

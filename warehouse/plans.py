@@ -18,7 +18,8 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from warehouse.db import connect, fetch_frame, fetch_value, transaction, utc_now
+from core.times import utc_now
+from warehouse.db import connect, fetch_frame, fetch_value, transaction
 from warehouse.pools import insert_frame
 
 LATEST_APPLIED_PLAN = "SELECT plan_id FROM plans WHERE NOT dry_run ORDER BY seq DESC LIMIT 1"

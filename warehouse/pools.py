@@ -11,10 +11,10 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from warehouse.db import connect, fetch_frame, fetch_value, transaction, utc_now
-from warehouse.errors import PrewarmError
-
-MODES = ("provision", "forecast-only")
+from core.errors import PrewarmError
+from core.times import utc_now
+from core.vocabulary import MODES
+from warehouse.db import connect, fetch_frame, fetch_value, transaction
 
 
 def store_inventory(path: Path, inventory: pl.DataFrame, source: str) -> None:

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
-from warehouse.sources.base import METRICS, ExtractedBatch
+from core.vocabulary import METRICS
+from warehouse.sources.base import ExtractedBatch
 
 if TYPE_CHECKING:
     import pandas as pd

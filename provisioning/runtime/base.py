@@ -16,11 +16,11 @@ from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
-from warehouse.errors import PrewarmError
+from core.errors import PrewarmError
+from core.vocabulary import TIERS, TierName
 
-Tier = Literal["active", "shadow", "cold"]
+Tier = TierName
 RuntimeName = Literal["docker", "process"]
-TIERS: tuple[Tier, ...] = ("active", "shadow", "cold")
 
 HEALTH_PATH = "/health"
 # The handshake with a local member is done by the kernel in well under a millisecond, even

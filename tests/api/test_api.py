@@ -28,6 +28,8 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from api.composite import client_composite
 from api.models import Metric
+from core.errors import PrewarmError
+from core.vocabulary import METRICS
 from provisioning.reconciler import build_spec
 from provisioning.runtime.base import (
     ActivationTimeout,
@@ -43,8 +45,6 @@ from provisioning.schema import render_container_config
 from tests.api.conftest import GENERATED_AT, POOL_LABEL, WINDOW_1, WINDOW_2, World
 from warehouse.api_keys import issue_key, rotate_key, verify_key
 from warehouse.db import connect, fetch_frame, fetch_value
-from warehouse.errors import PrewarmError
-from warehouse.sources.base import METRICS
 
 ROUTES = [
     ("GET", "profile"),

@@ -22,6 +22,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from core.times import utc_now
 from flows.cycle import CycleBusy, prewarm_cycle
 from flows.ingest import ingest_usage
 from flows.runtime import open_pool_runtime
@@ -29,7 +30,7 @@ from flows.settings import Settings
 from provisioning.apply import release_all
 from provisioning.runtime.base import LABEL_MANAGED
 from provisioning.runtime.select import docker_unavailable_reason
-from warehouse.db import connect, fetch_frame, fetch_value, utc_now
+from warehouse.db import connect, fetch_frame, fetch_value
 from warehouse.predictions import write_predictions
 
 STEP = timedelta(minutes=5)

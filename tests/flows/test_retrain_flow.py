@@ -15,13 +15,14 @@ import pytest
 from mlflow import MlflowClient
 
 import flows.train as train_module
+from core.errors import PrewarmError
+from core.times import utc_now
 from flows.ingest import ingest_usage
 from flows.reconcile import reconcile_pools
 from flows.settings import Settings
 from flows.train import train_flow
 from models.registry import load_forecaster
-from warehouse.db import connect, utc_now
-from warehouse.errors import PrewarmError
+from warehouse.db import connect
 from warehouse.feedback import record_feedback
 
 STEP = timedelta(minutes=5)

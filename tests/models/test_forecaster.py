@@ -10,6 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from core.vocabulary import METRICS
 from models.forecaster import (
     HOLDOUT_KEYS,
     Adjustments,
@@ -21,7 +22,6 @@ from models.forecaster import (
     forecast_origins,
     needs_fallback,
 )
-from warehouse.sources.base import METRICS
 from warehouse.sources.synthetic import generate_synthetic
 
 END = datetime(2026, 1, 19)

@@ -19,12 +19,12 @@ import pytest
 import typer
 from pydantic import Field, TypeAdapter, ValidationError
 
+from core.errors import PrewarmError
 from models.registry import RegistryUnavailable, current_aliases, ensure_experiment
 from provisioning.costs import CostConfigError, load_cost_model
 from tests.security.cli import PREWARM, isolated_env
 from warehouse.api_keys import issue_key
 from warehouse.db import connect, fetch_value
-from warehouse.errors import PrewarmError
 from warehouse.validation import CLIENT_ID_PATTERN, is_client_id
 
 Run = Callable[..., subprocess.CompletedProcess[str]]

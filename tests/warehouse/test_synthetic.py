@@ -9,7 +9,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from warehouse.sources.base import CALENDAR_COLUMNS, CLIENT_COLUMNS, METRICS, USAGE_SCHEMA
+from core.vocabulary import METRICS
+from warehouse.sources.base import CALENDAR_COLUMNS, CLIENT_COLUMNS, USAGE_SCHEMA
 from warehouse.sources.synthetic import generate_synthetic
 
 END = datetime(2024, 3, 15)

@@ -10,14 +10,7 @@ from typing import Literal
 
 import polars as pl
 
-METRICS: tuple[str, ...] = (
-    "requests",
-    "concurrency",
-    "cpu_cores",
-    "memory_mb",
-    "net_mbps",
-    "io_ops",
-)
+from core.vocabulary import METRICS
 
 USAGE_SCHEMA: dict[str, pl.DataType] = {
     "client_id": pl.String(),

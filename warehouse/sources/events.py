@@ -27,8 +27,9 @@ from pathlib import Path
 
 import polars as pl
 
+from core.vocabulary import METRICS
 from warehouse.errors import SourceError
-from warehouse.sources.base import METRICS, ExtractedBatch, hash_files
+from warehouse.sources.base import ExtractedBatch, hash_files
 
 log = logging.getLogger(__name__)
 
