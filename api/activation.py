@@ -111,11 +111,12 @@ def activate_or_cold_start(
     bounded (see the module doc) and `ActivationRefused` says when one is not allowed.
     Raises the runtime's errors (PrewarmRuntimeError and subclasses) as they come.
     """
-    claimed = _claim(runtime, client_id, scope, leases, lease_seconds, members)
+    request = _Request(runtime, client_id, scope, leases, lease_seconds)
+    claimed = _claim(request, members)
     if claimed is not None:
         return claimed
     if cap is None:
-        return _cold_start(runtime, client_id, scope, cold_start_inputs, leases, lease_seconds)
+        return _cold_start(request, cold_start_inputs)
     if not cap.lock.acquire(timeout=cap.wait_s):
         raise ActivationRefused(
             "refused (cold start busy)",
@@ -125,7 +126,7 @@ def activate_or_cold_start(
     try:
         # Listed again: the cold start this one waited for (or the reconciler) changed them.
         current = runtime.list({LABEL_MANAGED: "1", **scope, LABEL_CLIENT: client_id})
-        claimed = _claim(runtime, client_id, scope, leases, lease_seconds, current)
+        claimed = _claim(request, current)
         if claimed is not None:
             return claimed
         if len(current) >= cap.limit:
@@ -136,41 +137,46 @@ def activate_or_cold_start(
                 "serving requests. Try again when one is free (see Retry-After).",
                 wait if wait is not None else lease_seconds,
             )
-        return _cold_start(runtime, client_id, scope, cold_start_inputs, leases, lease_seconds)
+        return _cold_start(request, cold_start_inputs)
     finally:
         cap.lock.release()
 
 
-def _claim(
-    runtime: ContainerRuntime,
-    client_id: str,
-    scope: Mapping[str, str],
-    leases: LeaseBook,
-    lease_seconds: float,
-    members: list[Member] | None,
-) -> ActivationOutcome | None:
-    claimed = activate_one(runtime, client_id, leases, lease_seconds, scope=scope, members=members)
+@dataclass(frozen=True)
+class _Request:
+    """One client's activation request: where it runs and how its member is leased."""
+
+    runtime: ContainerRuntime
+    client_id: str
+    scope: Mapping[str, str]
+    leases: LeaseBook
+    lease_seconds: float
+
+
+def _claim(request: _Request, members: list[Member] | None) -> ActivationOutcome | None:
+    claimed = activate_one(
+        request.runtime,
+        request.client_id,
+        request.leases,
+        request.lease_seconds,
+        scope=request.scope,
+        members=members,
+    )
     if claimed is None:
         return None
     member, ms, before = claimed
     return ActivationOutcome(member, ms, cold_start=False, tier_before=before)
 
 
-def _cold_start(
-    runtime: ContainerRuntime,
-    client_id: str,
-    scope: Mapping[str, str],
-    cold_start_inputs: ColdStartInputs,
-    leases: LeaseBook,
-    lease_seconds: float,
-) -> ActivationOutcome:
+def _cold_start(request: _Request, cold_start_inputs: ColdStartInputs) -> ActivationOutcome:
     config, host = cold_start_inputs()
     # A scope naming a plan lists only that plan's members: the new one must carry it too.
+    client_id, scope = request.client_id, request.scope
     plan_id = scope.get(LABEL_PLAN, COLD_START_PLAN)
     spec = build_spec(client_id, "active", host, config, plan_id, labels=scope)
     started = time.perf_counter()
-    member = runtime.create(spec)
+    member = request.runtime.create(spec)
     ms = ms_since(started)
-    leases.lease(member.id, lease_seconds)
+    request.leases.lease(member.id, request.lease_seconds)
     log.info("cold-started %s for %s in %.1f ms", member.id, client_id, ms)
     return ActivationOutcome(member, ms, cold_start=True, tier_before=None)

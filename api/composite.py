@@ -27,10 +27,11 @@ from provisioning.schema import (
     compose_workload,
 )
 from provisioning.schema_checks import SchemaRejected, limits_from_inventory
-from warehouse.client_reads import read_client, read_client_extensions, read_latest_profile
+from warehouse.clients import read_client, read_client_extensions
 from warehouse.db import connect
+from warehouse.inventory import fetch_inventory
 from warehouse.plans import read_applied_config
-from warehouse.pools import fetch_inventory
+from warehouse.predictions import read_latest_profile
 
 
 def client_base(client: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -2,7 +2,7 @@
 
 Run with `python bench/replay.py` (about a minute on 2 busy cores). Replays the Azure
 Functions 2019 sample (100 functions x 480 minutes, the first 240 as history) with every
-policy of `provisioning.replay`, prints the table as markdown, checks the issue's target
+policy of `simulation.replay`, prints the table as markdown, checks the issue's target
 against hybrid_histogram measured in the same run, and writes bench/results/replay.json and
 docs/img/replay.png.
 
@@ -26,14 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from provisioning.replay import (
-    PREWARM_PREFIX,
-    PrewarmSettings,
-    load_trace,
-    plot_replay,
-    render_table,
-    run_replay,
-)
+from simulation.policies import PREWARM_PREFIX
+from simulation.prewarm_policy import PrewarmSettings
+from simulation.replay import run_replay
+from simulation.report import plot_replay, render_table
+from simulation.trace import load_trace
 from warehouse.sources.azure_functions import client_id_for
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ tuple and Literal that polars filters and type hints want; tests/core pins that 
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Literal
+from typing import Literal, cast
 
 
 class Tier(StrEnum):
@@ -18,8 +18,10 @@ class Tier(StrEnum):
     COLD = "cold"
 
 
-TIERS: tuple[str, ...] = tuple(tier.value for tier in Tier)  # warmest first
 TierName = Literal["active", "shadow", "cold"]
+# The values are Tier's own (tests/core checks they equal TierName's); mypy cannot see that
+# a StrEnum's values are these literals, hence the cast.
+TIERS: tuple[TierName, ...] = cast("tuple[TierName, ...]", tuple(tier.value for tier in Tier))
 
 
 class Mode(StrEnum):

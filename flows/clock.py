@@ -11,10 +11,14 @@ clock seconds (a trace replayed at N times real time moves its clock N seconds p
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from core.times import utc_now
 from flows.settings import Settings
 from warehouse.cycles import recent_durations
+
+if TYPE_CHECKING:
+    from warehouse.feeds import Feed
 
 # Before any cycle has finished: what a small cycle takes on the reference machine.
 DEFAULT_CYCLE_SECONDS = 5.0
@@ -34,7 +38,7 @@ def expected_lead_seconds(settings: Settings, feed: object | None = None) -> flo
     return wall * clock_rate(feed)
 
 
-def planning_clock(settings: Settings, feed: object | None = None) -> datetime:
+def planning_clock(settings: Settings, feed: Feed | None = None) -> datetime:
     """The clock a plan is made on now (see the module docstring)."""
     from warehouse.feeds import feed_clock, parse_feed, read_feed
 

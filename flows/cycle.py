@@ -125,8 +125,11 @@ def _resolve_feed(settings: Settings, feed: str | None, speed: float | None) -> 
     if feed is not None:
         wanted = parse_feed(feed, speed=speed or 1.0)
         current = read_feed(path) if path.exists() else None
-        same = current is not None and current.describe() == wanted.describe()
-        if same and (speed is None or current.params.get("speed") == wanted.params.get("speed")):
+        if (
+            current is not None
+            and current.describe() == wanted.describe()
+            and (speed is None or current.params.get("speed") == wanted.params.get("speed"))
+        ):
             return current
         with warehouse_write():
             return follow_feed(path, complete_feed(wanted, settings), now=utc_now())

@@ -74,7 +74,31 @@ def extract(
 ) -> ExtractedBatch:
     """Read or generate the batch from the chosen source: only since <= ts < until, and
     without its last `hold_back_minutes` or with only its last `only_last_minutes`."""
-    batch = _extract(settings, source, path, clients, days, seed, end)
+    if source == "synthetic":
+        batch = generate_synthetic(
+            n_clients=clients,
+            days=days,
+            end=end or default_end(settings.freq_seconds),
+            freq_seconds=settings.freq_seconds,
+            seed=seed,
+        )
+    elif path is None:
+        raise SourceError(f"--path is required for the {source} source.")
+    elif source == "azure-functions":
+        batch = load_azure_functions(Path(path), day=settings.trace_day)
+    else:
+        batch = read_events(Path(path), freq_seconds=settings.freq_seconds)
+    return _window(batch, since, until, hold_back_minutes, only_last_minutes)
+
+
+def _window(
+    batch: ExtractedBatch,
+    since: datetime | None,
+    until: datetime | None,
+    hold_back_minutes: int,
+    only_last_minutes: int,
+) -> ExtractedBatch:
+    """The batch cut to since <= ts < until, the minute bounds measured back from its end."""
     if (
         (hold_back_minutes or only_last_minutes)
         and batch.rows.height
@@ -88,30 +112,6 @@ def extract(
             if only_last_minutes:
                 since = edge - timedelta(minutes=only_last_minutes)
     return restrict_batch(batch, since, until)
-
-
-def _extract(
-    settings: Settings,
-    source: SourceName,
-    path: Path | None,
-    clients: int,
-    days: int,
-    seed: int,
-    end: datetime | None,
-) -> ExtractedBatch:
-    if source == "synthetic":
-        return generate_synthetic(
-            n_clients=clients,
-            days=days,
-            end=end or default_end(settings.freq_seconds),
-            freq_seconds=settings.freq_seconds,
-            seed=seed,
-        )
-    if path is None:
-        raise SourceError(f"--path is required for the {source} source.")
-    if source == "azure-functions":
-        return load_azure_functions(Path(path), day=settings.trace_day)
-    return read_events(Path(path), freq_seconds=settings.freq_seconds)
 
 
 @task(cache_policy=NONE)

@@ -26,7 +26,7 @@ from flows.settings import Settings
 from flows.train import TrainSummary, train_flow
 from models.registry import current_aliases
 from warehouse.feeds import Feed, FeedMismatch, watermark
-from warehouse.reads import read_training_state
+from warehouse.predictions import read_training_state
 
 
 @dataclass

@@ -26,11 +26,13 @@ from prefect.cache_policies import NONE
 from core.errors import PrewarmError
 from core.times import utc_now
 from flows.locks import warehouse_write
+from flows.progress import tracker
 from flows.settings import Settings
 from models.prediction import Predictions, predict_clients
 from models.registry import CHALLENGER, CHAMPION, current_aliases, load_forecaster_version
-from warehouse.predictions import write_predictions
-from warehouse.reads import has_model_runs, read_calendar, read_clients, read_recent_usage
+from warehouse.clients import read_clients
+from warehouse.predictions import has_model_runs, write_predictions
+from warehouse.usage import read_calendar, read_recent_usage
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +82,13 @@ def predict_group(
     """Forecasts, exceedance and profiles of clients of one bucket width, each from its
     registered model (`models`: client -> (alias, version))."""
     loaded = {}
-    for client_id, (alias, version) in models.items():
+    bar = tracker("Loading forecasters")
+    for done, (client_id, (alias, version)) in enumerate(models.items(), start=1):
         forecaster = _forecaster(client_id, alias, version, tracking_uri)
         if forecaster is not None:
             loaded[client_id] = (forecaster, version)
+        if bar:
+            bar(done, len(models))
     return predict_clients(histories, calendar, loaded, freq_seconds, generated_at)
 
 

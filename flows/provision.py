@@ -28,16 +28,18 @@ from prefect.cache_policies import NONE
 from api.composite import client_base
 from core.errors import PrewarmError
 from core.times import utc_now
+from core.vocabulary import TIERS
 from flows.artifacts import publish_plan
 from flows.clock import clock_rate, expected_lead_seconds, planning_clock
 from flows.locks import warehouse_write
+from flows.progress import tracker
 from flows.runtime import bound_runtime, open_pool_runtime, open_runtime_named
 from flows.settings import Settings
 from provisioning.apply import ApplyResult, members_frame, reconcile_once
 from provisioning.costs import CostModel, load_cost_model
 from provisioning.cycle_plan import CycleTiming, plan_cycle, planner_clients
 from provisioning.inventory import default_inventory, load_inventory
-from provisioning.planner import TIERS, Plan
+from provisioning.planner import Plan
 from provisioning.runtime.base import LABEL_MANAGED, ContainerRuntime
 from provisioning.runtime.leases import LeaseBook, lease_book_path
 from provisioning.schema import (
@@ -49,17 +51,13 @@ from provisioning.schema import (
 from provisioning.schema_checks import SchemaLimits, SchemaRejected, limits_from_inventory
 from provisioning.targets import targets_as_desired, targets_hold
 from provisioning.toml_file import read_toml
+from warehouse.clients import read_clients, read_schema_extensions
 from warehouse.feeds import read_feed
+from warehouse.inventory import read_inventory, store_inventory
 from warehouse.plans import read_recent_targets, write_plan
-from warehouse.pools import (
-    read_inventory,
-    read_latest_forecasts,
-    read_pool,
-    read_schema_extensions,
-    store_inventory,
-    write_pool_state,
-)
-from warehouse.reads import read_clients, read_recent_usage
+from warehouse.pools import read_pool, write_pool_state
+from warehouse.predictions import read_latest_forecasts
+from warehouse.usage import read_recent_usage
 
 log = logging.getLogger(__name__)
 
@@ -303,6 +301,7 @@ def apply_on(runtime: ContainerRuntime, settings: Settings, planned: PlannedPool
     if callable(sweep) and (swept := sweep()):
         log.warning("stopped %d stray workers no record owned: %s", len(swept), swept)
     specs = {cid: cfg for cid, cfg in planned.configs.items() if cid not in planned.untouchable}
+    bar = tracker("Applying pool changes")
     result = reconcile_once(
         runtime,
         targets_as_desired(planned.targets),
@@ -314,6 +313,7 @@ def apply_on(runtime: ContainerRuntime, settings: Settings, planned: PlannedPool
         leases=LeaseBook(lease_book_path(settings.data_dir, settings.pool)),
         # The lease book keeps wall time; the delay is on the plan's clock.
         keep_used_seconds=settings.scale_down_delay_seconds / planned.clock_rate,
+        on_progress=(lambda done, total, _event: bar(done, total)) if bar else None,
     )
     observed_at = utc_now()
     events = result.pool_events

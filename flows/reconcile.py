@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import polars as pl
 from prefect import flow, get_run_logger, task
@@ -39,7 +39,8 @@ from models.retraining import retrain_decisions
 from provisioning.costs import CostModel, load_cost_model
 from provisioning.monitoring import DriftThresholds, detect_drift, pool_outcomes, score_forecasts
 from provisioning.runtime.base import ContainerRuntime
-from warehouse.feedback import read_reported_actuals
+from warehouse.clients import read_clients
+from warehouse.feedback import read_feedback_signals, read_reported_actuals
 from warehouse.monitoring import (
     annotate_reconciliations,
     read_open_drift,
@@ -50,7 +51,7 @@ from warehouse.monitoring import (
     write_member_stats,
     write_reconciliations,
 )
-from warehouse.reads import read_clients, read_feedback_signals, read_recent_usage
+from warehouse.usage import read_recent_usage
 
 FEEDBACK_LOOKBACK = timedelta(days=2)
 
@@ -296,7 +297,10 @@ def reconcile_pools(retrain: bool = True) -> ReconcileSummary:
         summary.rows = rows.height
         summary.buckets = rows.select("client_id", "window_start").unique().height
         covered = rows.get_column("covered").drop_nulls()
-        summary.coverage = float(covered.cast(pl.Float64).mean()) if covered.len() else None
+        # The mean of a non-empty Float64 column is a float (polars types it as any literal).
+        summary.coverage = (
+            float(cast(float, covered.cast(pl.Float64).mean())) if covered.len() else None
+        )
         summary.cold_starts = float(rows.get_column("cold_starts").fill_null(0).sum())
         summary.cost = float(rows.get_column("cost").fill_null(0).sum())
         summary.reactive_cost = float(rows.get_column("reactive_cost").fill_null(0).sum())

@@ -12,9 +12,9 @@ from flows.settings import Settings
 from provisioning.inventory import load_inventory
 from provisioning.schema import compose_workload, load_extension, validate_extension
 from provisioning.schema_checks import SchemaLimits, SchemaRejected, limits_from_inventory
-from warehouse.client_reads import read_client
+from warehouse.clients import read_client, store_schema_extension
 from warehouse.db import connect
-from warehouse.pools import read_inventory, store_schema_extension
+from warehouse.inventory import read_inventory
 
 __all__ = ["add_extension", "schema_limits", "show_client_composite"]
 

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from api.activation import activate_or_cold_start
-from provisioning.replay import load_trace
 from provisioning.runtime.base import LABEL_MANAGED, PrewarmRuntimeError
 from provisioning.runtime.leases import LeaseBook
 from provisioning.runtime.select import select_runtime
+from simulation.trace import load_trace
 
 log = logging.getLogger("prewarm.soak.traffic")
 
@@ -74,11 +74,15 @@ def run(config: dict[str, Any]) -> None:
             failures = 0
             for f, client_id in enumerate(ids):
                 need = int(trace.need[f, m])
+
+                def cold_start_inputs(c: str = client_id) -> tuple[dict, Any]:
+                    return (configs[c], host)
+
                 for _ in range(need):
                     try:
                         outcome = activate_or_cold_start(
                             runtime, client_id, scope,
-                            lambda c=client_id: (configs[c], host),
+                            cold_start_inputs,
                             leases, lease_s, members=by_client.get(client_id, []),
                         )  # fmt: skip
                     except PrewarmRuntimeError as error:

@@ -16,13 +16,13 @@ import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import polars as pl
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
-from prefect.futures import as_completed
-from prefect.task_runners import ProcessPoolTaskRunner
+from prefect.futures import PrefectFuture, as_completed
+from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner
 
 from core.errors import PrewarmError
 from core.times import utc_now
@@ -60,19 +60,28 @@ from models.registry import (
     register_forecaster,
 )
 from models.retraining import check_trigger
-from warehouse.feedback import read_reported_actuals
+from warehouse.clients import read_clients
+from warehouse.feedback import read_feedback_signals, read_reported_actuals
 from warehouse.predictions import write_model_runs
-from warehouse.reads import (
-    read_calendar,
-    read_clients,
-    read_feedback_signals,
-    read_recent_usage,
-)
+from warehouse.usage import read_calendar, read_recent_usage
 
 INPUT_EXAMPLE_ROWS = 12  # a small, valid history slice shown in the MLflow UI
 GLOBAL_MODEL_CLIENTS = 40  # clients the global fallback model learns from, at most
 EXCEEDANCE_TRAINING_ROWS = 200_000  # (client, origin, horizon, level) rows, sampled
 EXCEEDANCE_CHAMPIONS_TRIED = 3  # champions loaded to find a shared model to reuse, at most
+
+
+@dataclass(frozen=True)
+class ClientTraining:
+    """What fitting one client needs; travels to a worker as one task argument."""
+
+    client_id: str
+    history: pl.DataFrame
+    calendar: pl.DataFrame
+    client: dict[str, Any] | None  # its attributes
+    config: ForecastConfig
+    adjustments: Adjustments | None
+    global_model: GlobalForecaster | None  # for a client too short for a model of its own
 
 
 @dataclass
@@ -127,23 +136,17 @@ def forecast_config(settings: Settings, freq_seconds: int) -> ForecastConfig:
     return ForecastConfig(freq_seconds=freq_seconds, horizon_steps=steps)
 
 
-def fit_client(
-    client_id: str,
-    history: pl.DataFrame,
-    calendar: pl.DataFrame,
-    client: dict[str, Any] | None,
-    config: ForecastConfig,
-    adjustments: Adjustments | None,
-    global_model: GlobalForecaster | None,
-) -> FittedClient:
+def fit_client(job: ClientTraining) -> FittedClient:
     """Fit one client's forecaster (its own, or its view of the global model) and score it
     on its holdout day, with the plot a reviewer opens."""
     started = time.perf_counter()
+    client_id, history, calendar, config = job.client_id, job.history, job.calendar, job.config
+    global_model = job.global_model
     reason = needs_fallback(history, config)
     if reason is not None and global_model is not None:
-        forecaster = global_model.for_client(client_id, client, reason)
+        forecaster = global_model.for_client(client_id, job.client, reason)
     else:
-        forecaster = fit_client_forecaster(history, config, calendar, client, adjustments)
+        forecaster = fit_client_forecaster(history, config, calendar, job.client, job.adjustments)
     score = score_window(forecaster, history, holdout_start(history, config.holdout_days), calendar)
     example = history.tail(INPUT_EXAMPLE_ROWS)
     if score is None:
@@ -178,13 +181,7 @@ def start_worker(settings: Settings) -> int:
 
 @task(cache_policy=NONE)
 def train_client(
-    client_id: str,
-    history: pl.DataFrame,
-    calendar: pl.DataFrame,
-    client: dict[str, Any] | None,
-    config: ForecastConfig,
-    adjustments: Adjustments | None,
-    global_model: GlobalForecaster | None,
+    job: ClientTraining,
     exceedance: Any,
     has_champion: bool,
     settings: Settings,
@@ -195,16 +192,16 @@ def train_client(
     Registration happens here, in the worker, right after the fit: the workers share the
     MLflow store (SQLite or a tracking server), so registrations run as parallel as fits.
     """
-    fitted = fit_client(client_id, history, calendar, client, config, adjustments, global_model)
+    fitted = fit_client(job)
     if "concurrency" in fitted.forecaster.metrics:
         fitted.forecaster.exceedance = exceedance
     # The global model's view of a client is fitted without the client's adjustments.
-    weighting = describe_weighting(None if fitted.forecaster.fallback else adjustments)
+    weighting = describe_weighting(None if fitted.forecaster.fallback else job.adjustments)
     registration = register_client(
-        fitted, history, calendar, client, settings, has_champion, trigger, weighting
+        fitted, job.history, job.calendar, job.client, settings, has_champion, trigger, weighting
     )
     return ClientOutcome(
-        client_id, registration, fitted.score, fitted.forecaster.fallback, fitted.fit_seconds,
+        job.client_id, registration, fitted.score, fitted.forecaster.fallback, fitted.fit_seconds,
         weighting,
     )  # fmt: skip
 
@@ -271,7 +268,10 @@ def _model_card(
     if champion_wmape is not None:
         metrics["window.champion_wmape"] = champion_wmape
     metrics["fit_seconds"] = fitted.fit_seconds
-    first, last = history.get_column("ts").min(), history.get_column("ts").max()
+    # "ts" is a Datetime column, so its min and max are datetimes (None only when empty);
+    # polars types Series.min/max as any Python literal.
+    first = cast("datetime | None", history.get_column("ts").min())
+    last = cast("datetime | None", history.get_column("ts").max())
     return ModelCard(
         params={
             "freq_seconds": config.freq_seconds,
@@ -423,10 +423,12 @@ def _submit_group(
     summary.exceedance_sources[config.freq_seconds] = source
 
     def submit(cid: str, global_model: GlobalForecaster | None) -> Any:
-        return train_client.submit(
+        job = ClientTraining(
             cid, histories[(cid,)], calendar, attributes.get(cid), config, adjustments.get(cid),
-            global_model, exceedance, CHAMPION in aliases.get(cid, {}), settings, summary.trigger,
+            global_model,
         )  # fmt: skip
+        has_champion = CHAMPION in aliases.get(cid, {})
+        return train_client.submit(job, exceedance, has_champion, settings, summary.trigger)
 
     futures = {submit(cid, None): cid for cid, why in reasons.items() if not why}
     if fallback := [cid for cid, why in reasons.items() if why]:
@@ -441,17 +443,29 @@ def train_flow(settings: Settings) -> Any:
     if settings.dask_address:
         from prefect_dask import DaskTaskRunner
 
+        # Prefect types task_runner as TaskRunner[PrefectFuture[Any]], but TaskRunner is
+        # invariant in its future type, so no concrete runner matches (Prefect casts its own
+        # default runner the same way in Flow.__init__).
         return train_forecasters.with_options(
-            task_runner=DaskTaskRunner(address=settings.dask_address)
+            task_runner=cast(
+                "TaskRunner[PrefectFuture[Any]]", DaskTaskRunner(address=settings.dask_address)
+            )
         )
     return train_forecasters.with_options(
-        task_runner=ProcessPoolTaskRunner(max_workers=settings.train_workers)
+        task_runner=cast(
+            "TaskRunner[PrefectFuture[Any]]",
+            ProcessPoolTaskRunner(max_workers=settings.train_workers),
+        )
     )
 
 
 # Clients train in worker processes: feature building and scoring hold the GIL too long
 # for threads to use both cores.
-@flow(name="train-forecasters", task_runner=ProcessPoolTaskRunner(max_workers=2))
+# (The cast: see train_flow.)
+@flow(
+    name="train-forecasters",
+    task_runner=cast("TaskRunner[PrefectFuture[Any]]", ProcessPoolTaskRunner(max_workers=2)),
+)
 def train_forecasters(
     client_ids: list[str] | None = None, trigger: str = "schedule"
 ) -> TrainSummary:
@@ -547,7 +561,7 @@ def _model_runs(summary: TrainSummary, usage: pl.DataFrame) -> pl.DataFrame:
         }
         for r in summary.registrations
     ]
-    schema = {
+    schema: dict[str, pl.DataType | type[pl.DataType]] = {
         "client_id": pl.String, "model_name": pl.String, "model_version": pl.String,
         "alias": pl.String, "fallback": pl.String, "reason": pl.String,
         "trained_until": pl.Datetime("us"), "wmape": pl.Float64, "baseline_wmape": pl.Float64,

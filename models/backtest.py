@@ -21,16 +21,15 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from models.baselines import coverage, naive_forecast, pinball, seasonal_naive_forecast, wmape
-from models.features import DAY_SECONDS, WEEK_SECONDS, regular_grid
+from models.features import DAY_SECONDS, regular_grid
 from models.forecaster import (
-    QUANTILES,
     WAREHOUSE_METRICS,
     ForecastConfig,
     fit_client_forecaster,
     forecast_origins,
     min_fit_steps,
 )
+from models.scoring import baseline_wmapes, point_metrics
 
 BARE_CSV_START = datetime(2026, 1, 5)  # a Monday, 00:00 UTC
 _SERIES_ID = "series"
@@ -75,10 +74,7 @@ def backtest_series(
     "test_days" and "notes" when the test window had to be shortened.
     """
     started = time.perf_counter()
-    columns = [c for c in frame.columns if c not in ("ts", "client_id")]
-    series = frame.select(
-        pl.lit(_SERIES_ID).alias("client_id"), "ts", *(pl.col(c).cast(pl.Float64) for c in columns)
-    )
+    columns, series = _as_series(frame)
     result = _backtest(series, columns, freq_seconds, horizon_steps, test_days, config)
     result["runtime_s"] = round(time.perf_counter() - started, 3)
     return result
@@ -96,14 +92,20 @@ def backtest_forecasts(
     Columns as `ClientForecaster.predict` plus `actual`; `origin` is the last bucket before
     the forecast window.
     """
-    columns = [c for c in frame.columns if c not in ("ts", "client_id")]
-    series = frame.select(
-        pl.lit(_SERIES_ID).alias("client_id"), "ts", *(pl.col(c).cast(pl.Float64) for c in columns)
-    )
+    columns, series = _as_series(frame)
     config = _config_for(config, freq_seconds, horizon_steps, columns)
     grid = _regular(series, columns, freq_seconds)
     plan = _plan(grid.height, config, test_days)
     return _rolling_forecasts(grid, columns, config, plan, None, None)
+
+
+def _as_series(frame: pl.DataFrame) -> tuple[list[str], pl.DataFrame]:
+    """The metric columns of a bare series, and the series as one client of float columns."""
+    columns = [c for c in frame.columns if c not in ("ts", "client_id")]
+    series = frame.select(
+        pl.lit(_SERIES_ID).alias("client_id"), "ts", *(pl.col(c).cast(pl.Float64) for c in columns)
+    )
+    return columns, series
 
 
 _CLIENT_SCHEMA = {
@@ -124,11 +126,14 @@ def backtest_clients(
     usage: pl.DataFrame,
     clients: pl.DataFrame | None,
     calendar: pl.DataFrame | None,
-    config: ForecastConfig,
+    config: ForecastConfig | None,
     horizon_steps: int = 12,
     test_days: float = 7,
 ) -> pl.DataFrame:
     """`backtest_series` per warehouse client: one row per (client, metric).
+
+    Without a `config`, each client is backtested on the defaults at its own bucket width
+    (`clients.freq_seconds`), as `prewarm backtest --from-warehouse` does.
 
     Columns: client_id, metric, lightgbm_wmape, lightgbm_coverage_80, lightgbm_pinball,
     naive_wmape, seasonal_naive_day_wmape, seasonal_naive_week_wmape, test_days, notes.
@@ -137,15 +142,20 @@ def backtest_clients(
     attributes = {r["client_id"]: r for r in clients.to_dicts()} if clients is not None else {}
     rows: list[dict] = []
     for (client_id,), history in sorted(usage.partition_by("client_id", as_dict=True).items()):
+        client = attributes.get(client_id)
+        base = config or ForecastConfig()
+        freq_seconds = base.freq_seconds
+        if config is None and client and client.get("freq_seconds"):
+            freq_seconds = int(client["freq_seconds"])
         columns = [
             c
-            for c in (config.metrics or WAREHOUSE_METRICS)
+            for c in (base.metrics or WAREHOUSE_METRICS)
             if c in history.columns and history.get_column(c).is_not_null().any()
         ]
         try:
             result = _backtest(
-                history.select("client_id", "ts", *columns), columns, config.freq_seconds,
-                horizon_steps, test_days, config, calendar, attributes.get(client_id),
+                history.select("client_id", "ts", *columns), columns, freq_seconds,
+                horizon_steps, test_days, config, calendar, client,
             )  # fmt: skip
         except ValueError as error:
             rows += [_client_row(client_id, c, None, str(error)) for c in columns]
@@ -308,21 +318,11 @@ def _score_column(
     horizons = rows.get_column("horizon").to_numpy()
     actual = rows.get_column("actual").to_numpy()
     quantiles = rows.select("p10", "p50", "p90").to_numpy()
-    losses = [pinball(actual, quantiles[:, i], q) for i, q in enumerate(QUANTILES)]
-    scores: dict = {
-        "lightgbm": {
-            "wmape": wmape(actual, quantiles[:, 1]),
-            "coverage_80": coverage(actual, quantiles[:, 0], quantiles[:, 2]),
-            "pinball": float(np.mean(losses)),
-        },
-        "naive": {"wmape": wmape(actual, naive_forecast(values, origins, horizons))},
-    }
-    seasons = (("seasonal_naive_day", DAY_SECONDS), ("seasonal_naive_week", WEEK_SECONDS))
-    for name, seconds in seasons:
-        season = round(seconds / config.freq_seconds)
-        forecast = seasonal_naive_forecast(values, origins, horizons, season)
-        if forecast is not None and not np.isnan(forecast).any():
-            scores[name] = {"wmape": wmape(actual, forecast)}
+    model = point_metrics(actual, quantiles)  # rows is not empty: pinball is a number
+    scores: dict = {"lightgbm": {k: model[k] for k in ("wmape", "coverage_80", "pinball")}}
+    baselines = baseline_wmapes(actual, values, origins, horizons, config.freq_seconds)
+    for name, score in baselines.items():  # naive, and the seasons the history reaches
+        scores[name] = {"wmape": score}
     return scores
 
 

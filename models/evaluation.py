@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import polars as pl
 
-from models.baselines import coverage, naive_forecast, seasonal_naive_forecast, wmape
+from models.baselines import naive_forecast, seasonal_naive_forecast, wmape
 from models.forecaster import forecast_origins
+from models.scoring import point_metrics
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,9 @@ def score_window(
     """Score `forecaster` on [start, end of history); None when the window holds no origin."""
     config = forecaster.config
     horizon, freq = config.horizon_steps, config.freq_seconds
-    last = history.get_column("ts").max()
+    # polars types max() as any scalar; that of a `ts` column is a datetime (None when the
+    # history is empty: the comparison below then raises TypeError, as it always has).
+    last = cast(datetime, history.get_column("ts").max())
     origins = []
     origin = start
     while origin + timedelta(seconds=horizon * freq) <= last:
@@ -69,11 +72,12 @@ def score_window(
         rows = scored.filter(pl.col("metric") == metric)
         if rows.height == 0:
             continue
-        score = wmape(rows["actual"].to_numpy(), rows["p50"].to_numpy())
+        quantiles = rows.select("p10", "p50", "p90").to_numpy()
+        scores = point_metrics(rows["actual"].to_numpy(), quantiles)
+        score, cov = scores["wmape"], scores["coverage_80"]
         if score is None:
             continue
         per_metric.append(score)
-        cov = coverage(rows["actual"].to_numpy(), rows["p10"].to_numpy(), rows["p90"].to_numpy())
         if cov is not None:
             covered.append(cov)
         base, baseline = _baseline_wmape(history, metric, rows, freq, steps_per_day)

@@ -19,6 +19,9 @@ features carry what the client's other metrics just did (memory follows requests
 Everything is computed with window expressions over (client_id, metric), so any number of
 clients is built at once. `FeatureSpec` records everything that shaped the columns, so
 prediction rebuilds exactly the columns a model was trained on.
+
+The regular grid the series are built on (`regular_grid`, `to_long`, `step_of`, `ts_of`) is
+`models.series_grid`, re-exported here.
 """
 
 from __future__ import annotations
@@ -29,6 +32,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
+
+# the regular grid lives in `models.series_grid`; its names stay importable from here
+from models.series_grid import regular_grid as regular_grid
+from models.series_grid import step_of as step_of
+from models.series_grid import to_long as to_long
+from models.series_grid import ts_of as ts_of
 
 DAY_SECONDS = 86_400
 WEEK_SECONDS = 7 * DAY_SECONDS
@@ -183,71 +192,6 @@ def _vocabulary(clients: pl.DataFrame | None, column: str) -> tuple[str, ...]:
 def _max_season_multiple(horizon_steps: int, season: int) -> int:
     """How many seasons back the farthest horizon must look to stay at or before the origin."""
     return max(1, math.ceil(horizon_steps / season))
-
-
-# --- the regular grid ---------------------------------------------------------------------
-
-
-def step_of(ts: pl.Expr, freq_seconds: int) -> pl.Expr:
-    """Bucket index since the epoch of a naive UTC timestamp."""
-    return ts.dt.epoch("s") // freq_seconds
-
-
-def ts_of(step: pl.Expr, freq_seconds: int) -> pl.Expr:
-    """Bucket start (naive UTC, microseconds) of a bucket index."""
-    return (step * freq_seconds * 1_000_000).cast(pl.Datetime("us"))
-
-
-def regular_grid(
-    usage: pl.DataFrame,
-    freq_seconds: int,
-    metrics: Sequence[str],
-    extend_steps: int = 0,
-    missing_as: float | None = None,
-) -> pl.DataFrame:
-    """Every client on a complete grid from its first to its last bucket, plus `extend_steps`.
-
-    A bucket missing inside a client's span holds `missing_as` in every metric (series
-    sources write idle buckets as zeros, so a hole means nothing was recorded); null cells
-    of present rows and the extension stay null. Columns: client_id, step, ts, metrics.
-    """
-    stepped = usage.select(
-        "client_id",
-        step_of(pl.col("ts"), freq_seconds).alias("step"),
-        *(pl.col(m).cast(pl.Float64) for m in metrics),
-        pl.lit(True).alias("_present"),
-    ).unique(subset=["client_id", "step"], keep="last")
-    bounds = stepped.group_by("client_id").agg(
-        pl.col("step").min().alias("lo"), pl.col("step").max().alias("hi")
-    )
-    grid = bounds.select(
-        "client_id", "hi", pl.int_ranges("lo", pl.col("hi") + 1 + extend_steps).alias("step")
-    ).explode("step")
-    joined = grid.join(stepped, on=["client_id", "step"], how="left")
-    if missing_as is not None:
-        hole = pl.col("_present").is_null() & (pl.col("step") <= pl.col("hi"))
-        joined = joined.with_columns(
-            pl.when(hole).then(pl.lit(missing_as)).otherwise(pl.col(m)).alias(m) for m in metrics
-        )
-    return (
-        joined.with_columns(ts_of(pl.col("step"), freq_seconds).alias("ts"))
-        .select("client_id", "step", "ts", *metrics)
-        .sort("client_id", "step")
-    )
-
-
-def to_long(grid: pl.DataFrame, metrics: Sequence[str]) -> pl.DataFrame:
-    """One row per (client, metric, step): client_id, metric, step, ts, value."""
-    return (
-        grid.unpivot(
-            index=["client_id", "step", "ts"],
-            on=list(metrics),
-            variable_name="metric",
-            value_name="value",
-        )
-        .select("client_id", "metric", "step", "ts", pl.col("value").cast(pl.Float64))
-        .sort("client_id", "metric", "step")
-    )
 
 
 # --- per-step series ----------------------------------------------------------------------

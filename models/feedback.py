@@ -89,7 +89,7 @@ def reported_actuals(feedback: pl.DataFrame) -> pl.DataFrame:
         buckets = math.ceil((row["window_end"] - first).total_seconds() / freq)
         for metric, value in _parse_actual(row["client_id"], row["actual"]).items():
             rows.append((row["client_id"], metric, first, buckets, freq, value, row["received_at"]))
-    schema = {
+    schema: dict[str, pl.DataType | type[pl.DataType]] = {
         "client_id": pl.String, "metric": pl.String, "first": pl.Datetime("us"),
         "buckets": pl.Int64, "freq_seconds": pl.Int64, "actual": pl.Float64,
         "received_at": pl.Datetime("us"),

@@ -15,24 +15,14 @@ def decide_promotion(
     window) and the seasonal-naive baseline; otherwise say which one it did not beat."""
     if not math.isfinite(challenger_wmape):
         return False, "held back: challenger has no finite holdout wMAPE"
-    if (
-        baseline_wmape is not None
-        and math.isfinite(baseline_wmape)
-        and challenger_wmape >= baseline_wmape
+    for rival, wmape, where in (
+        (baseline_name, baseline_wmape, ""),
+        ("the champion's", champion_wmape, " on the same window"),
     ):
-        return False, (
-            f"held back: wMAPE {challenger_wmape:.4f} does not beat {baseline_name} "
-            f"{baseline_wmape:.4f}"
-        )
-    if (
-        champion_wmape is not None
-        and math.isfinite(champion_wmape)
-        and challenger_wmape >= champion_wmape
-    ):
-        return False, (
-            f"held back: wMAPE {challenger_wmape:.4f} does not beat the champion's "
-            f"{champion_wmape:.4f} on the same window"
-        )
+        if _does_not_beat(challenger_wmape, wmape):
+            return False, (
+                f"held back: wMAPE {challenger_wmape:.4f} does not beat {rival} {wmape:.4f}{where}"
+            )
     against = (
         f"{baseline_name} {baseline_wmape:.4f}" if baseline_wmape is not None else "no baseline"
     )
@@ -42,3 +32,8 @@ def decide_promotion(
         f"promoted: wMAPE {challenger_wmape:.4f} beats the champion's {champion_wmape:.4f} "
         f"and {against}"
     )
+
+
+def _does_not_beat(challenger: float, rival: float | None) -> bool:
+    """A rival without a finite score is no bar; otherwise the challenger must be lower."""
+    return rival is not None and math.isfinite(rival) and challenger >= rival

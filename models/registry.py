@@ -32,6 +32,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, infer_signature
+from mlflow.pyfunc import PythonModel
 from sqlalchemy.exc import SQLAlchemyError
 
 from core.errors import PrewarmError
@@ -77,7 +78,9 @@ class ModelCard:
     output_example: pd.DataFrame | None = None
 
 
-class ForecasterPyfunc(mlflow.pyfunc.PythonModel):
+# PythonModel imported by name: to mypy, `mlflow.pyfunc` is the LazyLoader attribute
+# mlflow/__init__.py defines, which hides the submodule's classes.
+class ForecasterPyfunc(PythonModel):
     """pyfunc face of a fitted forecaster: history frame in, forecast frame out.
 
     `params={"output": "exceedance"}` returns P(concurrency >= k) rows instead, when the

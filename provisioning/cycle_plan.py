@@ -1,7 +1,7 @@
 """One cycle's planning decision, pure: the plan of the coming windows and its targets.
 
 Shared by the live loop (`flows.provision.make_plan` reads the warehouse, then calls
-`plan_cycle`) and the soak's simulator (`provisioning.soak`), so the simulator replays
+`plan_cycle`) and the soak's simulator (`simulation.soak`), so the simulator replays
 exactly the decisions the live system makes, only with ideal timing.
 
 Timing: the pool a cycle applies is in place `lead` seconds after its clock (the cycle's

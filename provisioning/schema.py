@@ -46,6 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from core.errors import PrewarmError
 from core.times import naive_utc
+from core.vocabulary import METRICS
 from provisioning.schema_checks import (
     MAX_FILE_BYTES,
     SchemaLimits,
@@ -59,14 +60,6 @@ from provisioning.schema_checks import (
 
 EXAMPLES_DIR = Path(__file__).parent / "schemas" / "examples"
 ENV_PREFIX = "PREWARM_"
-RESOURCE_METRICS: tuple[str, ...] = (
-    "requests",
-    "concurrency",
-    "cpu_cores",
-    "memory_mb",
-    "net_mbps",
-    "io_ops",
-)
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _EXTENSION_NAME = r"^[a-z0-9][a-z0-9._-]*$"
 
@@ -192,9 +185,9 @@ class Anticipated(_Strict):
     @field_validator("peak")
     @classmethod
     def _known_metrics(cls, peak: dict[str, Peak]) -> dict[str, Peak]:
-        unknown = sorted(set(peak) - set(RESOURCE_METRICS))
+        unknown = sorted(set(peak) - set(METRICS))
         if unknown:
-            raise ValueError(f"unknown resource(s) {unknown}; known: {list(RESOURCE_METRICS)}")
+            raise ValueError(f"unknown resource(s) {unknown}; known: {list(METRICS)}")
         return peak
 
     @model_validator(mode="after")
@@ -349,7 +342,7 @@ def compose_workload(
 def anticipated_from_profile(profile_row: Mapping[str, Any], pool_size: int) -> dict[str, Any]:
     """The anticipated section from one `profiles` row and the plan's pool size."""
     peak: dict[str, dict[str, float | None]] = {}
-    for metric in RESOURCE_METRICS:
+    for metric in METRICS:
         p50, p90 = profile_row.get(f"{metric}_p50"), profile_row.get(f"{metric}_p90")
         if p50 is not None or p90 is not None:
             peak[metric] = {"p50": _float_or_none(p50), "p90": _float_or_none(p90)}

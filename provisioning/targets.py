@@ -111,7 +111,11 @@ def pool_targets(
     targets = _with_floor(span, floor, home, clients, inventory, floor_tier, forecast_only)
     targets = _with_hold(targets, ahead, recent_need, recent_targets, home, forecast_only)
     targets = _cap_hold(targets, clients, inventory, current)
-    return targets.select(list(TARGETS_SCHEMA)).cast(TARGETS_SCHEMA).sort(_KEY, nulls_last=True)
+    return (
+        targets.select(list(TARGETS_SCHEMA))
+        .cast(pl.Schema(TARGETS_SCHEMA))
+        .sort(_KEY, nulls_last=True)
+    )
 
 
 def targets_as_desired(targets: pl.DataFrame) -> pl.DataFrame:
@@ -173,26 +177,25 @@ def _home_hosts(
     """Each client's home host: where the span wants most of it, else where it was held,
     else the first host of the inventory (the only one on a single machine)."""
     home: dict[str, str | None] = {}
-    if recent_targets is not None and recent_targets.height:
-        for client_id, host in (
-            recent_targets.sort("total", "host", descending=[True, False], nulls_last=True)
-            .unique("client_id", keep="first", maintain_order=True)
-            .select(_KEY)
-            .iter_rows()
-        ):
-            home[client_id] = host
-    if span.height:
-        for client_id, host in (
-            span.sort("total", "host", descending=[True, False], nulls_last=True)
-            .unique("client_id", keep="first", maintain_order=True)
-            .select(_KEY)
-            .iter_rows()
-        ):
-            home[client_id] = host
+    if recent_targets is not None:
+        home.update(_busiest_host(recent_targets))
+    home.update(_busiest_host(span))  # the span's choice wins over where it was held
     fallback = None
     if inventory is not None and inventory.height:
         fallback = str(inventory.sort("host").get_column("host")[0])
     return _DefaultHome(home, fallback)
+
+
+def _busiest_host(targets: pl.DataFrame) -> dict[str, str | None]:
+    """Each client's host holding most of its total (ties: the first host by name)."""
+    if targets.height == 0:
+        return {}
+    return dict(
+        targets.sort("total", "host", descending=[True, False], nulls_last=True)
+        .unique("client_id", keep="first", maintain_order=True)
+        .select(_KEY)
+        .iter_rows()
+    )
 
 
 class _DefaultHome(dict):

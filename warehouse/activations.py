@@ -51,7 +51,7 @@ class Activation:
 class ActivationTerms:
     """What bounds a client's activations: its mode and the members its plan gives it."""
 
-    mode: str  # provision | forecast-only (warehouse.pools.MODES)
+    mode: str  # provision | forecast-only (core.vocabulary.MODES)
     planned_members: int  # active + shadow + cold over the newest applied plan's targets
 
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from functools import cache
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import polars as pl
@@ -151,7 +152,7 @@ def _pending_migrations(con: duckdb.DuckDBPyConnection) -> bool:
 @cache
 def _migration_files() -> tuple[tuple[str, str], ...]:
     folder = resources.files("warehouse.migrations")
-    files = sorted(f for f in folder.iterdir() if f.name.endswith(".sql"))
+    files = sorted((f for f in folder.iterdir() if f.name.endswith(".sql")), key=lambda f: f.name)
     return tuple((f.name.removesuffix(".sql"), f.read_text()) for f in files)
 
 
@@ -215,8 +216,8 @@ def fetch_one(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = No
     return rows[0] if rows else None
 
 
-def fetch_value(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> object:
-    """First column of the first row, or None."""
+def fetch_value(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> Any:
+    """First column of the first row, or None (typed Any: its type is the query's)."""
     row = fetch_one(con, sql, params)
     return row[0] if row else None
 
@@ -227,3 +228,25 @@ def fetch_frame(
     """A query's whole result as a polars frame (empty for a statement returning nothing)."""
     relation = con.sql(sql, params=params or None)
     return relation.pl() if relation is not None else pl.DataFrame()
+
+
+def insert_frame(
+    con: duckdb.DuckDBPyConnection,
+    table: str,
+    frame: pl.DataFrame,
+    casts: dict[str, str] | None = None,
+    columns: Sequence[str] | None = None,
+) -> None:
+    """Insert a frame's rows into the same-named columns of `table` (a cast per column, e.g.
+    {"config": "config::JSON"}); the one way a polars frame is written to a table."""
+    if frame.height == 0:
+        return
+    if columns is not None:
+        frame = frame.select(columns)
+    casts = casts or {}
+    name = f"new_{table}"
+    con.register(name, frame.to_arrow())
+    names = ", ".join(frame.columns)
+    selected = ", ".join(casts.get(c, c) for c in frame.columns)
+    con.execute(f"INSERT INTO {table} ({names}) SELECT {selected} FROM {name}")
+    con.unregister(name)

@@ -68,3 +68,13 @@ def read_reported_actuals(path: Path, client_ids: list[str] | None = None) -> pl
             " f.received_at, c.freq_seconds FROM feedback f JOIN clients c USING (client_id)"
             f" {only} WHERE f.actual IS NOT NULL ORDER BY f.received_at",
         )
+
+
+def read_feedback_signals(path: Path, since: object) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Reconciliations and client feedback received since `since` (both possibly empty)."""
+    with connect(path, read_only=True) as con:
+        reconciliations = fetch_frame(
+            con, "SELECT * FROM reconciliations WHERE reconciled_at >= ?", [since]
+        )
+        feedback = fetch_frame(con, "SELECT * FROM feedback WHERE received_at >= ?", [since])
+    return reconciliations, feedback

@@ -10,7 +10,7 @@ from pathlib import Path
 import polars as pl
 
 from core.vocabulary import METRICS
-from warehouse.db import connect, fetch_frame
+from warehouse.db import connect, fetch_frame, insert_frame
 
 
 def read_unreconciled(path: Path) -> pl.DataFrame:
@@ -199,11 +199,8 @@ def mark_drift_retrained(path: Path, closed: dict[str, tuple[str, datetime]]) ->
 def _append(path: Path, table: str, rows: pl.DataFrame) -> None:
     if rows.height == 0:
         return
-    columns = ", ".join(rows.columns)
     with connect(path) as con:
-        con.register("incoming", rows.to_arrow())
-        con.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM incoming")
-        con.unregister("incoming")
+        insert_frame(con, table, rows)
 
 
 def annotate_reconciliations(

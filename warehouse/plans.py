@@ -19,8 +19,7 @@ import duckdb
 import polars as pl
 
 from core.times import utc_now
-from warehouse.db import connect, fetch_frame, fetch_value, transaction
-from warehouse.pools import insert_frame
+from warehouse.db import connect, fetch_frame, fetch_value, insert_frame, transaction
 
 LATEST_APPLIED_PLAN = "SELECT plan_id FROM plans WHERE NOT dry_run ORDER BY seq DESC LIMIT 1"
 

@@ -1,18 +1,21 @@
-"""Write what the models produced: forecasts, exceedance, profiles and training runs."""
+"""What the models produced (forecasts, exceedance, profiles, training runs): written once per
+prediction run, read by the plan, the API and the training schedule."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
+import duckdb
 import polars as pl
 
-from warehouse.db import connect, fetch_value, transaction
+from warehouse.db import connect, fetch_frame, fetch_value, insert_frame, transaction
 
-_FORECAST_COLUMNS = (
-    "client_id, metric, origin, ts, horizon, p10, p50, p90, model_name, model_version, generated_at"
-)
-_EXCEEDANCE_COLUMNS = "client_id, origin, ts, horizon, level, p_exceed, model_version, generated_at"
+_FORECAST_COLUMNS = ["client_id", "metric", "origin", "ts", "horizon", "p10", "p50", "p90"]
+_FORECAST_COLUMNS += ["model_name", "model_version", "generated_at"]
+_EXCEEDANCE_COLUMNS = ["client_id", "origin", "ts", "horizon", "level", "p_exceed"]
+_EXCEEDANCE_COLUMNS += ["model_version", "generated_at"]
 
 
 def write_predictions(
@@ -23,22 +26,10 @@ def write_predictions(
 ) -> None:
     """Append one prediction run (forecasts, exceedance, profiles) in a single transaction."""
     with connect(path) as con, transaction(con):
-        if forecasts.height:
-            con.register("new_forecasts", forecasts.to_arrow())
-            con.execute(
-                f"INSERT INTO forecasts ({_FORECAST_COLUMNS})"
-                f" SELECT {_FORECAST_COLUMNS} FROM new_forecasts"
-            )
-        if exceedance is not None and exceedance.height:
-            con.register("new_exceedance", exceedance.to_arrow())
-            con.execute(
-                f"INSERT INTO forecast_exceedance ({_EXCEEDANCE_COLUMNS})"
-                f" SELECT {_EXCEEDANCE_COLUMNS} FROM new_exceedance"
-            )
-        if profiles.height:
-            con.register("new_profiles", profiles.to_arrow())
-            columns = ", ".join(profiles.columns)
-            con.execute(f"INSERT INTO profiles ({columns}) SELECT {columns} FROM new_profiles")
+        insert_frame(con, "forecasts", forecasts, columns=_FORECAST_COLUMNS)
+        if exceedance is not None:
+            insert_frame(con, "forecast_exceedance", exceedance, columns=_EXCEEDANCE_COLUMNS)
+        insert_frame(con, "profiles", profiles)
 
 
 def write_model_runs(path: Path, runs: pl.DataFrame) -> None:
@@ -46,9 +37,7 @@ def write_model_runs(path: Path, runs: pl.DataFrame) -> None:
     if runs.height == 0:
         return
     with connect(path) as con:
-        con.register("new_runs", runs.to_arrow())
-        columns = ", ".join(runs.columns)
-        con.execute(f"INSERT INTO model_runs ({columns}) SELECT {columns} FROM new_runs")
+        insert_frame(con, "model_runs", runs)
 
 
 def prune_predictions(path: Path, before: datetime) -> int:
@@ -75,3 +64,86 @@ def prune_predictions(path: Path, before: datetime) -> int:
                 or 0
             )
     return deleted
+
+
+# Each client's newest prediction run. Profiles and exceedance rows are taken from that run
+# only: a run that found no demand window writes no profile, and an older run's window
+# must not stand in for it (a stale window, with its confidence, would keep warming a
+# client the newest forecast calls idle).
+_LATEST_RUN = """
+    WITH latest AS (
+        SELECT client_id, max(generated_at) AS generated_at FROM (
+            SELECT client_id, generated_at FROM forecasts
+            UNION ALL SELECT client_id, generated_at FROM forecast_exceedance
+            UNION ALL SELECT client_id, generated_at FROM profiles
+        ) GROUP BY client_id
+    )
+"""
+
+
+def read_latest_forecasts(path: Path) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Each client's latest prediction run: concurrency quantiles, exceedance, profiles."""
+    with connect(path, read_only=True) as con:
+        quantiles = fetch_frame(
+            con,
+            _LATEST_RUN
+            + """
+            SELECT f.client_id, f.metric, f.origin, f.ts, f.p10, f.p50, f.p90
+            FROM forecasts f JOIN latest USING (client_id, generated_at)
+            QUALIFY f.origin = max(f.origin) OVER (PARTITION BY f.client_id)
+            """,
+        )
+        exceedance = fetch_frame(
+            con,
+            _LATEST_RUN
+            + """
+            SELECT e.client_id, e.origin, e.ts, e.level, e.p_exceed
+            FROM forecast_exceedance e JOIN latest USING (client_id, generated_at)
+            """,
+        )
+        profiles = fetch_frame(
+            con,
+            _LATEST_RUN
+            + """
+            SELECT p.* FROM profiles p JOIN latest USING (client_id, generated_at)
+            ORDER BY p.client_id, p.window_start
+            """,
+        )
+    return quantiles, exceedance, profiles
+
+
+def read_latest_profile(con: duckdb.DuckDBPyConnection, client_id: str) -> list[dict[str, Any]]:
+    """The client's `profiles` rows of its latest prediction run, by window start (none when
+    that run found no demand window: an older run's window is not current)."""
+    frame = fetch_frame(
+        con,
+        "SELECT * FROM profiles WHERE client_id = ? AND generated_at = (SELECT max(g) FROM ("
+        " SELECT max(generated_at) AS g FROM forecasts WHERE client_id = ?"
+        " UNION ALL SELECT max(generated_at) FROM profiles WHERE client_id = ?))"
+        " ORDER BY window_start",
+        [client_id, client_id, client_id],
+    )
+    return list(frame.iter_rows(named=True))
+
+
+def has_model_runs(path: Path) -> bool:
+    """Whether any forecaster was ever trained on this warehouse (so the registry has some)."""
+    with connect(path, read_only=True) as con:
+        return fetch_value(con, "SELECT EXISTS (SELECT 1 FROM model_runs)") is True
+
+
+def read_training_state(path: Path) -> pl.DataFrame:
+    """Per client with usage: its latest bucket and when its newest model's data ended
+    (null when it never had one)."""
+    with connect(path, read_only=True) as con:
+        return fetch_frame(
+            con,
+            """
+            SELECT u.client_id, u.last_ts, m.trained_until
+            FROM (SELECT client_id, max(ts) AS last_ts FROM usage GROUP BY 1) u
+            LEFT JOIN (
+                SELECT client_id, max(trained_until) AS trained_until FROM model_runs GROUP BY 1
+            ) m USING (client_id)
+            ORDER BY u.client_id
+            """,
+        )

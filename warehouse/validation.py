@@ -13,13 +13,14 @@ import json
 import logging
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
 
+from core.times import utc_now
 from core.vocabulary import METRICS
 from warehouse.sources.base import ExtractedBatch
 
@@ -68,10 +69,10 @@ def validate_batch(batch: ExtractedBatch, now: datetime | None = None) -> Valida
     if failures:
         return _batch_failure(batch, failures)
 
-    latest = (now or datetime.now(UTC).replace(tzinfo=None)) + timedelta(days=1)
+    latest = (now or utc_now()) + timedelta(days=1)
     failed_by: dict[str, np.ndarray] = {}
-    for description, indexes in _run_row_suite(batch, frame, latest).items():
-        failed_by[description] = np.asarray(indexes, dtype=np.int64)
+    for description, row_indexes in _run_row_suite(batch, frame, latest).items():
+        failed_by[description] = np.asarray(row_indexes, dtype=np.int64)
     for description, bad_ids in _run_client_id_suite(rows).items():
         mask = rows["client_id"].is_in(bad_ids).to_numpy()
         failed_by[description] = np.flatnonzero(mask)

@@ -62,6 +62,7 @@ from provisioning.runtime.base import (
     MemberNotFound,
     PendingRequest,
     PrewarmRuntimeError,
+    RuntimeName,
     RuntimeUnavailable,
     Tier,
     matches_labels,
@@ -134,6 +135,7 @@ def _facts_from_inspect(attrs: dict[str, Any]) -> _Facts:
     port = _container_port(labels)
     settings = attrs.get("NetworkSettings") or {}
     bindings = (settings.get("Ports") or {}).get(f"{port}/tcp") or []
+    endpoint: str | None
     if bindings:
         endpoint = f"http://127.0.0.1:{bindings[0]['HostPort']}"
     else:
@@ -257,7 +259,7 @@ def _connect() -> docker.DockerClient:
 class DockerRuntime:
     """ContainerRuntime over a Docker daemon (docker SDK, `docker.from_env()`)."""
 
-    name = "docker"
+    name: RuntimeName = "docker"
 
     def __init__(
         self,

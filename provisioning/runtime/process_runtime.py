@@ -30,6 +30,7 @@ enforced (that needs cgroups). Linux only (/proc).
 
 from __future__ import annotations
 
+import builtins
 import fcntl
 import json
 import logging
@@ -56,6 +57,7 @@ from provisioning.runtime.base import (
     Member,
     MemberNotFound,
     PendingRequest,
+    RuntimeName,
     Tier,
     matches_labels,
     ms_since,
@@ -235,7 +237,7 @@ def _terminate(pid: int, start_ticks: int | None, grace_s: float) -> None:
 class ProcessRuntime:
     """ContainerRuntime over local `worker.py` processes, persisted in a JSON state file."""
 
-    name = "process"
+    name: RuntimeName = "process"
 
     def __init__(
         self,
@@ -341,7 +343,7 @@ class ProcessRuntime:
                 found[pid] = _argument(argv, "--member") or "?"
         return found
 
-    def sweep_strays(self) -> list[str]:
+    def sweep_strays(self) -> builtins.list[str]:
         """Stop every stray worker of this state file; return the member ids they served."""
         swept = []
         for pid, member_id in self.strays().items():

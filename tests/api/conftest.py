@@ -52,15 +52,29 @@ class World:
 def _profile_row(generated_at: datetime, window: tuple[datetime, datetime], scale: float) -> list:
     start, end = window
     return [
-        "a", generated_at, generated_at, start, end, (end - start).total_seconds() / 60,
-        100 * scale, 150 * scale,   # requests p50, p90
-        2.0 * scale, 3.4 * scale,   # concurrency
-        0.5 * scale, 0.8 * scale,   # cpu_cores
-        256 * scale, 300 * scale,   # memory_mb
-        None, None,                 # net_mbps: not forecast
-        10 * scale, 20 * scale,     # io_ops
-        0.9, 0.75, "lightgbm-quantile", "7",
-    ]  # fmt: skip
+        "a",
+        generated_at,
+        generated_at,
+        start,
+        end,
+        (end - start).total_seconds() / 60,
+        100 * scale,
+        150 * scale,  # requests p50, p90
+        2.0 * scale,
+        3.4 * scale,  # concurrency
+        0.5 * scale,
+        0.8 * scale,  # cpu_cores
+        256 * scale,
+        300 * scale,  # memory_mb
+        None,
+        None,  # net_mbps: not forecast
+        10 * scale,
+        20 * scale,  # io_ops
+        0.9,
+        0.75,
+        "lightgbm-quantile",
+        "7",
+    ]
 
 
 def build_warehouse(path: Path) -> World:

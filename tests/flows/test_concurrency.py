@@ -38,17 +38,22 @@ def test_two_writers_and_a_reader_at_once(tmp_path: Path):
         subprocess.Popen(
             [PREWARM, "ingest", "--source", "events", "--path", str(f)],
             env={**env, "PREFECT_HOME": str(tmp_path / f"prefect-{i}")},
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         for i, f in enumerate(files)
-    ]  # fmt: skip
+    ]
     answers = 0
     deadline = time.monotonic() + 240
     while any(w.poll() is None for w in writers) and time.monotonic() < deadline:
         query = subprocess.run(
             [PREWARM, "sql", "select count(*) as n from usage", "--format", "csv"],
-            env=env, capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         # Before the first writer created the file there is nothing to read yet.
         if query.returncode == 0:
             answers += 1

@@ -72,19 +72,23 @@ def _forecasts(settings: Settings, origin: datetime, clients: dict[str, tuple[in
                 exceed.append((client, origin, ts, h, level, p if level <= max(need, 1) else 0.0))
     stamp = utc_now()
     forecasts = pl.DataFrame(
-        rows, schema=["client_id", "metric", "origin", "ts", "horizon", "p10", "p50", "p90"],
+        rows,
+        schema=["client_id", "metric", "origin", "ts", "horizon", "p10", "p50", "p90"],
         orient="row",
     ).with_columns(
-        pl.lit("forecaster-x").alias("model_name"), pl.lit("1").alias("model_version"),
-        pl.lit(stamp).alias("generated_at"), pl.col("origin", "ts").cast(pl.Datetime("us")),
+        pl.lit("forecaster-x").alias("model_name"),
+        pl.lit("1").alias("model_version"),
+        pl.lit(stamp).alias("generated_at"),
+        pl.col("origin", "ts").cast(pl.Datetime("us")),
         pl.col("horizon").cast(pl.Int32),
-    )  # fmt: skip
+    )
     exceedance = pl.DataFrame(
         exceed, schema=["client_id", "origin", "ts", "horizon", "level", "p_exceed"], orient="row"
     ).with_columns(
-        pl.lit("1").alias("model_version"), pl.lit(stamp).alias("generated_at"),
+        pl.lit("1").alias("model_version"),
+        pl.lit(stamp).alias("generated_at"),
         pl.col("origin", "ts").cast(pl.Datetime("us")),
-    )  # fmt: skip
+    )
     write_predictions(settings.warehouse_path, forecasts, pl.DataFrame(), exceedance)
 
 
@@ -234,9 +238,11 @@ def test_a_cycle_killed_mid_apply_is_healed_by_the_next(
     state = settings.data_dir / "process-pool.json"
     child = subprocess.Popen(
         [sys.executable, "-m", "flows.cli", "cycle", "--feed", f"spool:{spool}"],
-        env=dict(os.environ), start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        env=dict(os.environ),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and child.poll() is None:

@@ -78,9 +78,11 @@ def spool(settings: Settings, tmp_path: Path) -> tuple[Path, Feed]:
 def test_spool_file_is_taken_once_and_late_or_unknown_rows_are_quarantined(settings, spool):
     directory, feed = spool
     path = settings.warehouse_path
-    stored_late = _value(path, "SELECT requests FROM usage WHERE client_id = 'a' AND ts = ?", [
-        T0 + timedelta(minutes=20)
-    ])  # fmt: skip
+    stored_late = _value(
+        path,
+        "SELECT requests FROM usage WHERE client_id = 'a' AND ts = ?",
+        [T0 + timedelta(minutes=20)],
+    )
     _write(
         directory / "0001.csv",
         [
@@ -97,12 +99,22 @@ def test_spool_file_is_taken_once_and_late_or_unknown_rows_are_quarantined(setti
     assert (first.batches, first.files_taken, first.files_rejected) == (1, 1, 0)
     assert (first.rows_loaded, first.rows_quarantined) == (1, 2)
     assert first.watermark == T0 + timedelta(minutes=30)
-    assert _value(path, "SELECT requests FROM usage WHERE client_id = 'a' AND ts = ?", [
-        T0 + timedelta(minutes=30)
-    ]) == 7.0  # fmt: skip
-    assert _value(path, "SELECT requests FROM usage WHERE client_id = 'a' AND ts = ?", [
-        T0 + timedelta(minutes=20)
-    ]) == stored_late  # fmt: skip
+    assert (
+        _value(
+            path,
+            "SELECT requests FROM usage WHERE client_id = 'a' AND ts = ?",
+            [T0 + timedelta(minutes=30)],
+        )
+        == 7.0
+    )
+    assert (
+        _value(
+            path,
+            "SELECT requests FROM usage WHERE client_id = 'a' AND ts = ?",
+            [T0 + timedelta(minutes=20)],
+        )
+        == stored_late
+    )
     assert _value(path, "SELECT count(*) FROM clients WHERE client_id = 'stranger'") == 0
     with connect(path, read_only=True) as con:
         quarantined = fetch_frame(
@@ -168,9 +180,14 @@ def test_a_rejected_file_is_recorded_never_retried_and_the_next_file_loads(setti
         path, "SELECT status FROM ingest_batches WHERE batch_id = ?", [rejected_batch]
     ) == ("rejected")
     assert _value(path, "SELECT count(*) FROM quarantine WHERE batch_id = ?", [rejected_batch]) == 5
-    assert _value(path, "SELECT count(*) FROM usage WHERE client_id = 'a' AND ts > ?", [
-        T0 + timedelta(minutes=25)
-    ]) == 0  # fmt: skip
+    assert (
+        _value(
+            path,
+            "SELECT count(*) FROM usage WHERE client_id = 'a' AND ts > ?",
+            [T0 + timedelta(minutes=25)],
+        )
+        == 0
+    )
     assert ingest_feed(settings, feed, NOW).batches == 0  # not retried
 
 

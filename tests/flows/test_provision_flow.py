@@ -21,8 +21,8 @@ from flows.settings import Settings
 from provisioning.apply import release_all
 from provisioning.runtime.base import ContainerSpec
 from provisioning.runtime.select import docker_unavailable_reason
+from warehouse.clients import set_client_mode
 from warehouse.db import connect, fetch_value
-from warehouse.pools import set_client_mode
 from warehouse.predictions import write_predictions
 
 END = datetime(2026, 1, 19)
@@ -154,10 +154,16 @@ def test_orphans_are_released_and_a_crash_is_healed(pool_settings):
     scope = {"prewarm.managed": "1", **pool_settings.pool_scope}
     orphan = runtime.create(
         ContainerSpec(
-            client_id="ghost", plan_id="old-plan", tier="shadow", image="prewarm/worker:latest",
-            cpu=0.25, memory_mb=64, env={}, labels=dict(pool_settings.pool_scope),
+            client_id="ghost",
+            plan_id="old-plan",
+            tier="shadow",
+            image="prewarm/worker:latest",
+            cpu=0.25,
+            memory_mb=64,
+            env={},
+            labels=dict(pool_settings.pool_scope),
         )
-    )  # fmt: skip
+    )
     # A crash midway: one of c0000's planned members is gone.
     victim = next(m for m in runtime.list(scope) if m.client_id == "c0000")
     runtime.release(victim.id)

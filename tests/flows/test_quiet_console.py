@@ -49,8 +49,11 @@ def test_demo_prints_bars_and_summary_and_logs_the_rest(tmp_path):
     try:
         done = subprocess.run(
             [PREWARM, "demo", "--clients", "3", "--days", "4"],
-            env=env, capture_output=True, text=True, timeout=900,
-        )  # fmt: skip
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
     finally:
         subprocess.run([PREWARM, "pools", "--release-all"], env=env, capture_output=True)
     console = done.stdout + done.stderr

@@ -53,13 +53,16 @@ def _forecast(client: str, origin: datetime, need: float, buckets: int = 12) -> 
         for h in range(1, buckets + 1)
     ]
     return pl.DataFrame(
-        rows, schema=["client_id", "metric", "origin", "ts", "horizon", "p10", "p50", "p90"],
+        rows,
+        schema=["client_id", "metric", "origin", "ts", "horizon", "p10", "p50", "p90"],
         orient="row",
     ).with_columns(
-        pl.lit("forecaster-x").alias("model_name"), pl.lit("1").alias("model_version"),
+        pl.lit("forecaster-x").alias("model_name"),
+        pl.lit("1").alias("model_version"),
         pl.lit(datetime(2026, 1, 1)).alias("generated_at"),
-        pl.col("origin", "ts").cast(pl.Datetime("us")), pl.col("horizon").cast(pl.Int32),
-    )  # fmt: skip
+        pl.col("origin", "ts").cast(pl.Datetime("us")),
+        pl.col("horizon").cast(pl.Int32),
+    )
 
 
 def _members(settings: Settings) -> list[str]:
@@ -122,9 +125,14 @@ def test_feedback_actuals_are_scored_where_usage_has_none(settings, tmp_path):
     assert first.buckets == 9  # the three lost buckets have nothing to be scored against
     # The client reports what it really needed over END + 15 .. 35 min: 5 instances.
     record_feedback(
-        settings.warehouse_path, "gap", END + 3 * STEP, END + 7 * STEP, 4,
-        {"concurrency": 5.0}, None,
-    )  # fmt: skip
+        settings.warehouse_path,
+        "gap",
+        END + 3 * STEP,
+        END + 7 * STEP,
+        4,
+        {"concurrency": 5.0},
+        None,
+    )
     second = reconcile_pools(retrain=False)
     with connect(settings.warehouse_path, read_only=True) as con:
         rows = con.execute(
@@ -156,10 +164,21 @@ def _seed_misses(path: Path, client_ids: tuple[str, ...], missed: str) -> None:
             rows.append((client, ts, ts + STEP, "requests", 1.0, 2.0, 3.0, 2.0, 0.0, covered, 0.1))
     frame = pl.DataFrame(
         rows,
-        schema=["client_id", "window_start", "window_end", "metric", "predicted_p10",
-                "predicted_p50", "predicted_p90", "actual", "error", "covered", "pinball"],
+        schema=[
+            "client_id",
+            "window_start",
+            "window_end",
+            "metric",
+            "predicted_p10",
+            "predicted_p50",
+            "predicted_p90",
+            "actual",
+            "error",
+            "covered",
+            "pinball",
+        ],
         orient="row",
-    ).with_columns(pl.lit(datetime(2026, 1, 19)).alias("reconciled_at"))  # fmt: skip
+    ).with_columns(pl.lit(datetime(2026, 1, 19)).alias("reconciled_at"))
     with connect(path) as con:
         con.register("seed", frame.to_arrow())
         con.execute(f"INSERT INTO reconciliations ({', '.join(frame.columns)}) SELECT * FROM seed")

@@ -170,9 +170,14 @@ def test_reported_actuals_label_what_usage_lost(settings, tmp_path, monkeypatch)
     first_lost = start + STEP * lost.start
     # a reports what it needed from 10 minutes before the loss to its end: 7 instances.
     record_feedback(
-        settings.warehouse_path, "a", first_lost - 2 * STEP, first_lost + 6 * STEP, 2,
-        {"concurrency": 7.0}, None,
-    )  # fmt: skip
+        settings.warehouse_path,
+        "a",
+        first_lost - 2 * STEP,
+        first_lost + 6 * STEP,
+        2,
+        {"concurrency": 7.0},
+        None,
+    )
     seen: list[pl.DataFrame] = []
 
     def capture(group, *args, **kwargs):

@@ -16,7 +16,7 @@ from flows.predict import predict_profiles
 from flows.settings import Settings
 from flows.train import train_flow
 from warehouse.db import connect, fetch_value
-from warehouse.reads import read_recent_usage
+from warehouse.usage import read_recent_usage
 
 END = datetime(2026, 1, 19)
 

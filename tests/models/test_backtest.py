@@ -106,12 +106,29 @@ def test_too_long_a_test_window_is_shortened_and_said_so(trace):
 
 def test_backtest_clients_gives_one_row_per_client_and_metric(batch):
     config = ForecastConfig(
-        n_estimators=5, tail_estimators=3, max_train_rows=300, max_eval_rows=300,
+        n_estimators=5,
+        tail_estimators=3,
+        max_train_rows=300,
+        max_eval_rows=300,
         metrics=("requests", "memory_mb"),
-    )  # fmt: skip
+    )
     table = backtest_clients(batch.rows, batch.clients, batch.calendar, config, 12, test_days=1)
     assert table.height == 3 * 2
     assert table.columns[:3] == ["client_id", "metric", "lightgbm_wmape"]
     with_scores = table.filter(pl.col("lightgbm_wmape").is_not_null())
     assert with_scores.height == 6
     assert np.all(with_scores.get_column("naive_wmape").to_numpy() > 0)
+
+
+def test_backtest_clients_without_a_config_uses_each_clients_bucket_width():
+    """`prewarm backtest --from-warehouse` passes no config: a 10-minute client is backtested
+    on a 10-minute grid (the default 5-minute grid would see every other bucket missing)."""
+    ten_minutes = generate_synthetic(1, 5, END, freq_seconds=600, seed=3)
+    usage = ten_minutes.rows.select("client_id", "ts", "requests")
+    clients = ten_minutes.clients.with_columns(freq_seconds=pl.lit(600))
+    table = backtest_clients(usage, clients, ten_minutes.calendar, None, 6, test_days=1)
+    assert table.get_column("metric").to_list() == ["requests"]
+    row = table.row(0, named=True)
+    # On a 5-minute grid every other bucket is empty and naive misses by over 100 %.
+    assert 0 < row["naive_wmape"] < 0.5
+    assert row["lightgbm_wmape"] < row["naive_wmape"]

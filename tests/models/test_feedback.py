@@ -28,12 +28,15 @@ def _feedback(*rows: tuple) -> pl.DataFrame:
             for cid, start, end, actual, got in rows
         ],
         schema={
-            "client_id": pl.String, "window_start": pl.Datetime("us"),
-            "window_end": pl.Datetime("us"), "actual": pl.String,
-            "received_at": pl.Datetime("us"), "freq_seconds": pl.Int64,
+            "client_id": pl.String,
+            "window_start": pl.Datetime("us"),
+            "window_end": pl.Datetime("us"),
+            "actual": pl.String,
+            "received_at": pl.Datetime("us"),
+            "freq_seconds": pl.Int64,
         },
         orient="row",
-    )  # fmt: skip
+    )
 
 
 def test_reported_actuals_cover_every_bucket_of_the_window_newest_report_winning():

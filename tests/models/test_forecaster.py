@@ -61,6 +61,15 @@ def test_config_validates_the_horizon():
         ForecastConfig(horizon_steps=577)
 
 
+def test_config_rejects_a_bad_grid_step_and_empty_budgets():
+    with pytest.raises(ValueError, match=r"^freq_seconds must be >= 1, got 0$"):
+        ForecastConfig(freq_seconds=0)
+    message = r"^n_estimators, tail_estimators and max_train_rows must be >= 1$"
+    for field in ("n_estimators", "tail_estimators", "max_train_rows"):
+        with pytest.raises(ValueError, match=message):
+            ForecastConfig(**{field: 0})
+
+
 def test_forecast_has_the_contract_columns_and_horizon_arithmetic(batch, regular, fitted):
     client_id, history, _ = regular
     # Other clients in the history are ignored.
@@ -183,9 +192,13 @@ def test_one_day_client_gets_the_global_fallback(batch, regular):
 
     usage = pl.concat([batch.rows, newcomer])
     clients = pl.concat(
-        [batch.clients, batch.clients.filter(pl.col("client_id") == client_id)
-         .with_columns(pl.lit("newcomer").alias("client_id"))]
-    )  # fmt: skip
+        [
+            batch.clients,
+            batch.clients.filter(pl.col("client_id") == client_id).with_columns(
+                pl.lit("newcomer").alias("client_id")
+            ),
+        ]
+    )
     model = fit_global_forecaster(usage, clients, batch.calendar, CONFIG)
     assert model.client_states["newcomer"].reason == reason
 

@@ -27,12 +27,14 @@ def test_cooldown_and_new_data_decide_who_is_retrained():
             ("empty", "requests", None, None, None),
         ],
         schema={
-            "client_id": pl.String, "metric": pl.String,
-            "last_retrained_at": pl.Datetime("us"), "trained_until": pl.Datetime("us"),
+            "client_id": pl.String,
+            "metric": pl.String,
+            "last_retrained_at": pl.Datetime("us"),
+            "trained_until": pl.Datetime("us"),
             "last_usage_ts": pl.Datetime("us"),
         },
         orient="row",
-    )  # fmt: skip
+    )
     decisions = retrain_decisions(state, NOW, timedelta(hours=6))
     assert decisions.select("client_id", "trigger", "eligible", "why_not").rows() == [
         ("cooling", "feedback", False, "cooldown until 2026-11-30T16:00"),
@@ -44,8 +46,10 @@ def test_cooldown_and_new_data_decide_who_is_retrained():
     # Once the cooldown has passed, only the data still holds a client back.
     later = retrain_decisions(state, NOW + timedelta(hours=4), timedelta(hours=6))
     assert later.filter(pl.col("eligible")).get_column("client_id").to_list() == [
-        "cooling", "due", "new",
-    ]  # fmt: skip
+        "cooling",
+        "due",
+        "new",
+    ]
     later = retrain_decisions(
         state.with_columns(pl.lit(DATA + timedelta(minutes=5)).alias("last_usage_ts")),
         NOW + timedelta(hours=4),

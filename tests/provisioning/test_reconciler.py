@@ -221,9 +221,11 @@ def test_a_cold_slot_keeps_a_warmer_member_instead_of_replacing_it() -> None:
     shadow, active = _member("m1", "a", "shadow"), _member("m2", "b", "active")
 
     actions = diff(
-        _desired(("a", "cold", 2, "h1"), ("b", "cold", 1, "h1")), SPECS, [shadow, active],
+        _desired(("a", "cold", 2, "h1"), ("b", "cold", 1, "h1")),
+        SPECS,
+        [shadow, active],
         plan_id=PLAN,
-    )  # fmt: skip
+    )
 
     assert [(x.kind, x.client_id, x.member_id, x.tier) for x in actions] == [
         ("create", "a", None, "cold"),
@@ -331,9 +333,12 @@ def test_recently_used_members_are_kept_but_busy_ones_alone_stay_untouched():
     orphan = _member("m-orphan3", "gone", "shadow")
     desired = _desired(("a", "shadow", 1, "h1"))
     actions = diff(
-        desired, SPECS, [used, idle, orphan], plan_id=PLAN,
+        desired,
+        SPECS,
+        [used, idle, orphan],
+        plan_id=PLAN,
         recently_used={"m-used1", "m-orphan3"},
-    )  # fmt: skip
+    )
     kinds = {(a.kind, a.member_id) for a in actions}
     assert ("release", "m-orphan3") not in kinds and ("release", "m-used1") not in kinds
     # the plan wants one shadow: one active is paused, the recently used one is kept

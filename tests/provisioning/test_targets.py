@@ -17,13 +17,25 @@ def _desired(rows: list[tuple[str, int, str, int]], host: str = "h1", mode: str 
     """rows: (client, window index, tier, count)."""
     return pl.DataFrame(
         [
-            {"client_id": c, "window_start": T0 + w * TICK, "tier": t, "count": n, "host": host,
-             "mode": mode}
+            {
+                "client_id": c,
+                "window_start": T0 + w * TICK,
+                "tier": t,
+                "count": n,
+                "host": host,
+                "mode": mode,
+            }
             for c, w, t, n in rows
         ],
-        schema={"client_id": pl.String, "window_start": pl.Datetime("us"), "tier": pl.String,
-                "count": pl.Int64, "host": pl.String, "mode": pl.String},
-    )  # fmt: skip
+        schema={
+            "client_id": pl.String,
+            "window_start": pl.Datetime("us"),
+            "tier": pl.String,
+            "count": pl.Int64,
+            "host": pl.String,
+            "mode": pl.String,
+        },
+    )
 
 
 def _row(frame: pl.DataFrame, client: str) -> dict:
@@ -92,9 +104,14 @@ def test_hold_keeps_what_recent_targets_and_recent_need_wanted():
         {"host": ["h2", "h1"], "cpu_cores": [8.0, 8.0], "memory_mb": [1e5, 1e5]}
     )
     targets = pool_targets(
-        desired, T0, T0 + TICK, T0 + TICK, recent_targets=recent_targets, recent_need=recent_need,
+        desired,
+        T0,
+        T0 + TICK,
+        T0 + TICK,
+        recent_targets=recent_targets,
+        recent_need=recent_need,
         inventory=inventory,
-    )  # fmt: skip
+    )
     assert _row(targets, "a")["hold"] == 5
     gone = _row(targets, "gone")  # no longer planned, but wanted within the delay: kept
     assert (gone["active"] + gone["shadow"] + gone["cold"], gone["hold"]) == (0, 2)
@@ -130,9 +147,15 @@ def test_hold_is_cut_where_held_warm_members_would_overfill_a_hosts_memory():
     def held(tier: str) -> dict:
         current = pl.DataFrame({"client_id": ["b"], "tier": [tier], "host": ["h1"], "count": [4]})
         targets = pool_targets(
-            desired, T0, T0 + TICK, T0 + TICK, recent_targets=recent_targets, clients=clients,
-            inventory=inventory, current=current,
-        )  # fmt: skip
+            desired,
+            T0,
+            T0 + TICK,
+            T0 + TICK,
+            recent_targets=recent_targets,
+            clients=clients,
+            inventory=inventory,
+            current=current,
+        )
         assert _row(targets, "a")["hold"] == 2
         return _row(targets, "b")
 

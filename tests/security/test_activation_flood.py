@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import shutil
 import signal
 import socket
 import statistics
@@ -24,31 +23,19 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, replace
-from datetime import datetime
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from api.gate import ModeGate
-from api.keys import KeyCache
-from api.rate import TokenBuckets, retry_after
-from api.recorder import ActivationRecorder
 from provisioning.apply import release_all
 from provisioning.runtime.base import LABEL_CLIENT, LABEL_MANAGED
 from provisioning.runtime.process_runtime import ProcessRuntime
-from tests.api.conftest import World, build_warehouse
-from warehouse.activations import Activation, record_activations
-from warehouse.api_keys import issue_key
-from warehouse.db import connect, fetch_frame
-from warehouse.errors import WarehouseBusy
-from warehouse.live_keys import LiveKeys, read_live_keys
-from warehouse.pools import set_client_mode
+from tests.security.flood_world import PLANNED_FOR_A, FloodWorld, activation_events
 
 POOL_LABEL = "prewarm.pool"
-PLANNED_FOR_A = 1  # members the applied plan gives client a
 # The API in its own process, as `prewarm api` runs it, on the process runtime.
 SERVER = """
 import json, sys
@@ -92,16 +79,6 @@ with ThreadPoolExecutor(max_workers=threads) as pool:
 
 
 @dataclass(frozen=True)
-class FloodWorld:
-    """The test warehouse: clients a (planned 1 member), b, f (forecast-only), a key each."""
-
-    path: Path
-    key_a: str
-    key_b: str
-    key_f: str
-
-
-@dataclass(frozen=True)
 class Server:
     url: str
     state: Path
@@ -111,33 +88,6 @@ class Server:
         """The client's running members, as the runtime lists them now."""
         runtime = ProcessRuntime(self.state, grace_s=0.5)
         return runtime.list({LABEL_MANAGED: "1", **self.scope, LABEL_CLIENT: client_id})
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> FloodWorld:
-    world: World = build_warehouse(tmp_path_factory.mktemp("flood") / "warehouse.duckdb")
-    key_f = issue_key(world.path, "f", create_client=True)
-    set_client_mode(world.path, "f", "forecast-only")
-    now = datetime.now()
-    with connect(world.path) as con:
-        con.execute(
-            "INSERT INTO plans (plan_id, seq, created_at, recorded_at, first_window,"
-            " tick_seconds, windows, buffer_seconds, dry_run, totals)"
-            " VALUES ('test-plan', 1, ?, ?, ?, 300, 1, 0, false, '{}')",
-            [now, now, now],
-        )
-        con.execute(
-            "INSERT INTO plan_targets VALUES ('test-plan', 'a', 'h1', ?, 0, 0, 0, 0, NULL)",
-            [PLANNED_FOR_A],
-        )
-    return FloodWorld(world.path, world.key_a, world.key_b, key_f)
-
-
-@pytest.fixture
-def world(template: FloodWorld, tmp_path: Path) -> FloodWorld:
-    path = tmp_path / "warehouse.duckdb"
-    shutil.copyfile(template.path, path)
-    return replace(template, path=path)
 
 
 @pytest.fixture
@@ -214,16 +164,6 @@ def _flood(url: str, path: str, keys: list[str], threads: int = 16) -> list[Answ
         check=True,
     )
     return [Answer(*row) for row in json.loads(done.stdout)]
-
-
-def _events(path: Path, client_id: str) -> list[dict[str, Any]]:
-    with connect(path, read_only=True) as con:
-        return fetch_frame(
-            con,
-            "SELECT * FROM pool_events WHERE client_id = ? AND action = 'activate'"
-            " ORDER BY happened_at",
-            [client_id],
-        ).to_dicts()
 
 
 def _timed_get(client: httpx.Client, path: str, key: str) -> float:
@@ -319,7 +259,7 @@ def test_a_flood_with_one_key_stays_within_plan_and_burst(
     assert loaded < 10 * unloaded, (loaded, unloaded)
     print(f"client b p50: {unloaded * 1000:.1f} ms unloaded, {loaded * 1000:.1f} ms in the flood")
     # Every request that reached activation left its row, the refusals with their reason.
-    events = _events(world.path, "a")
+    events = activation_events(world.path, "a")
     assert len(events) == len(responses)
     reasons = [e["reason"] for e in events]
     assert reasons.count("request: cold start (no warm member)") == limit
@@ -343,7 +283,7 @@ def test_a_key_past_its_rate_is_429_with_retry_after(
         assert 1 <= int(response.headers["Retry-After"]) <= 2
         assert "Too many activations" in response.json()["detail"]
     assert len(members) == 3
-    reasons = [e["reason"] for e in _events(world.path, "b")]
+    reasons = [e["reason"] for e in activation_events(world.path, "b")]
     assert (
         reasons
         == ["request: cold start (no warm member)"] * 3 + ["request: refused (rate limited)"] * 5
@@ -365,7 +305,7 @@ def test_a_forecast_only_client_gets_409_and_no_member(
     assert all("forecast-only" in r.json()["detail"] for r in responses)
     assert all("member_id" not in r.json() for r in responses)
     assert members == []
-    events = _events(world.path, "f")
+    events = activation_events(world.path, "f")
     assert [(e["reason"], e["ok"], e["member_id"]) for e in events] == [
         ("request: refused (forecast-only)", False, None)
     ] * 3
@@ -392,7 +332,7 @@ def test_bad_keys_do_not_slow_down_good_ones(
     assert len(probe.seconds) >= 5
     assert loaded < 10 * unloaded, (loaded, unloaded)
     print(f"client b p50: {unloaded * 1000:.1f} ms unloaded, {loaded * 1000:.1f} ms in bad keys")
-    assert members == [] and _events(world.path, "a") == []
+    assert members == [] and activation_events(world.path, "a") == []
 
 
 def test_a_locked_warehouse_answers_503_concurrently_within_the_wait(
@@ -442,130 +382,3 @@ def test_a_locked_warehouse_answers_503_concurrently_within_the_wait(
         assert seconds < lock_wait_s + 1.0
     assert total < lock_wait_s + 1.0  # together, not one after the other
     assert after.status_code == 200  # and served again as soon as the lock is gone
-
-
-# --- the parts, alone ----------------------------------------------------------------------
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_the_key_cache_reloads_at_most_twice_a_second_for_unknown_keys(
-    world: FloodWorld,
-) -> None:
-    keys = read_live_keys(world.path)
-    loads: list[float] = []
-    clock = _Clock()
-
-    def load() -> LiveKeys:
-        loads.append(clock.now)
-        return keys
-
-    cache = KeyCache(load, max_age_s=2.0, miss_reload_s=0.5, clock=clock)
-    assert cache.client_of(world.key_a, 1.0) == "a" and len(loads) == 1
-
-    made_up = [f"pw_{secrets.token_hex(8)}_{'y' * 43}" for _ in range(100)]
-    assert [cache.client_of(key, 1.0) for key in made_up] == [None] * 100
-    assert len(loads) == 1  # the snapshot is younger than 0.5 s: refused from memory
-    clock.now += 0.6
-    assert [cache.client_of(key, 1.0) for key in made_up] == [None] * 100
-    assert len(loads) == 2  # one reload for the first unknown key, then memory again
-    assert cache.client_of(world.key_b, 1.0) == "b" and len(loads) == 2
-    clock.now += 2.0
-    assert cache.client_of(world.key_b, 1.0) == "b" and len(loads) == 3  # stale: reloaded
-
-
-def test_concurrent_key_checks_share_one_reload(world: FloodWorld) -> None:
-    keys = read_live_keys(world.path)
-    loads = []
-
-    def slow_load() -> LiveKeys:
-        loads.append(1)
-        time.sleep(0.2)
-        return keys
-
-    cache = KeyCache(slow_load)
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        found = list(pool.map(lambda _: cache.client_of(world.key_a, 2.0), range(8)))
-
-    assert found == ["a"] * 8 and len(loads) == 1
-
-
-def test_the_gate_lets_one_mode_in_together_and_bounds_the_other() -> None:
-    gate = ModeGate()
-    inside = threading.Barrier(3, timeout=5)
-
-    def read() -> None:
-        with gate.hold(False, time.monotonic() + 5):
-            inside.wait()  # all three readers are in at once, or this times out
-            time.sleep(0.3)
-
-    readers = [threading.Thread(target=read) for _ in range(3)]
-    for reader in readers:
-        reader.start()
-    time.sleep(0.1)
-    started = time.monotonic()
-    with pytest.raises(WarehouseBusy), gate.hold(True, time.monotonic() + 0.05):
-        pass
-    assert time.monotonic() - started < 0.2  # the writer gave up at its deadline
-    with gate.hold(True, time.monotonic() + 5):  # and gets in once the readers are done
-        waited = time.monotonic() - started
-    for reader in readers:
-        reader.join()
-    assert 0.1 < waited < 1.0
-
-
-def test_token_buckets_refill_at_their_rate() -> None:
-    clock = _Clock()
-    buckets = TokenBuckets(rate=2.0, burst=3, clock=clock)
-
-    assert [buckets.take("k") for _ in range(3)] == [0.0, 0.0, 0.0]
-    assert buckets.take("k") == pytest.approx(0.5)
-    assert buckets.take("other") == 0.0  # each key its own bucket
-    clock.now += 0.5
-    assert buckets.take("k") == 0.0 and buckets.take("k") == pytest.approx(0.5)
-    assert retry_after(0.5) == "1" and retry_after(1.2) == "2"
-
-
-def test_the_recorder_batches_and_retries_a_busy_warehouse(world: FloodWorld) -> None:
-    batches: list[int] = []
-    failures = [WarehouseBusy("locked"), WarehouseBusy("locked")]
-
-    def write(batch: Any) -> None:
-        if failures:
-            raise failures.pop()
-        batches.append(len(batch))
-        record_activations(world.path, batch)
-
-    recorder = ActivationRecorder(write, max_retry_s=0.1)
-    done = [
-        recorder.submit(Activation(client_id="a", runtime="process", ms=float(i), reason="r"))
-        for i in range(50)
-    ]
-
-    assert recorder.flush(10.0)
-    assert all(future.result() for future in done) and recorder.dropped == 0
-    assert sum(batches) == 50 and len(batches) < 50  # written together, not one by one
-    assert [e["ms"] for e in _events(world.path, "a")] == [float(i) for i in range(50)]
-    recorder.close(1.0)
-
-
-def test_the_recorder_drops_past_its_bound_and_says_so() -> None:
-    release = threading.Event()
-    recorder = ActivationRecorder(lambda batch: release.wait(5), max_queued=2, max_batch=1)
-    outcome = Activation(client_id="a", runtime="process", ms=1.0, reason="r")
-
-    first = recorder.submit(outcome)  # taken by the writer, which then blocks
-    time.sleep(0.1)
-    queued = [recorder.submit(outcome) for _ in range(2)]
-    dropped = recorder.submit(outcome)
-
-    assert dropped.result(timeout=1) is False and recorder.dropped == 1
-    release.set()
-    assert recorder.flush(5.0) and first.result() and all(f.result() for f in queued)
-    recorder.close(1.0)

@@ -37,9 +37,13 @@ def prewarm(tmp_path: Path) -> Run:
 
     def run(*args: str, timeout: float = 120, **extra_env: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [PREWARM, *args], env={**env, **extra_env}, cwd=tmp_path,
-            capture_output=True, text=True, timeout=timeout,
-        )  # fmt: skip
+            [PREWARM, *args],
+            env={**env, **extra_env},
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     return run
 

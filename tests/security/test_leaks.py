@@ -206,10 +206,12 @@ def test_the_temporary_prefect_server_dies_with_a_killed_flow_command(tmp_path: 
     env = isolated_env(tmp_path, PREWARM_PREFECT_PORT="1")
     bystander = subprocess.Popen(["sleep", "120"])  # must survive: nothing else is killed
     command = subprocess.Popen(
-        [PREWARM, "ingest", "--source", "synthetic",
-         "--clients", "2", "--days", "1"],
-        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [PREWARM, "ingest", "--source", "synthetic", "--clients", "2", "--days", "1"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     server = None
     try:
         assert _wait(lambda: _uvicorn_child(command.pid) is not None, 120)

@@ -17,7 +17,6 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from fastapi import FastAPI
@@ -29,165 +28,19 @@ from provisioning.apply import release_all
 from provisioning.inventory import inventory_from_dict
 from provisioning.runtime.process_runtime import ProcessRuntime
 from provisioning.schema import (
-    EXAMPLES_DIR,
     compose_workload,
     load_extension,
-    load_extensions,
-    render_container_config,
 )
 from provisioning.schema_checks import (
     DEFAULT_ALLOWED_IMAGES,
-    MAX_DEPTH,
-    SchemaLimits,
     SchemaRejected,
-    check_json_text,
-    env_name_problem,
 )
+from tests.security.schema_attacks import ATTACKS, HOST, extension
 from warehouse.api_keys import issue_key
 from warehouse.db import connect
-from warehouse.pools import store_inventory
+from warehouse.inventory import store_inventory
 
 PREWARM = Path(sys.executable).with_name("prewarm")
-HOST = {"name": "node-a", "cpu_cores": 16, "memory_mb": 65536}
-LIMITS = SchemaLimits(DEFAULT_ALLOWED_IMAGES, max_cpu=16.0, max_memory_mb=65536.0)
-
-
-def _ext(name: str, workload: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {"name": name, "workload": workload, **extra}
-
-
-def _nested(depth: int) -> Any:
-    """`depth` nested arrays (built without recursion)."""
-    value: Any = []
-    for _ in range(depth - 1):
-        value = [value]
-    return value
-
-
-# Every attack: (id, extension document, the field named, a phrase of the problem).
-ATTACKS = [
-    ("ld-preload", _ext("evil", {"env": {"LD_PRELOAD": "/tmp/x.so"}}), "env.LD_PRELOAD", "denied"),
-    ("path", _ext("evil", {"env": {"PATH": "/tmp/bin"}}), "env.PATH", "denied"),
-    ("port", _ext("evil", {"env": {"PORT": "1"}}), "env.PORT", "reserved"),
-    ("pythonpath", _ext("evil", {"env": {"PYTHONPATH": "/x"}}), "env.PYTHONPATH", "denied"),
-    ("bash-env", _ext("evil", {"env": {"BASH_ENV": "/x"}}), "env.BASH_ENV", "denied"),
-    ("lowercase", _ext("evil", {"env": {"ld_preload": "/x"}}), "env.ld_preload", "pattern"),
-    ("cpu", _ext("evil", {"cpu": 1e5}), "$.workload.cpu", "largest host"),
-    ("memory", _ext("evil", {"memory_mb": 1e12}), "$.workload.memory_mb", "largest host"),
-    ("big-env-value", _ext("evil", {"env": {"BIG": "x" * 200_000}}), "env.BIG", "200000"),
-    ("nul", _ext("evil", {"env": {"A": "x\x00y"}}), "env.A", "U+0000"),
-    ("escape", _ext("evil", {"env": {"A": "\x1b[2J"}}), "env.A", "U+001B"),
-    (
-        "many-env",
-        _ext("evil", {"env": {f"V{i}": "1" for i in range(65)}}),
-        "$.workload.env",
-        "65 entries",
-    ),
-    (
-        "deep",
-        _ext("evil", {"routing": {"weights": _nested(MAX_DEPTH)}}),
-        "$.workload.routing.weights[0][0][0][0][0]",
-        "nested deeper than 8",
-    ),
-    (
-        "image",
-        _ext("evil", {"image": "evil/miner:latest"}),
-        "$.workload.image",
-        "not an allowed image",
-    ),
-    (
-        "31mb",
-        _ext("evil", {"cache": {"warm_keys": ["k" * 1000] * 31_000}}),
-        "$",
-        "larger than 64 KiB",
-    ),
-]
-
-
-# --- the checks themselves (pure) ----------------------------------------------------------
-
-
-@pytest.mark.parametrize(("document", "field", "problem"), [a[1:] for a in ATTACKS], ids=[
-    a[0] for a in ATTACKS
-])  # fmt: skip
-def test_each_attack_is_refused_naming_the_field(document: dict, field: str, problem: str):
-    with pytest.raises(SchemaRejected) as refused:
-        compose_workload("acme", [document], limits=LIMITS)
-    message = str(refused.value)
-    assert message.startswith("extension 'evil' is refused: $")
-    assert field in refused.value.field and problem in message
-    assert len(message) < 400  # never the 200 KB value or the 31 MB document echoed back
-
-
-def test_control_characters_tab_and_newline():
-    with pytest.raises(SchemaRejected, match=r"key holds control character U\+000A"):
-        compose_workload("acme", [_ext("evil", {"routing": {"weights": {"a\nb": 1}}})])
-    with pytest.raises(SchemaRejected, match=r"lone surrogate U\+D800"):
-        compose_workload("acme", [_ext("evil", {"env": {"A": "\ud800"}})])
-    kept = compose_workload("acme", [_ext("ok", {"env": {"MOTD": "line 1\n\tline 2"}})])
-    assert kept["env"] == {"MOTD": "line 1\n\tline 2"}
-
-
-@pytest.mark.parametrize("value", [float("inf"), float("nan"), 2.0**60])
-def test_numbers_are_finite_and_bounded(value: float):
-    with pytest.raises(SchemaRejected) as refused:
-        compose_workload("acme", [_ext("evil", {"cache": {"size_mb": value}})])
-    assert refused.value.field == "$.workload.cache.size_mb"
-
-
-def test_the_env_allow_and_deny_lists():
-    for name in ("LD_AUDIT", "DYLD_INSERT_LIBRARIES", "PERL5OPT", "RUBYOPT", "SHELLOPTS",
-                 "MALLOC_CHECK_", "GCONV_PATH", "GLIBC_TUNABLES", "HOME", "IFS", "ENV", "TMPDIR",
-                 "NODE_OPTIONS", "NLSPATH", "LOCALPATH", "HOSTALIASES", "RES_OPTIONS",
-                 "PREWARM_MEMBER"):  # fmt: skip
-        assert env_name_problem(name) is not None, name
-    for name in ("A", "CACHE_BACKEND", "PATHWAY", "HOMEPAGE", "LDAP_URL", "X" * 64):
-        assert env_name_problem(name) is None, name
-    for name in ("X" * 65, "1A", "_A", "A-B", "A B", ""):
-        assert "pattern" in (env_name_problem(name) or ""), name
-
-
-def test_a_base_from_the_clients_table_is_bounded_too():
-    with pytest.raises(SchemaRejected) as refused:
-        compose_workload("acme", [], base={"cpu": 1e5}, limits=LIMITS)
-    assert str(refused.value).startswith("composite of 'acme' is refused: $.cpu: 100000 is more")
-
-
-def test_render_refuses_a_composite_built_elsewhere():
-    composite = compose_workload("acme", [])
-    composite["env"] = {"LD_PRELOAD": "/tmp/x.so"}
-    with pytest.raises(SchemaRejected, match=r"\$\.env\.LD_PRELOAD: denied"):
-        render_container_config(composite)
-
-
-def test_a_deep_document_is_refused_before_it_is_parsed():
-    check_json_text("[" * MAX_DEPTH + "]" * MAX_DEPTH, "f.json")  # at the limit: fine
-    with pytest.raises(SchemaRejected, match=r"f.json is refused: \$: nested deeper than 8"):
-        check_json_text('{"a": "[[[[[[[[[[", "b":' + "[" * 9 + "]" * 9 + "}", "f.json")
-    with pytest.raises(SchemaRejected, match=r"f.json is refused: \$: nested deeper than 8"):
-        check_json_text("[" * 100_000 + "]" * 100_000, "f.json")
-    with pytest.raises(SchemaRejected, match=r"\$: 2000001 bytes, more than 1048576"):
-        check_json_text("[" + "0," * 999_999 + "0]", "f.json")
-
-
-def test_good_extensions_compose_exactly_as_before():
-    composite = compose_workload("acme", load_extensions(sorted(EXAMPLES_DIR.glob("*.json"))),
-                                 limits=LIMITS)  # fmt: skip
-    assert composite == compose_workload("acme", load_extensions(EXAMPLES_DIR.glob("*.json")))
-    assert composite["extensions"] == [
-        "canary-routing", "redis-cache", "reporting-db", "premium-latency"
-    ]  # fmt: skip
-    assert (composite["cpu"], composite["memory_mb"], composite["image"]) == (
-        2.0,
-        1024,
-        "prewarm/worker:latest",
-    )
-    assert composite["env"] == {"CACHE_BACKEND": "local-lru", "REPORT_CONCURRENCY": "4"}
-    config = render_container_config(composite)
-    assert config["env"]["CACHE_BACKEND"] == "local-lru" and config["port"] == 8080
-
-
-# --- the CLI: `prewarm schema add` in a subprocess ------------------------------------------
 
 
 def _cli(data_dir: Path, *args: str, **settings: str) -> subprocess.CompletedProcess[str]:
@@ -227,7 +80,7 @@ def cli_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = data / "warehouse.duckdb"
     store_inventory(path, inventory_from_dict({"hosts": [HOST]}), "test")
     good = data.parent / "good.json"
-    good.write_text(json.dumps(_ext("good", {"env": {"A": "1"}, "cpu": 2.0})))
+    good.write_text(json.dumps(extension("good", {"env": {"A": "1"}, "cpu": 2.0})))
     stored = _cli(data, "schema", "add", "acme", str(good))
     assert stored.returncode == 0, stored.stderr
     return data
@@ -240,9 +93,11 @@ CLI_FIELD = {
 }
 
 
-@pytest.mark.parametrize(("document", "field"), [
-    (a[1], CLI_FIELD.get(a[0], a[2])) for a in ATTACKS
-], ids=[a[0] for a in ATTACKS])  # fmt: skip
+@pytest.mark.parametrize(
+    ("document", "field"),
+    [(a[1], CLI_FIELD.get(a[0], a[2])) for a in ATTACKS],
+    ids=[a[0] for a in ATTACKS],
+)
 def test_schema_add_refuses_each_attack(cli_world: Path, tmp_path: Path, document, field):
     file = tmp_path / "evil.json"
     file.write_text(json.dumps(document))
@@ -282,7 +137,9 @@ def test_schema_add_refuses_raw_json_attacks(cli_world: Path, tmp_path: Path, te
 
 def test_schema_add_still_accepts_and_shows_good_extensions(cli_world: Path, tmp_path: Path):
     file = tmp_path / "cache.json"
-    file.write_text(json.dumps(_ext("cache", {"cache": {"ttl_seconds": 60}, "memory_mb": 2048})))
+    file.write_text(
+        json.dumps(extension("cache", {"cache": {"ttl_seconds": 60}, "memory_mb": 2048}))
+    )
 
     added = _cli(cli_world, "schema", "add", "acme", str(file))
     shown = _cli(cli_world, "schema", "show", "acme")
@@ -298,9 +155,9 @@ def test_a_stored_bad_extension_is_named_and_can_be_replaced(tmp_path: Path):
     data = tmp_path / "data"
     assert _cli(data, "clients", "add", "acme").returncode == 0
     path = data / "warehouse.duckdb"
-    _store_raw(path, "acme", "old", json.dumps(_ext("old", {"env": {"LD_PRELOAD": "/x.so"}})))
+    _store_raw(path, "acme", "old", json.dumps(extension("old", {"env": {"LD_PRELOAD": "/x.so"}})))
     good = tmp_path / "good.json"
-    good.write_text(json.dumps(_ext("good", {"env": {"A": "1"}})))
+    good.write_text(json.dumps(extension("good", {"env": {"A": "1"}})))
     before = _rows(path)
 
     shown = _cli(data, "schema", "show", "acme")
@@ -310,7 +167,7 @@ def test_a_stored_bad_extension_is_named_and_can_be_replaced(tmp_path: Path):
     assert refused.returncode == 1 and "stored extension 'old'" in refused.stderr
     assert _rows(path) == before
     fixed = tmp_path / "old.json"
-    fixed.write_text(json.dumps(_ext("old", {"env": {"B": "2"}})))
+    fixed.write_text(json.dumps(extension("old", {"env": {"B": "2"}})))
     assert _cli(data, "schema", "add", "acme", str(fixed)).returncode == 0
     assert json.loads(_cli(data, "schema", "show", "acme").stdout)["env"] == {"B": "2"}
 
@@ -373,9 +230,9 @@ STORED_ATTACKS = [
 ]
 
 
-@pytest.mark.parametrize(("document", "field"), [a[1:] for a in STORED_ATTACKS], ids=[
-    a[0] for a in STORED_ATTACKS
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("document", "field"), [a[1:] for a in STORED_ATTACKS], ids=[a[0] for a in STORED_ATTACKS]
+)
 def test_a_stored_attack_is_422_on_schema_and_activate(api, document: str, field: str):
     app, path, headers, runtime, scope = api
     _store_raw(path, "acme", "evil", document)
@@ -422,12 +279,13 @@ def test_a_stored_ld_preload_never_runs_on_activate(api, preload_library: Path, 
     app, path, headers, runtime, scope = api
     marker = tmp_path / "pwned"
     # The payload is live: any process started with it writes the marker.
-    subprocess.run(["true"], env={"LD_PRELOAD": str(preload_library), "PWNED_MARKER": str(marker)},
-                   check=True)  # fmt: skip
+    subprocess.run(
+        ["true"], env={"LD_PRELOAD": str(preload_library), "PWNED_MARKER": str(marker)}, check=True
+    )
     assert marker.read_text() == "ran"
     marker.unlink()
     env = {"LD_PRELOAD": str(preload_library), "PWNED_MARKER": str(marker)}
-    _store_raw(path, "acme", "evil", json.dumps(_ext("evil", {"env": env})))
+    _store_raw(path, "acme", "evil", json.dumps(extension("evil", {"env": env})))
 
     with TestClient(app) as client:
         response = client.post("/v1/clients/acme/activate", headers=headers)
@@ -439,7 +297,7 @@ def test_a_stored_ld_preload_never_runs_on_activate(api, preload_library: Path, 
 
 def test_a_good_stored_extension_is_served_and_started_as_before(api):
     app, path, headers, runtime, scope = api
-    document = _ext("cache", {"cache": {"ttl_seconds": 60}, "env": {"A": "1"}})
+    document = extension("cache", {"cache": {"ttl_seconds": 60}, "env": {"A": "1"}})
     _store_raw(path, "acme", "cache", json.dumps(document))
 
     with TestClient(app) as client:
@@ -461,7 +319,7 @@ def test_a_good_stored_extension_is_served_and_started_as_before(api):
 
 def test_the_allow_list_setting_admits_another_image(cli_world: Path, tmp_path: Path):
     file = tmp_path / "mine.json"
-    file.write_text(json.dumps(_ext("mine", {"image": "acme/api:2"})))
+    file.write_text(json.dumps(extension("mine", {"image": "acme/api:2"})))
     refused = _cli(cli_world, "schema", "add", "acme", str(file))
     before = _rows(cli_world / "warehouse.duckdb")
     accepted = _cli(
@@ -491,7 +349,7 @@ def test_the_api_admits_the_images_its_deployment_allows(api):
     """`prewarm api` passes PREWARM_ALLOWED_IMAGES to the app: the same image is refused by
     an app with the default list and served by one that allows it."""
     app, path, headers, _runtime, scope = api
-    _store_raw(path, "acme", "mine", json.dumps(_ext("mine", {"image": "acme/api:2"})))
+    _store_raw(path, "acme", "mine", json.dumps(extension("mine", {"image": "acme/api:2"})))
     with TestClient(app) as client:
         refused = client.get("/v1/clients/acme/schema", headers=headers)
     allowing = create_app(path, None, scope, allowed_images=[*DEFAULT_ALLOWED_IMAGES, "acme/api:2"])

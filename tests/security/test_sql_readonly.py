@@ -25,8 +25,12 @@ from warehouse.db import connect
 def _sql(tmp_path: Path, query: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [PREWARM, "sql", query, *args],
-        env=isolated_env(tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        env=isolated_env(tmp_path),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def _sha256(path: Path) -> str:

@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 
 from warehouse.errors import SourceError
-from warehouse.sources.azure_functions import load_azure_functions
+from warehouse.sources.azure_functions import instances_needed, load_azure_functions
 
 TINY = Path(__file__).resolve().parents[1] / "fixtures" / "azure_tiny"
 
@@ -88,6 +88,27 @@ def test_reads_requests_concurrency_and_memory_per_minute():
                 client_id,
                 column,
             )
+
+
+def test_instances_needed_by_hand():
+    """The one need formula (loader and replay): 0 if inv == 0 else max(1, ceil(inv x ms / 60k))."""
+    cases = [  # (invocations, avg ms, instances)
+        (0, 1000.0, 0),  # no invocation, no instance, whatever the duration
+        (1, 10.0, 1),  # 10 ms of a minute busy: ceil(0.000167) = 1
+        (60, 1000.0, 1),  # 60 s: exactly one instance busy all minute
+        (61, 1000.0, 2),  # 61000 / 60000 -> ceil 2
+        (120, 1000.0, 2),  # exact multiple stays exact
+        # 420000 / 60000 is exactly 7; dividing first, 100 x 0.07 is 7.000000000000001 -> 8
+        (100, 4200.0, 7),
+        (3, 90_000.0, 5),  # 4.5 -> 5
+    ]
+    frame = pl.DataFrame(
+        {"inv": [float(i) for i, _, _ in cases], "ms": [ms for _, ms, _ in cases]},
+        schema={"inv": pl.Float64, "ms": pl.Float64},
+    )
+    need = frame.select(instances_needed(pl.col("inv"), pl.col("ms")))
+    assert need.dtypes == [pl.Float64]
+    assert need.to_series().to_list() == [float(n) for _, _, n in cases]
 
 
 def test_minute_columns_become_timestamps_of_the_given_day():

@@ -146,8 +146,11 @@ def test_synthetic_refused_when_another_seed_made_the_same_ids(warehouse_path):
     assert _fingerprint(warehouse_path) == before
     follow_feed(warehouse_path, Feed("synthetic", params={"clients": 6, "seed": 3}), now=NOW)
     assert read_feed(warehouse_path).params == {
-        "clients": 6, "seed": 3, "freq_seconds": 300, "days": 14,
-    }  # fmt: skip
+        "clients": 6,
+        "seed": 3,
+        "freq_seconds": 300,
+        "days": 14,
+    }
 
 
 def test_trace_refused_on_a_synthetic_warehouse(warehouse_path):
@@ -168,9 +171,11 @@ def test_trace_refused_on_a_synthetic_warehouse(warehouse_path):
 def test_trace_clock_starts_at_the_first_minute_of_an_empty_warehouse(warehouse_path):
     feed = follow_feed(warehouse_path, parse_feed(f"trace:{AZURE}", speed=60), now=NOW)
     assert feed.params == {
-        "speed": 60.0, "day": "2019-07-15",
-        "sim_start": FIRST_MINUTE.isoformat(), "wall_start": NOW.isoformat(),
-    }  # fmt: skip
+        "speed": 60.0,
+        "day": "2019-07-15",
+        "sim_start": FIRST_MINUTE.isoformat(),
+        "wall_start": NOW.isoformat(),
+    }
     assert read_feed(warehouse_path) == feed
     assert feed_clock(warehouse_path, feed, NOW) == FIRST_MINUTE
     # 3.5 wall seconds at 60x are 3.5 trace minutes.

@@ -20,17 +20,25 @@ from warehouse.plans import (
     read_recent_targets,
     write_plan,
 )
-from warehouse.pools import read_latest_forecasts
+from warehouse.predictions import read_latest_forecasts
 
 T0 = datetime(2026, 1, 19, 12, 0)
 
 
 def _forecast_row(generated_at: datetime) -> dict:
     return {
-        "client_id": "a", "metric": "concurrency", "origin": T0, "ts": T0 + timedelta(minutes=5),
-        "horizon": 1, "p10": 0.0, "p50": 0.0, "p90": 0.0, "model_name": "forecaster-a",
-        "model_version": "1", "generated_at": generated_at,
-    }  # fmt: skip
+        "client_id": "a",
+        "metric": "concurrency",
+        "origin": T0,
+        "ts": T0 + timedelta(minutes=5),
+        "horizon": 1,
+        "p10": 0.0,
+        "p50": 0.0,
+        "p90": 0.0,
+        "model_name": "forecaster-a",
+        "model_version": "1",
+        "generated_at": generated_at,
+    }
 
 
 def test_a_run_without_a_demand_window_is_not_shadowed_by_an_older_window(warehouse_path):
@@ -67,21 +75,38 @@ class _Plan:
 def _plan(plan_id: str, created_at: datetime, members: int) -> _Plan:
     """A plan holding `members` active members of client a in the window at T0."""
     desired = pl.DataFrame(
-        {"plan_id": [plan_id], "client_id": ["a"], "window_start": [T0],
-         "window_end": [T0 + timedelta(minutes=5)], "tier": ["active"], "count": [members],
-         "host": ["h"], "mode": ["provision"], "expected_cost": [0.0],
-         "expected_cold_starts": [0.0], "priority": [1.0]},
-    )  # fmt: skip
+        {
+            "plan_id": [plan_id],
+            "client_id": ["a"],
+            "window_start": [T0],
+            "window_end": [T0 + timedelta(minutes=5)],
+            "tier": ["active"],
+            "count": [members],
+            "host": ["h"],
+            "mode": ["provision"],
+            "expected_cost": [0.0],
+            "expected_cold_starts": [0.0],
+            "priority": [1.0],
+        },
+    )
     return _Plan(plan_id, created_at, desired, pl.DataFrame(), totals={})
 
 
 def _record(path: Path, plan_id: str, members: int, dry_run: bool, hours: int = 0) -> int:
     """Record the plan with its targets (host h-<plan>) and a config naming it."""
     targets = pl.DataFrame(
-        {"client_id": ["a"], "host": [f"h-{plan_id}"], "active": [members], "shadow": [0],
-         "cold": [0], "hold": [members], "floor_need": [0], "reason": [None]},
+        {
+            "client_id": ["a"],
+            "host": [f"h-{plan_id}"],
+            "active": [members],
+            "shadow": [0],
+            "cold": [0],
+            "hold": [members],
+            "floor_need": [0],
+            "reason": [None],
+        },
         schema_overrides={"reason": pl.String},
-    )  # fmt: skip
+    )
     plan = _plan(plan_id, T0 + timedelta(hours=hours), members)
     return write_plan(path, plan, dry_run, {"a": {"image": f"img-{plan_id}"}}, targets)
 

@@ -19,6 +19,7 @@ import hashlib
 import logging
 from datetime import date, datetime
 from pathlib import Path
+from typing import cast
 
 import polars as pl
 
@@ -79,15 +80,7 @@ def load_azure_functions(path: Path, day: date = date(2019, 7, 15)) -> Extracted
     need = (
         pl.when(pl.col("requests").is_null() | (pl.col("requests") < 0))
         .then(None)
-        .when(pl.col("requests") == 0)
-        .then(0.0)
-        # multiply before dividing so exact multiples of a minute do not round up
-        .otherwise(
-            pl.max_horizontal(
-                pl.lit(1.0),
-                (pl.col("requests") * pl.col("avg_duration_ms") / 60_000.0).ceil(),
-            )
-        )
+        .otherwise(instances_needed(pl.col("requests"), pl.col("avg_duration_ms")))
     )
     rows = (
         long.with_columns(requests=inv)
@@ -115,6 +108,19 @@ def load_azure_functions(path: Path, day: date = date(2019, 7, 15)) -> Extracted
         clients=clients,
         notes=notes,
     )
+
+
+def instances_needed(invocations: pl.Expr, avg_duration_ms: pl.Expr) -> pl.Expr:
+    """Instances a minute's invocations keep busy (Float64): the trace's need model.
+
+    `0 if inv == 0 else max(1, ceil(inv * avg_ms / 60000))`, the one formula of it: the
+    loader's concurrency and the replay's need (`simulation.trace`) both come from here.
+    Multiplies before dividing, so exact multiples of a minute stay exact: 100 x 4200 ms is
+    7 minutes, while 100 x (4200 / 60000) is 7.000000000000001, whose ceiling is 8.
+    Null, negative or NaN counts are the caller's to handle.
+    """
+    busy = (invocations * avg_duration_ms / 60_000.0).ceil()
+    return pl.when(invocations == 0).then(0.0).otherwise(pl.max_horizontal(pl.lit(1.0), busy))
 
 
 def client_id_for(owner: str, app: str, function: str) -> str:
@@ -205,8 +211,10 @@ def _function_profiles(frames: dict[str, pl.DataFrame], notes: list[str]) -> pl.
         .group_by("HashOwner", "HashApp")
         .agg(pl.col("AverageAllocatedMb").mean().alias("mem"))
     )
-    median_duration = durations["avg"].median()
-    median_memory = memory["mem"].median()
+    # Medians of Float64 columns: a float, or None when empty (polars types Series.median as
+    # any Python literal).
+    median_duration = cast("float | None", durations["avg"].median())
+    median_memory = cast("float | None", memory["mem"].median())
 
     functions = (
         frames["invocations"]
@@ -305,5 +313,5 @@ def _clients(functions: pl.DataFrame) -> pl.DataFrame:
             pl.col("app_memory_mb").alias("container_memory_mb"),
             attributes.alias("attributes"),
         )
-        .cast(CLIENT_COLUMNS)
+        .cast(pl.Schema(CLIENT_COLUMNS))
     )

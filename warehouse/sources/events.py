@@ -36,12 +36,7 @@ log = logging.getLogger(__name__)
 SOURCE = "events"
 
 EVENT_FIELDS: tuple[str, ...] = (
-    "requests",
-    "concurrency",
-    "cpu_cores",
-    "memory_mb",
-    "net_mbps",
-    "io_ops",
+    *METRICS,
     "duration_ms",
     "cpu_ms",
     "bytes_in",

@@ -10,7 +10,7 @@ the machinery's (timing, failures, lost state), not the policy's.
 
 The ledger (per function and minute, over the replayed minutes):
 
-- `need`: instances the minute's invocations keep busy (`replay.compute_need`);
+- `need`: instances the minute's invocations keep busy (the replay's `Trace.need`);
 - `warm`: members warm (active or shadow) at the start of the minute;
 - `cold`: requests that found no idle warm member (a cold-tier member started for a
   request counts as cold: it is a start, not a warm hit).
@@ -39,9 +39,10 @@ import polars as pl
 from provisioning.costs import CostModel
 from provisioning.cycle_plan import CyclePlan, CycleTiming, plan_cycle, planner_clients
 from provisioning.reconciler import LABEL_CONFIG_HASH, LABEL_HOST, Action, diff
-from provisioning.replay import Trace, warm_fixed_keepalive
 from provisioning.runtime.base import Member
 from provisioning.targets import targets_as_desired, targets_hold
+from simulation.policies import warm_fixed_keepalive
+from simulation.trace import Trace
 
 MINUTE = timedelta(minutes=1)
 EVENT_SCHEMA: dict[str, pl.DataType] = {
@@ -340,8 +341,8 @@ class _SimPool:
 
     def _run(self, action: Action, at: datetime) -> None:
         if action.kind == "create":
-            member = self._new(action.client_id, action.tier, action.host, at)
-            self._event(at, "create", member, "controller")
+            created = self._new(action.client_id, action.tier, action.host, at)
+            self._event(at, "create", created, "controller")
             return
         member = self.members.get(action.member_id or "")
         if member is None:

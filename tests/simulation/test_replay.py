@@ -13,23 +13,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from provisioning.replay import (
-    PrewarmSettings,
-    Trace,
-    load_trace,
-    plan_warm,
-    plot_replay,
-    render_table,
-    replay_metrics,
+from simulation.metrics import replay_metrics, with_idle_ratio
+from simulation.policies import (
     resolve_policies,
-    run_replay,
     warm_fixed_keepalive,
     warm_hybrid_histogram,
     warm_none,
     warm_oracle,
-    warm_prewarm,
-    with_idle_ratio,
 )
+from simulation.prewarm_policy import PrewarmSettings, plan_warm, warm_prewarm
+from simulation.replay import run_replay
+from simulation.report import plot_replay, render_table
+from simulation.trace import Trace, load_trace
 from warehouse.sources.azure_functions import client_id_for
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "azure_tiny"

@@ -1,4 +1,5 @@
-"""Read side of the warehouse: summaries, client lists, usage series (ad-hoc SQL: adhoc.py)."""
+"""The history: usage series, the calendar and a summary of the warehouse (ad-hoc SQL:
+adhoc.py)."""
 
 from __future__ import annotations
 
@@ -51,14 +52,6 @@ def summarize_warehouse(path: Path) -> WarehouseSummary:
         )
 
 
-def list_clients(path: Path) -> list[str]:
-    """Every client id with usage, sorted."""
-    with connect(path, read_only=True) as con:
-        return [
-            r[0] for r in con.execute("SELECT DISTINCT client_id FROM usage ORDER BY 1").fetchall()
-        ]
-
-
 def read_usage(path: Path, client_ids: list[str] | None = None) -> pl.DataFrame:
     """Usage rows (all metrics) for some or all clients, sorted by client and time."""
     with connect(path, read_only=True) as con:
@@ -69,18 +62,6 @@ def read_usage(path: Path, client_ids: list[str] | None = None) -> pl.DataFrame:
             con,
             "SELECT u.* EXCLUDE (batch_id) FROM usage u SEMI JOIN wanted USING (client_id)"
             " ORDER BY client_id, ts",
-        )
-
-
-def read_clients(path: Path) -> pl.DataFrame:
-    """The clients table (attributes as JSON text)."""
-    with connect(path, read_only=True) as con:
-        return fetch_frame(
-            con,
-            "SELECT client_id, tier, region, service, container_cpu, container_memory_mb,"
-            " freq_seconds, source, attributes::VARCHAR AS attributes, first_ts,"
-            " coalesce(mode, 'provision') AS mode FROM clients"
-            " ORDER BY client_id",
         )
 
 
@@ -105,37 +86,4 @@ def read_recent_usage(path: Path, days: float, client_ids: list[str] | None = No
             ORDER BY client_id, ts
             """,
             [days],
-        )
-
-
-def read_feedback_signals(path: Path, since: object) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Reconciliations and client feedback received since `since` (both possibly empty)."""
-    with connect(path, read_only=True) as con:
-        reconciliations = fetch_frame(
-            con, "SELECT * FROM reconciliations WHERE reconciled_at >= ?", [since]
-        )
-        feedback = fetch_frame(con, "SELECT * FROM feedback WHERE received_at >= ?", [since])
-    return reconciliations, feedback
-
-
-def has_model_runs(path: Path) -> bool:
-    """Whether any forecaster was ever trained on this warehouse (so the registry has some)."""
-    with connect(path, read_only=True) as con:
-        return fetch_value(con, "SELECT EXISTS (SELECT 1 FROM model_runs)") is True
-
-
-def read_training_state(path: Path) -> pl.DataFrame:
-    """Per client with usage: its latest bucket and when its newest model's data ended
-    (null when it never had one)."""
-    with connect(path, read_only=True) as con:
-        return fetch_frame(
-            con,
-            """
-            SELECT u.client_id, u.last_ts, m.trained_until
-            FROM (SELECT client_id, max(ts) AS last_ts FROM usage GROUP BY 1) u
-            LEFT JOIN (
-                SELECT client_id, max(trained_until) AS trained_until FROM model_runs GROUP BY 1
-            ) m USING (client_id)
-            ORDER BY u.client_id
-            """,
         )

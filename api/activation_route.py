@@ -1,0 +1,188 @@
+"""What POST /activate does between authentication and the answer: rate limit, runtime,
+mode, then a bounded activation (`api.activation`); every outcome, refusals included, is
+queued for `pool_events`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from concurrent.futures import Future
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from fastapi import status
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from api.activation import (
+    ActivationOutcome,
+    ActivationRefused,
+    ColdStartCap,
+    activate_or_cold_start,
+)
+from api.context import BUSY_DETAIL, RETRY, AppContext, WarehouseUnavailable
+from api.middleware import error_response
+from api.models import (
+    Activated,
+    ColdStarted,
+)
+from api.rate import retry_after
+from provisioning.reconciler import LABEL_HOST
+from provisioning.runtime.base import PrewarmRuntimeError, ms_since
+from provisioning.schema import SchemaError, render_container_config
+from warehouse.activations import Activation
+from warehouse.db import connect
+from warehouse.errors import WarehouseBusy
+from warehouse.plans import planned_host
+
+# Every module of the API logs as `api.app`, the name its records have always carried.
+log = logging.getLogger("api.app")
+
+FORECAST_ONLY = "forecast-only"
+
+
+class Refusal(Exception):
+    """An activation that ends without a member: its answer and its `pool_events` row."""
+
+    def __init__(self, activation: Activation, response: JSONResponse) -> None:
+        super().__init__(activation.reason)
+        self.activation = activation
+        self.response = response
+
+
+def activate_for_request(ctx: AppContext, client_id: str, started: float) -> ActivationOutcome:
+    """Rate limit, runtime, mode, then a bounded activation; `Refusal` for every "no"."""
+
+    def refuse(
+        reason: str, status_code: int, detail: str, headers: Mapping[str, str] | None = None
+    ) -> Refusal:
+        activation = Activation(
+            client_id=client_id,
+            runtime=ctx.runtime_name,
+            ms=ms_since(started),
+            reason=f"request: {reason}",
+            ok=False,
+            error=detail,
+        )
+        return Refusal(activation, error_response(status_code, detail, headers))
+
+    wait = ctx.rate.take(client_id)  # one live key per client: per key is per client
+    if wait > 0:
+        log.info("activation for %s rate-limited", client_id)
+        raise refuse(
+            "refused (rate limited)",
+            429,
+            f"Too many activations: at most {ctx.rate.rate:g} a second per key "
+            f"(bursts of {ctx.rate.burst}).",
+            {"Retry-After": retry_after(wait)},
+        )
+    try:
+        runtime = ctx.runtime()
+        terms = ctx.terms(client_id)
+    except HTTPException as error:
+        detail = str(error.detail)
+        raise refuse("failed (no runtime)", error.status_code, detail, error.headers) from error
+    except (WarehouseBusy, WarehouseUnavailable) as error:
+        log.warning("activation for %s: the warehouse is unavailable: %s", client_id, error)
+        raise refuse("failed (warehouse busy)", 503, BUSY_DETAIL, RETRY) from error
+    if terms.mode == FORECAST_ONLY:
+        raise refuse(
+            "refused (forecast-only)",
+            409,
+            "This client is forecast-only: prewarm forecasts its demand but runs no members "
+            "for it, so there is nothing to activate and none is started.",
+        )
+    cap = ColdStartCap(
+        limit=terms.planned_members + ctx.burst_max,
+        wait_s=ctx.lock_wait_s,
+        lock=ctx.client_locks.of(client_id),
+    )
+    try:
+        return activate_or_cold_start(
+            runtime,
+            client_id,
+            ctx.pool_scope,
+            lambda: _cold_start_inputs(ctx, client_id),
+            ctx.leases,
+            ctx.lease_seconds,
+            cap=cap,
+        )
+    except ActivationRefused as refused:
+        log.info("activation for %s %s", client_id, refused.reason)
+        raise refuse(
+            refused.reason, 429, refused.detail, {"Retry-After": retry_after(refused.retry_after_s)}
+        ) from refused
+    except (WarehouseBusy, WarehouseUnavailable) as error:
+        log.warning("activation for %s: the warehouse is unavailable: %s", client_id, error)
+        raise refuse("failed (warehouse busy)", 503, BUSY_DETAIL, RETRY) from error
+    except (PrewarmRuntimeError, SchemaError) as error:
+        log.warning("activation for %s failed: %s", client_id, error)
+        refusal = refuse(
+            "failed", 503, "No capacity could be activated or started; try again shortly.", RETRY
+        )
+        # The row keeps the cause (for the operator); the answer does not.
+        refusal.activation = replace(refusal.activation, error=f"{type(error).__name__}: {error}")
+        raise refusal from error
+
+
+def _cold_start_inputs(ctx: AppContext, client_id: str) -> tuple[dict[str, Any], str | None]:
+    # SchemaError propagates (not _composite's 409): on /activate, 409 means "cold-started".
+    config = render_container_config(ctx.warehouse(ctx.composite, client_id))
+    return config, ctx.warehouse(_planned_host, client_id)
+
+
+def _planned_host(path: Path, client_id: str, *, wait_s: float) -> str | None:
+    with connect(path, read_only=True, wait_s=wait_s) as con:
+        return planned_host(con, client_id)
+
+
+def activation_response(outcome: ActivationOutcome) -> Activated | JSONResponse:
+    member = outcome.member
+    if not outcome.cold_start:
+        return Activated(
+            member_id=member.id,
+            endpoint=member.endpoint,
+            activation_ms=outcome.ms,
+            tier_before=outcome.tier_before,
+        )
+    body = ColdStarted(
+        fallback="cold-start",
+        member_id=member.id,
+        endpoint=member.endpoint,
+        activation_ms=outcome.ms,
+        detail="No warm member was available; a new one was started for this request.",
+    )
+    return JSONResponse(body.model_dump(mode="json"), status.HTTP_409_CONFLICT)
+
+
+def record_outcome(
+    ctx: AppContext, client_id: str, outcome: ActivationOutcome | Activation
+) -> Future[bool]:
+    """Queue the outcome's `pool_events` row (a refusal or failure comes as its row)."""
+    if isinstance(outcome, Activation):
+        return ctx.recorder.submit(outcome)
+    member = outcome.member
+    return ctx.recorder.submit(
+        Activation(
+            client_id=client_id,
+            runtime=ctx.runtime_name,
+            ms=outcome.ms,
+            reason=outcome.reason,
+            member_id=member.id,
+            plan_id=member.plan_id,
+            host=member.labels.get(LABEL_HOST),
+            endpoint=member.endpoint,
+            created_at=member.created_at,
+        )
+    )
+
+
+async def recorded(ctx: AppContext, done: Future[bool]) -> None:
+    """After the response: wait (bounded, no thread held) until the row is written, so the
+    request cycle ends with its outcome in the warehouse when the warehouse allows."""
+    try:
+        await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(done)), ctx.lock_wait_s + 1.0)
+    except TimeoutError:
+        log.info("activation outcome still queued after the response (warehouse busy)")

@@ -1,0 +1,201 @@
+"""The /v1/clients/{client_id} routes: profile, schema, feedback and activate."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, BackgroundTasks, Request, Security
+from fastapi import Path as PathParam
+from fastapi.responses import JSONResponse
+from fastapi.security import APIKeyHeader, HTTPBearer
+from starlette.exceptions import HTTPException
+
+from api.activation import ActivationOutcome
+from api.activation_route import (
+    Refusal,
+    activate_for_request,
+    activation_response,
+    record_outcome,
+    recorded,
+)
+from api.auth import API_KEY_HEADER, AuthenticatedRoute
+from api.context import AppContext, context_of
+from api.models import (
+    Activated,
+    ColdStarted,
+    Error,
+    FeedbackIn,
+    FeedbackOut,
+    Peak,
+    Profile,
+    ProfileWindow,
+    ValidationFailed,
+)
+from core.times import aware_utc
+from core.vocabulary import METRICS
+from provisioning.schema import Composite, SchemaError
+from warehouse.activations import Activation
+from warehouse.db import connect
+from warehouse.feedback import record_feedback
+from warehouse.predictions import read_latest_profile
+from warehouse.validation import CLIENT_ID_PATTERN
+
+ClientId = Annotated[
+    str,
+    PathParam(
+        pattern=CLIENT_ID_PATTERN,
+        max_length=128,
+        description="The client id (the one the API key was issued for).",
+    ),
+]
+
+_AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": Error, "description": "No API key, a malformed one, or an unknown one."},
+    403: {"model": Error, "description": "The key belongs to another client."},
+    422: {"model": ValidationFailed, "description": "Invalid path or body; fields named."},
+    503: {"model": Error, "description": "Warehouse busy or unavailable; see Retry-After."},
+}
+_BODY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **_AUTH_RESPONSES,
+    400: {"model": Error, "description": "Malformed Content-Length header."},
+    413: {"model": Error, "description": "Request body too large."},
+}
+
+
+def v1_router() -> APIRouter:
+    router = APIRouter(
+        prefix="/v1/clients/{client_id}",
+        route_class=AuthenticatedRoute,
+        # Documentation only (auto_error off): AuthenticatedRoute does the checking.
+        dependencies=[
+            Security(HTTPBearer(auto_error=False, description="Authorization: Bearer <key>")),
+            Security(APIKeyHeader(name=API_KEY_HEADER, auto_error=False)),
+        ],
+        responses=_AUTH_RESPONSES,
+    )
+
+    @router.get("/profile", response_model=Profile, summary="The current predicted profile")
+    def get_profile(client_id: ClientId, request: Request) -> Profile:
+        """The windows of the client's latest prediction run (empty when never predicted)."""
+        rows = context_of(request).warehouse(_read_profile, client_id)
+        return _profile(client_id, rows)
+
+    @router.get(
+        "/schema",
+        response_model=Composite,
+        summary="The composite workload schema",
+        responses={409: {"model": Error, "description": "Stored extensions conflict."}},
+    )
+    def get_schema(client_id: ClientId, request: Request) -> dict[str, Any]:
+        """base <- the client's extensions <- anticipated (what the applied plan gave)."""
+        return _composite(context_of(request), client_id)
+
+    @router.post(
+        "/feedback",
+        status_code=201,
+        response_model=FeedbackOut,
+        summary="Rate a predicted window",
+        responses=_BODY_RESPONSES,
+    )
+    def post_feedback(client_id: ClientId, body: FeedbackIn, request: Request) -> FeedbackOut:
+        """Store the client's rating (and actual usage, if given) of one window."""
+        feedback_id = context_of(request).warehouse(
+            record_feedback,
+            client_id,
+            body.window_start,
+            body.window_end,
+            body.score,
+            dict(body.actual) if body.actual is not None else None,
+            body.comment,
+            write=True,
+        )
+        return FeedbackOut(feedback_id=feedback_id)
+
+    @router.post(
+        "/activate",
+        response_model=Activated,
+        summary="Claim warm capacity for an incoming request",
+        responses={
+            409: {
+                "model": ColdStarted | Error,
+                "description": "No warm member: one was cold-started (`fallback`). Or the "
+                "client is forecast-only: nothing is started (`detail` only).",
+            },
+            429: {
+                "model": Error,
+                "description": "Too many activations for this key, or the client holds its "
+                "limit of members; nothing was started. See Retry-After.",
+            },
+            503: {"model": Error, "description": "No runtime, or it failed; see the detail."},
+        },
+    )
+    def post_activate(
+        client_id: ClientId, request: Request, background: BackgroundTasks
+    ) -> Activated | JSONResponse:
+        """Activate the client's warmest member (shadow, else cold); with none, start one.
+
+        200: a warm member serves. 409 with `fallback`: none was warm, so one was created
+        active (a cold start); its endpoint serves all the same. 409 without: the client is
+        forecast-only. 429: rate-limited, or the client holds its limit of members (the
+        members its plan gives it plus a burst allowance).
+        """
+        ctx = context_of(request)
+        started = time.perf_counter()
+        outcome: ActivationOutcome | Activation
+        response: Activated | JSONResponse
+        try:
+            outcome = activate_for_request(ctx, client_id, started)
+        except Refusal as refusal:
+            outcome, response = refusal.activation, refusal.response
+        else:
+            response = activation_response(outcome)
+        background.add_task(recorded, ctx, record_outcome(ctx, client_id, outcome))
+        return response
+
+    return router
+
+
+def _read_profile(path: Path, client_id: str, *, wait_s: float) -> list[dict[str, Any]]:
+    with connect(path, read_only=True, wait_s=wait_s) as con:
+        return read_latest_profile(con, client_id)
+
+
+def _profile(client_id: str, rows: list[dict[str, Any]]) -> Profile:
+    windows = [
+        ProfileWindow(
+            start=aware_utc(row["window_start"]),
+            end=aware_utc(row["window_end"]),
+            duration_minutes=float(row["duration_minutes"]),
+            peaks={
+                metric: Peak(
+                    p50=_finite(row.get(f"{metric}_p50")), p90=_finite(row.get(f"{metric}_p90"))
+                )
+                for metric in METRICS
+            },
+            p_active=_finite(row.get("p_active")),
+            confidence=float(row["confidence"]),
+            model_name=str(row["model_name"]),
+            model_version=str(row["model_version"]),
+        )
+        for row in rows
+    ]
+    generated_at = aware_utc(rows[0]["generated_at"]) if rows else None
+    return Profile(client_id=client_id, generated_at=generated_at, windows=windows)
+
+
+def _composite(ctx: AppContext, client_id: str) -> dict[str, Any]:
+    try:
+        return ctx.warehouse(ctx.composite, client_id)
+    except SchemaError as error:
+        # The client's own stored extensions disagree: tell them which, it is their config.
+        raise HTTPException(409, f"The stored schema cannot be composed: {error}") from error
+
+
+def _finite(value: Any) -> float | None:
+    if value is None:
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None

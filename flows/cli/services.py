@@ -1,0 +1,118 @@
+"""`prewarm api` and `prewarm up`: the long-running services."""
+
+from __future__ import annotations
+
+import signal
+import time
+from typing import Annotated, Any
+
+import typer
+
+from core.errors import PrewarmError
+from flows.cli.common import console, load_settings
+
+
+def api(
+    host: Annotated[
+        str, typer.Option(help="Interface to bind (loopback by default).")
+    ] = "127.0.0.1",
+    port: Annotated[int | None, typer.Option(help="Port (default PREWARM_API_PORT, 8000).")] = None,
+) -> None:
+    """Serve the client API (FastAPI; OpenAPI docs at /docs) until interrupted."""
+    settings = load_settings()
+    from api.app import create_app
+    from api.server import serve
+    from flows.runtime import open_pool_runtime
+    from provisioning.runtime.leases import LeaseBook, lease_book_path
+
+    app_ = create_app(
+        settings.warehouse_path,
+        lambda: open_pool_runtime(settings),
+        settings.pool_scope,
+        leases=LeaseBook(lease_book_path(settings.data_dir, settings.pool)),
+        lease_seconds=settings.activation_lease_seconds,
+        burst_max=settings.burst_max,
+        activate_rate=settings.activate_rate,
+        activate_burst=settings.activate_burst,
+        allowed_images=settings.allowed_image_list,
+    )
+    serve(app_, host=host, port=port or settings.api_port)
+
+
+def up(
+    check: Annotated[
+        bool,
+        typer.Option("--check", help="Start everything, verify health and schedules, stop."),
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for each service.")] = 120.0,
+) -> None:
+    """Start the local stack: Prefect UI :4200, MLflow UI :5000, API :8000, the schedules.
+
+    Runs the Prefect server, the MLflow UI, the client API and the deployments (prewarm-cycle
+    every PREWARM_CYCLE, daily training, on-demand flows) as child processes (logs in
+    data/logs); Ctrl-C stops everything cleanly.
+    With --check it starts everything, verifies every health endpoint and every
+    deployment's schedule through the Prefect API, stops, and exits 0 or says what failed.
+    """
+    settings = load_settings()
+    from flows import stack
+
+    if stack.prefect_server_running(settings):
+        raise PrewarmError(
+            f"Something already answers on port {settings.prefect_port} (another `prewarm up`?). "
+            "Stop it first, or set PREWARM_PREFECT_PORT."
+        )
+    services = stack.services(settings)
+    problems: list[str] = []
+
+    def _interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    # `kill` (SIGTERM), e.g. from a service manager, stops the stack like Ctrl-C does.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        for service in services:
+            console.print(f"starting {service.name} ...")
+            stack.start(service)
+            problem = stack.wait_healthy(service, timeout)
+            if problem:
+                problems.append(problem)
+                break
+            if service.name == "prefect":
+                from flows.locks import ensure_limit
+
+                ensure_limit(stack.prefect_api_url(settings))
+        if not problems:
+            lines, missing = stack.check_deployments(settings, timeout)
+            problems += missing
+            for line in lines:
+                console.print(f"  scheduled: {line}")
+        if problems:
+            for problem in problems:
+                console.print(f"[red]problem:[/] {problem}")
+            raise typer.Exit(1)
+        console.print(
+            f"[green]healthy[/]: Prefect UI http://127.0.0.1:{settings.prefect_port}, "
+            f"MLflow UI http://127.0.0.1:{settings.mlflow_port}, "
+            f"API http://127.0.0.1:{settings.api_port}/docs; logs in {settings.data_dir / 'logs'}"
+        )
+        if check:
+            console.print(
+                "check passed: the cycle and training schedules, the on-demand deployments, "
+                "MLflow and the API are healthy."
+            )
+            return
+        console.print("Press Ctrl-C to stop.")
+        while all(s.process is not None and s.process.poll() is None for s in services):
+            time.sleep(1.0)
+        dead = [s for s in services if s.process is not None and s.process.poll() is not None]
+        for service in dead:
+            code = service.process.returncode if service.process else None
+            console.print(f"[red]{service.name} stopped[/] (exit {code}); see {service.log_path}")
+        raise typer.Exit(1)
+    except KeyboardInterrupt:
+        console.print("stopping ...")
+    finally:
+        for service in reversed(services):
+            stack.stop(service)
+        console.print("stopped.")

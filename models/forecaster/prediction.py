@@ -1,0 +1,313 @@
+"""Forecasting from fitted models: several origins of one client (`forecast_origins`) and the
+latest origin of many clients at once (`forecast_latest`), with `FORECAST_SCHEMA` columns."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import TYPE_CHECKING, cast
+
+import numpy as np
+import polars as pl
+
+from models.features import FeatureSpec, assemble_rows, build_series, regular_grid, to_long, ts_of
+from models.forecaster.calibration import _final_quantiles, _to_values
+from models.forecaster.config import ForecastConfig
+from models.forecaster.frames import _scales, _step_of_datetime, client_frame
+from models.forecaster.training import _raw_quantiles
+
+if TYPE_CHECKING:
+    from models.forecaster.client_model import ClientForecaster
+
+FORECAST_SCHEMA: dict[str, pl.DataType] = {
+    "client_id": pl.String(),
+    "metric": pl.String(),
+    "origin": pl.Datetime("us"),
+    "ts": pl.Datetime("us"),
+    "horizon": pl.Int32(),
+    "p10": pl.Float64(),
+    "p50": pl.Float64(),
+    "p90": pl.Float64(),
+}
+
+
+def _empty_forecast() -> pl.DataFrame:
+    return pl.DataFrame(schema=FORECAST_SCHEMA)
+
+
+def forecast_origins(
+    forecaster: ClientForecaster,
+    history: pl.DataFrame,
+    origins: list[datetime],
+    calendar: pl.DataFrame | None = None,
+    horizon_steps: int | None = None,
+) -> pl.DataFrame:
+    """Forecasts from several origins of one history in one feature build (for backtests).
+
+    Each origin's forecast uses only rows at or before it, exactly as `predict` on the
+    history cut at that origin would; columns as `ClientForecaster.predict`.
+    """
+    horizon = forecaster.config.horizon_steps if horizon_steps is None else horizon_steps
+    spec = forecaster.feature_spec
+    freq = forecaster.config.freq_seconds
+    own = history.filter(pl.col("client_id") == forecaster.client_id)
+    metrics = [m for m in forecaster.metrics if m in own.columns]
+    if not metrics or not origins:
+        return _empty_forecast()
+    steps = sorted({_step_of_datetime(o, freq) for o in origins})
+    recent = _recent_origins(steps, forecaster.config)
+    # Only what features can reach: the lookback before the first origin up to the last.
+    since = ts_of(pl.lit(min([*steps, *recent]) - spec.lookback_steps - 1), freq)
+    until = ts_of(pl.lit(steps[-1]), freq)
+    tail = own.filter((pl.col("ts") > since) & (pl.col("ts") <= until))
+    # Cross-metric features need the client's other metrics even when they are not forecast.
+    inputs = list(dict.fromkeys([*metrics, *(m for m in spec.cross_metrics if m in own.columns)]))
+    grid = regular_grid(tail, freq, inputs, extend_steps=horizon, missing_as=0.0)
+    long = to_long(grid, inputs)
+    scales = _prediction_scales(forecaster, long, steps[0])
+    clients = client_frame(forecaster.client_id, forecaster.client)
+    series = build_series(long, spec, scales, calendar, clients)
+    pairs = pl.concat(
+        [
+            _origin_pairs(forecaster.client_id, steps, horizon, "forecast"),
+            _origin_pairs(forecaster.client_id, recent, forecaster.config.horizon_steps, "recent"),
+        ]
+    )
+    rows = assemble_rows(series, pairs, spec).filter(pl.col("anchor").is_not_null())
+    rows = rows.filter((pl.col("part") == "forecast") | pl.col("target").is_not_null())
+    frames = []
+    for metric in metrics:
+        metric_rows = rows.filter(pl.col("metric") == metric)
+        wanted = metric_rows.filter(pl.col("part") == "forecast")
+        if wanted.height:
+            recent_rows = metric_rows.filter(pl.col("part") == "recent")
+            frames.append(_forecast_rows(forecaster, metric, wanted, recent_rows))
+    if not frames:
+        return _empty_forecast()
+    return pl.concat(frames).sort("origin", "metric", "horizon")
+
+
+def forecast_latest(
+    forecasters: dict[str, ClientForecaster],
+    histories: dict[str, pl.DataFrame],
+    calendar: pl.DataFrame | None = None,
+) -> pl.DataFrame:
+    """Each client's forecast from the last bucket of its history, as `predict` gives it,
+    for many clients at once.
+
+    Clients whose forecasters share a configuration and feature spec (the global model's,
+    or own models fitted together) get their features built in one pass, and boosters
+    shared by several clients (the global model's) score all their rows in one call; only
+    the per-client calibration runs client by client. Equal to calling `predict` per client.
+    """
+    families: dict[tuple[ForecastConfig, FeatureSpec], list[ClientForecaster]] = {}
+    for client_id, forecaster in forecasters.items():
+        if client_id in histories:
+            key = (forecaster.config, forecaster.feature_spec)
+            families.setdefault(key, []).append(forecaster)
+    frames = [_forecast_family(members, histories, calendar) for members in families.values()]
+    frames = [f for f in frames if f.height]
+    if not frames:
+        return _empty_forecast()
+    return pl.concat(frames).sort("client_id", "origin", "metric", "horizon")
+
+
+def _forecast_family(
+    members: list[ClientForecaster],
+    histories: dict[str, pl.DataFrame],
+    calendar: pl.DataFrame | None,
+) -> pl.DataFrame:
+    """`forecast_latest` for forecasters of one configuration and feature spec."""
+    config, spec = members[0].config, members[0].feature_spec
+    freq, horizon = config.freq_seconds, config.horizon_steps
+    tails, pairs, origins, attributes = [], [], [], []
+    inputs: list[str] = []
+    served: list[ClientForecaster] = []
+    for forecaster in members:
+        own = histories[forecaster.client_id].filter(pl.col("client_id") == forecaster.client_id)
+        metrics = [m for m in forecaster.metrics if m in own.columns]
+        if own.height == 0 or not metrics:
+            continue
+        # polars types max() as any scalar; that of a `ts` column is a datetime.
+        step = _step_of_datetime(cast(datetime, own.get_column("ts").max()), freq)
+        recent = _recent_origins([step], config)
+        since = ts_of(pl.lit(min([step, *recent]) - spec.lookback_steps - 1), freq)
+        tails.append(
+            own.filter((pl.col("ts") > since) & (pl.col("ts") <= ts_of(pl.lit(step), freq)))
+        )
+        inputs += [*metrics, *(m for m in spec.cross_metrics if m in own.columns)]
+        pairs += [
+            _origin_pairs(forecaster.client_id, [step], horizon, "forecast"),
+            _origin_pairs(forecaster.client_id, recent, horizon, "recent"),
+        ]
+        origins.append((forecaster.client_id, step))
+        attributes.append(client_frame(forecaster.client_id, forecaster.client))
+        served.append(forecaster)
+    if not served:
+        return _empty_forecast()
+    inputs = list(dict.fromkeys(inputs))
+    grid = regular_grid(pl.concat(tails, how="diagonal_relaxed"), freq, inputs,
+                        extend_steps=horizon, missing_as=0.0)  # fmt: skip
+    long = to_long(grid, inputs)
+    scales = _family_scales(served, long, origins)
+    known = [a for a in attributes if a is not None]
+    clients = pl.concat(known, how="vertical_relaxed") if known else None
+    series = build_series(long, spec, scales, calendar, clients)
+    rows = assemble_rows(series, pl.concat(pairs), spec).filter(pl.col("anchor").is_not_null())
+    rows = rows.filter((pl.col("part") == "forecast") | pl.col("target").is_not_null())
+    frames = []
+    present = set(rows.get_column("client_id").unique().to_list())
+    for metric in dict.fromkeys(m for f in served for m in f.metrics):
+        users = [f for f in served if metric in f.metrics and f.client_id in present]
+        by_boosters: dict[str, list[ClientForecaster]] = {}
+        for forecaster in users:
+            key = forecaster.models[metric].boosters.fingerprint()
+            by_boosters.setdefault(key, []).append(forecaster)
+        metric_rows = rows.filter(pl.col("metric") == metric)
+        for group in by_boosters.values():
+            frames += _score_group(group, metric, metric_rows, spec, config)
+    if not frames:
+        return _empty_forecast()
+    return pl.concat(frames)
+
+
+def _family_scales(
+    served: list[ClientForecaster], long: pl.DataFrame, origins: list[tuple[str, int]]
+) -> pl.DataFrame:
+    """`_prediction_scales` of every served client at once."""
+    origin = pl.DataFrame(
+        origins, schema={"client_id": pl.String, "origin": pl.Int64}, orient="row"
+    )
+    observed = _scales(
+        long.join(origin, on="client_id").filter(pl.col("step") <= pl.col("origin")).drop("origin")
+    )
+    stored = pl.DataFrame(
+        [(f.client_id, m, model.scale) for f in served for m, model in f.models.items()],
+        schema={"client_id": pl.String, "metric": pl.String, "stored": pl.Float64},
+        orient="row",
+    )
+    return observed.join(stored, on=["client_id", "metric"], how="left").select(
+        "client_id", "metric", pl.coalesce("stored", "scale").alias("scale")
+    )
+
+
+def _score_group(
+    group: list[ClientForecaster],
+    metric: str,
+    metric_rows: pl.DataFrame,
+    spec: FeatureSpec,
+    config: ForecastConfig,
+) -> list[pl.DataFrame]:
+    """One metric's forecasts for clients sharing boosters: one booster call for all rows,
+    then each client's own calibration, recalibration and bias."""
+    ids = [f.client_id for f in group]
+    rows = metric_rows.filter(pl.col("client_id").is_in(ids)).with_row_index("_row")
+    wanted, recent = (
+        rows.filter(pl.col("part") == "forecast"),
+        rows.filter(pl.col("part") == "recent"),
+    )
+    boosters = group[0].models[metric].boosters
+    raw_wanted = _raw_quantiles(boosters, wanted, spec)
+    raw_recent = _raw_quantiles(boosters, recent, spec)
+    wanted_at = {cid: idx for (cid,), idx in _positions(wanted).items()}
+    recent_at = {cid: idx for (cid,), idx in _positions(recent).items()}
+    frames = []
+    for forecaster in group:
+        at = wanted_at.get(forecaster.client_id)
+        if at is None:
+            continue
+        mine = wanted[at]
+        back = recent_at.get(forecaster.client_id, np.zeros(0, np.int64))
+        model = forecaster.models[metric]
+        scaled = _final_quantiles(
+            model, mine, recent[back], spec, config, raw=(raw_wanted[at], raw_recent[back])
+        )
+        values = _to_values(
+            scaled,
+            mine.get_column("anchor").to_numpy(),
+            mine.get_column("scale").to_numpy(),
+            forecaster.bias.get(metric, 0.0),
+        )
+        frames.append(
+            mine.select(
+                "client_id",
+                "metric",
+                pl.col("origin_ts").alias("origin"),
+                pl.col("target_ts").alias("ts"),
+                pl.col("horizon").cast(pl.Int32),
+                pl.Series("p10", values[:, 0]),
+                pl.Series("p50", values[:, 1]),
+                pl.Series("p90", values[:, 2]),
+            )  # fmt: skip
+        )
+    return frames
+
+
+def _positions(rows: pl.DataFrame) -> dict[tuple[str], np.ndarray]:
+    """Row positions of each client in `rows`, in order."""
+    if rows.height == 0:
+        return {}
+    indexed = rows.select("client_id").with_row_index("_pos")
+    return {
+        key: part.get_column("_pos").to_numpy().astype(np.int64)
+        for key, part in indexed.partition_by(
+            "client_id", as_dict=True, maintain_order=True
+        ).items()
+    }
+
+
+def _forecast_rows(
+    forecaster: ClientForecaster, metric: str, rows: pl.DataFrame, recent: pl.DataFrame
+) -> pl.DataFrame:
+    """Calibrated quantiles in metric units for one metric's assembled rows."""
+    model = forecaster.models[metric]
+    spec = forecaster.feature_spec
+    scaled = _final_quantiles(model, rows, recent, spec, forecaster.config)
+    values = _to_values(
+        scaled,
+        rows.get_column("anchor").to_numpy(),
+        rows.get_column("scale").to_numpy(),
+        forecaster.bias.get(metric, 0.0),
+    )
+    return rows.select(
+        "client_id", "metric", pl.col("origin_ts").alias("origin"),
+        pl.col("target_ts").alias("ts"), pl.col("horizon").cast(pl.Int32),
+        pl.Series("p10", values[:, 0]), pl.Series("p50", values[:, 1]),
+        pl.Series("p90", values[:, 2]),
+    )  # fmt: skip
+
+
+def _origin_pairs(client_id: str, steps: list[int], horizon: int, part: str) -> pl.DataFrame:
+    return pl.DataFrame(
+        {"client_id": client_id, "step": steps, "part": part},
+        schema={"client_id": pl.String, "step": pl.Int64, "part": pl.String},
+    ).join(pl.DataFrame({"horizon": np.arange(1, horizon + 1, dtype=np.int32)}), how="cross")
+
+
+def _recent_origins(steps: list[int], config: ForecastConfig) -> list[int]:
+    """Past origins whose targets fall in the recalibration window of some requested origin."""
+    window = round(config.recalibration_days * config.steps_per_day)
+    if window <= 0 or config.recalibration_weight == 0 or not steps:
+        return []
+    horizon = config.horizon_steps
+    stride = max(1, math.ceil(window * horizon / config.max_eval_rows))
+    first = steps[0] - window - horizon + 1
+    return list(range(steps[-1] - horizon, first - 1, -stride))[::-1]
+
+
+def _prediction_scales(
+    forecaster: ClientForecaster, long: pl.DataFrame, origin: int
+) -> pl.DataFrame:
+    """Stored scales; a metric without one takes it from the history given."""
+    observed = _scales(long.filter(pl.col("step") <= origin))
+    stored = pl.DataFrame(
+        {
+            "client_id": [forecaster.client_id] * len(forecaster.models),
+            "metric": list(forecaster.models),
+            "stored": [m.scale for m in forecaster.models.values()],
+        },
+        schema={"client_id": pl.String, "metric": pl.String, "stored": pl.Float64},
+    )
+    return observed.join(stored, on=["client_id", "metric"], how="left").select(
+        "client_id", "metric", pl.coalesce("stored", "scale").alias("scale")
+    )

@@ -1,0 +1,121 @@
+"""The p10/p50/p90 LightGBM boosters of one metric: parameters, training, raw predictions.
+
+Targets are the change from the last value in scale units, divided by the typical change at
+that horizon (`_horizon_scale`) so a leaf mixing near and far horizons suits each of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import lightgbm as lgb
+import numpy as np
+import polars as pl
+
+from models.features import FeatureSpec, feature_matrix
+from models.forecaster.config import QUANTILES, Adjustments, ForecastConfig
+
+
+@dataclass
+class QuantileBoosters:
+    """p10, p50 and p90 boosters of the change in scale units, divided by `horizon_scale`.
+
+    `horizon_scale[h - 1]` is the typical |change| h steps ahead in the training rows.
+    """
+
+    boosters: tuple[lgb.Booster, lgb.Booster, lgb.Booster]
+    horizon_scale: tuple[float, ...]
+
+    def fingerprint(self) -> str:
+        """Identity of the boosters' content: equal for copies loaded apart (the global
+        model's boosters arrive once per client it serves), computed once per object."""
+        cached = self.__dict__.get("_fingerprint")
+        if cached is None:
+            digest = hashlib.sha256(repr(self.horizon_scale).encode())
+            for booster in self.boosters:
+                digest.update(booster.model_to_string().encode())
+            cached = self.__dict__["_fingerprint"] = digest.hexdigest()
+        return cached
+
+
+def _lgb_params(config: ForecastConfig) -> dict[str, object]:
+    return {
+        "objective": "quantile",
+        "learning_rate": config.learning_rate,
+        "num_leaves": config.num_leaves,
+        "min_data_in_leaf": config.min_data_in_leaf,
+        "max_bin": config.max_bin,
+        "feature_fraction": config.feature_fraction,
+        "lambda_l2": config.lambda_l2,
+        "num_threads": 1,
+        "seed": config.seed,
+        "deterministic": True,
+        "force_col_wise": True,
+        "verbosity": -1,
+    }
+
+
+def _train_boosters(
+    train: pl.DataFrame, spec: FeatureSpec, config: ForecastConfig, adjustments: Adjustments
+) -> QuantileBoosters:
+    """Three quantile boosters on one shared, binned Dataset."""
+    weight = None
+    if adjustments.recent_since is not None and adjustments.recent_weight != 1.0:
+        recent = (train.get_column("target_ts") >= adjustments.recent_since).to_numpy()
+        weight = np.where(recent, adjustments.recent_weight, 1.0)
+    horizons = train.get_column("horizon").to_numpy()
+    target = train.get_column("target").to_numpy()
+    horizon_scale = _horizon_scale(horizons, target, config.horizon_steps)
+    params = _lgb_params(config)
+    dataset = lgb.Dataset(
+        feature_matrix(train, spec),
+        label=target / horizon_scale[horizons - 1],
+        weight=weight,
+        feature_name=list(spec.feature_names),
+        params=params,
+        free_raw_data=False,
+    )
+
+    # The tails are recalibrated anyway, so they get fewer, larger steps than the median.
+    tail_rate = config.learning_rate * config.n_estimators / config.tail_estimators
+    tail_params = {"learning_rate": min(tail_rate, 1.0)}
+    boosters = [
+        lgb.train(
+            {**params, "alpha": q, **({} if q == 0.5 else tail_params)},
+            dataset,
+            num_boost_round=config.n_estimators if q == 0.5 else config.tail_estimators,
+        )
+        for q in QUANTILES
+    ]
+    return QuantileBoosters((boosters[0], boosters[1], boosters[2]), tuple(horizon_scale))
+
+
+def _horizon_scale(horizons: np.ndarray, target: np.ndarray, horizon_steps: int) -> np.ndarray:
+    """Typical |change| per horizon step: a power law a * h^b fitted to per-step means.
+
+    Dividing targets by it puts all horizons on one footing, so a leaf mixing near and far
+    horizons still predicts sensibly for each. A power law keeps it smooth when some
+    steps have few training rows.
+    """
+    steps = np.arange(1, horizon_steps + 1)
+    sums = np.bincount(horizons - 1, weights=np.abs(target), minlength=horizon_steps)
+    counts = np.bincount(horizons - 1, minlength=horizon_steps)
+    ok = (counts > 0) & (sums > 0)
+    if ok.sum() == 0:
+        return np.ones(horizon_steps)
+    means = sums[ok] / counts[ok]
+    if ok.sum() == 1:
+        return np.full(horizon_steps, means[0])
+    slope, intercept = np.polyfit(np.log(steps[ok]), np.log(means), 1, w=np.sqrt(counts[ok]))
+    return np.exp(intercept + slope * np.log(steps))
+
+
+def _raw_quantiles(model: QuantileBoosters, rows: pl.DataFrame, spec: FeatureSpec) -> np.ndarray:
+    """Predicted change (scale units) per row as an (n, 3) array, sorted so it never crosses."""
+    if rows.height == 0:
+        return np.zeros((0, 3))
+    matrix = feature_matrix(rows, spec)
+    raw = np.column_stack([b.predict(matrix, num_threads=1) for b in model.boosters])
+    horizons = rows.get_column("horizon").to_numpy()
+    return np.sort(raw * np.asarray(model.horizon_scale)[horizons - 1, None], axis=1)
