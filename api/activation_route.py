@@ -31,7 +31,8 @@ from api.models import (
 from api.rate import retry_after
 from provisioning.reconciler import LABEL_HOST
 from provisioning.runtime.base import PrewarmRuntimeError, ms_since
-from provisioning.schema import SchemaError, render_container_config
+from provisioning.schema_model import SchemaError
+from provisioning.schema_render import render_container_config
 from warehouse.activations import Activation
 from warehouse.db import connect
 from warehouse.errors import WarehouseBusy

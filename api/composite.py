@@ -20,13 +20,9 @@ from typing import Any
 import duckdb
 
 from core.errors import PrewarmError
-from provisioning.schema import (
-    ENV_PREFIX,
-    Anticipated,
-    anticipated_from_profile,
-    compose_workload,
-)
+from provisioning.schema import anticipated_from_profile, compose_workload
 from provisioning.schema_checks import SchemaRejected, limits_from_inventory
+from provisioning.schema_model import ENV_PREFIX, Anticipated
 from warehouse.clients import read_client, read_client_extensions
 from warehouse.db import connect
 from warehouse.inventory import fetch_inventory

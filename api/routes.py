@@ -36,7 +36,7 @@ from api.models import (
 )
 from core.times import aware_utc
 from core.vocabulary import METRICS
-from provisioning.schema import Composite, SchemaError
+from provisioning.schema_model import Composite, SchemaError
 from warehouse.activations import Activation
 from warehouse.db import connect
 from warehouse.feedback import record_feedback

@@ -42,7 +42,8 @@ from provisioning.runtime.base import (
     Tier,
     probe_once,
 )
-from provisioning.runtime.docker_runtime import DockerRuntime, Reach
+from provisioning.runtime.docker_network import Reach
+from provisioning.runtime.docker_runtime import DockerRuntime
 from provisioning.runtime.images import WORKER_IMAGE, build_image
 from provisioning.runtime.process_runtime import ProcessRuntime
 from provisioning.runtime.select import docker_unavailable_reason

@@ -1,5 +1,5 @@
 """Prefect artifacts people open in the UI: the plan of a provisioning run, the accuracy and
-cost of a reconciliation run."""
+cost of a scoring run."""
 
 from __future__ import annotations
 
@@ -44,24 +44,25 @@ def publish_plan(summary: Any, plan_desired: pl.DataFrame) -> None:
         .to_dicts()
     )
     create_table_artifact(
-        key="provision-pools", table=rows or [{"note": "nothing to warm"}],
+        key="provision-pools",
+        table=rows or [{"note": "nothing to warm"}],
         description="desired members per client and tier, first window",
-    )  # fmt: skip
+    )
 
 
-def publish_reconciliation(summary: Any, rows: pl.DataFrame) -> None:
+def publish_scores(summary: Any, rows: pl.DataFrame) -> None:
     """Markdown summary plus a per-client accuracy and cost table."""
     coverage = f"{summary.coverage:.0%}" if summary.coverage is not None else "-"
     drifted = "; ".join(f"{c}: {r}" for c, r in sorted(summary.drifted.items())) or "none"
     retrained = ", ".join(f"{c} (v{v})" for c, v in sorted(summary.retrained.items())) or "none"
     waiting = "; ".join(f"{c}: {w}" for c, w in sorted(summary.waiting.items())) or "none"
     create_markdown_artifact(
-        key="reconcile-summary",
+        key="score-summary",
         markdown="\n".join(
             [
-                "## Reconciliation",
+                "## Scoring",
                 "",
-                f"{summary.buckets} buckets reconciled; 80% band coverage **{coverage}**.",
+                f"{summary.buckets} buckets scored; 80% band coverage **{coverage}**.",
                 "",
                 "| | prewarm | reactive |",
                 "|---|---|---|",
@@ -88,9 +89,10 @@ def publish_reconciliation(summary: Any, rows: pl.DataFrame) -> None:
         .sort("client_id")
     )
     create_table_artifact(
-        key="reconcile-accuracy", table=table.to_dicts(),
+        key="score-accuracy",
+        table=table.to_dicts(),
         description="accuracy, cold starts and cost vs reactive per client",
-    )  # fmt: skip
+    )
 
 
 def publish_cycle(summary: Any) -> None:

@@ -45,7 +45,7 @@ from flows.feed import complete_feed, ingest_feed
 from flows.locks import warehouse_session, warehouse_write
 from flows.predict import predict_and_write
 from flows.provision import PlannedPool, action_counts, apply_targets, make_plan, record_plan
-from flows.reconcile import reconcile_buckets, record_drift
+from flows.scoring import record_drift, score_buckets
 from flows.settings import Settings
 from models.registry import current_aliases
 from warehouse.cycles import churn_last_hour, finish_cycle, last_prediction, start_cycle
@@ -202,18 +202,24 @@ def prewarm_cycle(
             summary.seconds = time.perf_counter() - started
             with warehouse_write():
                 finish_cycle(
-                    path, cycle_id, "failed", f"{type(error).__name__}: {error}",
+                    path,
+                    cycle_id,
+                    "failed",
+                    f"{type(error).__name__}: {error}",
                     seconds=summary.seconds,
-                )  # fmt: skip
+                )
             raise
     publish_cycle(summary)
     if summary.retrain_eligible:
         _start_retraining(summary.retrain_eligible)
     logger.info(
         "cycle %s: watermark %s, %s, lag %s s, %.1f s",
-        cycle_id, summary.watermark, summary.actions,
-        f"{summary.lag_s:.0f}" if summary.lag_s is not None else "-", summary.seconds,
-    )  # fmt: skip
+        cycle_id,
+        summary.watermark,
+        summary.actions,
+        f"{summary.lag_s:.0f}" if summary.lag_s is not None else "-",
+        summary.seconds,
+    )
     return summary
 
 
@@ -235,7 +241,7 @@ def score(settings: Settings) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Score the buckets that arrived, record drift, prune old prediction runs: one task
     (each task run costs a cycle tens of milliseconds of its own)."""
     now = utc_now()
-    scored = reconcile_buckets.fn(settings, now)
+    scored = score_buckets.fn(settings, now)
     drift = record_drift.fn(settings, now)
     before = now - timedelta(seconds=settings.prediction_retention_seconds)
     with warehouse_write():
@@ -323,17 +329,27 @@ def _score_and_finish(
     step("score")
     summary.seconds = time.perf_counter() - started
     finish_cycle(
-        path, summary.cycle_id, "done",
-        watermark=mark, ingested_rows=summary.ingested_rows, predicted=summary.predicted,
-        models=models, plan_id=summary.plan_id, first_window=planned.span[0],
-        lead_seconds=summary.lead_s, runtime=summary.runtime,
-        creates=summary.actions["create"], releases=summary.actions["release"],
+        path,
+        summary.cycle_id,
+        "done",
+        watermark=mark,
+        ingested_rows=summary.ingested_rows,
+        predicted=summary.predicted,
+        models=models,
+        plan_id=summary.plan_id,
+        first_window=planned.span[0],
+        lead_seconds=summary.lead_s,
+        runtime=summary.runtime,
+        creates=summary.actions["create"],
+        releases=summary.actions["release"],
         pauses=summary.actions["pause"],
         unpauses=summary.actions["unpause"] + summary.actions["start"],
-        failed_actions=summary.failed_actions, seconds=summary.seconds,
-        lag_seconds=summary.lag_s, drifted=len(summary.drifted),
+        failed_actions=summary.failed_actions,
+        seconds=summary.seconds,
+        lag_seconds=summary.lag_s,
+        drifted=len(summary.drifted),
         pinned=lead_seconds is not None,
-    )  # fmt: skip
+    )
 
 
 def _start_retraining(clients: list[str]) -> None:

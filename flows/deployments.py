@@ -3,7 +3,7 @@
     prewarm-cycle       every PREWARM_CYCLE (5 min): ingest -> predict -> plan -> apply -> score
     train-forecasters   daily at 02:00 UTC
     retrain-drifted     after a cycle that found clients to retrain (the cycle starts it)
-    predict-profiles, provision-pools, reconcile-pools
+    predict-profiles, provision-pools, score-outcomes
                         no schedule: the cycle's steps, runnable on their own from the UI
 
 One chained cycle on the short interval, not four flows firing at the same instant in no
@@ -33,7 +33,7 @@ ON_DEMAND: tuple[str, ...] = (
     "retrain-drifted",
     "predict-profiles",
     "provision-pools",
-    "reconcile-pools",
+    "score-outcomes",
 )
 
 
@@ -45,8 +45,8 @@ def build_deployments(settings: Settings) -> list[Any]:
     from flows.cycle import prewarm_cycle
     from flows.predict import predict_profiles
     from flows.provision import provision_pools
-    from flows.reconcile import reconcile_pools
     from flows.retrain import retrain_drifted
+    from flows.scoring import score_outcomes
     from flows.train import train_flow
 
     tags = ["prewarm"]
@@ -55,7 +55,9 @@ def build_deployments(settings: Settings) -> list[Any]:
     )
     return [
         prewarm_cycle.to_deployment(
-            name="prewarm-cycle", interval=timedelta(seconds=settings.cycle_seconds), tags=tags,
+            name="prewarm-cycle",
+            interval=timedelta(seconds=settings.cycle_seconds),
+            tags=tags,
             concurrency_limit=one_at_a_time,
             description="Ingest from the feed, predict, plan, apply, score: one watermark.",
         ),
@@ -63,26 +65,34 @@ def build_deployments(settings: Settings) -> list[Any]:
             name="train-forecasters",
             schedules=[Cron(DAILY_0200_UTC, timezone="UTC")],
             parameters={"trigger": "schedule"},
-            tags=tags, concurrency_limit=one_at_a_time,
+            tags=tags,
+            concurrency_limit=one_at_a_time,
             description="Fit, score, register and gate every client's forecaster.",
         ),
         retrain_drifted.to_deployment(
-            name="retrain-drifted", tags=tags, concurrency_limit=one_at_a_time,
+            name="retrain-drifted",
+            tags=tags,
+            concurrency_limit=one_at_a_time,
             description="Retrain drifted clients past their cooldown and with new data.",
         ),
         predict_profiles.to_deployment(
-            name="predict-profiles", tags=tags,
+            name="predict-profiles",
+            tags=tags,
             description="Forecasts and predicted profiles from the latest usage.",
         ),
         provision_pools.to_deployment(
-            name="provision-pools", tags=tags, concurrency_limit=one_at_a_time,
+            name="provision-pools",
+            tags=tags,
+            concurrency_limit=one_at_a_time,
             description="Plan warm pools and make the runtime match.",
         ),
-        reconcile_pools.to_deployment(
-            name="reconcile-pools", tags=tags, concurrency_limit=one_at_a_time,
+        score_outcomes.to_deployment(
+            name="score-outcomes",
+            tags=tags,
+            concurrency_limit=one_at_a_time,
             description="Predicted vs actual, drift detection and retraining.",
         ),
-    ]  # fmt: skip
+    ]
 
 
 def main() -> None:

@@ -1,8 +1,8 @@
 """Flow `prewarm-pipeline`: the main job, once: ingest -> validate -> train (only clients
-whose model is missing or stale) -> predict profiles -> provision -> reconcile.
+whose model is missing or stale) -> predict profiles -> provision -> score.
 
 With `replay_minutes`, the input's last minutes are held back and ingested after
-provisioning, as if they arrived live, so reconciliation has fresh buckets to compare
+provisioning, as if they arrived live, so scoring has fresh buckets to compare
 with the forecasts (how the demo shows the whole loop in one run).
 """
 
@@ -21,7 +21,7 @@ from flows.feed import record_feed
 from flows.ingest import IngestOutcome, SourceName, default_end, ingest_usage
 from flows.predict import PredictSummary, predict_profiles
 from flows.provision import ProvisionSummary, provision_pools
-from flows.reconcile import ReconcileSummary, reconcile_pools
+from flows.scoring import ScoreSummary, score_outcomes
 from flows.settings import Settings
 from flows.train import TrainSummary, train_flow
 from models.registry import current_aliases
@@ -38,7 +38,7 @@ class PipelineSummary:
     trained: TrainSummary | None
     predicted: PredictSummary
     provisioned: ProvisionSummary
-    reconciled: ReconcileSummary
+    scored: ScoreSummary
 
 
 def stale_clients(settings: Settings) -> list[str]:
@@ -70,8 +70,13 @@ def prewarm_pipeline(
     # One clock for both halves of the input: the synthetic history ends here.
     end = default_end(settings.freq_seconds) if source == "synthetic" else None
     common: dict[str, Any] = {
-        "source": source, "path": path, "clients": clients, "days": days, "seed": seed, "end": end,
-    }  # fmt: skip
+        "source": source,
+        "path": path,
+        "clients": clients,
+        "days": days,
+        "seed": seed,
+        "end": end,
+    }
     ingested = [ingest_usage(**common, hold_back_minutes=replay_minutes)]
     stale = stale_clients(settings)
     trained = train_flow(settings)(client_ids=stale) if stale else None
@@ -83,10 +88,10 @@ def prewarm_pipeline(
     provisioned = provision_pools(at=at)
     if replay_minutes:
         ingested.append(ingest_usage(**common, only_last_minutes=replay_minutes))
-    reconciled = reconcile_pools()
+    scored = score_outcomes()
     # From now on the warehouse follows the demo's feed (cycles under `prewarm up`).
     _record_demo_feed(settings, source, clients, days, seed, logger)
-    return PipelineSummary(ingested, stale, trained, predicted, provisioned, reconciled)
+    return PipelineSummary(ingested, stale, trained, predicted, provisioned, scored)
 
 
 def _record_demo_feed(

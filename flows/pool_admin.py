@@ -137,10 +137,15 @@ def migrate_pool(settings: Settings, target: str) -> Migration:
     leases = LeaseBook(lease_book_path(settings.data_dir, settings.pool))
     if plan_id is not None and targets.height:
         result = reconcile_once(
-            new_runtime, targets_as_desired(targets), specs,
-            set(targets.get_column("client_id")) - set(specs), plan_id,
-            scope=settings.pool_scope, hold=targets_hold(targets), leases=leases,
-        )  # fmt: skip
+            new_runtime,
+            targets_as_desired(targets),
+            specs,
+            set(targets.get_column("client_id")) - set(specs),
+            plan_id,
+            scope=settings.pool_scope,
+            hold=targets_hold(targets),
+            leases=leases,
+        )
         _record(settings, new_runtime, result.pool_events, result.pool_members)
         created = int((result.pool_events.get_column("action") == "create").sum())
     released, drained = 0, []
@@ -154,8 +159,14 @@ def migrate_pool(settings: Settings, target: str) -> Migration:
             old.release(member.id)
             released += 1
         _record(settings, old, pl.DataFrame(), _listed(old, settings))
-    log.info("pool %s moved %s -> %s: %d created, %d released", settings.pool, source, target,
-             created, released)  # fmt: skip
+    log.info(
+        "pool %s moved %s -> %s: %d created, %d released",
+        settings.pool,
+        source,
+        target,
+        created,
+        released,
+    )
     return Migration(source or "none", target, created, released, drained)
 
 

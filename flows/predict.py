@@ -62,8 +62,13 @@ def _forecaster(client_id: str, alias: str, version: str, tracking_uri: str) -> 
     try:
         loaded = load_forecaster_version(client_id, version, tracking_uri)
     except MlflowException as error:  # deleted meanwhile: the next run sees the new aliases
-        log.warning("forecaster %s version %s (%s) could not be loaded: %s",
-                    client_id, version, alias, error)  # fmt: skip
+        log.warning(
+            "forecaster %s version %s (%s) could not be loaded: %s",
+            client_id,
+            version,
+            alias,
+            error,
+        )
         return None
     with _CACHE_LOCK:
         _CACHE[client_id] = (version, loaded)
@@ -149,11 +154,15 @@ def predict_and_write(settings: Settings, client_ids: list[str] | None = None) -
     if summary.without_model:
         logger.warning(
             "%d clients have no registered model yet (run `prewarm train`): %s",
-            len(summary.without_model), ", ".join(summary.without_model[:10]),
-        )  # fmt: skip
+            len(summary.without_model),
+            ", ".join(summary.without_model[:10]),
+        )
     summary.seconds = time.perf_counter() - started
     logger.info(
         "predicted %d clients: %d forecast rows, %d profile windows in %.1f s",
-        summary.clients, summary.forecasts, summary.profiles, summary.seconds,
-    )  # fmt: skip
+        summary.clients,
+        summary.forecasts,
+        summary.profiles,
+        summary.seconds,
+    )
     return summary

@@ -42,13 +42,10 @@ from provisioning.inventory import default_inventory, load_inventory
 from provisioning.planner import Plan
 from provisioning.runtime.base import LABEL_MANAGED, ContainerRuntime
 from provisioning.runtime.leases import LeaseBook, lease_book_path
-from provisioning.schema import (
-    SchemaError,
-    anticipated_from_profile,
-    compose_workload,
-    render_container_config,
-)
+from provisioning.schema import anticipated_from_profile, compose_workload
 from provisioning.schema_checks import SchemaLimits, SchemaRejected, limits_from_inventory
+from provisioning.schema_model import SchemaError
+from provisioning.schema_render import render_container_config
 from provisioning.targets import targets_as_desired, targets_hold
 from provisioning.toml_file import read_toml
 from warehouse.clients import read_clients, read_schema_extensions

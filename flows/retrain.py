@@ -22,7 +22,7 @@ from flows.locks import warehouse_write
 from flows.settings import Settings
 from flows.train import train_flow
 from models.retraining import retrain_decisions
-from warehouse.monitoring import mark_drift_retrained, read_open_drift
+from warehouse.scores import mark_drift_retrained, read_open_drift
 
 RETRAIN_TRIGGERS = ("drift", "feedback")  # the order their runs go in
 
@@ -97,8 +97,10 @@ def retrain_drifted() -> RetrainSummary:
     summary.seconds = time.perf_counter() - started
     logger.info(
         "retrained %d clients, %d wait (%s), %d failed in %.1f s",
-        len(summary.retrained), len(summary.skipped),
+        len(summary.retrained),
+        len(summary.skipped),
         "; ".join(f"{c}: {why}" for c, why in sorted(summary.skipped.items())) or "none",
-        len(summary.failures), summary.seconds,
-    )  # fmt: skip
+        len(summary.failures),
+        summary.seconds,
+    )
     return summary

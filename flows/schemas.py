@@ -10,8 +10,9 @@ from api.composite import client_base, client_composite, read_stored_extensions
 from core.errors import PrewarmError
 from flows.settings import Settings
 from provisioning.inventory import load_inventory
-from provisioning.schema import compose_workload, load_extension, validate_extension
+from provisioning.schema import compose_workload
 from provisioning.schema_checks import SchemaLimits, SchemaRejected, limits_from_inventory
+from provisioning.schema_extensions import load_extension, validate_extension
 from warehouse.clients import read_client, store_schema_extension
 from warehouse.db import connect
 from warehouse.inventory import read_inventory

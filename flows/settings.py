@@ -74,7 +74,7 @@ class Settings(BaseSettings):
         default=24.0, gt=0, description="retrain a model whose data is older than this"
     )
     drift_min_windows: int = Field(
-        default=24, ge=1, description="reconciled buckets needed before judging drift"
+        default=24, ge=1, description="scored buckets needed before judging drift"
     )
     drift_min_coverage: float = Field(
         default=0.5, ge=0, le=1, description="drift when the 80% band covers less than this"

@@ -107,9 +107,18 @@ def run_soak(options: SoakOptions, say: Callable[[str], None]) -> SoakReport:
         began = time.time()
         first = prewarm_cycle(at=sim_start, lead_seconds=0.0)
         prime = LiveCycle(
-            0, began, began, time.time() - began, first.clock, 0.0, None, dict(first.actions),
-            first.failed_actions, _rss_mb(), dict(first.step_seconds),
-        )  # fmt: skip
+            0,
+            began,
+            began,
+            time.time() - began,
+            first.clock,
+            0.0,
+            None,
+            dict(first.actions),
+            first.failed_actions,
+            _rss_mb(),
+            dict(first.step_seconds),
+        )
         configs = _cold_start_configs(settings, trace)
         # The replay clock reaches sim_start a few seconds from now, so the traffic process
         # is up and waiting when its first minute is due.
@@ -155,7 +164,7 @@ def _utc() -> datetime:
 def _cold_start_configs(settings: Settings, trace: Any) -> dict[str, dict]:
     """Each function's rendered container config, as the API's cold start renders it."""
     from api.composite import client_composite
-    from provisioning.schema import render_container_config
+    from provisioning.schema_render import render_container_config
 
     return {
         str(cid): render_container_config(client_composite(settings.warehouse_path, str(cid)))
@@ -169,20 +178,28 @@ def _start_traffic(
     from provisioning.runtime.leases import lease_book_path
 
     config = {
-        "trace": str(options.trace), "runtime": options.runtime,
-        "data_dir": str(settings.data_dir), "scope": settings.pool_scope,
+        "trace": str(options.trace),
+        "runtime": options.runtime,
+        "data_dir": str(settings.data_dir),
+        "scope": settings.pool_scope,
         "lease_book": str(lease_book_path(settings.data_dir, settings.pool)),
-        "configs": configs, "host": SOAK_HOST, "speed": options.speed,
-        "first_minute": options.warmup, "minutes": options.minutes, "wall_start": wall_start,
+        "configs": configs,
+        "host": SOAK_HOST,
+        "speed": options.speed,
+        "first_minute": options.warmup,
+        "minutes": options.minutes,
+        "wall_start": wall_start,
         "out": str(options.workdir / "traffic.jsonl"),
-    }  # fmt: skip
+    }
     path = options.workdir / "traffic-config.json"
     path.write_text(json.dumps(config))
     log_file = (options.workdir / "traffic.log").open("ab")
     return subprocess.Popen(
         [sys.executable, "-m", "flows.soak_traffic", str(path)],
-        stdout=log_file, stderr=subprocess.STDOUT, env=child_environment(),
-    )  # fmt: skip
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        env=child_environment(),
+    )
 
 
 def _run_cycles(
@@ -203,10 +220,18 @@ def _run_cycles(
         with _without_heartbeats():
             summary = prewarm_cycle()
         record = LiveCycle(
-            index, due, began, time.time() - began, summary.clock, summary.lead_s,
-            summary.lag_s, dict(summary.actions), summary.failed_actions, _rss_mb(),
+            index,
+            due,
+            began,
+            time.time() - began,
+            summary.clock,
+            summary.lead_s,
+            summary.lag_s,
+            dict(summary.actions),
+            summary.failed_actions,
+            _rss_mb(),
             dict(summary.step_seconds),
-        )  # fmt: skip
+        )
         if summary.retrain_eligible and (retraining is None or retraining.poll() is not None):
             retraining = _start_retraining(options)
             record.retrain_started = True
@@ -238,8 +263,10 @@ def _start_retraining(options: SoakOptions) -> subprocess.Popen[bytes]:
     log_file = (options.workdir / "retrain.log").open("ab")
     return subprocess.Popen(
         ["nice", "-n", str(RETRAIN_NICENESS), sys.executable, "-m", "flows.cli", "retrain"],
-        stdout=log_file, stderr=subprocess.STDOUT, env=child_environment(),
-    )  # fmt: skip
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        env=child_environment(),
+    )
 
 
 def _rss_mb() -> float:

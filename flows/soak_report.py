@@ -173,17 +173,28 @@ def _live_events(
         )
     epoch = datetime(1970, 1, 1)
     rows = [
-        {"at": replay_time((r["happened_at"] - epoch).total_seconds()), "kind": r["action"],
-         "member_id": r["member_id"], "client_id": r["client_id"], "host": r["host"],
-         "by": "controller"}
+        {
+            "at": replay_time((r["happened_at"] - epoch).total_seconds()),
+            "kind": r["action"],
+            "member_id": r["member_id"],
+            "client_id": r["client_id"],
+            "host": r["host"],
+            "by": "controller",
+        }
         for r in actions.iter_rows(named=True)
-    ]  # fmt: skip
+    ]
     for line in lines:
         for member_id, client_id, wall in line["created"]:
             rows.append(
-                {"at": replay_time(wall), "kind": "create", "member_id": member_id,
-                 "client_id": client_id, "host": SOAK_HOST, "by": "request"}
-            )  # fmt: skip
+                {
+                    "at": replay_time(wall),
+                    "kind": "create",
+                    "member_id": member_id,
+                    "client_id": client_id,
+                    "host": SOAK_HOST,
+                    "by": "request",
+                }
+            )
     return pl.DataFrame(rows, schema=EVENT_SCHEMA)
 
 
@@ -254,11 +265,18 @@ def _simulate(
         plan.append(SimCycle(clock, lead_of.get(k, lead)))
         k += 1
     return simulate_soak(
-        trace, options.warmup, options.minutes, plan, cycle_timing(settings),
-        clients=clients.select("client_id", "tier", "mode"), sizes=sizes,
-        inventory=load_inventory(options.workdir / "inventory.toml"), costs=_costs(settings),
-        usage=load_azure_functions(options.trace, day=settings.trace_day).rows, predict=predict,
-    )  # fmt: skip
+        trace,
+        options.warmup,
+        options.minutes,
+        plan,
+        cycle_timing(settings),
+        clients=clients.select("client_id", "tier", "mode"),
+        sizes=sizes,
+        inventory=load_inventory(options.workdir / "inventory.toml"),
+        costs=_costs(settings),
+        usage=load_azure_functions(options.trace, day=settings.trace_day).rows,
+        predict=predict,
+    )
 
 
 def _prediction_runs(settings: Settings) -> list[tuple[float, dict[str, str]]]:

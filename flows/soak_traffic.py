@@ -81,10 +81,14 @@ def run(config: dict[str, Any]) -> None:
                 for _ in range(need):
                     try:
                         outcome = activate_or_cold_start(
-                            runtime, client_id, scope,
+                            runtime,
+                            client_id,
+                            scope,
                             cold_start_inputs,
-                            leases, lease_s, members=by_client.get(client_id, []),
-                        )  # fmt: skip
+                            leases,
+                            lease_s,
+                            members=by_client.get(client_id, []),
+                        )
                     except PrewarmRuntimeError as error:
                         failures += 1
                         cold[client_id] = cold.get(client_id, 0) + 1
@@ -96,10 +100,17 @@ def run(config: dict[str, Any]) -> None:
                     if outcome.cold_start:
                         created.append([outcome.member.id, client_id, time.time()])
             line = {
-                "minute": m, "due": due, "began": began, "late_s": began - due,
-                "seconds": time.time() - began, "warm": warm, "cold": cold,
-                "created": created, "failures": failures, "members": len(listed),
-            }  # fmt: skip
+                "minute": m,
+                "due": due,
+                "began": began,
+                "late_s": began - due,
+                "seconds": time.time() - began,
+                "warm": warm,
+                "cold": cold,
+                "created": created,
+                "failures": failures,
+                "members": len(listed),
+            }
             out.write(json.dumps(line) + "\n")
             out.flush()
         time.sleep(max(0.0, wall_start + minutes * minute_s - time.time()))

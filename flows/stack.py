@@ -64,8 +64,15 @@ def services(settings: Settings) -> list[Service]:
     return [
         Service(
             "prefect",
-            [_bin("prefect"), "server", "start", "--host", HOST,
-             "--port", str(settings.prefect_port)],
+            [
+                _bin("prefect"),
+                "server",
+                "start",
+                "--host",
+                HOST,
+                "--port",
+                str(settings.prefect_port),
+            ],
             f"{api_url}/health",
             logs / "prefect.log",
             {
@@ -79,9 +86,18 @@ def services(settings: Settings) -> list[Service]:
         Service(
             "mlflow",
             [
-                _bin("mlflow"), "server", "--backend-store-uri", settings.mlflow_tracking_uri,
-                "--default-artifact-root", artifacts.as_uri(), "--host", HOST,
-                "--port", str(settings.mlflow_port), "--workers", "1",
+                _bin("mlflow"),
+                "server",
+                "--backend-store-uri",
+                settings.mlflow_tracking_uri,
+                "--default-artifact-root",
+                artifacts.as_uri(),
+                "--host",
+                HOST,
+                "--port",
+                str(settings.mlflow_port),
+                "--workers",
+                "1",
             ],
             f"http://{HOST}:{settings.mlflow_port}/health",
             logs / "mlflow.log",
@@ -89,8 +105,16 @@ def services(settings: Settings) -> list[Service]:
         ),
         Service(
             "api",
-            [sys.executable, "-m", "flows.cli", "api", "--host", HOST,
-             "--port", str(settings.api_port)],
+            [
+                sys.executable,
+                "-m",
+                "flows.cli",
+                "api",
+                "--host",
+                HOST,
+                "--port",
+                str(settings.api_port),
+            ],
             f"http://{HOST}:{settings.api_port}/healthz",
             logs / "api.log",
             env,
@@ -102,7 +126,7 @@ def services(settings: Settings) -> list[Service]:
             logs / "deployments.log",
             env,
         ),
-    ]  # fmt: skip
+    ]
 
 
 def start(service: Service) -> None:

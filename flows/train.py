@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
 import polars as pl
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NONE
+from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture, as_completed
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner
 
@@ -29,35 +27,31 @@ from core.times import utc_now
 from flows.locks import warehouse_write
 from flows.progress import tracker
 from flows.settings import Settings, parse_freq_any
-from models.evaluation import WindowScore, holdout_start, score_window
+from flows.train_client import (
+    ClientTraining,
+    start_worker,
+    train_client,
+)
+from models.evaluation import WindowScore
 from models.exceedance import ExceedanceConfig, fit_exceedance_model
 from models.feedback import (
     adjustments_from_signals,
-    describe_weighting,
     fill_usage_from_feedback,
     reported_actuals,
 )
 from models.forecaster import (
-    FORECAST_SCHEMA,
     Adjustments,
-    ClientForecaster,
     ForecastConfig,
     GlobalForecaster,
-    fit_client_forecaster,
     fit_global_forecaster,
     needs_fallback,
 )
-from models.plots import plot_forecast_vs_actual
-from models.profile import demand_metric
-from models.promotion import decide_promotion
 from models.registry import (
     CHAMPION,
-    ModelCard,
     Registration,
     current_aliases,
     ensure_experiment,
     load_forecaster,
-    register_forecaster,
 )
 from models.retraining import check_trigger
 from warehouse.clients import read_clients
@@ -65,48 +59,9 @@ from warehouse.feedback import read_feedback_signals, read_reported_actuals
 from warehouse.predictions import write_model_runs
 from warehouse.usage import read_calendar, read_recent_usage
 
-INPUT_EXAMPLE_ROWS = 12  # a small, valid history slice shown in the MLflow UI
 GLOBAL_MODEL_CLIENTS = 40  # clients the global fallback model learns from, at most
 EXCEEDANCE_TRAINING_ROWS = 200_000  # (client, origin, horizon, level) rows, sampled
 EXCEEDANCE_CHAMPIONS_TRIED = 3  # champions loaded to find a shared model to reuse, at most
-
-
-@dataclass(frozen=True)
-class ClientTraining:
-    """What fitting one client needs; travels to a worker as one task argument."""
-
-    client_id: str
-    history: pl.DataFrame
-    calendar: pl.DataFrame
-    client: dict[str, Any] | None  # its attributes
-    config: ForecastConfig
-    adjustments: Adjustments | None
-    global_model: GlobalForecaster | None  # for a client too short for a model of its own
-
-
-@dataclass
-class FittedClient:
-    """A fitted forecaster and what was measured about it before registration."""
-
-    client_id: str
-    forecaster: ClientForecaster
-    score: WindowScore | None
-    plot_png: bytes | None
-    fit_seconds: float
-    example_input: pl.DataFrame  # a small valid history slice, shown in the MLflow UI
-    example_output: pl.DataFrame  # what the model predicts from it (the signature's output)
-
-
-@dataclass
-class ClientOutcome:
-    """What training one client produced (small: it travels back from a worker)."""
-
-    client_id: str
-    registration: Registration
-    score: WindowScore | None
-    fallback: str | None
-    fit_seconds: float
-    weighting: str  # how its recent rows were weighted (models.feedback.describe_weighting)
 
 
 @dataclass
@@ -134,169 +89,6 @@ def forecast_config(settings: Settings, freq_seconds: int) -> ForecastConfig:
     """The forecaster configuration for series of one bucket width."""
     steps = max(1, parse_freq_any(settings.horizon) // freq_seconds)
     return ForecastConfig(freq_seconds=freq_seconds, horizon_steps=steps)
-
-
-def fit_client(job: ClientTraining) -> FittedClient:
-    """Fit one client's forecaster (its own, or its view of the global model) and score it
-    on its holdout day, with the plot a reviewer opens."""
-    started = time.perf_counter()
-    client_id, history, calendar, config = job.client_id, job.history, job.calendar, job.config
-    global_model = job.global_model
-    reason = needs_fallback(history, config)
-    if reason is not None and global_model is not None:
-        forecaster = global_model.for_client(client_id, job.client, reason)
-    else:
-        forecaster = fit_client_forecaster(history, config, calendar, job.client, job.adjustments)
-    score = score_window(forecaster, history, holdout_start(history, config.holdout_days), calendar)
-    example = history.tail(INPUT_EXAMPLE_ROWS)
-    if score is None:
-        plot, output = None, forecaster.predict(example)
-    else:
-        metric = demand_metric(forecaster.metrics)
-        shown = score.predictions.filter(pl.col("metric") == metric)
-        kind = f"global model ({forecaster.fallback})" if forecaster.fallback else "own model"
-        plot = plot_forecast_vs_actual(
-            shown, f"{client_id}: {metric}, holdout forecast vs actual, {kind}", metric
-        )
-        # The signature's output example: this model's forecast from the last holdout
-        # origin, already computed by the scoring (a fresh prediction costs 0.05 s).
-        last = score.predictions.filter(pl.col("origin") == pl.col("origin").max())
-        output = last.select(list(FORECAST_SCHEMA))
-    return FittedClient(
-        client_id, forecaster, score, plot, time.perf_counter() - started, example, output
-    )
-
-
-@task(cache_policy=NONE)
-def start_worker(settings: Settings) -> int:
-    """Load what a training task needs (libraries, the MLflow store) in a worker process
-    while the flow reads usage and fits the shared models, so the first clients do not pay
-    for it (about 5 s of a 2-minute run)."""
-    import matplotlib.dates  # noqa: F401 (models.plots imports it on first use)
-    import matplotlib.figure  # noqa: F401
-
-    ensure_experiment(settings.mlflow_tracking_uri, settings.mlflow_artifacts_dir)
-    return os.getpid()
-
-
-@task(cache_policy=NONE)
-def train_client(
-    job: ClientTraining,
-    exceedance: Any,
-    has_champion: bool,
-    settings: Settings,
-    trigger: str = "schedule",
-) -> ClientOutcome:
-    """Fit, score, gate and register one client's forecaster.
-
-    Registration happens here, in the worker, right after the fit: the workers share the
-    MLflow store (SQLite or a tracking server), so registrations run as parallel as fits.
-    """
-    fitted = fit_client(job)
-    if "concurrency" in fitted.forecaster.metrics:
-        fitted.forecaster.exceedance = exceedance
-    # The global model's view of a client is fitted without the client's adjustments.
-    weighting = describe_weighting(None if fitted.forecaster.fallback else job.adjustments)
-    registration = register_client(
-        fitted, job.history, job.calendar, job.client, settings, has_champion, trigger, weighting
-    )
-    return ClientOutcome(
-        job.client_id, registration, fitted.score, fitted.forecaster.fallback, fitted.fit_seconds,
-        weighting,
-    )  # fmt: skip
-
-
-def register_client(
-    fitted: FittedClient,
-    history: pl.DataFrame,
-    calendar: pl.DataFrame,
-    client: dict[str, Any] | None,
-    settings: Settings,
-    has_champion: bool,
-    trigger: str = "schedule",
-    weighting: str = "none",
-) -> Registration:
-    """Register the fitted forecaster; promote it past the champion only when it is better."""
-    forecaster, score = fitted.forecaster, fitted.score
-    champion_wmape = None
-    current = (
-        load_forecaster(fitted.client_id, settings.mlflow_tracking_uri) if has_champion else None
-    )
-    if current is not None and score is not None:
-        start = holdout_start(history, forecaster.config.holdout_days)
-        champion_score = score_window(current[0], history, start, calendar)
-        champion_wmape = champion_score.wmape if champion_score else None
-    promote, reason = decide_promotion(
-        score.wmape if score else float("nan"),
-        champion_wmape,
-        score.baseline_wmape if score else None,
-        score.baseline if score else "seasonal naive",
-    )
-    card = _model_card(fitted, history, client, champion_wmape, trigger, weighting)
-    return register_forecaster(
-        forecaster,
-        fitted.client_id,
-        card,
-        promote,
-        reason,
-        settings.mlflow_tracking_uri,
-        settings.mlflow_artifacts_dir,
-    )
-
-
-def _model_card(
-    fitted: FittedClient,
-    history: pl.DataFrame,
-    client: dict[str, Any] | None,
-    champion_wmape: float | None,
-    trigger: str,
-    weighting: str,
-) -> ModelCard:
-    forecaster, score = fitted.forecaster, fitted.score
-    config = forecaster.config
-    metrics: dict[str, float] = {}
-    for metric, report in forecaster.holdout.items():
-        for key, value in report.items():
-            if value is not None:
-                metrics[f"{metric}.{key}"] = float(value)
-    if score is not None:
-        metrics["window.wmape"] = score.wmape
-        if score.baseline_wmape is not None:
-            metrics["window.baseline_wmape"] = score.baseline_wmape
-        if score.coverage_80 is not None:
-            metrics["window.coverage_80"] = score.coverage_80
-    if champion_wmape is not None:
-        metrics["window.champion_wmape"] = champion_wmape
-    metrics["fit_seconds"] = fitted.fit_seconds
-    # "ts" is a Datetime column, so its min and max are datetimes (None only when empty);
-    # polars types Series.min/max as any Python literal.
-    first = cast("datetime | None", history.get_column("ts").min())
-    last = cast("datetime | None", history.get_column("ts").max())
-    return ModelCard(
-        params={
-            "freq_seconds": config.freq_seconds,
-            "horizon_steps": config.horizon_steps,
-            "n_estimators": config.n_estimators,
-            "num_leaves": config.num_leaves,
-            "learning_rate": config.learning_rate,
-            "max_train_rows": config.max_train_rows,
-            "metrics": ",".join(forecaster.metrics),
-            "history_rows": history.height,
-        },
-        metrics=metrics,
-        tags={
-            "tier": str((client or {}).get("tier") or "unset"),
-            "region": str((client or {}).get("region") or "unset"),
-            "model_kind": "global" if forecaster.fallback else "per-client",
-            "fallback": forecaster.fallback or "none",
-            "data_window": f"{first:%Y-%m-%dT%H:%M} .. {last:%Y-%m-%dT%H:%M}",
-            "trigger": trigger,
-            "weighting": weighting,
-        },
-        plot_png=fitted.plot_png,
-        input_example=fitted.example_input.to_pandas(),
-        output_example=fitted.example_output.to_pandas(),
-    )
 
 
 def _client_dicts(clients: pl.DataFrame) -> dict[str, dict[str, Any]]:
@@ -424,9 +216,14 @@ def _submit_group(
 
     def submit(cid: str, global_model: GlobalForecaster | None) -> Any:
         job = ClientTraining(
-            cid, histories[(cid,)], calendar, attributes.get(cid), config, adjustments.get(cid),
+            cid,
+            histories[(cid,)],
+            calendar,
+            attributes.get(cid),
+            config,
+            adjustments.get(cid),
             global_model,
-        )  # fmt: skip
+        )
         has_champion = CHAMPION in aliases.get(cid, {})
         return train_client.submit(job, exceedance, has_champion, settings, summary.trigger)
 
@@ -492,8 +289,8 @@ def train_forecasters(
     clients = read_clients(path)
     calendar = read_calendar(path)
     attributes = _client_dicts(clients)
-    reconciliations, feedback = read_feedback_signals(path, since=datetime(1970, 1, 1))
-    adjustments = adjustments_from_signals(reconciliations, feedback, utc_now())
+    scores, feedback = read_feedback_signals(path, since=datetime(1970, 1, 1))
+    adjustments = adjustments_from_signals(scores, feedback, utc_now())
     aliases = current_aliases(settings.mlflow_tracking_uri)
     summary = TrainSummary(trigger=trigger)
 
@@ -505,9 +302,17 @@ def train_forecasters(
         config = forecast_config(settings, int(freq))
         group = group.drop("freq_seconds")
         futures = _submit_group(
-            group, clients, calendar, attributes, adjustments, aliases, config, settings,
-            summary, subset=client_ids is not None,
-        )  # fmt: skip
+            group,
+            clients,
+            calendar,
+            attributes,
+            adjustments,
+            aliases,
+            config,
+            settings,
+            summary,
+            subset=client_ids is not None,
+        )
         for future in as_completed(list(futures)):
             cid = futures[future]
             done += 1
@@ -535,9 +340,14 @@ def train_forecasters(
     logger.info(
         "trained %d clients (%s: %d promoted, %d on the global model, %d failed) in %.1f s;"
         " shared exceedance model: %s",
-        len(summary.registrations), trigger, summary.promoted, len(summary.fallbacks),
-        len(summary.failures), summary.wall_seconds, summary.exceedance_sources or "none",
-    )  # fmt: skip
+        len(summary.registrations),
+        trigger,
+        summary.promoted,
+        len(summary.fallbacks),
+        len(summary.failures),
+        summary.wall_seconds,
+        summary.exceedance_sources or "none",
+    )
     return summary
 
 
@@ -562,9 +372,17 @@ def _model_runs(summary: TrainSummary, usage: pl.DataFrame) -> pl.DataFrame:
         for r in summary.registrations
     ]
     schema: dict[str, pl.DataType | type[pl.DataType]] = {
-        "client_id": pl.String, "model_name": pl.String, "model_version": pl.String,
-        "alias": pl.String, "fallback": pl.String, "reason": pl.String,
-        "trained_until": pl.Datetime("us"), "wmape": pl.Float64, "baseline_wmape": pl.Float64,
-        "trained_at": pl.Datetime("us"), "trigger": pl.String, "weighting": pl.String,
-    }  # fmt: skip
+        "client_id": pl.String,
+        "model_name": pl.String,
+        "model_version": pl.String,
+        "alias": pl.String,
+        "fallback": pl.String,
+        "reason": pl.String,
+        "trained_until": pl.Datetime("us"),
+        "wmape": pl.Float64,
+        "baseline_wmape": pl.Float64,
+        "trained_at": pl.Datetime("us"),
+        "trigger": pl.String,
+        "weighting": pl.String,
+    }
     return pl.DataFrame(rows, schema=schema)

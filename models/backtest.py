@@ -154,9 +154,15 @@ def backtest_clients(
         ]
         try:
             result = _backtest(
-                history.select("client_id", "ts", *columns), columns, freq_seconds,
-                horizon_steps, test_days, config, calendar, client,
-            )  # fmt: skip
+                history.select("client_id", "ts", *columns),
+                columns,
+                freq_seconds,
+                horizon_steps,
+                test_days,
+                config,
+                calendar,
+                client,
+            )
         except ValueError as error:
             rows += [_client_row(client_id, c, None, str(error)) for c in columns]
             continue

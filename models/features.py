@@ -411,17 +411,26 @@ def assemble_rows(series: pl.DataFrame, pairs: pl.DataFrame, spec: FeatureSpec) 
     lookups = _lookup_columns(spec)
     origin_only = [f for f in spec.origin_features if not f.endswith("_origin")]
     origin = series.select(
-        "client_id", "metric", "step", "ts", "scale", "anchor", *origin_only,
-        *calendar_cols, *lookups, *CLIENT_FEATURES,
-    ).rename(
-        {"ts": "origin_ts", **{f"_cal_{k}": f"{k}_origin" for k in spec.calendar_kinds}}
-    )  # fmt: skip
+        "client_id",
+        "metric",
+        "step",
+        "ts",
+        "scale",
+        "anchor",
+        *origin_only,
+        *calendar_cols,
+        *lookups,
+        *CLIENT_FEATURES,
+    ).rename({"ts": "origin_ts", **{f"_cal_{k}": f"{k}_origin" for k in spec.calendar_kinds}})
     target = series.select(
-        "client_id", "metric", pl.col("step").alias("target_step"),
-        pl.col("ts").alias("target_ts"), "z",
+        "client_id",
+        "metric",
+        pl.col("step").alias("target_step"),
+        pl.col("ts").alias("target_ts"),
+        "z",
         *(pl.col(f"_cal_{k}").alias(k) for k in spec.calendar_kinds),
         *(pl.col(c).alias(f"{c}_t") for c in lookups),
-    )  # fmt: skip
+    )
     extra = [c for c in pairs.columns if c not in ("client_id", "step", "horizon")]
     rows = (
         pairs.select("client_id", "step", pl.col("horizon").cast(pl.Int32), *extra)
@@ -429,13 +438,25 @@ def assemble_rows(series: pl.DataFrame, pairs: pl.DataFrame, spec: FeatureSpec) 
         .with_columns((pl.col("step") + pl.col("horizon")).alias("target_step"))
         .join(target, on=["client_id", "metric", "target_step"], how="left")
     )
-    return rows.with_columns(
-        *_target_time_features(spec),
-        (pl.col("z") - pl.col("anchor")).alias("target"),
-    ).select(
-        "client_id", "metric", "step", "origin_ts", "target_ts", "scale", "anchor", "target",
-        *extra, *spec.feature_names,
-    ).sort("client_id", "metric", "step", "horizon", maintain_order=True)  # fmt: skip
+    return (
+        rows.with_columns(
+            *_target_time_features(spec),
+            (pl.col("z") - pl.col("anchor")).alias("target"),
+        )
+        .select(
+            "client_id",
+            "metric",
+            "step",
+            "origin_ts",
+            "target_ts",
+            "scale",
+            "anchor",
+            "target",
+            *extra,
+            *spec.feature_names,
+        )
+        .sort("client_id", "metric", "step", "horizon", maintain_order=True)
+    )
 
 
 def _target_time_features(spec: FeatureSpec) -> list[pl.Expr]:

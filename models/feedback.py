@@ -1,4 +1,4 @@
-"""Turn reconciliation errors and client feedback into adjustments for the next training.
+"""Turn forecast scores and client feedback into adjustments for the next training.
 
 A client whose recent windows were badly covered (actuals outside [p10, p90]) or who rated
 recent forecasts poorly (score <= 2 of 5) gets the training rows since the first such window
@@ -33,15 +33,13 @@ _EPOCH = datetime(1970, 1, 1)
 
 
 def adjustments_from_signals(
-    reconciliations: pl.DataFrame, feedback: pl.DataFrame, now: datetime
+    scores: pl.DataFrame, feedback: pl.DataFrame, now: datetime
 ) -> dict[str, Adjustments]:
     """Per client, the adjustments its recent signals call for (absent: no change)."""
     since = now - LOOKBACK
     flagged: dict[str, tuple[datetime, float]] = {}
-    if reconciliations.height:
-        recent = reconciliations.filter(
-            (pl.col("window_start") >= since) & pl.col("covered").is_not_null()
-        )
+    if scores.height:
+        recent = scores.filter((pl.col("window_start") >= since) & pl.col("covered").is_not_null())
         misses = recent.group_by("client_id").agg(
             (1 - pl.col("covered").cast(pl.Float64).mean()).alias("miss_share"),
             pl.col("window_start").filter(~pl.col("covered")).min().alias("first_miss"),
@@ -90,10 +88,14 @@ def reported_actuals(feedback: pl.DataFrame) -> pl.DataFrame:
         for metric, value in _parse_actual(row["client_id"], row["actual"]).items():
             rows.append((row["client_id"], metric, first, buckets, freq, value, row["received_at"]))
     schema: dict[str, pl.DataType | type[pl.DataType]] = {
-        "client_id": pl.String, "metric": pl.String, "first": pl.Datetime("us"),
-        "buckets": pl.Int64, "freq_seconds": pl.Int64, "actual": pl.Float64,
+        "client_id": pl.String,
+        "metric": pl.String,
+        "first": pl.Datetime("us"),
+        "buckets": pl.Int64,
+        "freq_seconds": pl.Int64,
+        "actual": pl.Float64,
         "received_at": pl.Datetime("us"),
-    }  # fmt: skip
+    }
     spread = (
         pl.DataFrame(rows, schema=schema, orient="row")
         .with_columns(pl.int_ranges(0, pl.col("buckets")).alias("k"))

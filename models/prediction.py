@@ -23,8 +23,11 @@ from models.profile import build_profiles, idle_floors
 from models.registry import model_name
 
 QUALITY_SCHEMA: dict[str, Any] = {
-    "client_id": pl.String, "metric": pl.String, "coverage_80": pl.Float64, "pinball": pl.Float64,
-}  # fmt: skip
+    "client_id": pl.String,
+    "metric": pl.String,
+    "coverage_80": pl.Float64,
+    "pinball": pl.Float64,
+}
 
 
 @dataclass(frozen=True)
@@ -119,9 +122,13 @@ def _quality(client_id: str, holdout: dict[str, dict[str, Any]]) -> pl.DataFrame
     """One row per metric: the holdout coverage and pinball the profile's confidence uses."""
     return pl.DataFrame(
         [
-            {"client_id": client_id, "metric": metric, "coverage_80": report.get("coverage_80"),
-             "pinball": report.get("pinball")}
+            {
+                "client_id": client_id,
+                "metric": metric,
+                "coverage_80": report.get("coverage_80"),
+                "pinball": report.get("pinball"),
+            }
             for metric, report in holdout.items()
         ],
         schema=QUALITY_SCHEMA,
-    )  # fmt: skip
+    )

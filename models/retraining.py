@@ -36,7 +36,7 @@ def retrain_decisions(open_drift: pl.DataFrame, now: datetime, cooldown: timedel
     eligible now, and why not: client_id, trigger, eligible, cooldown_until, why_not.
 
     open_drift: client_id, metric (of the episode's first record), last_retrained_at,
-    trained_until, last_usage_ts (see warehouse.monitoring.read_open_drift).
+    trained_until, last_usage_ts (see warehouse.scores.read_open_drift).
     """
     cooldown_until = pl.col("last_retrained_at") + pl.lit(cooldown)
     cooling = cooldown_until.is_not_null() & (cooldown_until > pl.lit(now))

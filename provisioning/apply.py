@@ -187,9 +187,16 @@ def reconcile_once(
     busy = leases.busy() if leases is not None else set()
     used = leases.used_within(keep_used_seconds) if leases and keep_used_seconds else set()
     actions = diff(
-        desired, specs, members, untouchable,
-        plan_id=plan_id, labels=extra_labels, hold=hold, busy=busy, recently_used=used,
-    )  # fmt: skip
+        desired,
+        specs,
+        members,
+        untouchable,
+        plan_id=plan_id,
+        labels=extra_labels,
+        hold=hold,
+        busy=busy,
+        recently_used=used,
+    )
     return apply_actions(runtime, actions, plan_id, on_progress, scope=scope, leases=leases)
 
 

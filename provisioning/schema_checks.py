@@ -1,8 +1,8 @@
 """Safety checks on client schemas: what a client may hand to a runtime, and how much of it.
 
-`provisioning/schema.py` checks that an extension has the right shape and types; this module
-decides whether it is safe to run. A client's extension becomes the environment, image and
-limits of a container (or, on the process runtime, of a process on the host), so:
+`provisioning/schema_extensions.py` checks that an extension has the right shape and types;
+this module decides whether it is safe to run. A client's extension becomes the environment,
+image and limits of a container (or, on the process runtime, of a process on the host), so:
 
 - environment names follow an allow-list pattern, and the variables that change what the
   loader, a shell or an interpreter runs before the worker's own code (`LD_PRELOAD`,

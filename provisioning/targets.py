@@ -146,10 +146,14 @@ def _cumulative_max(rows: pl.DataFrame, start: datetime, end: datetime) -> pl.Da
     if inside.height == 0:
         return pl.DataFrame(
             schema={
-                "client_id": pl.String, "host": pl.String, "active": pl.Int64,
-                "shadow": pl.Int64, "cold": pl.Int64, "total": pl.Int64,
+                "client_id": pl.String,
+                "host": pl.String,
+                "active": pl.Int64,
+                "shadow": pl.Int64,
+                "cold": pl.Int64,
+                "total": pl.Int64,
             }
-        )  # fmt: skip
+        )
     per_window = (
         inside.group_by(*_KEY, "window_start")
         .agg(pl.col("count").filter(pl.col("tier") == t).sum().alias(t) for t in TIERS)
@@ -239,9 +243,16 @@ def _with_floor(
         missing = need[client_id] - warm
         row = rows.setdefault(
             (client_id, host),
-            {"client_id": client_id, "host": host, "active": 0, "shadow": 0, "cold": 0,
-             "floor_need": 0, "reason": None},
-        )  # fmt: skip
+            {
+                "client_id": client_id,
+                "host": host,
+                "active": 0,
+                "shadow": 0,
+                "cold": 0,
+                "floor_need": 0,
+                "reason": None,
+            },
+        )
         row["floor_need"] = need[client_id]
         if missing <= 0:
             continue
@@ -286,10 +297,11 @@ def _with_hold(
         if needs:
             parts.append(
                 pl.DataFrame(
-                    needs, schema={"client_id": pl.String, "host": pl.String, "n": pl.Int64},
+                    needs,
+                    schema={"client_id": pl.String, "host": pl.String, "n": pl.Int64},
                     orient="row",
                 )
-            )  # fmt: skip
+            )
     held = (
         pl.concat([p.cast({"n": pl.Int64}) for p in parts], how="vertical_relaxed")
         .filter(~pl.col("client_id").is_in(list(skip)))
@@ -303,12 +315,15 @@ def _with_hold(
         pl.max_horizontal(
             pl.col("hold").fill_null(0), pl.col("active") + pl.col("shadow") + pl.col("cold")
         ).alias("hold"),
-        pl.when(pl.col("reason").is_null() & (pl.col("hold") > 0)
-                & (pl.col("active") + pl.col("shadow") + pl.col("cold") == 0))
+        pl.when(
+            pl.col("reason").is_null()
+            & (pl.col("hold") > 0)
+            & (pl.col("active") + pl.col("shadow") + pl.col("cold") == 0)
+        )
         .then(pl.lit("hold: wanted within the scale-down delay"))
         .otherwise(pl.col("reason"))
         .alias("reason"),
-    )  # fmt: skip
+    )
 
 
 def _cap_hold(

@@ -190,8 +190,9 @@ def simulate_soak(
         start = trace.ts(first_minute + offset)
         while queue and queue[0].clock <= start:
             cycle = queue.pop(0)
-            decided = _plan(cycle, timing, clients, sizes, inventory, costs, predict, usage,
-                            pool, history)  # fmt: skip
+            decided = _plan(
+                cycle, timing, clients, sizes, inventory, costs, predict, usage, pool, history
+            )
             in_place = cycle.clock + timedelta(seconds=cycle.lead_seconds)
             pending.append((_ceil_minute(in_place, trace.start), decided))
             history.append((cycle.clock, decided.targets))
@@ -270,10 +271,14 @@ class _SimPool:
 
     def specs(self) -> dict[str, dict]:
         return {
-            cid: {"image": "simulated", "cpu": cpu, "memory_mb": mem,
-                  "labels": {LABEL_CONFIG_HASH: _SIM_HASH}}
+            cid: {
+                "image": "simulated",
+                "cpu": cpu,
+                "memory_mb": mem,
+                "labels": {LABEL_CONFIG_HASH: _SIM_HASH},
+            }
             for cid, (cpu, mem) in self.sizes.items()
-        }  # fmt: skip
+        }
 
     def current(self) -> pl.DataFrame | None:
         if not self.members:
@@ -287,10 +292,13 @@ class _SimPool:
         used since `used_since` are kept, as the lease book keeps them live)."""
         recently = {m for m, last in self.last_used.items() if last >= used_since}
         actions = diff(
-            targets_as_desired(decided.targets), self.specs(), list(self.members.values()),
-            plan_id=decided.plan.plan_id, hold=targets_hold(decided.targets),
+            targets_as_desired(decided.targets),
+            self.specs(),
+            list(self.members.values()),
+            plan_id=decided.plan.plan_id,
+            hold=targets_hold(decided.targets),
             recently_used=recently,
-        )  # fmt: skip
+        )
         for action in actions:
             self._run(action, at)
 
@@ -359,9 +367,15 @@ class _SimPool:
         if host is not None:
             labels[LABEL_HOST] = host
         member = Member(
-            id=member_id, client_id=client_id, plan_id="simulated", tier=tier,  # type: ignore[arg-type]
-            runtime="process", endpoint=None, created_at=at, labels=labels,
-        )  # fmt: skip
+            id=member_id,
+            client_id=client_id,
+            plan_id="simulated",
+            tier=tier,  # type: ignore[arg-type]
+            runtime="process",
+            endpoint=None,
+            created_at=at,
+            labels=labels,
+        )
         self.members[member_id] = member
         return member
 
@@ -372,6 +386,12 @@ class _SimPool:
 
     def _event(self, at: datetime, kind: str, member: Member, by: str) -> None:
         self.events.append(
-            {"at": at, "kind": kind, "member_id": member.id, "client_id": member.client_id,
-             "host": member.labels.get(LABEL_HOST), "by": by}
-        )  # fmt: skip
+            {
+                "at": at,
+                "kind": kind,
+                "member_id": member.id,
+                "client_id": member.client_id,
+                "host": member.labels.get(LABEL_HOST),
+                "by": by,
+            }
+        )

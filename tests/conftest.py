@@ -13,7 +13,7 @@ import docker
 import pytest
 
 from provisioning.runtime.base import LABEL_MANAGED, LABEL_PLAN
-from provisioning.runtime.docker_runtime import remove_unused_networks
+from provisioning.runtime.docker_network import remove_unused_networks
 from provisioning.runtime.images import WORKER_IMAGE, build_image
 from provisioning.runtime.select import docker_unavailable_reason
 

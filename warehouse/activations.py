@@ -104,9 +104,8 @@ def _record(con: duckdb.DuckDBPyConnection, a: Activation, at: datetime) -> None
         "INSERT INTO pool_events (member_id, client_id, plan_id, runtime, action, tier,"
         " host, ms, ok, error, reason, happened_at)"
         " VALUES (?, ?, ?, ?, 'activate', 'active', ?, ?, ?, ?, ?, ?)",
-        [a.member_id, a.client_id, a.plan_id, a.runtime, a.host, a.ms, a.ok, a.error,
-         a.reason, at],
-    )  # fmt: skip
+        [a.member_id, a.client_id, a.plan_id, a.runtime, a.host, a.ms, a.ok, a.error, a.reason, at],
+    )
     if a.ok and a.member_id is not None:
         con.execute(
             """
@@ -123,6 +122,15 @@ def _record(con: duckdb.DuckDBPyConnection, a: Activation, at: datetime) -> None
                 last_activation_ms = excluded.last_activation_ms,
                 observed_at = excluded.observed_at
             """,
-            [a.member_id, a.client_id, a.plan_id, a.runtime, a.host, a.endpoint,
-             naive_utc(a.created_at) if a.created_at else None, a.ms, at],
-        )  # fmt: skip
+            [
+                a.member_id,
+                a.client_id,
+                a.plan_id,
+                a.runtime,
+                a.host,
+                a.endpoint,
+                naive_utc(a.created_at) if a.created_at else None,
+                a.ms,
+                at,
+            ],
+        )

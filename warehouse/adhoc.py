@@ -30,12 +30,21 @@ _LOCKED = "the configuration has been locked"  # DuckDB's words for a refused SE
 # nested values, and infinite dates crash polars' CSV writer.
 _AS_IS = frozenset(
     {
-        "null", "boolean", "varchar",
-        "tinyint", "smallint", "integer", "bigint",
-        "utinyint", "usmallint", "uinteger", "ubigint",
-        "float", "double",
+        "null",
+        "boolean",
+        "varchar",
+        "tinyint",
+        "smallint",
+        "integer",
+        "bigint",
+        "utinyint",
+        "usmallint",
+        "uinteger",
+        "ubigint",
+        "float",
+        "double",
     }
-)  # fmt: skip
+)
 
 
 def run_query(path: Path, sql: str) -> pl.DataFrame:

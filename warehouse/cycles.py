@@ -19,10 +19,25 @@ from warehouse.db import connect, fetch_frame, fetch_one, fetch_value, transacti
 
 # Columns `finish_cycle` may set (the rest are written at the start).
 _RESULT_COLUMNS = (
-    "watermark", "ingested_rows", "predicted", "models", "plan_id", "first_window",
-    "lead_seconds", "runtime", "creates", "releases", "pauses", "unpauses", "failed_actions",
-    "seconds", "lag_seconds", "late_seconds", "drifted", "pinned",
-)  # fmt: skip
+    "watermark",
+    "ingested_rows",
+    "predicted",
+    "models",
+    "plan_id",
+    "first_window",
+    "lead_seconds",
+    "runtime",
+    "creates",
+    "releases",
+    "pauses",
+    "unpauses",
+    "failed_actions",
+    "seconds",
+    "lag_seconds",
+    "late_seconds",
+    "drifted",
+    "pinned",
+)
 
 
 def start_cycle(

@@ -1,6 +1,6 @@
 """Client feedback on predicted windows: how accurate a forecast felt, and what really ran.
 
-Rows land in `feedback` for reconciliation to weigh against the numbers; validating the
+Rows land in `feedback` for scoring to weigh against the numbers; validating the
 values (score range, metric names, window order) is the caller's job (the API's request
 model), this module only stores them, with parameters, never SQL built from input, and
 reads back the reported actuals (training labels and scoring actuals where usage has none).
@@ -71,10 +71,8 @@ def read_reported_actuals(path: Path, client_ids: list[str] | None = None) -> pl
 
 
 def read_feedback_signals(path: Path, since: object) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Reconciliations and client feedback received since `since` (both possibly empty)."""
+    """Forecast scores and client feedback received since `since` (both possibly empty)."""
     with connect(path, read_only=True) as con:
-        reconciliations = fetch_frame(
-            con, "SELECT * FROM reconciliations WHERE reconciled_at >= ?", [since]
-        )
+        scores = fetch_frame(con, "SELECT * FROM forecast_scores WHERE scored_at >= ?", [since])
         feedback = fetch_frame(con, "SELECT * FROM feedback WHERE received_at >= ?", [since])
-    return reconciliations, feedback
+    return scores, feedback

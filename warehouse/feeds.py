@@ -216,9 +216,14 @@ def read_taken_files(path: Path) -> pl.DataFrame:
     """Every spool file taken, newest first: path, status, size_bytes, batch_id, taken_at."""
     if not Path(path).exists():
         return pl.DataFrame(
-            schema={"path": pl.String, "status": pl.String, "size_bytes": pl.Int64,
-                    "batch_id": pl.String, "taken_at": pl.Datetime("us")}
-        )  # fmt: skip
+            schema={
+                "path": pl.String,
+                "status": pl.String,
+                "size_bytes": pl.Int64,
+                "batch_id": pl.String,
+                "taken_at": pl.Datetime("us"),
+            }
+        )
     with connect(path, read_only=True) as con:
         return fetch_frame(
             con,

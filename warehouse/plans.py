@@ -50,11 +50,19 @@ def write_plan(
             " tick_seconds, windows, buffer_seconds, dry_run, totals)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?::JSON)",
             [
-                plan.plan_id, seq, cycle_id, plan.created_at, utc_now(), plan.first_window,
-                plan.tick_seconds, plan.windows, plan.buffer_seconds, dry_run,
+                plan.plan_id,
+                seq,
+                cycle_id,
+                plan.created_at,
+                utc_now(),
+                plan.first_window,
+                plan.tick_seconds,
+                plan.windows,
+                plan.buffer_seconds,
+                dry_run,
                 json.dumps(plan.totals),
             ],
-        )  # fmt: skip
+        )
         insert_frame(con, "allocations", allocations, {"config": "config::JSON"})
         insert_frame(con, "unserved", plan.unserved)
         if targets is not None and targets.height:

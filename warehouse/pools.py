@@ -81,11 +81,16 @@ def read_pool(path: Path) -> pl.DataFrame:
 def _empty_members() -> Any:
     return pl.DataFrame(
         schema={
-            "member_id": pl.String, "client_id": pl.String, "plan_id": pl.String,
-            "runtime": pl.String, "tier": pl.String, "host": pl.String, "endpoint": pl.String,
+            "member_id": pl.String,
+            "client_id": pl.String,
+            "plan_id": pl.String,
+            "runtime": pl.String,
+            "tier": pl.String,
+            "host": pl.String,
+            "endpoint": pl.String,
             "created_at": pl.Datetime("us"),
         }
-    ).to_arrow()  # fmt: skip
+    ).to_arrow()
 
 
 def read_pool_runtime(path: Path, pool: str) -> str | None:

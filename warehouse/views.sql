@@ -1,7 +1,7 @@
 -- Documented views for ad-hoc questions (README: "Asking the warehouse").
 -- Re-created whenever this file changes; they hold no data of their own.
 
--- How accurate each client's forecasts have been, per metric, over every reconciled bucket.
+-- How accurate each client's forecasts have been, per metric, over every scored bucket.
 CREATE OR REPLACE VIEW v_client_accuracy AS
 SELECT
     r.client_id,
@@ -14,7 +14,7 @@ SELECT
     max(r.window_end)                                                 AS until,
     any_value(m.model_version)                                        AS model_version,
     any_value(m.alias)                                                AS model_alias
-FROM reconciliations r
+FROM forecast_scores r
 LEFT JOIN (
     SELECT client_id, model_version, alias FROM model_runs
     QUALIFY row_number() OVER (PARTITION BY client_id ORDER BY trained_at DESC) = 1
@@ -49,7 +49,7 @@ SELECT
     sum(cost)                                     AS cost,
     sum(reactive_cost)                            AS reactive_cost,
     sum(reactive_cost) - sum(cost)                AS saved
-FROM reconciliations
+FROM forecast_scores
 WHERE metric = 'concurrency'
 GROUP BY ALL;
 

@@ -30,7 +30,7 @@ for _command in (
     models.predict,
     models.backtest,
     pools.provision,
-    pools.reconcile,
+    pools.score,
     models.retrain,
     pools.pools,
     pools.cycle,
@@ -41,6 +41,8 @@ for _command in (
     demo.demo,
 ):
     app.command()(_command)
+# The old name of `score`, for operators' scripts: not listed, says it moved, then scores.
+app.command(hidden=True)(pools.reconcile)
 
 app.add_typer(clients.clients_app, name="clients")
 app.add_typer(clients.schema_app, name="schema")

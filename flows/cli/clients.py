@@ -64,7 +64,7 @@ def schema_show(client_id: Annotated[str, typer.Argument(help="The client id.")]
     """Print a client's composite schema (with its anticipated section when forecast)."""
     settings = load_settings()
     from flows.schemas import show_client_composite
-    from provisioning.schema import show_composite
+    from provisioning.schema_render import show_composite
 
     sys.stdout.write(show_composite(show_client_composite(settings, client_id)) + "\n")
 

@@ -23,7 +23,7 @@ def demo(
     clients: Annotated[int, typer.Option(min=1, help="Synthetic clients.")] = 50,
     days: Annotated[int, typer.Option(min=2, help="Synthetic days of history.")] = 14,
     replay_minutes: Annotated[
-        int, typer.Option(min=0, help="Minutes held back and replayed as if live, then reconciled.")
+        int, typer.Option(min=0, help="Minutes held back and replayed as if live, then scored.")
     ] = 60,
     verbose: Annotated[
         bool, typer.Option("--verbose", help="Show the run's log on the console too.")
@@ -32,7 +32,7 @@ def demo(
     """Run the main job once on the embedded defaults and say where to look next.
 
     ingest -> validate -> train (missing or stale models) -> predict profiles -> provision
-    (Docker when a daemon answers, processes otherwise) -> the last hour arrives -> reconcile.
+    (Docker when a daemon answers, processes otherwise) -> the last hour arrives -> score.
     The run's log (Prefect's, MLflow's and other libraries' messages) goes to data/logs/demo.log.
     """
     settings = load_settings(runs_flows=True)
@@ -56,7 +56,7 @@ def _print_demo_summary(settings: Settings, summary: Any, seconds: float) -> Non
     from warehouse.usage import summarize_warehouse
 
     landed = summarize_warehouse(settings.warehouse_path)
-    trained, provisioned, reconciled = summary.trained, summary.provisioned, summary.reconciled
+    trained, provisioned, scored = summary.trained, summary.provisioned, summary.scored
     totals = provisioned.totals
     table = Table("", "", title=f"prewarm demo ({seconds:.0f} s)", show_header=False)
     table.add_row("clients", f"{landed.clients:,} ({landed.usage_rows:,} usage rows)")
@@ -80,18 +80,18 @@ def _print_demo_summary(settings: Settings, summary: Any, seconds: float) -> Non
         f"{totals.get('expected_cold_starts', 0):.1f} cold starts; reactive: "
         f"{totals.get('reactive_cost', 0):.4f}, {totals.get('reactive_cold_starts', 0):.1f}",
     )
-    coverage = f"{reconciled.coverage:.0%}" if reconciled.coverage is not None else "-"
+    coverage = f"{scored.coverage:.0%}" if scored.coverage is not None else "-"
     table.add_row(
         "replayed hour",
-        f"{reconciled.buckets} buckets: 80% band covered {coverage}, "
-        f"{reconciled.cold_starts:.0f} cold starts vs reactive "
-        f"{reconciled.reactive_cold_starts:.0f}, "
-        f"cost {reconciled.cost:.4f} vs reactive {reconciled.reactive_cost:.4f}",
+        f"{scored.buckets} buckets: 80% band covered {coverage}, "
+        f"{scored.cold_starts:.0f} cold starts vs reactive "
+        f"{scored.reactive_cold_starts:.0f}, "
+        f"cost {scored.cost:.4f} vs reactive {scored.reactive_cost:.4f}",
     )
-    if reconciled.drifted:
+    if scored.drifted:
         table.add_row(
             "drift",
-            f"{len(reconciled.drifted)} clients drifted, {len(reconciled.retrained)} retrained",
+            f"{len(scored.drifted)} clients drifted, {len(scored.retrained)} retrained",
         )
     console.print(table)
     console.print(f"Warehouse: {settings.warehouse_path} (DuckDB). Try:")

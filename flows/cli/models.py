@@ -118,8 +118,16 @@ def backtest(
             )
         except ValueError as error:
             raise PrewarmError(f"Backtest of {csv} failed: {error}") from None
-        table = Table("column", "lightgbm wMAPE", "coverage 80", "pinball", "naive", "seasonal day",
-                      "seasonal week", title=f"backtest {csv.name}")  # fmt: skip
+        table = Table(
+            "column",
+            "lightgbm wMAPE",
+            "coverage 80",
+            "pinball",
+            "naive",
+            "seasonal day",
+            "seasonal week",
+            title=f"backtest {csv.name}",
+        )
         for column, scores in result["metrics"].items():
             table.add_row(
                 column,

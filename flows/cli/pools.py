@@ -1,4 +1,4 @@
-"""`prewarm provision`, `reconcile`, `pools`, `cycle`, `images ...` and `inventory ...`:
+"""`prewarm provision`, `score`, `pools`, `cycle`, `images ...` and `inventory ...`:
 the warm pools, the loop that keeps them and what they run on."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from core.errors import PrewarmError
-from flows.cli.common import RuntimeName, console, load_settings
+from flows.cli.common import RuntimeName, console, errors, load_settings
 from flows.cli.models import print_retraining
 
 
@@ -62,26 +62,27 @@ def provision(
         raise typer.Exit(1)
 
 
-def reconcile(
-    no_retrain: Annotated[
-        bool, typer.Option("--no-retrain", help="Detect and record drift but do not retrain.")
-    ] = False,
-) -> None:
-    """Compare what happened with what was predicted, record drift, retrain drifted clients.
+NoRetrain = Annotated[
+    bool, typer.Option("--no-retrain", help="Detect and record drift but do not retrain.")
+]
+
+
+def score(no_retrain: NoRetrain = False) -> None:
+    """Score forecasts and pool outcomes against what happened, record drift, retrain.
 
     Scores new buckets against their forecasts (error, coverage, pinball; where usage has no
     actual, what the client reported with its feedback) and against the plan's warm capacity
     (cold starts, idle cost, cost of a reactive autoscaler), records drift once per episode,
     and retrains the drifted clients that are due (see `prewarm retrain`). It never touches
-    the pools. Rows land in `reconciliations` and `drift_events`.
+    the pools. Rows land in `forecast_scores` and `drift_events`.
     """
     load_settings(runs_flows=True)
-    from flows.reconcile import reconcile_pools
+    from flows.scoring import score_outcomes
 
-    summary = reconcile_pools(retrain=not no_retrain)
+    summary = score_outcomes(retrain=not no_retrain)
     coverage = f"{summary.coverage:.0%}" if summary.coverage is not None else "-"
     console.print(
-        f"Reconciled {summary.buckets} buckets ({summary.rows} rows): 80% band covered {coverage}; "
+        f"Scored {summary.buckets} buckets ({summary.rows} rows): 80% band covered {coverage}; "
         f"{summary.cold_starts:.0f} cold starts vs {summary.reactive_cold_starts:.0f} for a "
         f"reactive policy; cost {summary.cost:.4f} vs {summary.reactive_cost:.4f}."
     )
@@ -97,8 +98,14 @@ def reconcile(
         print_retraining(summary.retraining)
     console.print(
         'See: prewarm sql "select client_id, window_start, metric, predicted_p50, actual, '
-        'cold_starts, idle_cost from reconciliations order by window_start desc limit 10"'
+        'cold_starts, idle_cost from forecast_scores order by window_start desc limit 10"'
     )
+
+
+def reconcile(no_retrain: NoRetrain = False) -> None:
+    """The old name of `prewarm score` (hidden; kept for scripts): says so, then scores."""
+    errors.print("`prewarm reconcile` is now `prewarm score`", highlight=False, markup=False)
+    score(no_retrain=no_retrain)
 
 
 def pools(
@@ -159,9 +166,13 @@ def pools(
         console.print(f"Pool {settings.pool!r} has no runtime yet: nothing was provisioned.")
     else:
         table = Table(
-            "client", "active", "shadow", "cold", "endpoints",
+            "client",
+            "active",
+            "shadow",
+            "cold",
+            "endpoints",
             title=f"pool {settings.pool!r} on {view.runtime}",
-        )  # fmt: skip
+        )
         by_client: dict[str, dict[str, list]] = {}
         for member in view.members:
             by_client.setdefault(member.client_id, {}).setdefault(member.tier, []).append(member)

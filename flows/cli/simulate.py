@@ -110,9 +110,16 @@ def soak(
     from simulation.trace import load_trace
 
     options = SoakOptions(
-        trace=trace.resolve(), workdir=workdir.resolve(), warmup=warmup, minutes=minutes,
-        speed=speed, runtime=runtime.value, ratio=ratio, cycle=cycle, keep=keep,
-    )  # fmt: skip
+        trace=trace.resolve(),
+        workdir=workdir.resolve(),
+        warmup=warmup,
+        minutes=minutes,
+        speed=speed,
+        runtime=runtime.value,
+        ratio=ratio,
+        cycle=cycle,
+        keep=keep,
+    )
     reference = reference_memory(load_trace(options.trace).memory_mb)
     prepare_workdir(options.workdir)
     write_soak_files(options, reference)
@@ -125,8 +132,14 @@ def soak(
     report = run_soak(options, lambda text: console.print(text))
     live, sim = report.live, report.simulated
     table = Table("", "live", "simulated", title=f"soak of {trace} ({minutes} min at {speed:g}x)")
-    for key in ("invocations", "cold_starts", "cold_start_per_invocation", "zero_cold_share",
-                "idle_mb_minutes", "idle_vs_fixed10"):  # fmt: skip
+    for key in (
+        "invocations",
+        "cold_starts",
+        "cold_start_per_invocation",
+        "zero_cold_share",
+        "idle_mb_minutes",
+        "idle_vs_fixed10",
+    ):
         table.add_row(key, fmt(live[key]), fmt(sim[key]))
     console.print(table)
     console.print(

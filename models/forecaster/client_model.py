@@ -15,14 +15,13 @@ from models.features import (
     FeatureSpec,
     assemble_rows,
     build_series,
-    make_feature_spec,
     regular_grid,
     step_of,
     to_long,
 )
 from models.forecaster.calibration import MetricModel
 from models.forecaster.config import WAREHOUSE_METRICS, Adjustments, ForecastConfig
-from models.forecaster.frames import _only_client, _scales, client_frame
+from models.forecaster.frames import _only_client, _scales, client_frame, feature_spec
 from models.forecaster.holdout import _calibrate_and_evaluate
 from models.forecaster.prediction import forecast_origins
 from models.forecaster.slicing import _eval_pairs, _sample_pairs, _slice_lengths, min_fit_steps
@@ -113,10 +112,7 @@ def fit_client_forecaster(
     cal_start, holdout_start = first + train_steps, first + train_steps + cal_steps
     last = first + n_steps - 1
 
-    spec = make_feature_spec(
-        config.freq_seconds, config.horizon_steps, train_steps, clients, calendar,
-        metrics if config.cross_metric_features else (),
-    )  # fmt: skip
+    spec = feature_spec(config, train_steps, clients, calendar, metrics)
     long = to_long(grid, metrics)
     scales = _scales(long.filter(pl.col("step") < cal_start))
     series = build_series(long, spec, scales, calendar, clients)
@@ -142,9 +138,15 @@ def fit_client_forecaster(
         boosters = _train_boosters(train, spec, config, adjustments)
         scale = float(scales.filter(pl.col("metric") == metric).get_column("scale")[0])
         model, report = _calibrate_and_evaluate(
-            boosters, scale, metric_rows, spec, config, values[metric], first,
+            boosters,
+            scale,
+            metric_rows,
+            spec,
+            config,
+            values[metric],
+            first,
             adjustments.bias.get(metric, 0.0),
-        )  # fmt: skip
+        )
         models[metric] = model
         holdout[metric] = report
     if not models:

@@ -1,4 +1,4 @@
-"""Forecaster configuration: `ForecastConfig`, reconciliation `Adjustments`, quantile levels.
+"""Forecaster configuration: `ForecastConfig`, scoring `Adjustments`, quantile levels.
 
 `QUANTILES` (p10/p50/p90) is owned by `models.scoring`, which scores at those levels;
 `WAREHOUSE_METRICS` is the warehouse's metric vocabulary (`core.vocabulary.METRICS`).
@@ -90,7 +90,7 @@ class ForecastConfig:
 
 @dataclass(frozen=True)
 class Adjustments:
-    """Feedback from reconciliation applied to the next fit.
+    """Feedback from scoring applied to the next fit.
 
     `bias` adds a constant (metric units) to a metric's p10/p50/p90; `recent_weight` is the
     sample weight of training rows whose target time is at or after `recent_since`.

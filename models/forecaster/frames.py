@@ -7,6 +7,9 @@ from datetime import datetime, timedelta
 
 import polars as pl
 
+from models.features import FeatureSpec, make_feature_spec
+from models.forecaster.config import ForecastConfig
+
 _EPOCH = datetime(1970, 1, 1)
 
 
@@ -51,4 +54,22 @@ def _scales(long: pl.DataFrame) -> pl.DataFrame:
     mean_abs = pl.col("value").abs().mean()
     return long.group_by("client_id", "metric").agg(
         pl.when(mean_abs > 0).then(mean_abs).otherwise(1.0).alias("scale")
+    )
+
+
+def feature_spec(
+    config: ForecastConfig,
+    train_steps: int,
+    clients: pl.DataFrame | None,
+    calendar: pl.DataFrame | None,
+    metrics: list[str],
+) -> FeatureSpec:
+    """The feature layout a model of `config` learns on (own and global models alike)."""
+    return make_feature_spec(
+        config.freq_seconds,
+        config.horizon_steps,
+        train_steps,
+        clients,
+        calendar,
+        metrics if config.cross_metric_features else (),
     )

@@ -16,14 +16,13 @@ from models.features import (
     assemble_rows,
     build_series,
     cross_features,
-    make_feature_spec,
     regular_grid,
     to_long,
 )
 from models.forecaster.calibration import Calibration, MetricModel, _fit_calibration
 from models.forecaster.client_model import ClientForecaster, needs_fallback, present_metrics
 from models.forecaster.config import Adjustments, ForecastConfig
-from models.forecaster.frames import _scales
+from models.forecaster.frames import _scales, feature_spec
 from models.forecaster.holdout import _empty_report, _holdout_report
 from models.forecaster.slicing import _eval_pairs, _sample_pairs, _slice_lengths
 from models.forecaster.training import QuantileBoosters, _raw_quantiles, _train_boosters
@@ -116,10 +115,7 @@ def fit_global_forecaster(
     first, last = int(cast(int, bounds["lo"].min())), int(cast(int, bounds["hi"].max()))
     train_steps, cal_steps, _ = _slice_lengths(last - first + 1, config)
     cal_start, holdout_start = first + train_steps, first + train_steps + cal_steps
-    spec = make_feature_spec(
-        config.freq_seconds, config.horizon_steps, train_steps, clients, calendar,
-        metrics if config.cross_metric_features else (),
-    )  # fmt: skip
+    spec = feature_spec(config, train_steps, clients, calendar, metrics)
     long = to_long(grid, metrics)
     present = long.group_by(_KEYS).agg(pl.col("value").is_not_null().any().alias("any"))
     long = long.join(present.filter("any").select(_KEYS), on=_KEYS)
@@ -151,9 +147,16 @@ def fit_global_forecaster(
         one = long.filter(pl.col("metric") == metric)
         inputs = _GlobalInputs(one, scales, cross, grid.select("client_id", "step", metric))
         fitted = _fit_global_metric(
-            inputs, metric, bounds, (cal_start, holdout_start), spec, config, calendar, clients,
+            inputs,
+            metric,
+            bounds,
+            (cal_start, holdout_start),
+            spec,
+            config,
+            calendar,
+            clients,
             states,
-        )  # fmt: skip
+        )
         if fitted is not None:
             boosters[metric], pooled[metric] = fitted
     if not boosters:
@@ -256,9 +259,16 @@ def _calibrate_client(
     first = int(own.get_column("step")[0])
     model = MetricModel(boosters, state.scales[metric], calibration)
     state.holdout[metric] = _holdout_report(
-        holdout, part, model, spec, own.get_column(metric).to_numpy(), first, config, 0.0,
+        holdout,
+        part,
+        model,
+        spec,
+        own.get_column(metric).to_numpy(),
+        first,
+        config,
+        0.0,
         (raw[~is_cal], raw),
-    )  # fmt: skip
+    )
     if part.height >= _MIN_CLIENT_CAL_POINTS:
         calibration = _fit_calibration(raw, part, config)
     state.calibrations[metric] = calibration

@@ -51,9 +51,16 @@ def _calibrate_and_evaluate(
     calibration = _fit_calibration(raw[is_cal], evaluated.filter(pl.Series(is_cal)), config)
     model = MetricModel(boosters, scale, calibration)
     report = _holdout_report(
-        evaluated.filter(~pl.Series(is_cal)), evaluated, model, spec, values, first_step,
-        config, bias, (raw[~is_cal], raw),
-    )  # fmt: skip
+        evaluated.filter(~pl.Series(is_cal)),
+        evaluated,
+        model,
+        spec,
+        values,
+        first_step,
+        config,
+        bias,
+        (raw[~is_cal], raw),
+    )
     model.calibration = _fit_calibration(raw, evaluated, config)
     return model, report
 

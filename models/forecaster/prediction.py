@@ -146,8 +146,9 @@ def _forecast_family(
     if not served:
         return _empty_forecast()
     inputs = list(dict.fromkeys(inputs))
-    grid = regular_grid(pl.concat(tails, how="diagonal_relaxed"), freq, inputs,
-                        extend_steps=horizon, missing_as=0.0)  # fmt: skip
+    grid = regular_grid(
+        pl.concat(tails, how="diagonal_relaxed"), freq, inputs, extend_steps=horizon, missing_as=0.0
+    )
     long = to_long(grid, inputs)
     scales = _family_scales(served, long, origins)
     known = [a for a in attributes if a is not None]
@@ -222,24 +223,7 @@ def _score_group(
         scaled = _final_quantiles(
             model, mine, recent[back], spec, config, raw=(raw_wanted[at], raw_recent[back])
         )
-        values = _to_values(
-            scaled,
-            mine.get_column("anchor").to_numpy(),
-            mine.get_column("scale").to_numpy(),
-            forecaster.bias.get(metric, 0.0),
-        )
-        frames.append(
-            mine.select(
-                "client_id",
-                "metric",
-                pl.col("origin_ts").alias("origin"),
-                pl.col("target_ts").alias("ts"),
-                pl.col("horizon").cast(pl.Int32),
-                pl.Series("p10", values[:, 0]),
-                pl.Series("p50", values[:, 1]),
-                pl.Series("p90", values[:, 2]),
-            )  # fmt: skip
-        )
+        frames.append(_quantile_frame(mine, scaled, forecaster.bias.get(metric, 0.0)))
     return frames
 
 
@@ -263,18 +247,24 @@ def _forecast_rows(
     model = forecaster.models[metric]
     spec = forecaster.feature_spec
     scaled = _final_quantiles(model, rows, recent, spec, forecaster.config)
+    return _quantile_frame(rows, scaled, forecaster.bias.get(metric, 0.0))
+
+
+def _quantile_frame(rows: pl.DataFrame, scaled: np.ndarray, bias: float) -> pl.DataFrame:
+    """Forecast rows (FORECAST_SCHEMA order) from calibrated quantiles in scale units."""
     values = _to_values(
-        scaled,
-        rows.get_column("anchor").to_numpy(),
-        rows.get_column("scale").to_numpy(),
-        forecaster.bias.get(metric, 0.0),
+        scaled, rows.get_column("anchor").to_numpy(), rows.get_column("scale").to_numpy(), bias
     )
     return rows.select(
-        "client_id", "metric", pl.col("origin_ts").alias("origin"),
-        pl.col("target_ts").alias("ts"), pl.col("horizon").cast(pl.Int32),
-        pl.Series("p10", values[:, 0]), pl.Series("p50", values[:, 1]),
+        "client_id",
+        "metric",
+        pl.col("origin_ts").alias("origin"),
+        pl.col("target_ts").alias("ts"),
+        pl.col("horizon").cast(pl.Int32),
+        pl.Series("p10", values[:, 0]),
+        pl.Series("p50", values[:, 1]),
         pl.Series("p90", values[:, 2]),
-    )  # fmt: skip
+    )
 
 
 def _origin_pairs(client_id: str, steps: list[int], horizon: int, part: str) -> pl.DataFrame:

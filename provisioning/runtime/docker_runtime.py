@@ -4,7 +4,8 @@ active = running, shadow = paused (cgroup freezer: memory held, no CPU), cold = 
 never started (or exited). Docker labels are immutable, so the `prewarm.tier` label on a
 container is its tier *at creation*; the current tier is always derived from the container
 state (paused -> shadow, created/exited -> cold, running -> active) and that is what
-`Member.tier`, `Member.labels["prewarm.tier"]` and `list(labels={"prewarm.tier": ...})` use.
+`Member.tier`, `Member.labels["prewarm.tier"]` and `list(labels={"prewarm.tier": ...})` use
+(`docker_facts.py` reads tiers and addresses off containers).
 
 The host reaches a member over HTTP at its bridge IP (`http://<ip>:<port>`) by default:
 measured here it is faster than a published port (no docker-proxy hop, no iptables rules
@@ -12,62 +13,60 @@ to add at start: cold create+start p50 ~250 ms vs ~330 ms) and equally reliable 
 host. Where the bridge is not routable from the host (Docker Desktop, rootless Docker),
 use `reach="published"`: the port is then published on 127.0.0.1 with a random host port.
 
-Members are isolated from each other and from the host (issue 12): every member is on one
-bridge network (`prewarm-members`, labelled `prewarm.managed=1`, created on demand, removed
-with the last member) with inter-container traffic disabled (`enable_icc=false`): no member
-reaches any other, of its client or another's, while the host reaches each at its address.
-With bridge reach the network is also `internal` (no route out: the worker needs no
-egress); published ports need a non-internal network, so `reach="published"` uses
-`prewarm-members-pub`. One network, not one per client: Docker's default address pools
-hold about 30 bridge networks, a host holds members of hundreds of clients. Every member
-runs read-only as nobody (65534:65534) with no capabilities, `no-new-privileges`, a
-size-bounded `/tmp` and a pids limit, on top of the spec's CPU and memory limits.
-
-Not covered by Docker: an internal network still routes to its gateway, the host itself, so
-a member can open connections to host services listening on all interfaces (0.0.0.0). The
-member bridge is named `pwm-<hash>`; on a shared host, drop what members start there:
-`iptables -I INPUT -i pwm-+ -m conntrack --ctstate NEW -j DROP` (the host's own probes and
-activations are connections *it* starts, so they keep working).
+Members are isolated from each other and from the host (issue 12) on one members network
+without inter-container traffic (`docker_network.py` explains it and what it does not
+cover). Every member runs read-only as nobody (65534:65534) with no capabilities,
+`no-new-privileges`, a size-bounded `/tmp` and a pids limit, on top of the spec's CPU and
+memory limits.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
-from typing import Any, Literal
+from datetime import datetime
+from typing import Any
 
 import docker
 from docker.constants import DEFAULT_UNIX_SOCKET
-from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from docker.errors import APIError, DockerException, NotFound
 from docker.utils import kwargs_from_env
-from requests.exceptions import ConnectionError as RequestsConnectionError
 
 from provisioning.runtime.base import (
-    LABEL_CLIENT,
     LABEL_MANAGED,
-    LABEL_PLAN,
-    LABEL_PORT,
     LABEL_TIER,
     ActivationTimeout,
     ContainerSpec,
     CpuMeter,
-    ImageMissing,
     Member,
-    MemberNotFound,
     PendingRequest,
     PrewarmRuntimeError,
     RuntimeName,
     RuntimeUnavailable,
-    Tier,
     matches_labels,
     safe_name_part,
     wait_until_answering,
+)
+from provisioning.runtime.docker_facts import (
+    _DAEMON_DOWN_HINT,
+    _Facts,
+    _facts_from_inspect,
+    _facts_from_summary,
+    _is_not_paused,
+    _member_from,
+    _tier_of,
+    _translate_errors,
+)
+from provisioning.runtime.docker_network import (
+    Reach,
+    _network_missing,
+    drop_network_if_unused,
+    ensure_network,
+    members_network,
+    own_network,
 )
 
 log = logging.getLogger(__name__)
@@ -79,28 +78,6 @@ MEMBER_TMPFS = {"/tmp": "size=16m,mode=1777"}  # the only writable path (root is
 # Non-root without capabilities may not bind ports under 1024 unless its network namespace
 # says so; the sysctl is namespaced, so this changes nothing outside the member.
 _MEMBER_SYSCTLS = {"net.ipv4.ip_unprivileged_port_start": "0"}
-BRIDGE_PREFIX = "pwm-"
-
-Reach = Literal["bridge", "published"]
-_TIER_BY_STATUS: dict[str, Tier] = {"paused": "shadow", "running": "active", "restarting": "active"}
-_HTTP_CONFLICT = 409
-_DAEMON_DOWN_HINT = (
-    "start it (`sudo systemctl start docker`, or `dockerd > /tmp/dockerd.log 2>&1 &` as root) "
-    "or use the process runtime instead"
-)
-
-
-@dataclass(frozen=True)
-class _Facts:
-    """What we need from either `docker inspect` or a `docker ps` summary."""
-
-    id: str
-    name: str
-    status: str
-    labels: dict[str, str]
-    created_at: datetime
-    endpoint: str | None
-    image: str
 
 
 @dataclass(frozen=True)
@@ -117,129 +94,6 @@ class _Steps:
             "resume_returned": (self.resumed_at - started) * 1000.0,
             "first_answer": (self.answered_at - started) * 1000.0,
         }
-
-
-def _container_port(labels: dict[str, str]) -> int:
-    return int(labels.get(LABEL_PORT, "8080"))
-
-
-def _bridge_ip(networks: dict[str, Any] | None) -> str | None:
-    for network in (networks or {}).values():
-        if network and network.get("IPAddress"):
-            return str(network["IPAddress"])
-    return None
-
-
-def _facts_from_inspect(attrs: dict[str, Any]) -> _Facts:
-    labels = attrs["Config"].get("Labels") or {}
-    port = _container_port(labels)
-    settings = attrs.get("NetworkSettings") or {}
-    bindings = (settings.get("Ports") or {}).get(f"{port}/tcp") or []
-    endpoint: str | None
-    if bindings:
-        endpoint = f"http://127.0.0.1:{bindings[0]['HostPort']}"
-    else:
-        ip = _bridge_ip(settings.get("Networks"))
-        endpoint = f"http://{ip}:{port}" if ip else None
-    return _Facts(
-        id=attrs["Id"],
-        name=attrs["Name"].lstrip("/"),
-        status=attrs["State"]["Status"],
-        labels=labels,
-        created_at=datetime.fromisoformat(attrs["Created"]),
-        endpoint=endpoint,
-        image=attrs["Config"].get("Image", ""),
-    )
-
-
-def _facts_from_summary(summary: dict[str, Any]) -> _Facts:
-    labels = summary.get("Labels") or {}
-    port = _container_port(labels)
-    published = [
-        p
-        for p in summary.get("Ports") or []
-        if p.get("PrivatePort") == port and p.get("PublicPort")
-    ]
-    if published:
-        endpoint: str | None = f"http://127.0.0.1:{published[0]['PublicPort']}"
-    else:
-        ip = _bridge_ip((summary.get("NetworkSettings") or {}).get("Networks"))
-        endpoint = f"http://{ip}:{port}" if ip else None
-    return _Facts(
-        id=summary["Id"],
-        name=(summary.get("Names") or ["/"])[0].lstrip("/"),
-        status=summary["State"],
-        labels=labels,
-        created_at=datetime.fromtimestamp(summary["Created"], UTC),
-        endpoint=endpoint,
-        image=summary.get("Image", ""),
-    )
-
-
-def _is_not_paused(error: APIError) -> bool:
-    # Newer daemons answer 409 Conflict; 20.10 answers 500 with this message.
-    return error.status_code == _HTTP_CONFLICT or "is not paused" in str(error.explanation)
-
-
-def _tier_of(status: str) -> Tier:
-    return _TIER_BY_STATUS.get(status, "cold")
-
-
-@contextmanager
-def _translate_errors(member_id: str | None = None) -> Iterator[None]:
-    """Turn the Docker errors a user can act on into prewarm's own exception types."""
-    try:
-        yield
-    except ImageNotFound as error:
-        raise ImageMissing(
-            f"{error.explanation or error}: images are never pulled; build the worker image "
-            "with `prewarm images build` (provisioning.runtime.images.build_image)"
-        ) from error
-    except NotFound as error:
-        if member_id is None:
-            raise
-        raise MemberNotFound(f"no Docker member {member_id!r} (released?)") from error
-    except RequestsConnectionError as error:
-        raise RuntimeUnavailable(
-            f"lost the Docker daemon ({error}); {_DAEMON_DOWN_HINT}"
-        ) from error
-
-
-def members_network(reach: Reach = "bridge") -> str:
-    """The network every member is on (`-pub` for published reach: it needs egress)."""
-    return "prewarm-members" + ("-pub" if reach == "published" else "")
-
-
-def bridge_name(network: str) -> str:
-    """The host interface of a members network: `pwm-` and a hash (Linux allows 15 chars).
-
-    One prefix for every member bridge lets the operator firewall them with one rule (see
-    the module docstring).
-    """
-    return f"{BRIDGE_PREFIX}{hashlib.sha256(network.encode()).hexdigest()[:11]}"
-
-
-def _network_missing(error: APIError) -> bool:
-    return "network" in str(error.explanation or error) and "not found" in str(
-        error.explanation or error
-    )
-
-
-def remove_unused_networks(client: docker.DockerClient) -> list[str]:
-    """Remove every prewarm-managed network no container is on; return their names.
-
-    `DockerRuntime.release` drops the members network with its last member; this sweeps the
-    ones left when members were removed some other way (`docker rm -f`, a test's cleanup).
-    """
-    removed = []
-    for network in client.api.networks(filters={"label": f"{LABEL_MANAGED}=1"}):
-        name = network["Name"]
-        if client.api.containers(all=True, filters={"network": name}):
-            continue
-        with suppress(NotFound, APIError):  # gone, or a member arrived since we looked
-            client.api.remove_network(network["Id"])
-            removed.append(name)
-    return removed
 
 
 def daemon_address() -> str:
@@ -335,7 +189,7 @@ class DockerRuntime:
         self._cpu.forget(member_id)
         with _translate_errors():
             try:
-                network = self._own_network(self._api.inspect_container(member_id))
+                network = own_network(self._api.inspect_container(member_id))
                 if self.stop_timeout_s > 0:
                     self._api.stop(member_id, timeout=self.stop_timeout_s)
                 self._api.remove_container(member_id, force=True, v=True)
@@ -347,7 +201,7 @@ class DockerRuntime:
                     raise
                 return
             if network is not None:
-                self._drop_network_if_unused(network)
+                drop_network_if_unused(self._api, network, self._networks)
         log.info("released %s", member_id[:12])
 
     def list(self, labels: dict[str, str] | None = None) -> list[Member]:
@@ -365,7 +219,7 @@ class DockerRuntime:
                 continue
             facts = _facts_from_summary(summary)
             self._remember(facts)
-            members.append(self._member_from(facts))
+            members.append(_member_from(facts))
         return [m for m in members if matches_labels(m.labels, wanted)]
 
     def stats(self, member_id: str) -> dict[str, Any]:
@@ -426,62 +280,16 @@ class DockerRuntime:
             "user": MEMBER_USER,
             "detach": True,
         }
-        self._ensure_network()
+        ensure_network(self._api, self.reach, self._networks)
         try:
             created = self._api.create_container(**kwargs)
         except NotFound as error:
             # Another prewarm removed the network with its last member since we saw it.
             if not _network_missing(error):
                 raise
-            self._ensure_network(known=False)
+            ensure_network(self._api, self.reach, self._networks, known=False)
             created = self._api.create_container(**kwargs)
         return str(created["Id"])
-
-    def _ensure_network(self, known: bool = True) -> None:
-        """Create the members network unless this runtime already saw it (idempotent)."""
-        name = members_network(self.reach)
-        if known and name in self._networks:
-            return
-        try:
-            # check_duplicate: two prewarms creating it at once get one network, not two.
-            self._api.create_network(
-                name,
-                driver="bridge",
-                internal=self.reach == "bridge",
-                labels={LABEL_MANAGED: "1"},
-                check_duplicate=True,
-                options={
-                    "com.docker.network.bridge.name": bridge_name(name),
-                    # No member reaches another; the host still reaches every member.
-                    "com.docker.network.bridge.enable_icc": "false",
-                },
-            )
-            log.info("created network %s", name)
-        except APIError as error:
-            if error.status_code != _HTTP_CONFLICT and "already exists" not in str(error):
-                raise
-        self._networks.add(name)
-
-    @staticmethod
-    def _own_network(attrs: dict[str, Any]) -> str | None:
-        """The members network a container was created on, if it is one of ours."""
-        mode = attrs["HostConfig"].get("NetworkMode")
-        if mode not in {members_network("bridge"), members_network("published")}:
-            return None  # an older member on the default bridge: that network is not ours
-        return str(mode)
-
-    def _drop_network_if_unused(self, name: str) -> None:
-        """Remove the members network once no container (created ones too) is on it."""
-        self._networks.discard(name)
-        if self._api.containers(all=True, filters={"network": name}):
-            return
-        try:
-            self._api.remove_network(name)
-            log.info("removed network %s: no member left on it", name)
-        except APIError as error:
-            # Gone already, or a member started on it since we looked: it stays, and its
-            # last release removes it.
-            log.debug("kept network %s: %s", name, error.explanation or error)
 
     def _start(self, container_id: str) -> None:
         """Start a container, re-creating its network if it was removed since creation.
@@ -494,7 +302,7 @@ class DockerRuntime:
         except APIError as error:
             if not _network_missing(error):
                 raise
-            self._ensure_network(known=False)
+            ensure_network(self._api, self.reach, self._networks, known=False)
             self._api.start(container_id)
 
     def _start_healthy(self, container_id: str) -> _Steps:
@@ -577,23 +385,4 @@ class DockerRuntime:
             self._paused_endpoints.pop(facts.id, None)
 
     def _member(self, container_id: str) -> Member:
-        return self._member_from(self._inspect(container_id))
-
-    def _member_from(self, facts: _Facts) -> Member:
-        tier = _tier_of(facts.status)
-        return Member(
-            id=facts.id,
-            client_id=facts.labels.get(LABEL_CLIENT, ""),
-            plan_id=facts.labels.get(LABEL_PLAN, ""),
-            tier=tier,
-            runtime="docker",
-            endpoint=facts.endpoint if tier != "cold" else None,
-            created_at=facts.created_at,
-            labels={**facts.labels, LABEL_TIER: tier},
-            details={
-                "name": facts.name,
-                "status": facts.status,
-                "image": facts.image,
-                "created_tier": facts.labels.get(LABEL_TIER),
-            },
-        )
+        return _member_from(self._inspect(container_id))

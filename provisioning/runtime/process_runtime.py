@@ -8,43 +8,26 @@ stopped before its interpreter starts would hold memory like a shadow, so we do 
 it is cold. Activating a cold member therefore spawns it.
 
 Workers run in their own session and process group (setsid), so they outlive the prewarm
-that started them. The pool is persisted in a JSON file guarded by an flock; a new
-ProcessRuntime on the same file (a restarted prewarm) finds its workers again, identified by
-pid *and* the process start time from /proc/<pid>/stat, so a recycled pid is never mistaken
-for a worker. Entries whose process is gone are dropped on every load.
-
-Nothing is left running unowned: a spawn is written to the state file (its endpoint, no pid
-yet) before the worker exists and again, with its pid, before waiting for its health, so a
-prewarm killed (even with SIGKILL) in between leaves a record: the next load stops a worker
-whose spawn was interrupted (found by its `--member` argument) and keeps the member cold,
-and `--release-all` finds a worker recorded before its health answered.
-
-Limits: each worker gets RLIMIT_AS (the spec's memory, at least what the interpreter needs)
-and RLIMIT_NPROC, set with prlimit right after the spawn, while the worker's interpreter is
-still starting and before it serves anything. RLIMIT_NPROC counts every process of the
-*user*, so it only caps a worker relative to everything else that user runs, and Linux does
-not enforce it for root (CAP_SYS_RESOURCE): run prewarm as an unprivileged user, or use the
-Docker runtime (a per-member pids limit), where that matters. CPU is recorded but not
-enforced (that needs cgroups). Linux only (/proc).
+that started them. The pool is persisted in a JSON file guarded by an flock
+(`process_records.py`); a new ProcessRuntime on the same file (a restarted prewarm) finds
+its workers again, identified by pid *and* the process start time from /proc/<pid>/stat, so
+a recycled pid is never mistaken for a worker (`process_control.py`). Entries whose process
+is gone are dropped on every load, and a worker whose spawn was interrupted is stopped
+(`process_strays.py`). Each worker is spawned with RLIMIT_AS and RLIMIT_NPROC
+(`process_spawn.py`); CPU is recorded but not enforced. Linux only (/proc).
 """
 
 from __future__ import annotations
 
 import builtins
-import fcntl
-import json
 import logging
 import os
-import resource
 import signal
-import socket
-import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -65,173 +48,22 @@ from provisioning.runtime.base import (
     utc_now,
     wait_until_answering,
 )
+from provisioning.runtime.process_control import (
+    _CLOCK_TICKS,
+    _STOPPED_STATES,
+    _is_same_process,
+    _read_proc_stat,
+    _reap,
+    _rss_mb,
+    _signal,
+    _terminate,
+    _uptime_s,
+)
+from provisioning.runtime.process_records import _Record, load_records, locked, save_records
+from provisioning.runtime.process_spawn import _limits_of, spawn_worker
+from provisioning.runtime.process_strays import stop_interrupted_spawn, stop_strays, stray_workers
 
 log = logging.getLogger(__name__)
-
-WORKER_SCRIPT = Path(__file__).with_name("worker.py")
-STATE_VERSION = 1
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-_STOPPED_STATES = {"T", "t"}
-_DEAD_STATES = {"Z", "X", "x"}
-# Virtual address space a worker's interpreter needs (measured VmPeak ~25 MiB, with room):
-# a spec asking for less memory gets this much, or the worker could not start at all.
-WORKER_MIN_AS_MB = 64
-WORKER_NPROC = 128  # see the module docstring: per user, not enforced for root
-
-# Popen handles of the workers this interpreter spawned, shared by every ProcessRuntime in
-# it, so whichever instance releases a worker reaps it through its Popen (no zombie, no
-# "still running" warning when an earlier instance is garbage-collected).
-_SPAWNED: dict[int, subprocess.Popen[bytes]] = {}
-
-
-@dataclass
-class _Record:
-    """One member as persisted in the state file."""
-
-    id: str
-    client_id: str
-    plan_id: str
-    labels: dict[str, str]
-    env: dict[str, str]
-    cpu: float
-    memory_mb: int
-    port: int
-    created_at: str
-    pid: int | None = None
-    pid_start: int | None = None
-    endpoint: str | None = None
-    log_path: str | None = None
-    timings_ms: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class _ProcStat:
-    state: str
-    start_ticks: int
-    cpu_s: float
-
-
-def _read_proc_stat(pid: int) -> _ProcStat | None:
-    """State, start time and CPU seconds of a pid from /proc, or None if it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
-    fields = text[text.rindex(")") + 2 :].split()
-    utime, stime = int(fields[11]), int(fields[12])
-    return _ProcStat(fields[0], int(fields[19]), (utime + stime) / _CLOCK_TICKS)
-
-
-def _is_same_process(pid: int, start_ticks: int | None) -> bool:
-    """True when `pid` is alive (not a zombie) and is the process started at `start_ticks`."""
-    stat = _read_proc_stat(pid)
-    return stat is not None and stat.start_ticks == start_ticks and stat.state not in _DEAD_STATES
-
-
-def _rss_mb(pid: int) -> float:
-    """Resident memory of a pid in MiB (0 when it is gone)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return 0.0
-
-
-def _worker_processes(script: str) -> Iterator[tuple[int, list[str]]]:
-    """(pid, argv) of every live process running the worker script."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
-        except OSError:
-            continue
-        if script in argv:
-            stat = _read_proc_stat(int(entry.name))
-            if stat is not None and stat.state not in _DEAD_STATES:
-                yield int(entry.name), argv
-
-
-def _argument(argv: list[str], name: str) -> str | None:
-    """The value following `name` in an argv, or None."""
-    try:
-        return argv[argv.index(name) + 1]
-    except (ValueError, IndexError):
-        return None
-
-
-def _uptime_s() -> float:
-    return float(Path("/proc/uptime").read_text().split()[0])
-
-
-def _reap(pid: int, start_ticks: int | None) -> bool:
-    """Collect an exited worker if it is our child; True once the process is gone."""
-    popen = _SPAWNED.get(pid)
-    if popen is not None:
-        if popen.poll() is None:
-            return False
-        del _SPAWNED[pid]
-        return True
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return True
-    except ChildProcessError:
-        pass  # not our child: its parent (or init) reaps it
-    return not _is_same_process(pid, start_ticks)
-
-
-def _wait_gone(pid: int, start_ticks: int | None, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not _reap(pid, start_ticks):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.005)
-    return True
-
-
-def _signal(pid: int, start_ticks: int | None, signum: int) -> None:
-    """Send a signal only if the pid is still the worker we recorded."""
-    if _is_same_process(pid, start_ticks):
-        with suppress(ProcessLookupError):
-            os.kill(pid, signum)
-
-
-def _limit(pid: int, memory_mb: int) -> None:
-    """Cap a worker's address space and process count (see the module docstring)."""
-    address_space = max(memory_mb, WORKER_MIN_AS_MB) * 2**20
-    try:
-        resource.prlimit(pid, resource.RLIMIT_AS, (address_space, address_space))
-        resource.prlimit(pid, resource.RLIMIT_NPROC, (WORKER_NPROC, WORKER_NPROC))
-    except (ProcessLookupError, PermissionError) as error:
-        # Gone already (its health wait says so), or an OS that refuses: never fatal.
-        log.warning("could not limit worker pid %s: %s", pid, error)
-
-
-def _limits_of(pid: int) -> dict[str, int]:
-    """The worker's hard RLIMIT_AS (MiB) and RLIMIT_NPROC, as the kernel holds them."""
-    try:
-        address_space = resource.prlimit(pid, resource.RLIMIT_AS)[1]
-        nproc = resource.prlimit(pid, resource.RLIMIT_NPROC)[1]
-    except (ProcessLookupError, PermissionError):
-        return {}
-    return {"as_mb": address_space // 2**20, "nproc": nproc}
-
-
-def _terminate(pid: int, start_ticks: int | None, grace_s: float) -> None:
-    """SIGTERM, then SIGKILL after the grace period; reap either way."""
-    _signal(pid, start_ticks, signal.SIGTERM)
-    # A stopped worker only acts on SIGTERM once continued.
-    _signal(pid, start_ticks, signal.SIGCONT)
-    if _wait_gone(pid, start_ticks, grace_s):
-        return
-    log.warning("worker pid %s ignored SIGTERM for %.1f s; killing it", pid, grace_s)
-    _signal(pid, start_ticks, signal.SIGKILL)
-    if not _wait_gone(pid, start_ticks, 5.0):
-        log.error("worker pid %s survived SIGKILL for 5 s", pid)
 
 
 class ProcessRuntime:
@@ -333,29 +165,14 @@ class ProcessRuntime:
         """Workers of this state file that no record owns (pid -> member id): left running
         when a process was killed between spawning a worker and saving its record."""
         marker = str(self.state_path.resolve())
-        script = str(WORKER_SCRIPT)
         with self._pool() as pool:
             owned = {record.pid for record in pool.values() if record.pid is not None}
-            found = {}
-            for pid, argv in _worker_processes(script):
-                if pid in owned or _argument(argv, "--state") != marker:
-                    continue
-                found[pid] = _argument(argv, "--member") or "?"
+            found = stray_workers(marker, owned)
         return found
 
     def sweep_strays(self) -> builtins.list[str]:
         """Stop every stray worker of this state file; return the member ids they served."""
-        swept = []
-        for pid, member_id in self.strays().items():
-            stat = _read_proc_stat(pid)
-            if stat is None:
-                continue
-            _terminate(pid, stat.start_ticks, self.grace_s)
-            log.warning(
-                "stopped stray worker pid %s (member %s): no record owned it", pid, member_id
-            )
-            swept.append(member_id)
-        return swept
+        return stop_strays(self.strays(), self.grace_s)
 
     def stats(self, member_id: str) -> dict[str, Any]:
         """CPU percent and resident memory from /proc (zeros for a cold member)."""
@@ -381,11 +198,8 @@ class ProcessRuntime:
     @contextmanager
     def _pool(self) -> Iterator[dict[str, _Record]]:
         """Load the pool under an exclusive lock, drop dead entries, save it back on exit."""
-        self.state_path.parent.mkdir(parents=True, exist_ok=True)
-        lock_path = self.state_path.with_name(self.state_path.name + ".lock")
-        with open(lock_path, "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            pool = self._drop_dead(self._load())
+        with locked(self.state_path):
+            pool = self._drop_dead(load_records(self.state_path))
             try:
                 yield pool
             finally:
@@ -393,23 +207,15 @@ class ProcessRuntime:
                 # stays on record and can be released.
                 self._save(pool)
 
-    def _load(self) -> dict[str, _Record]:
-        if not self.state_path.exists():
-            return {}
-        data = json.loads(self.state_path.read_text())
-        return {m["id"]: _Record(**m) for m in data.get("members", [])}
-
     def _save(self, pool: dict[str, _Record]) -> None:
-        payload = {"version": STATE_VERSION, "members": [asdict(r) for r in pool.values()]}
-        tmp = self.state_path.with_name(self.state_path.name + ".tmp")
-        tmp.write_text(json.dumps(payload, indent=1))
-        os.replace(tmp, self.state_path)
+        """Write the pool to the state file (every save, the spawn's too, goes through here)."""
+        save_records(self.state_path, pool)
 
     def _drop_dead(self, pool: dict[str, _Record]) -> dict[str, _Record]:
         kept = {}
         for member_id, record in pool.items():
             if record.pid is None and record.endpoint is not None:
-                self._stop_interrupted_spawn(record)
+                stop_interrupted_spawn(str(self.state_path.resolve()), record, self.grace_s)
             if record.pid is None or _is_same_process(record.pid, record.pid_start):
                 kept[member_id] = record
                 continue
@@ -422,61 +228,11 @@ class ProcessRuntime:
             _reap(record.pid, record.pid_start)
         return kept
 
-    def _stop_interrupted_spawn(self, record: _Record) -> None:
-        """A record with an endpoint but no pid: its spawner died before recording the pid.
-        Stop the worker it may have started; the member stays, cold."""
-        marker = str(self.state_path.resolve())
-        for pid, argv in _worker_processes(str(WORKER_SCRIPT)):
-            if _argument(argv, "--member") == record.id and _argument(argv, "--state") == marker:
-                stat = _read_proc_stat(pid)
-                if stat is not None:
-                    _terminate(pid, stat.start_ticks, self.grace_s)
-                    log.warning(
-                        "stopped worker pid %s of %s: its spawn was interrupted", pid, record.id
-                    )
-        record.endpoint = record.log_path = None
-        record.labels[LABEL_TIER] = "cold"
-
     # -- processes --------------------------------------------------------------------
 
     def _spawn(self, record: _Record, pool: dict[str, _Record]) -> None:
-        """Start the worker on a listening socket bound here, so its endpoint is known now.
-
-        The pool (holding `record`) is saved before the worker exists and again once its
-        pid is known: a kill at any point leaves a record that owns, or finds, the worker.
-        """
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            listener.bind(("127.0.0.1", 0))
-            listener.listen(128)
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            log_path = self.log_dir / f"{record.id}.log"
-            record.endpoint = f"http://127.0.0.1:{listener.getsockname()[1]}"
-            record.log_path = str(log_path)
-            self._save(pool)  # endpoint without pid = "spawn under way" (see _drop_dead)
-            with open(log_path, "ab") as log_file:
-                popen = subprocess.Popen(
-                    [
-                        *(self.python, "-I", "-S", str(WORKER_SCRIPT)),
-                        *("--fd", str(listener.fileno()), "--member", record.id),
-                        *("--state", str(self.state_path.resolve())),
-                    ],
-                    pass_fds=(listener.fileno(),),
-                    # Own session and process group: outlives us, immune to our Ctrl-C.
-                    start_new_session=True,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log_file,
-                    stderr=log_file,
-                    env=self._worker_env(record),
-                )
-        finally:
-            listener.close()
-        _SPAWNED[popen.pid] = popen
-        stat = _read_proc_stat(popen.pid)
-        record.pid = popen.pid
-        record.pid_start = stat.start_ticks if stat else None
-        self._save(pool)
-        _limit(popen.pid, record.memory_mb)
+        """Start the worker (see `spawn_worker`), saving the pool before and after."""
+        spawn_worker(record, self.python, self.state_path, self.log_dir, lambda: self._save(pool))
 
     def _start_healthy(self, record: _Record, pool: dict[str, _Record]) -> None:
         """Spawn and wait for the first health answer (the worker is killed if none comes)."""
@@ -554,15 +310,6 @@ class ProcessRuntime:
         record.pid = record.pid_start = None
         record.endpoint = record.log_path = None
         record.labels[LABEL_TIER] = "cold"
-
-    def _worker_env(self, record: _Record) -> dict[str, str]:
-        # A clean environment, like a container's: only the spec's variables and who it is.
-        return {
-            **record.env,
-            "PREWARM_MEMBER": record.id,
-            "PREWARM_CLIENT": record.client_id,
-            "PREWARM_PLAN": record.plan_id,
-        }
 
     # -- views ------------------------------------------------------------------------
 

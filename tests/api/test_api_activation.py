@@ -28,7 +28,7 @@ from provisioning.runtime.base import (
 )
 from provisioning.runtime.docker_runtime import DockerRuntime
 from provisioning.runtime.process_runtime import ProcessRuntime
-from provisioning.schema import render_container_config
+from provisioning.schema_render import render_container_config
 from tests.api.conftest import POOL_LABEL, World
 from tests.api.helpers import bearer, count_rows
 from warehouse.db import connect, fetch_frame

@@ -208,7 +208,8 @@ def test_missing_inputs_fail_with_one_message(run_cli, tmp_path):
 def test_help_explains_every_command(run_cli):
     code, out, _ = run_cli("--help")
     assert code == 0
-    for command in ("ingest", "sql", "demo"):
+    for command in ("ingest", "sql", "score", "demo"):
         assert command in out
+    assert "reconcile" not in out  # `score`'s old name still runs, unlisted
     code, out, _ = run_cli("ingest", "--help")
     assert code == 0 and "quarantine" in out and "--source" in out

@@ -18,7 +18,7 @@ import flows.train as train_module
 from core.errors import PrewarmError
 from core.times import utc_now
 from flows.ingest import ingest_usage
-from flows.reconcile import reconcile_pools
+from flows.scoring import score_outcomes
 from flows.settings import Settings
 from flows.train import train_flow
 from models.registry import load_forecaster
@@ -91,7 +91,7 @@ def test_a_poor_rating_retrains_the_client_once_per_cooldown(trained, tmp_path):
     runs = []
     for hour in range(3):  # three cycles, an hour of new usage before each
         _ingest(tmp_path, END + hour * HOUR, 12)
-        runs.append(reconcile_pools())
+        runs.append(score_outcomes())
     assert [run.retrained for run in runs] == [{"a": "2"}, {}, {}]
     assert all("feedback" in run.drifted["a"] for run in runs)
     assert runs[1].waiting["a"].startswith("cooldown until ")
@@ -117,10 +117,10 @@ def test_without_new_usage_no_retrain_even_past_the_cooldown(
     record_feedback(trained.warehouse_path, "a", END - HOUR, END, 2, None, None)
     trained_until = f"{END - STEP:%Y-%m-%dT%H:%M}"
     for _ in range(2):
-        run = reconcile_pools()
+        run = score_outcomes()
         assert run.retrained == {}
         assert run.waiting == {"a": f"no new data since {trained_until}"}
-    code, out, _ = run_cli("reconcile")
+    code, out, _ = run_cli("score")
     assert code == 0
     assert "drift a: feedback: 1 recent rating(s) at or below 2 (lowest 2)" in out
     assert f"not retrained: no new data since {trained_until}" in out
@@ -128,9 +128,9 @@ def test_without_new_usage_no_retrain_even_past_the_cooldown(
     code, out, _ = run_cli("retrain")
     assert code == 0 and f"skipped: no new data since {trained_until}" in out
     _ingest(tmp_path, END, 12)
-    assert reconcile_pools().retrained == {"a": "2"}
+    assert score_outcomes().retrained == {"a": "2"}
     # The cooldown is long over by the next cycle, but nothing new has arrived.
-    run = reconcile_pools()
+    run = score_outcomes()
     assert run.retrained == {}
     assert run.waiting["a"] == f"no new data since {END + 11 * STEP:%Y-%m-%dT%H:%M}"
     assert _versions(trained, "a") == ["1", "2"]

@@ -44,7 +44,8 @@ from provisioning.runtime.base import (
 from provisioning.runtime.docker_runtime import DockerRuntime
 from provisioning.runtime.leases import LeaseBook
 from provisioning.runtime.process_runtime import ProcessRuntime
-from provisioning.schema import compose_workload, render_container_config
+from provisioning.schema import compose_workload
+from provisioning.schema_render import render_container_config
 
 SpecMaker = Callable[..., ContainerSpec]
 FROZEN_PROBE_S = 0.2

@@ -23,7 +23,8 @@ from provisioning.runtime.base import (
     ContainerSpec,
     probe_once,
 )
-from provisioning.runtime.process_runtime import WORKER_SCRIPT, ProcessRuntime
+from provisioning.runtime.process_runtime import ProcessRuntime
+from provisioning.runtime.process_spawn import WORKER_SCRIPT
 
 SpecMaker = Callable[..., ContainerSpec]
 REPO = Path(__file__).resolve().parents[2]

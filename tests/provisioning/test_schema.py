@@ -9,22 +9,21 @@ from pathlib import Path
 
 import pytest
 
-from provisioning.schema import (
+from provisioning.schema import anticipated_from_profile, compose_workload
+from provisioning.schema_extensions import (
     EXAMPLES_DIR,
+    load_extension,
+    load_extensions,
+    validate_extension,
+)
+from provisioning.schema_model import (
     SchemaConflictError,
     SchemaError,
     SchemaValidationError,
-    anticipated_from_profile,
     base_workload,
-    compose_workload,
-    config_hash,
-    load_extension,
-    load_extensions,
-    render_container_config,
-    show_composite,
-    validate_extension,
     workload_json_schema,
 )
+from provisioning.schema_render import config_hash, render_container_config, show_composite
 
 PROFILE = {
     "client_id": "acme",

@@ -17,12 +17,8 @@ import docker
 import pytest
 
 from provisioning.runtime.base import LABEL_PLAN, ContainerSpec, Member, Tier, probe_once
-from provisioning.runtime.docker_runtime import (
-    MEMBER_PIDS_LIMIT,
-    DockerRuntime,
-    members_network,
-    remove_unused_networks,
-)
+from provisioning.runtime.docker_network import members_network, remove_unused_networks
+from provisioning.runtime.docker_runtime import MEMBER_PIDS_LIMIT, DockerRuntime
 from tests.conftest import TEST_PLAN_PREFIX, remove_test_containers
 
 pytestmark = pytest.mark.docker

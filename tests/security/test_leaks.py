@@ -24,12 +24,8 @@ import pytest
 
 from provisioning.apply import release_all
 from provisioning.runtime.base import ContainerSpec, probe_once
-from provisioning.runtime.process_runtime import (
-    WORKER_MIN_AS_MB,
-    WORKER_NPROC,
-    WORKER_SCRIPT,
-    ProcessRuntime,
-)
+from provisioning.runtime.process_runtime import ProcessRuntime
+from provisioning.runtime.process_spawn import WORKER_MIN_AS_MB, WORKER_NPROC, WORKER_SCRIPT
 from tests.security.cli import PREWARM, isolated_env
 
 REPO = Path(__file__).resolve().parents[2]

@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from provisioning.schema import (
-    EXAMPLES_DIR,
-    compose_workload,
-    load_extensions,
-    render_container_config,
-)
+from provisioning.schema import compose_workload
 from provisioning.schema_checks import (
     MAX_DEPTH,
     SchemaRejected,
     check_json_text,
     env_name_problem,
 )
+from provisioning.schema_extensions import EXAMPLES_DIR, load_extensions
+from provisioning.schema_render import render_container_config
 from tests.security.schema_attacks import ATTACKS, LIMITS, extension
 
 

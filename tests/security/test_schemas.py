@@ -27,14 +27,12 @@ from api.composite import client_composite
 from provisioning.apply import release_all
 from provisioning.inventory import inventory_from_dict
 from provisioning.runtime.process_runtime import ProcessRuntime
-from provisioning.schema import (
-    compose_workload,
-    load_extension,
-)
+from provisioning.schema import compose_workload
 from provisioning.schema_checks import (
     DEFAULT_ALLOWED_IMAGES,
     SchemaRejected,
 )
+from provisioning.schema_extensions import load_extension
 from tests.security.schema_attacks import ATTACKS, HOST, extension
 from warehouse.api_keys import issue_key
 from warehouse.db import connect

@@ -60,7 +60,7 @@ def test_migrations_are_recorded_once(warehouse_path):
     assert versions[:3] == ["0001_core", "0002_forecasts_profiles", "0003_provisioning"]
     assert versions == sorted(versions) and versions[-1] == "views"
     assert {"clients", "usage", "calendar", "ingest_batches", "quarantine"} <= tables
-    assert {"forecasts", "profiles", "feedback", "reconciliations", "model_runs"} <= tables
+    assert {"forecasts", "profiles", "feedback", "forecast_scores", "model_runs"} <= tables
 
 
 def test_load_writes_usage_clients_and_record(warehouse_path):

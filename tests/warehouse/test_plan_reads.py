@@ -11,7 +11,6 @@ import polars as pl
 
 from warehouse.activations import read_activation_terms
 from warehouse.db import connect
-from warehouse.monitoring import read_planned_capacity
 from warehouse.plans import (
     latest_applied_plan,
     planned_host,
@@ -21,6 +20,7 @@ from warehouse.plans import (
     write_plan,
 )
 from warehouse.predictions import read_latest_forecasts
+from warehouse.scores import read_planned_capacity
 
 T0 = datetime(2026, 1, 19, 12, 0)
 

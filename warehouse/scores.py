@@ -1,6 +1,6 @@
-"""Reads and writes of the reconciliation loop: forecast/actual pairs not yet reconciled,
-the capacity the plans held, the reconciliation, stats and drift records, and the drift
-episodes still waiting for a retraining."""
+"""Reads and writes of scoring: forecast/actual pairs not yet scored, the capacity the
+plans held, the forecast scores, member stats and drift records, and the drift episodes
+still waiting for a retraining."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ from core.vocabulary import METRICS
 from warehouse.db import connect, fetch_frame, insert_frame
 
 
-def read_unreconciled(path: Path) -> pl.DataFrame:
+def read_unscored(path: Path) -> pl.DataFrame:
     """Forecast buckets ready to score: client_id, metric, ts, window_end, origin, horizon,
     p10, p50, p90, actual. The forecast is the latest one issued before the bucket.
 
     Two kinds of bucket: those with a measured actual, newer than the client's last
-    reconciled bucket; and those with none (no usage row, or a null metric) that lie inside
+    scored bucket; and those with none (no usage row, or a null metric) that lie inside
     a window the client reported actuals for, up to its newest usage bucket and not yet
-    reconciled. The second kind comes with a null `actual` for the caller to fill from the
+    scored. The second kind comes with a null `actual` for the caller to fill from the
     feedback (models.feedback.fill_from_feedback); past the newest usage bucket the
     measurement may still arrive, and a measurement wins.
     """
@@ -30,7 +30,7 @@ def read_unreconciled(path: Path) -> pl.DataFrame:
             con,
             f"""
             WITH marks AS (
-                SELECT client_id, max(window_start) AS done FROM reconciliations GROUP BY 1
+                SELECT client_id, max(window_start) AS done FROM forecast_scores GROUP BY 1
             ),
             latest AS (
                 SELECT client_id, metric, ts, origin, horizon, p10, p50, p90 FROM forecasts
@@ -71,7 +71,7 @@ def read_unreconciled(path: Path) -> pl.DataFrame:
                       WHERE a.client_id = f.client_id AND a.metric = f.metric AND a.ts = f.ts
                   )
                   AND NOT EXISTS (
-                      SELECT 1 FROM reconciliations r
+                      SELECT 1 FROM forecast_scores r
                       WHERE r.client_id = f.client_id AND r.metric = f.metric
                         AND r.window_start = f.ts
                   )
@@ -113,18 +113,18 @@ def read_planned_capacity(path: Path) -> pl.DataFrame:
         )
 
 
-def read_reconciliation_history(path: Path) -> pl.DataFrame:
-    """Every reconciled bucket (for drift detection)."""
+def read_score_history(path: Path) -> pl.DataFrame:
+    """Every scored bucket (for drift detection)."""
     with connect(path, read_only=True) as con:
         return fetch_frame(
             con,
-            "SELECT client_id, window_start, metric, actual, covered, pinball FROM reconciliations",
+            "SELECT client_id, window_start, metric, actual, covered, pinball FROM forecast_scores",
         )
 
 
-def write_reconciliations(path: Path, rows: pl.DataFrame) -> None:
-    """Append reconciled buckets."""
-    _append(path, "reconciliations", rows)
+def write_scores(path: Path, rows: pl.DataFrame) -> None:
+    """Append scored buckets."""
+    _append(path, "forecast_scores", rows)
 
 
 def write_member_stats(path: Path, rows: pl.DataFrame) -> None:
@@ -203,11 +203,9 @@ def _append(path: Path, table: str, rows: pl.DataFrame) -> None:
         insert_frame(con, table, rows)
 
 
-def annotate_reconciliations(
-    path: Path, reconciled_at: object, notes: dict[str, tuple[str, str]]
-) -> None:
+def annotate_scores(path: Path, scored_at: object, notes: dict[str, tuple[str, str]]) -> None:
     """Record the action taken for a client (and why) on its newest concurrency row of the
-    reconciliation run at `reconciled_at` (or its newest row when it has no concurrency)."""
+    scoring run at `scored_at` (or its newest row when it has no concurrency)."""
     if not notes:
         return
     frame = pl.DataFrame(
@@ -219,16 +217,16 @@ def annotate_reconciliations(
         con.register("notes", frame.to_arrow())
         con.execute(
             """
-            UPDATE reconciliations r SET action = n.action, reason = n.reason
+            UPDATE forecast_scores r SET action = n.action, reason = n.reason
             FROM notes n, (
                 SELECT client_id, max(window_start) AS last_start,
                        bool_or(metric = 'concurrency') AS has_concurrency
-                FROM reconciliations WHERE reconciled_at = ? GROUP BY client_id
+                FROM forecast_scores WHERE scored_at = ? GROUP BY client_id
             ) last
             WHERE r.client_id = n.client_id AND r.client_id = last.client_id
-              AND r.reconciled_at = ? AND r.window_start = last.last_start
+              AND r.scored_at = ? AND r.window_start = last.last_start
               AND (r.metric = 'concurrency' OR NOT last.has_concurrency)
             """,
-            [reconciled_at, reconciled_at],
+            [scored_at, scored_at],
         )
         con.unregister("notes")

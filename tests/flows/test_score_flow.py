@@ -1,5 +1,5 @@
-"""reconcile-pools end to end: real warehouse, real pools (processes, never touched by
-reconciling), real retraining."""
+"""score-outcomes end to end: real warehouse, real pools (processes, never touched by
+scoring), real retraining."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pytest
 from flows.ingest import ingest_usage
 from flows.predict import predict_profiles
 from flows.provision import provision_pools
-from flows.reconcile import reconcile_pools
 from flows.runtime import open_pool_runtime
+from flows.scoring import score_outcomes
 from flows.settings import Settings
 from flows.train import train_flow
 from provisioning.apply import release_all
@@ -70,7 +70,7 @@ def _members(settings: Settings) -> list[str]:
     return sorted(m.id for m in members)
 
 
-def test_reconciliation_rows_and_cold_starts_leave_the_pool_alone(settings, tmp_path):
+def test_score_rows_and_cold_starts_leave_the_pool_alone(settings, tmp_path):
     # Client "flat" needs exactly 2 instances every bucket for 2 days.
     start = END - timedelta(days=2)
     ingest_usage(
@@ -83,12 +83,12 @@ def test_reconciliation_rows_and_cold_starts_leave_the_pool_alone(settings, tmp_
     # The next hour arrives: need 2, then 5 in its last bucket (a surprise burst).
     later = _events(tmp_path / "b.csv", "flat", END, 12, lambda i, t: 5.0 if i == 11 else 2.0)
     ingest_usage(source="events", path=later)
-    summary = reconcile_pools(retrain=False)
+    summary = score_outcomes(retrain=False)
     with connect(settings.warehouse_path, read_only=True) as con:
         rows = fetch_frame(
             con,
             "SELECT window_start, actual, predicted_p50, covered, cold_starts,"
-            " reactive_cold_starts, action FROM reconciliations"
+            " reactive_cold_starts, action FROM forecast_scores"
             " WHERE metric = 'concurrency' ORDER BY window_start",
         )
     assert rows.height == 12  # the 12-step forecast from END - 5 min covers END .. END + 55 min
@@ -105,12 +105,12 @@ def test_reconciliation_rows_and_cold_starts_leave_the_pool_alone(settings, tmp_
     assert _members(settings) == planned
     assert rows["action"].to_list() == [None] * 12
     assert not summary.drifted and summary.retraining is None
-    # A second reconcile finds nothing new.
-    again = reconcile_pools(retrain=False)
+    # A second scoring finds nothing new.
+    again = score_outcomes(retrain=False)
     assert again.buckets == 0 and _members(settings) == planned
 
 
-def test_feedback_actuals_are_scored_where_usage_has_none(settings, tmp_path):
+def test_feedback_actuals_are_scored_where_usage_has_none(settings, tmp_path, run_cli):
     start = END - timedelta(days=1)
     ingest_usage(
         source="events", path=_events(tmp_path / "a.csv", "gap", start, 288, lambda i, t: 2.0)
@@ -121,7 +121,7 @@ def test_feedback_actuals_are_scored_where_usage_has_none(settings, tmp_path):
     lines = hour.read_text().splitlines()
     hour.write_text("\n".join(lines[:4] + lines[7:]) + "\n")
     ingest_usage(source="events", path=hour)
-    first = reconcile_pools(retrain=False)
+    first = score_outcomes(retrain=False)
     assert first.buckets == 9  # the three lost buckets have nothing to be scored against
     # The client reports what it really needed over END + 15 .. 35 min: 5 instances.
     record_feedback(
@@ -133,16 +133,16 @@ def test_feedback_actuals_are_scored_where_usage_has_none(settings, tmp_path):
         {"concurrency": 5.0},
         None,
     )
-    second = reconcile_pools(retrain=False)
+    second = score_outcomes(retrain=False)
     with connect(settings.warehouse_path, read_only=True) as con:
         rows = con.execute(
-            "SELECT window_start, actual, error, covered, cold_starts FROM reconciliations"
-            " WHERE reconciled_at = (SELECT max(reconciled_at) FROM reconciliations)"
+            "SELECT window_start, actual, error, covered, cold_starts FROM forecast_scores"
+            " WHERE scored_at = (SELECT max(scored_at) FROM forecast_scores)"
             " ORDER BY window_start"
         ).fetchall()
         measured = fetch_value(
             con,
-            "SELECT list(actual ORDER BY window_start) FROM reconciliations"
+            "SELECT list(actual ORDER BY window_start) FROM forecast_scores"
             " WHERE window_start >= ? AND window_start < ?",
             [END + 6 * STEP, END + 7 * STEP],
         )
@@ -151,11 +151,14 @@ def test_feedback_actuals_are_scored_where_usage_has_none(settings, tmp_path):
     assert second.buckets == 3
     assert rows == [(END + i * STEP, 5.0, 3.0, False, 5.0) for i in (3, 4, 5)]
     assert measured == [2.0]
-    assert reconcile_pools(retrain=False).buckets == 0
+    # Nothing new; through `prewarm reconcile`, the old name operators' scripts still call.
+    code, out, err = run_cli("reconcile", "--no-retrain")
+    assert code == 0 and "Scored 0 buckets (0 rows)" in out
+    assert "`prewarm reconcile` is now `prewarm score`" in err.splitlines()
 
 
 def _seed_misses(path: Path, client_ids: tuple[str, ...], missed: str) -> None:
-    """30 reconciled windows before END for each client; `missed` is outside the band."""
+    """30 scored windows before END for each client; `missed` is outside the band."""
     rows = []
     for client in client_ids:
         for i in range(30):
@@ -178,10 +181,10 @@ def _seed_misses(path: Path, client_ids: tuple[str, ...], missed: str) -> None:
             "pinball",
         ],
         orient="row",
-    ).with_columns(pl.lit(datetime(2026, 1, 19)).alias("reconciled_at"))
+    ).with_columns(pl.lit(datetime(2026, 1, 19)).alias("scored_at"))
     with connect(path) as con:
         con.register("seed", frame.to_arrow())
-        con.execute(f"INSERT INTO reconciliations ({', '.join(frame.columns)}) SELECT * FROM seed")
+        con.execute(f"INSERT INTO forecast_scores ({', '.join(frame.columns)}) SELECT * FROM seed")
 
 
 def _drift_events(path: Path) -> list[tuple]:
@@ -195,7 +198,7 @@ def test_drift_is_recorded_once_per_episode(settings):
     ingest_usage(source="synthetic", clients=2, days=3, seed=5, end=END)
     _seed_misses(settings.warehouse_path, ("c0000", "c0001"), missed="c0001")
     for _ in range(3):
-        summary = reconcile_pools(retrain=False)
+        summary = score_outcomes(retrain=False)
         assert set(summary.drifted) == {"c0001"}
         assert summary.waiting == {"c0001": "retraining off"}
     # Until c0001 is trained, the episode stays open: one row, however many cycles see it.
@@ -212,7 +215,7 @@ def test_drift_retrains_exactly_the_drifted_clients_once(settings, tmp_path):
             source="events",
             path=_events(tmp_path / f"{client}.csv", client, END, 12, lambda i, t: 3.0),
         )
-    summary = reconcile_pools()
+    summary = score_outcomes()
     assert set(summary.drifted) == {"c0001"}
     assert "coverage 0.00" in summary.drifted["c0001"]
     assert summary.retrained == {"c0001": "2"}
@@ -232,7 +235,7 @@ def test_drift_retrains_exactly_the_drifted_clients_once(settings, tmp_path):
     # The windows judged still hold the old model's misses: the drift is seen again and
     # opens a new episode, but the client was just retrained: it waits out the cooldown.
     for _ in range(2):
-        again = reconcile_pools()
+        again = score_outcomes()
         assert set(again.drifted) == {"c0001"} and again.retrained == {}
         assert again.waiting["c0001"].startswith("cooldown until ")
     assert _drift_events(settings.warehouse_path) == [("c0001", True, "2"), ("c0001", False, None)]
@@ -242,15 +245,15 @@ def _wmape(path: Path, since: datetime) -> float:
     with connect(path, read_only=True) as con:
         value = fetch_value(
             con,
-            "SELECT sum(abs(actual - predicted_p50)) / sum(abs(actual)) FROM reconciliations"
+            "SELECT sum(abs(actual - predicted_p50)) / sum(abs(actual)) FROM forecast_scores"
             " WHERE metric = 'concurrency' AND window_start >= ?",
             [since],
         )
     return float(value)
 
 
-def test_a_step_up_recovers_after_one_reconcile_retrain_cycle(settings, tmp_path, monkeypatch):
-    """Demand triples at STEP_AT. Forecasts made before it miss badly; after one reconcile
+def test_a_step_up_recovers_after_one_score_retrain_cycle(settings, tmp_path, monkeypatch):
+    """Demand triples at STEP_AT. Forecasts made before it miss badly; after one scoring
     finds the drift and retrains, the next hour's forecasts are at least 3x more accurate."""
     monkeypatch.setenv("PREWARM_DRIFT_MIN_WINDOWS", "12")  # judge after one hour
     step_at = END - timedelta(hours=2)
@@ -266,14 +269,14 @@ def test_a_step_up_recovers_after_one_reconcile_retrain_cycle(settings, tmp_path
     predict_profiles()  # forecasts from just before the step
     after = _events(tmp_path / "after.csv", "step", step_at, 12, level)
     ingest_usage(source="events", path=after)
-    first = reconcile_pools()  # the hour after the step: drift -> retrain
+    first = score_outcomes()  # the hour after the step: drift -> retrain
     assert first.drifted and "step" in first.retrained
     error_before = _wmape(settings.warehouse_path, step_at)
     predict_profiles()  # forecasts from the retrained model
     recovered_at = step_at + timedelta(hours=1)
     next_hour = _events(tmp_path / "next.csv", "step", recovered_at, 12, level)
     ingest_usage(source="events", path=next_hour)
-    reconcile_pools(retrain=False)
+    score_outcomes(retrain=False)
     error_after = _wmape(settings.warehouse_path, recovered_at)
     assert error_before > 0.3  # forecasts at the old level: about 2/3 off
     assert error_after <= error_before / 3

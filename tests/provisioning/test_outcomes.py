@@ -1,4 +1,4 @@
-"""Reconciliation arithmetic on hand-made frames, every number worked out by hand."""
+"""Forecast errors, pool outcomes and drift on hand-made frames, every number worked out by hand."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from provisioning.costs import CostModel
-from provisioning.monitoring import DriftThresholds, detect_drift, pool_outcomes, score_forecasts
+from provisioning.outcomes import DriftThresholds, detect_drift, pool_outcomes, score_forecasts
 
 T0 = datetime(2026, 1, 5)
 

@@ -1,6 +1,6 @@
-"""Reconciliation arithmetic: what was predicted vs what happened, and what it cost.
+"""What happened against what was planned: forecast errors, pool outcomes, drift.
 
-Pure functions over frames. Per client, bucket (the reconciliation window) and metric:
+Pure functions over frames. Per client, bucket (the scoring window) and metric:
 
     error    = actual - p50
     covered  = p10 <= actual <= p90
@@ -37,7 +37,7 @@ TIER_ORDER = ("active", "shadow", "cold")  # who serves first
 class DriftThresholds:
     """When a client's forecasts are judged to have drifted (and it is retrained)."""
 
-    min_windows: int = 24  # reconciled buckets needed before judging (2 h at 5 min)
+    min_windows: int = 24  # scored buckets needed before judging (2 h at 5 min)
     lookback_windows: int = 36  # the most recent buckets judged
     min_coverage: float = 0.5  # nominal is 0.8: half the actuals outside the band is drift
     max_relative_pinball: float = 0.5  # mean pinball / mean actual
@@ -98,17 +98,17 @@ def pool_outcomes(demand: pl.DataFrame, costs: CostModel, bucket_seconds: int) -
 
 
 def detect_drift(
-    reconciliations: pl.DataFrame,
+    scores: pl.DataFrame,
     feedback: pl.DataFrame,
     thresholds: DriftThresholds,
 ) -> pl.DataFrame:
     """Clients whose recent forecasts drifted: client_id, metric, value, threshold, reason.
 
-    reconciliations: client_id, window_start, metric, actual, covered, pinball (history).
+    scores: client_id, window_start, metric, actual, covered, pinball (history).
     feedback: client_id, window_start, score (recent ratings).
     """
     recent = (
-        reconciliations.drop_nulls("covered")
+        scores.drop_nulls("covered")
         .sort("window_start", descending=True)
         .group_by("client_id", "metric", maintain_order=True)
         .head(thresholds.lookback_windows)
@@ -128,17 +128,26 @@ def detect_drift(
     for row in stats.sort("client_id", "metric").iter_rows(named=True):
         if row["coverage"] < thresholds.min_coverage:
             rows.append(
-                (row["client_id"], row["metric"], row["coverage"], thresholds.min_coverage,
-                 f"{row['metric']}: coverage {row['coverage']:.2f} of the 80% band over "
-                 f"{row['n']} windows < {thresholds.min_coverage:.2f}")
-            )  # fmt: skip
+                (
+                    row["client_id"],
+                    row["metric"],
+                    row["coverage"],
+                    thresholds.min_coverage,
+                    f"{row['metric']}: coverage {row['coverage']:.2f} of the 80% band over "
+                    f"{row['n']} windows < {thresholds.min_coverage:.2f}",
+                )
+            )
         elif row["relative_pinball"] > thresholds.max_relative_pinball:
             rows.append(
-                (row["client_id"], row["metric"], row["relative_pinball"],
-                 thresholds.max_relative_pinball,
-                 f"{row['metric']}: pinball {row['relative_pinball']:.2f} x the mean level over "
-                 f"{row['n']} windows > {thresholds.max_relative_pinball:.2f}")
-            )  # fmt: skip
+                (
+                    row["client_id"],
+                    row["metric"],
+                    row["relative_pinball"],
+                    thresholds.max_relative_pinball,
+                    f"{row['metric']}: pinball {row['relative_pinball']:.2f} x the mean level over "
+                    f"{row['n']} windows > {thresholds.max_relative_pinball:.2f}",
+                )
+            )
     if feedback.height:
         poor = (
             feedback.filter(pl.col("score") <= thresholds.poor_feedback_score)
@@ -147,14 +156,22 @@ def detect_drift(
         )
         for client_id, score, n in poor.sort("client_id").iter_rows():
             rows.append(
-                (client_id, "feedback", float(score), float(thresholds.poor_feedback_score),
-                 f"feedback: {n} recent rating(s) at or below {thresholds.poor_feedback_score} "
-                 f"(lowest {score})")
-            )  # fmt: skip
+                (
+                    client_id,
+                    "feedback",
+                    float(score),
+                    float(thresholds.poor_feedback_score),
+                    f"feedback: {n} recent rating(s) at or below {thresholds.poor_feedback_score} "
+                    f"(lowest {score})",
+                )
+            )
     schema = {
-        "client_id": pl.String, "metric": pl.String, "value": pl.Float64,
-        "threshold": pl.Float64, "reason": pl.String,
-    }  # fmt: skip
+        "client_id": pl.String,
+        "metric": pl.String,
+        "value": pl.Float64,
+        "threshold": pl.Float64,
+        "reason": pl.String,
+    }
     frame = pl.DataFrame(rows, schema=schema, orient="row")
     # One reason per client is enough to retrain it; keep the first (sorted) one.
     return frame.unique("client_id", keep="first", maintain_order=True)

@@ -1,10 +1,10 @@
-"""Flow `reconcile-pools`: compare what happened with what was predicted, record drift, and
-retrain the drifted clients that are due. It never touches the pools: keeping them at what
-demand needs is provisioning's job.
+"""Flow `score-outcomes`: score what was predicted and planned against what happened, record
+drift, and retrain the drifted clients that are due. It never touches the pools: keeping
+them at what demand needs is provisioning's job.
 
 1. Score every newly arrived bucket against the latest forecast made before it (error,
    coverage, pinball) and, on concurrency, against the warm capacity the plan held (cold
-   starts, idle cost, and what a reactive autoscaler would have paid): `reconciliations`.
+   starts, idle cost, and what a reactive autoscaler would have paid): `forecast_scores`.
    Where usage has no actual but the client reported one with its feedback, that is scored.
 2. Observe the pool: CPU and memory of active members (`pool_member_stats`).
 3. Detect drift (coverage or pinball beyond thresholds, or poor client feedback) and record
@@ -29,7 +29,7 @@ from prefect.cache_policies import NONE
 
 from core.errors import PrewarmError
 from core.times import utc_now
-from flows.artifacts import publish_reconciliation
+from flows.artifacts import publish_scores
 from flows.locks import warehouse_write
 from flows.retrain import RetrainSummary, retrain_candidates, retrain_drifted
 from flows.runtime import bound_runtime, open_runtime_named
@@ -37,19 +37,19 @@ from flows.settings import Settings
 from models.feedback import fill_from_feedback, reported_actuals
 from models.retraining import retrain_decisions
 from provisioning.costs import CostModel, load_cost_model
-from provisioning.monitoring import DriftThresholds, detect_drift, pool_outcomes, score_forecasts
+from provisioning.outcomes import DriftThresholds, detect_drift, pool_outcomes, score_forecasts
 from provisioning.runtime.base import ContainerRuntime
 from warehouse.clients import read_clients
 from warehouse.feedback import read_feedback_signals, read_reported_actuals
-from warehouse.monitoring import (
-    annotate_reconciliations,
+from warehouse.scores import (
+    annotate_scores,
     read_open_drift,
     read_planned_capacity,
-    read_reconciliation_history,
-    read_unreconciled,
+    read_score_history,
+    read_unscored,
     write_drift_events,
     write_member_stats,
-    write_reconciliations,
+    write_scores,
 )
 from warehouse.usage import read_recent_usage
 
@@ -57,8 +57,8 @@ FEEDBACK_LOOKBACK = timedelta(days=2)
 
 
 @dataclass
-class ReconcileSummary:
-    """What one reconciliation did."""
+class ScoreSummary:
+    """What one scoring run did."""
 
     buckets: int = 0
     rows: int = 0
@@ -79,18 +79,20 @@ def _costs(settings: Settings) -> CostModel:
 
 
 @task(cache_policy=NONE)
-def reconcile_buckets(settings: Settings, reconciled_at: datetime) -> pl.DataFrame:
+def score_buckets(settings: Settings, scored_at: datetime) -> pl.DataFrame:
     """Score new buckets against their forecasts and the plan's capacity; write and return."""
     path = settings.warehouse_path
-    pairs = _with_reported_actuals(path, read_unreconciled(path))
+    pairs = _with_reported_actuals(path, read_unscored(path))
     if pairs.height == 0:
         return pairs
     scored = score_forecasts(pairs)
     clients = read_clients(path).select(
-        "client_id", "tier", "freq_seconds",
+        "client_id",
+        "tier",
+        "freq_seconds",
         pl.col("container_cpu").fill_null(0.5).alias("cpu"),
         pl.col("container_memory_mb").fill_null(512.0).alias("memory_mb"),
-    )  # fmt: skip
+    )
     demand = scored.filter(pl.col("metric") == "concurrency").select(
         "client_id", "ts", pl.col("actual").alias("need")
     )
@@ -134,14 +136,30 @@ def reconcile_buckets(settings: Settings, reconciled_at: datetime) -> pl.DataFra
     rows = rows.with_columns(
         pl.lit(None, dtype=pl.String).alias("action"),
         pl.lit(None, dtype=pl.String).alias("reason"),
-        pl.lit(reconciled_at).cast(pl.Datetime("us")).alias("reconciled_at"),
+        pl.lit(scored_at).cast(pl.Datetime("us")).alias("scored_at"),
     ).select(
-        "client_id", "window_start", "window_end", "metric", "predicted_p10", "predicted_p50",
-        "predicted_p90", "actual", "error", "covered", "pinball", "cold_starts", "idle_cost",
-        "reactive_cost", "reactive_cold_starts", "cost", "action", "reason", "reconciled_at",
-    )  # fmt: skip
+        "client_id",
+        "window_start",
+        "window_end",
+        "metric",
+        "predicted_p10",
+        "predicted_p50",
+        "predicted_p90",
+        "actual",
+        "error",
+        "covered",
+        "pinball",
+        "cold_starts",
+        "idle_cost",
+        "reactive_cost",
+        "reactive_cold_starts",
+        "cost",
+        "action",
+        "reason",
+        "scored_at",
+    )
     with warehouse_write():
-        write_reconciliations(path, rows)
+        write_scores(path, rows)
     return rows
 
 
@@ -217,10 +235,14 @@ def observe_members(settings: Settings, runtime: ContainerRuntime, observed_at: 
         except Exception:  # a member released meanwhile: nothing to observe
             return None
         return {
-            "member_id": member.id, "client_id": member.client_id, "runtime": runtime.name,
-            "tier": member.tier, "cpu_percent": values.get("cpu_percent"),
-            "memory_mb": values.get("memory_mb"), "observed_at": observed_at,
-        }  # fmt: skip
+            "member_id": member.id,
+            "client_id": member.client_id,
+            "runtime": runtime.name,
+            "tier": member.tier,
+            "cpu_percent": values.get("cpu_percent"),
+            "memory_mb": values.get("memory_mb"),
+            "observed_at": observed_at,
+        }
 
     # Docker answers stats about once a second per container: ask in parallel.
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -263,7 +285,7 @@ def record_drift(settings: Settings, now: datetime) -> pl.DataFrame:
         min_coverage=settings.drift_min_coverage,
         max_relative_pinball=settings.drift_max_relative_pinball,
     )
-    drift = detect_drift(read_reconciliation_history(path), feedback, thresholds)
+    drift = detect_drift(read_score_history(path), feedback, thresholds)
     state = read_open_drift(path)
     fresh = drift.filter(~pl.col("client_id").is_in(state.get_column("client_id").to_list()))
     if fresh.height:
@@ -284,15 +306,15 @@ def record_drift(settings: Settings, now: datetime) -> pl.DataFrame:
     ).join(decisions, on="client_id", how="left")
 
 
-@flow(name="reconcile-pools")
-def reconcile_pools(retrain: bool = True) -> ReconcileSummary:
+@flow(name="score-outcomes")
+def score_outcomes(retrain: bool = True) -> ScoreSummary:
     """Score predictions against actuals, record drift, retrain the drifted clients due."""
     started = time.perf_counter()
     settings = Settings()
     logger = get_run_logger()
     now = utc_now()
-    summary = ReconcileSummary()
-    rows = reconcile_buckets(settings, now)
+    summary = ScoreSummary()
+    rows = score_buckets(settings, now)
     if rows.height:
         summary.rows = rows.height
         summary.buckets = rows.select("client_id", "window_start").unique().height
@@ -329,14 +351,18 @@ def reconcile_pools(retrain: bool = True) -> ReconcileSummary:
         for cid, reason in summary.drifted.items()
     }
     with warehouse_write():
-        annotate_reconciliations(settings.warehouse_path, now, notes)
-    publish_reconciliation(summary, rows)
+        annotate_scores(settings.warehouse_path, now, notes)
+    publish_scores(summary, rows)
     summary.seconds = time.perf_counter() - started
     logger.info(
-        "reconciled %d buckets (coverage %s, %.1f cold starts, cost %.4f vs reactive %.4f); "
+        "scored %d buckets (coverage %s, %.1f cold starts, cost %.4f vs reactive %.4f); "
         "drifted %d, retrained %d",
-        summary.buckets, f"{summary.coverage:.2f}" if summary.coverage is not None else "-",
-        summary.cold_starts, summary.cost, summary.reactive_cost,
-        len(summary.drifted), len(summary.retrained),
-    )  # fmt: skip
+        summary.buckets,
+        f"{summary.coverage:.2f}" if summary.coverage is not None else "-",
+        summary.cold_starts,
+        summary.cost,
+        summary.reactive_cost,
+        len(summary.drifted),
+        len(summary.retrained),
+    )
     return summary

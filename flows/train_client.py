@@ -1,0 +1,244 @@
+"""Training one client: fit its forecaster, score it on its holdout, register it and gate its
+promotion (one Prefect task per client, run in a worker process)."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, cast
+
+import polars as pl
+from prefect import task
+from prefect.cache_policies import NONE
+
+from flows.settings import Settings
+from models.evaluation import WindowScore, holdout_start, score_window
+from models.feedback import describe_weighting
+from models.forecaster import (
+    FORECAST_SCHEMA,
+    Adjustments,
+    ClientForecaster,
+    ForecastConfig,
+    GlobalForecaster,
+    fit_client_forecaster,
+    needs_fallback,
+)
+from models.plots import plot_forecast_vs_actual
+from models.profile import demand_metric
+from models.promotion import decide_promotion
+from models.registry import (
+    ModelCard,
+    Registration,
+    ensure_experiment,
+    load_forecaster,
+    register_forecaster,
+)
+
+INPUT_EXAMPLE_ROWS = 12  # a small, valid history slice shown in the MLflow UI
+
+
+@dataclass(frozen=True)
+class ClientTraining:
+    """What fitting one client needs; travels to a worker as one task argument."""
+
+    client_id: str
+    history: pl.DataFrame
+    calendar: pl.DataFrame
+    client: dict[str, Any] | None  # its attributes
+    config: ForecastConfig
+    adjustments: Adjustments | None
+    global_model: GlobalForecaster | None  # for a client too short for a model of its own
+
+
+@dataclass
+class FittedClient:
+    """A fitted forecaster and what was measured about it before registration."""
+
+    client_id: str
+    forecaster: ClientForecaster
+    score: WindowScore | None
+    plot_png: bytes | None
+    fit_seconds: float
+    example_input: pl.DataFrame  # a small valid history slice, shown in the MLflow UI
+    example_output: pl.DataFrame  # what the model predicts from it (the signature's output)
+
+
+@dataclass
+class ClientOutcome:
+    """What training one client produced (small: it travels back from a worker)."""
+
+    client_id: str
+    registration: Registration
+    score: WindowScore | None
+    fallback: str | None
+    fit_seconds: float
+    weighting: str  # how its recent rows were weighted (models.feedback.describe_weighting)
+
+
+def fit_client(job: ClientTraining) -> FittedClient:
+    """Fit one client's forecaster (its own, or its view of the global model) and score it
+    on its holdout day, with the plot a reviewer opens."""
+    started = time.perf_counter()
+    client_id, history, calendar, config = job.client_id, job.history, job.calendar, job.config
+    global_model = job.global_model
+    reason = needs_fallback(history, config)
+    if reason is not None and global_model is not None:
+        forecaster = global_model.for_client(client_id, job.client, reason)
+    else:
+        forecaster = fit_client_forecaster(history, config, calendar, job.client, job.adjustments)
+    score = score_window(forecaster, history, holdout_start(history, config.holdout_days), calendar)
+    example = history.tail(INPUT_EXAMPLE_ROWS)
+    if score is None:
+        plot, output = None, forecaster.predict(example)
+    else:
+        metric = demand_metric(forecaster.metrics)
+        shown = score.predictions.filter(pl.col("metric") == metric)
+        kind = f"global model ({forecaster.fallback})" if forecaster.fallback else "own model"
+        plot = plot_forecast_vs_actual(
+            shown, f"{client_id}: {metric}, holdout forecast vs actual, {kind}", metric
+        )
+        # The signature's output example: this model's forecast from the last holdout
+        # origin, already computed by the scoring (a fresh prediction costs 0.05 s).
+        last = score.predictions.filter(pl.col("origin") == pl.col("origin").max())
+        output = last.select(list(FORECAST_SCHEMA))
+    return FittedClient(
+        client_id, forecaster, score, plot, time.perf_counter() - started, example, output
+    )
+
+
+@task(cache_policy=NONE)
+def start_worker(settings: Settings) -> int:
+    """Load what a training task needs (libraries, the MLflow store) in a worker process
+    while the flow reads usage and fits the shared models, so the first clients do not pay
+    for it (about 5 s of a 2-minute run)."""
+    import matplotlib.dates  # noqa: F401 (models.plots imports it on first use)
+    import matplotlib.figure  # noqa: F401
+
+    ensure_experiment(settings.mlflow_tracking_uri, settings.mlflow_artifacts_dir)
+    return os.getpid()
+
+
+@task(cache_policy=NONE)
+def train_client(
+    job: ClientTraining,
+    exceedance: Any,
+    has_champion: bool,
+    settings: Settings,
+    trigger: str = "schedule",
+) -> ClientOutcome:
+    """Fit, score, gate and register one client's forecaster.
+
+    Registration happens here, in the worker, right after the fit: the workers share the
+    MLflow store (SQLite or a tracking server), so registrations run as parallel as fits.
+    """
+    fitted = fit_client(job)
+    if "concurrency" in fitted.forecaster.metrics:
+        fitted.forecaster.exceedance = exceedance
+    # The global model's view of a client is fitted without the client's adjustments.
+    weighting = describe_weighting(None if fitted.forecaster.fallback else job.adjustments)
+    registration = register_client(
+        fitted, job.history, job.calendar, job.client, settings, has_champion, trigger, weighting
+    )
+    return ClientOutcome(
+        job.client_id,
+        registration,
+        fitted.score,
+        fitted.forecaster.fallback,
+        fitted.fit_seconds,
+        weighting,
+    )
+
+
+def register_client(
+    fitted: FittedClient,
+    history: pl.DataFrame,
+    calendar: pl.DataFrame,
+    client: dict[str, Any] | None,
+    settings: Settings,
+    has_champion: bool,
+    trigger: str = "schedule",
+    weighting: str = "none",
+) -> Registration:
+    """Register the fitted forecaster; promote it past the champion only when it is better."""
+    forecaster, score = fitted.forecaster, fitted.score
+    champion_wmape = None
+    current = (
+        load_forecaster(fitted.client_id, settings.mlflow_tracking_uri) if has_champion else None
+    )
+    if current is not None and score is not None:
+        start = holdout_start(history, forecaster.config.holdout_days)
+        champion_score = score_window(current[0], history, start, calendar)
+        champion_wmape = champion_score.wmape if champion_score else None
+    promote, reason = decide_promotion(
+        score.wmape if score else float("nan"),
+        champion_wmape,
+        score.baseline_wmape if score else None,
+        score.baseline if score else "seasonal naive",
+    )
+    card = _model_card(fitted, history, client, champion_wmape, trigger, weighting)
+    return register_forecaster(
+        forecaster,
+        fitted.client_id,
+        card,
+        promote,
+        reason,
+        settings.mlflow_tracking_uri,
+        settings.mlflow_artifacts_dir,
+    )
+
+
+def _model_card(
+    fitted: FittedClient,
+    history: pl.DataFrame,
+    client: dict[str, Any] | None,
+    champion_wmape: float | None,
+    trigger: str,
+    weighting: str,
+) -> ModelCard:
+    forecaster, score = fitted.forecaster, fitted.score
+    config = forecaster.config
+    metrics: dict[str, float] = {}
+    for metric, report in forecaster.holdout.items():
+        for key, value in report.items():
+            if value is not None:
+                metrics[f"{metric}.{key}"] = float(value)
+    if score is not None:
+        metrics["window.wmape"] = score.wmape
+        if score.baseline_wmape is not None:
+            metrics["window.baseline_wmape"] = score.baseline_wmape
+        if score.coverage_80 is not None:
+            metrics["window.coverage_80"] = score.coverage_80
+    if champion_wmape is not None:
+        metrics["window.champion_wmape"] = champion_wmape
+    metrics["fit_seconds"] = fitted.fit_seconds
+    # "ts" is a Datetime column, so its min and max are datetimes (None only when empty);
+    # polars types Series.min/max as any Python literal.
+    first = cast("datetime | None", history.get_column("ts").min())
+    last = cast("datetime | None", history.get_column("ts").max())
+    return ModelCard(
+        params={
+            "freq_seconds": config.freq_seconds,
+            "horizon_steps": config.horizon_steps,
+            "n_estimators": config.n_estimators,
+            "num_leaves": config.num_leaves,
+            "learning_rate": config.learning_rate,
+            "max_train_rows": config.max_train_rows,
+            "metrics": ",".join(forecaster.metrics),
+            "history_rows": history.height,
+        },
+        metrics=metrics,
+        tags={
+            "tier": str((client or {}).get("tier") or "unset"),
+            "region": str((client or {}).get("region") or "unset"),
+            "model_kind": "global" if forecaster.fallback else "per-client",
+            "fallback": forecaster.fallback or "none",
+            "data_window": f"{first:%Y-%m-%dT%H:%M} .. {last:%Y-%m-%dT%H:%M}",
+            "trigger": trigger,
+            "weighting": weighting,
+        },
+        plot_png=fitted.plot_png,
+        input_example=fitted.example_input.to_pandas(),
+        output_example=fitted.example_output.to_pandas(),
+    )

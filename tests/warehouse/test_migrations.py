@@ -1,0 +1,111 @@
+"""Upgrading a warehouse made by an older prewarm: 0007 renames `reconciliations` (scoring
+against what happened) to `forecast_scores`, and its `reconciled_at` to `scored_at`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import duckdb
+import pytest
+
+import warehouse.db as db
+from warehouse.db import connect, fetch_one, fetch_value
+
+RENAME = "0007_forecast_scores"
+COLUMNS = (
+    "client_id, window_start, window_end, metric, predicted_p10, predicted_p50, predicted_p90,"
+    " actual, error, covered, pinball, cold_starts, idle_cost, reactive_cost,"
+    " reactive_cold_starts, cost, action, reason"
+)
+ROW = (
+    "a",
+    datetime(2026, 1, 5, 0, 0),
+    datetime(2026, 1, 5, 0, 5),
+    "concurrency",
+    1.0,
+    2.0,
+    3.0,
+    2.5,
+    0.5,
+    True,
+    0.25,
+    1.0,
+    0.125,
+    0.5,
+    2.0,
+    1.125,
+    "drift",
+    "coverage 0.40 < 0.50",
+)
+SCORED_AT = datetime(2026, 1, 5, 1, 0)
+
+
+def _versions(con: duckdb.DuckDBPyConnection) -> list[str]:
+    return [v for (v,) in con.execute("SELECT version FROM schema_migrations").fetchall()]
+
+
+def _old_warehouse(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A warehouse as the prewarm before 0007 left it: the migrations up to 0006 and the
+    views of then (the same views over `reconciliations`), with one scored row."""
+    every = db._migration_files()
+    assert every[-1][0] == RENAME, "the rename is the newest migration"
+    old_views = (
+        db._views_sql()
+        .replace("forecast_scores", "reconciliations")
+        .replace("scored_at", "reconciled_at")
+    )
+    with monkeypatch.context() as old:
+        old.setattr(db, "_migration_files", lambda: every[:-1])
+        old.setattr(db, "_views_sql", lambda: old_views)
+        with connect(path) as con:
+            con.execute(
+                f"INSERT INTO reconciliations ({COLUMNS}, reconciled_at)"
+                f" VALUES ({', '.join('?' * (len(ROW) + 1))})",
+                [*ROW, SCORED_AT],
+            )
+            versions = _versions(con)
+            # The old views read the old table.
+            assert fetch_value(con, "SELECT buckets FROM v_client_accuracy") == 1
+    assert RENAME not in versions and "0006_cycles" in versions
+
+
+def test_0007_moves_every_scored_row_to_forecast_scores(tmp_path, monkeypatch):
+    path = tmp_path / "warehouse.duckdb"
+    _old_warehouse(path, monkeypatch)
+
+    # The next connection of this prewarm applies 0007 and the views of now.
+    with connect(path, read_only=True) as con:
+        tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+        assert "forecast_scores" in tables and "reconciliations" not in tables
+        columns = [r[0] for r in con.execute("DESCRIBE forecast_scores").fetchall()]
+        assert "scored_at" in columns and "reconciled_at" not in columns
+        assert fetch_value(con, "SELECT count(*) FROM forecast_scores") == 1
+        assert fetch_one(con, f"SELECT {COLUMNS}, scored_at FROM forecast_scores") == (
+            *ROW,
+            SCORED_AT,
+        )
+        # Still NOT NULL, as it was.
+        nullable = fetch_value(
+            con,
+            "SELECT is_nullable FROM information_schema.columns"
+            " WHERE table_name = 'forecast_scores' AND column_name = 'scored_at'",
+        )
+        assert nullable == "NO"
+        assert RENAME in _versions(con)
+        # The views, re-created over the renamed table, read the row.
+        assert fetch_one(con, "SELECT client_id, buckets, coverage_80 FROM v_client_accuracy") == (
+            "a",
+            1,
+            1.0,
+        )
+        assert fetch_one(con, "SELECT buckets, cost, saved FROM v_cost_vs_reactive") == (
+            1,
+            1.125,
+            0.5 - 1.125,
+        )
+
+    # Applied once: reopening changes nothing.
+    with connect(path) as con:
+        assert fetch_value(con, "SELECT count(*) FROM forecast_scores") == 1
+        assert db.migrate(con) == []
