@@ -288,7 +288,8 @@ def ingest_usage(
     problem = rejection_problem(settings, batch, report)
     if problem:
         message = reject(settings, batch, report, batch_id, started_at, problem)
-        # A Failed state (not a raise) so the run fails visibly without a traceback.
+        # A Failed state (not a raise) so the run fails visibly without a traceback; Prefect
+        # raises its IngestRejected to a caller, so callers only ever see an IngestOutcome.
         return Failed(message=message, data=IngestRejected(message))  # type: ignore[return-value]
     outcome = load(settings, batch, report, batch_id, started_at)
     logger.info(

@@ -21,7 +21,7 @@ from flows.locks import warehouse_write
 from flows.runtime import bound_runtime, open_runtime_named
 from flows.settings import Settings
 from provisioning.apply import reconcile_once, release_all
-from provisioning.runtime.base import LABEL_MANAGED, ContainerRuntime, Member
+from provisioning.runtime.base import LABEL_MANAGED, ContainerRuntime, Member, RuntimeName
 from provisioning.runtime.leases import LeaseBook, lease_book_path
 from provisioning.runtime.select import PROCESS_STATE_FILE, docker_unavailable_reason
 from provisioning.targets import targets_as_desired, targets_hold
@@ -31,7 +31,7 @@ from warehouse.pools import rebind_pool_runtime, write_pool_state
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("docker", "process")
+RUNTIMES: tuple[RuntimeName, ...] = ("docker", "process")
 
 
 @dataclass
@@ -59,7 +59,7 @@ def _selector(settings: Settings) -> dict[str, str]:
     return {LABEL_MANAGED: "1", **settings.pool_scope}
 
 
-def _members_on(name: str, settings: Settings) -> list[Member] | None:
+def _members_on(name: RuntimeName, settings: Settings) -> list[Member] | None:
     """The pool's members on runtime `name`, or None when that runtime cannot be asked
     (no Docker daemon; no process pool ever made here). Never creates anything."""
     if name == "process":
@@ -69,7 +69,7 @@ def _members_on(name: str, settings: Settings) -> list[Member] | None:
         return None
     from provisioning.runtime.select import select_runtime
 
-    return select_runtime(name, settings.data_dir).list(_selector(settings))  # type: ignore[arg-type]
+    return select_runtime(name, settings.data_dir).list(_selector(settings))
 
 
 def view_pool(settings: Settings) -> PoolView:
@@ -108,13 +108,13 @@ def release_everything(settings: Settings) -> tuple[str, int]:
 def release_strays(settings: Settings) -> dict[str, int]:
     """Release the pool's members on every runtime but its own; how many per runtime."""
     bound = bound_runtime(settings)
-    released = {}
+    released: dict[str, int] = {}
     for name in RUNTIMES:
         if name == bound or _members_on(name, settings) is None:
             continue
         from provisioning.runtime.select import select_runtime
 
-        runtime = select_runtime(name, settings.data_dir)  # type: ignore[arg-type]
+        runtime = select_runtime(name, settings.data_dir)
         released[name] = release_all(runtime, settings.pool_scope)
     return released
 

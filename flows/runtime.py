@@ -12,12 +12,13 @@ operator's explicit `prewarm pools --migrate-to docker|process`.
 from __future__ import annotations
 
 import logging
+from typing import cast
 
 from core.errors import PrewarmError
 from flows.settings import Settings
 from provisioning.runtime.base import ContainerRuntime, RuntimeUnavailable
 from provisioning.runtime.images import build_image
-from provisioning.runtime.select import docker_unavailable_reason, select_runtime
+from provisioning.runtime.select import RuntimeKind, docker_unavailable_reason, select_runtime
 from warehouse.pools import bind_pool_runtime, read_pool_runtime
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ def open_runtime_named(name: str, settings: Settings, image: bool = True) -> Con
             raise PrewarmError(f"The Docker worker image could not be built: {error}") from error
     if name not in ("docker", "process"):
         raise PrewarmError(f"Unknown runtime {name!r}: use docker or process.")
-    return select_runtime(name, settings.data_dir)  # type: ignore[arg-type]
+    return select_runtime(cast(RuntimeKind, name), settings.data_dir)
 
 
 def _resolve(settings: Settings) -> tuple[ContainerRuntime, str]:

@@ -27,7 +27,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import polars as pl
 
@@ -112,8 +112,9 @@ def limits_from_inventory(
     images = tuple(allowed_images) if allowed_images is not None else DEFAULT_ALLOWED_IMAGES
     return SchemaLimits(
         allowed_images=images,
-        max_cpu=float(inventory["cpu_cores"].max()),  # type: ignore[arg-type]
-        max_memory_mb=float(inventory["memory_mb"].max()),  # type: ignore[arg-type]
+        # polars types max() as any scalar; those of these numeric columns are numbers.
+        max_cpu=float(cast(float, inventory["cpu_cores"].max())),
+        max_memory_mb=float(cast(float, inventory["memory_mb"].max())),
     )
 
 

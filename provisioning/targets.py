@@ -31,7 +31,9 @@ would exceed a host's memory, the largest first (the plan's own demand wins).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from datetime import datetime
+from typing import Any
 
 import polars as pl
 
@@ -388,7 +390,10 @@ class _Room:
     """Free cpu and memory per host after the plan's own members, for floor top-ups."""
 
     def __init__(
-        self, clients: pl.DataFrame | None, inventory: pl.DataFrame | None, rows: object
+        self,
+        clients: pl.DataFrame | None,
+        inventory: pl.DataFrame | None,
+        rows: Iterable[dict[str, Any]],
     ) -> None:
         self.cpu_size, self.memory_size = _sizes(clients)
         self.bounded = inventory is not None and inventory.height > 0
@@ -399,7 +404,7 @@ class _Room:
             for host, cpu, memory in inventory.select("host", "cpu_cores", "memory_mb").iter_rows():
                 self.free_cpu[host] = float(cpu)
                 self.free_memory[host] = float(memory)
-            for r in rows:  # type: ignore[attr-defined]
+            for r in rows:
                 self._use(r["client_id"], r["host"], "active", r["active"])
                 self._use(r["client_id"], r["host"], "shadow", r["shadow"])
 

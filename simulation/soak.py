@@ -32,10 +32,12 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import cast
 
 import numpy as np
 import polars as pl
 
+from core.vocabulary import TierName
 from provisioning.costs import CostModel
 from provisioning.cycle_plan import CyclePlan, CycleTiming, plan_cycle, planner_clients
 from provisioning.reconciler import LABEL_CONFIG_HASH, LABEL_HOST, Action, diff
@@ -370,7 +372,7 @@ class _SimPool:
             id=member_id,
             client_id=client_id,
             plan_id="simulated",
-            tier=tier,  # type: ignore[arg-type]
+            tier=cast(TierName, tier),
             runtime="process",
             endpoint=None,
             created_at=at,
@@ -382,7 +384,7 @@ class _SimPool:
     def _set_tier(self, member: Member, tier: str) -> None:
         from dataclasses import replace
 
-        self.members[member.id] = replace(member, tier=tier)  # type: ignore[arg-type]
+        self.members[member.id] = replace(member, tier=cast(TierName, tier))
 
     def _event(self, at: datetime, kind: str, member: Member, by: str) -> None:
         self.events.append(

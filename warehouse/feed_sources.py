@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
+from typing import cast
 
 from core.errors import PrewarmError
 from warehouse.errors import SourceError
@@ -133,7 +134,8 @@ def trace_span(trace: ExtractedBatch) -> tuple[datetime, datetime] | None:
     ts = trace.rows.get_column("ts").drop_nulls()
     if ts.len() == 0:
         return None
-    return ts.min(), ts.max()  # type: ignore[return-value]
+    # polars types min()/max() as any scalar; those of a `ts` column are datetimes.
+    return cast(datetime, ts.min()), cast(datetime, ts.max())
 
 
 def trace_minutes(

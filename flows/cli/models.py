@@ -88,7 +88,15 @@ def backtest(
         bool, typer.Option("--from-warehouse", help="Backtest every warehouse client.")
     ] = False,
     freq: Annotated[str, typer.Option(help="Step between CSV rows, e.g. 5min.")] = "5min",
-    horizon: Annotated[int, typer.Option(min=1, help="Steps forecast from each origin.")] = 12,
+    horizon_steps: Annotated[
+        int,
+        typer.Option(
+            "--horizon-steps",
+            "--horizon",
+            min=1,
+            help="Steps (buckets) forecast from each origin; --horizon is the older name.",
+        ),
+    ] = 12,
     test_days: Annotated[float, typer.Option(min=0.1, help="Days of origins at the end.")] = 7.0,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the results here.")] = None,
 ) -> None:
@@ -114,7 +122,7 @@ def backtest(
         try:
             series = read_bare_csv(csv, freq_seconds)
             result = backtest_series(
-                series, freq_seconds, horizon_steps=horizon, test_days=test_days
+                series, freq_seconds, horizon_steps=horizon_steps, test_days=test_days
             )
         except ValueError as error:
             raise PrewarmError(f"Backtest of {csv} failed: {error}") from None
@@ -155,7 +163,7 @@ def backtest(
         read_clients(settings.warehouse_path),
         read_calendar(settings.warehouse_path),
         None,
-        horizon,
+        horizon_steps,
         test_days,
     )
     table = Table(*frame.columns, title="backtest of warehouse clients")

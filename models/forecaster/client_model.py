@@ -10,6 +10,7 @@ from typing import cast
 
 import polars as pl
 
+from models.exceedance import ExceedanceModel
 from models.features import (
     DAY_SECONDS,
     FeatureSpec,
@@ -48,7 +49,7 @@ class ClientForecaster:
     models: dict[str, MetricModel]
     client: dict[str, object] | None = None
     bias: dict[str, float] = field(default_factory=dict)
-    exceedance: object | None = None
+    exceedance: ExceedanceModel | None = None  # shared by the clients of a training run
 
     def predict(
         self,
@@ -87,8 +88,7 @@ class ClientForecaster:
             .drop_nulls()
         )
         clients = client_frame(self.client_id, self.client)
-        predict = self.exceedance.predict  # type: ignore[attr-defined]
-        return predict(own, horizon_steps, levels, clients)
+        return self.exceedance.predict(own, horizon_steps, levels, clients)
 
 
 def fit_client_forecaster(

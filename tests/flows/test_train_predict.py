@@ -111,7 +111,7 @@ def test_promotion_gate_keeps_a_worse_challenger_out(trained, monkeypatch):
     champion_before = str(client.get_registered_model("forecaster-c0002").aliases.get("champion"))
     assert champion_before == "1", "the seeded client's first model should have been promoted"
 
-    import flows.train as train_module
+    import flows.train_client as train_module
 
     real_fit = train_module.fit_client_forecaster
 
