@@ -31,6 +31,7 @@ from core.times import utc_now
 from core.vocabulary import TIERS
 from flows.artifacts import publish_plan
 from flows.clock import clock_rate, expected_lead_seconds, planning_clock
+from flows.fleet import fleet_inventory
 from flows.locks import warehouse_write
 from flows.progress import tracker
 from flows.runtime import bound_runtime, open_pool_runtime, open_runtime_named
@@ -248,6 +249,12 @@ def make_plan(
     clients = clients.filter(~pl.col("client_id").is_in(list(unreadable)))
     inventory = _inventory(settings)
     limits = limits_from_inventory(inventory, settings.allowed_image_list)
+    usable = fleet_inventory(settings, inventory)
+    if usable.height == 0:
+        raise PrewarmError(
+            "No host can take members this cycle (see `prewarm inventory`): every engine is "
+            "down or has no capacity left after its reserve. Nothing was changed."
+        )
     composites = _static_composites(clients, extensions, limits)
     # Only clients with a composite are planned: the others' members are released.
     planned = pl.col("client_id").is_in(list(composites))
@@ -263,7 +270,7 @@ def make_plan(
     try:
         decided = plan_cycle(
             sized,
-            inventory,
+            usable,
             clock,
             lead_seconds,
             timing,

@@ -17,8 +17,10 @@ from typing import cast
 from core.errors import PrewarmError
 from flows.settings import Settings
 from provisioning.runtime.base import ContainerRuntime, RuntimeUnavailable
+from provisioning.runtime.engines import engines_of, has_remote_engines
 from provisioning.runtime.images import build_image
 from provisioning.runtime.select import RuntimeKind, docker_unavailable_reason, select_runtime
+from warehouse.inventory import read_inventory
 from warehouse.pools import bind_pool_runtime, read_pool_runtime
 
 log = logging.getLogger(__name__)
@@ -60,7 +62,20 @@ def open_runtime_named(name: str, settings: Settings, image: bool = True) -> Con
             raise PrewarmError(f"The Docker worker image could not be built: {error}") from error
     if name not in ("docker", "process"):
         raise PrewarmError(f"Unknown runtime {name!r}: use docker or process.")
+    if name == "docker" and (fleet := _fleet(settings)) is not None:
+        return fleet
     return select_runtime(cast(RuntimeKind, name), settings.data_dir)
+
+
+def _fleet(settings: Settings) -> ContainerRuntime | None:
+    """A runtime over every host's engine when the stored inventory names engines (a host
+    without one is this machine's); None for a single local engine."""
+    inventory = read_inventory(settings.warehouse_path)
+    if inventory.height == 0 or not has_remote_engines(inventory):
+        return None
+    from provisioning.runtime.fleet import FleetRuntime
+
+    return FleetRuntime(engines_of(inventory))
 
 
 def _resolve(settings: Settings) -> tuple[ContainerRuntime, str]:
@@ -71,7 +86,8 @@ def _resolve(settings: Settings) -> tuple[ContainerRuntime, str]:
     if reason is None:
         try:
             build_image()
-            return select_runtime("docker", settings.data_dir), "auto: the Docker daemon answered"
+            runtime = _fleet(settings) or select_runtime("docker", settings.data_dir)
+            return runtime, "auto: the Docker daemon answered"
         except Exception as error:
             reason = f"the worker image could not be built ({error})"
     return select_runtime("process", settings.data_dir), f"auto: {reason}"

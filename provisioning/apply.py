@@ -50,6 +50,7 @@ from provisioning.runtime.base import (
     ContainerRuntime,
     Member,
     MemberNotFound,
+    RuntimeUnavailable,
     Tier,
     ms_since,
 )
@@ -241,6 +242,10 @@ def activate_one(
         except MemberNotFound:
             leases.end(member_id)
             log.info("member %s vanished before activation; trying the next", member_id)
+            continue
+        except RuntimeUnavailable as error:  # its host's engine went away since the listing
+            leases.end(member_id)
+            log.warning("member %s is unreachable (%s); trying the next", member_id, error)
             continue
         except BaseException:
             leases.end(member_id)

@@ -17,6 +17,18 @@ File format:
     io_ops = 50000               # optional, >= 0; absent = not tracked (no limit)
     cost_core_minute = 0.0008    # optional $ / core-minute; absent = the cost model's rate
     cost_memory_gib_minute = 0.0001  # optional $ / GiB-minute; absent = the cost model's
+    engine = "tcp://10.0.0.5:2376"   # optional: the host's Docker Engine (see below)
+    tls = { ca = "ca.pem", cert = "cert.pem", key = "key.pem" }  # with tcp:// only
+    reserve_cpu_cores = 1        # optional, >= 0: kept back for the OS and other tenants
+    reserve_memory_mb = 2048     # optional, >= 0
+
+A host with `engine` has its members created on that Docker Engine: `unix:///path.sock`,
+`tcp://host:port` (TLS when `tls` names the CA, client certificate and key; relative paths
+are read next to the file) or `ssh://user@host`. A host without one is this machine's engine
+(`DOCKER_HOST` or the default socket), so a single-machine inventory works unchanged. The
+capacity planned on a host is the lower of `cpu_cores`/`memory_mb` and what its engine
+reports (`prewarm inventory discover`, and every cycle), less the reserve: the file may
+lower what an engine offers, never raise it.
 
 Sections other modules read (`[costs]`, `[planner]`) may share the file and are ignored here;
 any other top-level key, and any unknown host key, is an error that names it. Validation
@@ -45,6 +57,12 @@ INVENTORY_SCHEMA: dict[str, pl.DataType] = {
     "io_ops": pl.Float64(),
     "cost_core_minute": pl.Float64(),
     "cost_memory_gib_minute": pl.Float64(),
+    "reserve_cpu_cores": pl.Float64(),
+    "reserve_memory_mb": pl.Float64(),
+    "engine": pl.String(),  # null: this machine's engine
+    "tls_ca": pl.String(),
+    "tls_cert": pl.String(),
+    "tls_key": pl.String(),
 }
 
 REQUIRED_KEYS: tuple[str, ...] = ("name", "cpu_cores", "memory_mb")
@@ -53,7 +71,12 @@ OPTIONAL_KEYS: tuple[str, ...] = (
     "io_ops",
     "cost_core_minute",
     "cost_memory_gib_minute",
+    "reserve_cpu_cores",
+    "reserve_memory_mb",
 )
+ENGINE_KEYS: tuple[str, ...] = ("engine", "tls")  # per host only, never in host_defaults
+ENGINE_SCHEMES: tuple[str, ...] = ("unix://", "tcp://", "ssh://")
+TLS_KEYS: tuple[str, ...] = ("ca", "cert", "key")
 # Capacities must be > 0 (a host with no cores or memory is a typo, not a host); the rest >= 0.
 _POSITIVE = ("cpu_cores", "memory_mb")
 _TOP_LEVEL = ("hosts", "host_defaults")
@@ -76,11 +99,14 @@ def load_inventory(path: str | Path) -> pl.DataFrame:
         document = read_toml(path)
     except UnreadableToml as error:
         raise InventoryError(str(error.path), [error.reason]) from None
-    return inventory_from_dict(document, source=str(path))
+    return inventory_from_dict(document, source=str(path), base_dir=Path(path).parent)
 
 
-def inventory_from_dict(document: Mapping[str, Any], source: str = "<dict>") -> pl.DataFrame:
-    """Validate a parsed inventory document and return the inventory frame."""
+def inventory_from_dict(
+    document: Mapping[str, Any], source: str = "<dict>", base_dir: Path | None = None
+) -> pl.DataFrame:
+    """Validate a parsed inventory document and return the inventory frame (`base_dir`:
+    where relative TLS file paths are read from, the file's folder)."""
     problems: list[str] = []
     for key in document:
         if key not in _TOP_LEVEL + _OTHER_SECTIONS:
@@ -109,7 +135,7 @@ def inventory_from_dict(document: Mapping[str, Any], source: str = "<dict>") -> 
             problems.append(f"{where}: expected a table, got {type(raw).__name__}")
             continue
         merged = {**{k: v for k, v in defaults.items() if k in OPTIONAL_KEYS}, **raw}
-        row, host_problems = _validate_host(merged, where)
+        row, host_problems = _validate_host(merged, where, base_dir or Path.cwd())
         problems.extend(host_problems)
         name = row.get("host")
         if isinstance(name, str):
@@ -156,21 +182,22 @@ def machine_memory_mb(meminfo: Path = Path("/proc/meminfo")) -> float:
 
 def _frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
     return pl.DataFrame(
-        {column: [row[column] for row in rows] for column in INVENTORY_SCHEMA},
+        {column: [row.get(column) for row in rows] for column in INVENTORY_SCHEMA},
         schema=INVENTORY_SCHEMA,
     )
 
 
-def _validate_host(raw: Mapping[str, Any], where: str) -> tuple[dict[str, Any], list[str]]:
+def _validate_host(
+    raw: Mapping[str, Any], where: str, base_dir: Path
+) -> tuple[dict[str, Any], list[str]]:
     """One host table -> (row, problems); every message names the host and the key."""
     problems: list[str] = []
     name = raw.get("name")
     label = f"{where} ({name})" if isinstance(name, str) and name else where
+    known = REQUIRED_KEYS + OPTIONAL_KEYS + ENGINE_KEYS
     for key in raw:
-        if key not in REQUIRED_KEYS + OPTIONAL_KEYS:
-            problems.append(
-                f"{label}: unknown key {key!r} (known: {', '.join(REQUIRED_KEYS + OPTIONAL_KEYS)})"
-            )
+        if key not in known:
+            problems.append(f"{label}: unknown key {key!r} (known: {', '.join(known)})")
     for key in REQUIRED_KEYS:
         if key not in raw:
             problems.append(f"{label}: missing required key {key!r}")
@@ -178,6 +205,7 @@ def _validate_host(raw: Mapping[str, Any], where: str) -> tuple[dict[str, Any], 
         problems.append(f"{label}: name must be a non-empty string, got {name!r}")
 
     row: dict[str, Any] = {"host": name if isinstance(name, str) else None}
+    row.update(_engine(raw, label, base_dir, problems))
     for key in REQUIRED_KEYS[1:] + OPTIONAL_KEYS:
         value = raw.get(key)
         if value is None:
@@ -201,6 +229,38 @@ def _validate_host(raw: Mapping[str, Any], where: str) -> tuple[dict[str, Any], 
             problems.append(f"{label}: {key} must be >= 0, got {number:g}")
         row[key] = number
     return row, problems
+
+
+def _engine(raw: Mapping[str, Any], label: str, base_dir: Path, problems: list[str]) -> dict:
+    """The host's engine address and TLS files (absolute paths), problems appended."""
+    engine, tls = raw.get("engine"), raw.get("tls")
+    out: dict[str, Any] = {"engine": None, "tls_ca": None, "tls_cert": None, "tls_key": None}
+    if engine is not None:
+        if not isinstance(engine, str) or not engine.startswith(ENGINE_SCHEMES):
+            problems.append(
+                f"{label}: engine must start with {', '.join(ENGINE_SCHEMES)}, got {_short(engine)}"
+            )
+        else:
+            out["engine"] = engine
+    if tls is None:
+        return out
+    if not isinstance(engine, str) or not engine.startswith("tcp://"):
+        problems.append(f"{label}: tls goes with a tcp:// engine only")
+        return out
+    if not isinstance(tls, Mapping) or sorted(tls) != sorted(TLS_KEYS):
+        problems.append(f"{label}: tls must be a table of exactly {', '.join(TLS_KEYS)}")
+        return out
+    for key in TLS_KEYS:
+        value = tls[key]
+        if not isinstance(value, str) or not value:
+            problems.append(f"{label}: tls.{key} must be a file path, got {_short(value)}")
+            continue
+        path = (base_dir / value).resolve()
+        if not path.is_file():
+            problems.append(f"{label}: tls.{key} file {str(path)!r} does not exist")
+            continue
+        out[f"tls_{key}"] = str(path)
+    return out
 
 
 def _short(value: Any) -> str:

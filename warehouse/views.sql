@@ -21,11 +21,13 @@ LEFT JOIN (
 ) m USING (client_id)
 GROUP BY r.client_id, r.metric;
 
--- What each client holds right now, by tier, and how fast its activations have been.
+-- What each client holds right now on each host, by tier, and how fast its activations
+-- have been (one row per client and host).
 CREATE OR REPLACE VIEW v_pool_status AS
 SELECT
     c.client_id,
     coalesce(c.mode, 'provision')                              AS mode,
+    p.host,
     count(*) FILTER (WHERE p.tier = 'active')                  AS active,
     count(*) FILTER (WHERE p.tier = 'shadow')                  AS shadow,
     count(*) FILTER (WHERE p.tier = 'cold')                    AS cold,
@@ -35,7 +37,15 @@ SELECT
     max(p.observed_at)                                         AS observed_at
 FROM clients c
 JOIN pool_members p ON p.client_id = c.client_id AND p.released_at IS NULL
-GROUP BY c.client_id, c.mode;
+GROUP BY c.client_id, c.mode, p.host;
+
+-- Every host as last probed: healthy or why not, and the capacity the planner may use.
+CREATE OR REPLACE VIEW v_hosts AS
+SELECT i.host, coalesce(i.engine, 'local') AS engine, s.healthy, s.error,
+       i.cpu_cores AS file_cpu_cores, s.engine_cpu_cores, s.cpu_cores AS planned_cpu_cores,
+       i.memory_mb AS file_memory_mb, s.engine_memory_mb, s.memory_mb AS planned_memory_mb,
+       s.checked_at
+FROM inventory i LEFT JOIN host_status s USING (host);
 
 -- prewarm's cost and cold starts against a purely reactive autoscaler, per client and day.
 CREATE OR REPLACE VIEW v_cost_vs_reactive AS

@@ -4,14 +4,17 @@ the warm pools, the loop that keeps them and what they run on."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from core.errors import PrewarmError
-from flows.cli.common import RuntimeName, console, errors, load_settings
+from flows.cli.common import RuntimeName, console, errors, fmt, load_settings
 from flows.cli.models import print_retraining
+
+if TYPE_CHECKING:
+    import polars as pl
 
 
 def provision(
@@ -165,29 +168,36 @@ def pools(
     if view.runtime is None:
         console.print(f"Pool {settings.pool!r} has no runtime yet: nothing was provisioned.")
     else:
+        from provisioning.reconciler import LABEL_HOST
+
         table = Table(
+            "host",
             "client",
             "active",
             "shadow",
             "cold",
             "endpoints",
-            title=f"pool {settings.pool!r} on {view.runtime}",
+            title=f"pool {settings.pool!r} on {view.runtime}, by host",
         )
-        by_client: dict[str, dict[str, list]] = {}
+        grouped: dict[tuple[str, str], dict[str, list]] = {}
         for member in view.members:
-            by_client.setdefault(member.client_id, {}).setdefault(member.tier, []).append(member)
-        for client_id in sorted(by_client):
-            tiers = by_client[client_id]
+            key = (member.labels.get(LABEL_HOST) or "-", member.client_id)
+            grouped.setdefault(key, {}).setdefault(member.tier, []).append(member)
+        for host, client_id in sorted(grouped):
+            tiers = grouped[(host, client_id)]
             endpoints = [m.endpoint for m in tiers.get("active", []) if m.endpoint]
             table.add_row(
+                host,
                 client_id,
                 *(str(len(tiers.get(tier, []))) for tier in ("active", "shadow", "cold")),
                 ", ".join(endpoints[:2]) + (" ..." if len(endpoints) > 2 else ""),
             )
         console.print(table)
+        hosts = len({host for host, _ in grouped})
         console.print(
-            f"{len(view.members)} members on {view.runtime}. "
-            "Recorded history: tables pool_members, pool_events; views v_churn, v_cycles."
+            f"{len(view.members)} members on {view.runtime} ({hosts} hosts: `prewarm inventory` "
+            "shows their capacity). Recorded history: tables pool_members, pool_events; views "
+            "v_pool_status, v_hosts, v_churn, v_cycles."
         )
     for name, members in view.strays.items():
         clients = len({m.client_id for m in members})
@@ -276,7 +286,89 @@ def images_build(
     console.print(f"Image {tag} is ready.")
 
 
-inventory_app = typer.Typer(help="Hosts and their capacity.", no_args_is_help=True)
+inventory_app = typer.Typer(
+    help="Hosts, their engines and their capacity: `prewarm inventory` shows them.",
+    invoke_without_command=True,
+)
+
+
+@inventory_app.callback()
+def inventory_show(ctx: typer.Context) -> None:
+    """Every host: its engine, health at the last probe, capacity (file, engine, planned),
+    what the live members hold and what is free."""
+    if ctx.invoked_subcommand is not None:
+        return
+    settings = load_settings()
+    from warehouse.inventory import read_host_status, read_host_usage, read_inventory
+
+    path = settings.warehouse_path
+    inventory = read_inventory(path)
+    if inventory.height == 0:
+        console.print("No inventory stored yet: `prewarm inventory load FILE` or run a cycle.")
+        return
+    _print_hosts(inventory, read_host_status(path), read_host_usage(path))
+
+
+@inventory_app.command("discover")
+def inventory_discover() -> None:
+    """Ask every host's Docker Engine for its CPUs, memory and health now, record it, and
+    show what the planner may use (the lower of file and engine, less the reserve)."""
+    settings = load_settings()
+    from flows.fleet import probe_fleet
+    from provisioning.runtime.engines import host_status
+    from warehouse.inventory import read_host_usage, read_inventory, write_host_status
+
+    path = settings.warehouse_path
+    inventory = read_inventory(path)
+    if inventory.height == 0:
+        raise PrewarmError("No inventory stored yet: `prewarm inventory load FILE` first.")
+    status = host_status(inventory, probe_fleet(inventory))
+    write_host_status(path, status)
+    _print_hosts(inventory, status, read_host_usage(path))
+    down = int((~status.get_column("healthy")).sum())
+    if down:
+        raise typer.Exit(1 if down == status.height else 0)
+
+
+def _print_hosts(inventory: pl.DataFrame, status: pl.DataFrame, usage: pl.DataFrame) -> None:
+    table = Table(
+        "host",
+        "engine",
+        "health",
+        "cpu file/engine/planned",
+        "memory MiB file/engine/planned",
+        "members a/s/c",
+        "cpu used/free",
+        "memory used/free",
+        title="hosts",
+    )
+    states = {r["host"]: r for r in status.iter_rows(named=True)}
+    used = {r["host"]: r for r in usage.iter_rows(named=True)}
+    for row in inventory.iter_rows(named=True):
+        state = states.get(row["host"], {})
+        here = used.get(row["host"], {})
+        planned_cpu, planned_memory = state.get("cpu_cores"), state.get("memory_mb")
+        cpu_used, memory_used = here.get("cpu_used", 0.0), here.get("memory_used_mb", 0.0)
+        health = "-" if not state else "up" if state["healthy"] else "[red]DOWN[/]"
+        table.add_row(
+            row["host"],
+            row.get("engine") or "local",
+            health,
+            f"{fmt(row['cpu_cores'])}/{fmt(state.get('engine_cpu_cores'))}/{fmt(planned_cpu)}",
+            f"{_mib(row['memory_mb'])}/{_mib(state.get('engine_memory_mb'))}/"
+            f"{_mib(planned_memory)}",
+            f"{here.get('active', 0)}/{here.get('shadow', 0)}/{here.get('cold', 0)}",
+            f"{fmt(cpu_used)}/{fmt(None if planned_cpu is None else planned_cpu - cpu_used)}",
+            f"{_mib(memory_used)}/"
+            f"{_mib(None if planned_memory is None else planned_memory - memory_used)}",
+        )
+    console.print(table)
+    for row in status.filter(~status.get_column("healthy")).iter_rows(named=True):
+        console.print(f"[red]{row['host']} is down[/]: {row['error']}")
+
+
+def _mib(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
 
 
 @inventory_app.command("load")

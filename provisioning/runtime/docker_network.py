@@ -42,13 +42,19 @@ def members_network(reach: Reach = "bridge") -> str:
     return "prewarm-members" + ("-pub" if reach == "published" else "")
 
 
-def bridge_name(network: str) -> str:
+DEFAULT_ROOT_DIR = "/var/lib/docker"
+
+
+def bridge_name(network: str, root_dir: str = DEFAULT_ROOT_DIR) -> str:
     """The host interface of a members network: `pwm-` and a hash (Linux allows 15 chars).
 
     One prefix for every member bridge lets the operator firewall them with one rule (see
-    the module docstring).
+    the module docstring). Engines sharing one machine (a fleet of daemons side by side)
+    share its interfaces: a second engine naming the same bridge would take it over, so the
+    hash includes the engine's data root unless it is the default one.
     """
-    return f"{BRIDGE_PREFIX}{hashlib.sha256(network.encode()).hexdigest()[:11]}"
+    key = network if root_dir == DEFAULT_ROOT_DIR else f"{network}@{root_dir}"
+    return f"{BRIDGE_PREFIX}{hashlib.sha256(key.encode()).hexdigest()[:11]}"
 
 
 def _network_missing(error: APIError) -> bool:
@@ -92,7 +98,9 @@ def ensure_network(api: docker.APIClient, reach: Reach, seen: set[str], known: b
             labels={LABEL_MANAGED: "1"},
             check_duplicate=True,
             options={
-                "com.docker.network.bridge.name": bridge_name(name),
+                "com.docker.network.bridge.name": bridge_name(
+                    name, str(api.info().get("DockerRootDir") or DEFAULT_ROOT_DIR)
+                ),
                 # No member reaches another; the host still reaches every member.
                 "com.docker.network.bridge.enable_icc": "false",
             },

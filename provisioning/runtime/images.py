@@ -4,7 +4,9 @@ The rootfs is a tar holding Debian's statically linked busybox (package `busybox
 a `/www/health` file and a small index page; `docker import` turns it into an image whose
 CMD runs `busybox httpd` in the foreground on $PORT (default 8080) as an unprivileged user.
 The tar is built deterministically and its sha256 is stored as an image label, so building
-again is a no-op unless busybox or the layout changed (or `force=True`).
+again is a no-op unless busybox or the layout changed (or `force=True`). Every engine of a
+fleet builds its own copy the same way (`build_image(client=<that engine's client>)`): with
+no registry, an image cannot be pulled from one engine by another.
 """
 
 from __future__ import annotations
@@ -140,7 +142,10 @@ def build_image(
     client: docker.DockerClient | None = None,
     busybox: Path = BUSYBOX_PATH,
 ) -> str:
-    """Import the worker image as `tag` unless an identical one exists; return its id."""
+    """Import the worker image as `tag` unless an identical one exists; return its id.
+
+    On `client`'s engine (default: the one `docker.from_env()` finds).
+    """
     check_busybox(busybox)
     rootfs = worker_rootfs(busybox)
     digest = hashlib.sha256(rootfs).hexdigest()

@@ -46,6 +46,12 @@ def test_untracked_capacities_are_null():
         "io_ops": None,
         "cost_core_minute": None,
         "cost_memory_gib_minute": None,
+        "reserve_cpu_cores": None,
+        "reserve_memory_mb": None,
+        "engine": None,
+        "tls_ca": None,
+        "tls_cert": None,
+        "tls_key": None,
     }
 
 
@@ -99,7 +105,8 @@ def test_every_problem_is_reported_at_once(tmp_path: Path):
         "unknown top-level key 'extras' (known: hosts, host_defaults, costs, planner)",
         "hosts[0] (a): cpu_cores must be > 0, got -1",
         "hosts[1] (a): unknown key 'speed' (known: name, cpu_cores, memory_mb, net_mbps, "
-        "io_ops, cost_core_minute, cost_memory_gib_minute)",
+        "io_ops, cost_core_minute, cost_memory_gib_minute, reserve_cpu_cores, reserve_memory_mb, "
+        "engine, tls)",
         "hosts[1] (a): duplicate host 'a' (first at hosts[0])",
     ]
     assert str(error.value).startswith(f"invalid inventory {path}:")
@@ -114,3 +121,54 @@ def test_unknown_host_defaults_and_broken_toml(tmp_path: Path):
         load_inventory(path)
     with pytest.raises(InventoryError, match="file not found"):
         load_inventory(tmp_path / "nope.toml")
+
+
+def test_a_host_names_its_engine_and_tls_files_next_to_the_inventory(tmp_path: Path):
+    for name in ("ca.pem", "cert.pem", "key.pem"):
+        (tmp_path / name).write_text("x")
+    path = tmp_path / "inventory.toml"
+    path.write_text(
+        "[[hosts]]\nname = 'local'\ncpu_cores = 2\nmemory_mb = 1024\n"
+        "[[hosts]]\nname = 'sock'\ncpu_cores = 2\nmemory_mb = 1024\n"
+        "engine = 'unix:///run/other.sock'\nreserve_cpu_cores = 0.5\n"
+        "[[hosts]]\nname = 'tls'\ncpu_cores = 2\nmemory_mb = 1024\n"
+        "engine = 'tcp://127.0.0.1:2376'\n"
+        "tls = { ca = 'ca.pem', cert = 'cert.pem', key = 'key.pem' }\n"
+    )
+    hosts = load_inventory(path)
+    assert hosts["engine"].to_list() == [None, "unix:///run/other.sock", "tcp://127.0.0.1:2376"]
+    assert hosts["reserve_cpu_cores"].to_list() == [None, 0.5, None]
+    assert hosts["tls_ca"].to_list() == [None, None, str(tmp_path / "ca.pem")]
+    assert hosts["tls_key"].to_list() == [None, None, str(tmp_path / "key.pem")]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"engine": "http://x"}, "engine must start with unix://, tcp://, ssh://, got 'http://x'"),
+        ({"engine": 5}, "engine must start with unix://, tcp://, ssh://, got 5"),
+        (
+            {"engine": "unix:///s.sock", "tls": {"ca": "a", "cert": "b", "key": "c"}},
+            "tls goes with a tcp:// engine only",
+        ),
+        (
+            {"engine": "tcp://h:1", "tls": {"ca": "a"}},
+            "tls must be a table of exactly ca, cert, key",
+        ),
+        (
+            {"engine": "tcp://h:1", "tls": {"ca": "nope.pem", "cert": "b", "key": "c"}},
+            "tls.ca file",
+        ),
+        ({"reserve_memory_mb": -1}, "reserve_memory_mb must be >= 0, got -1"),
+    ],
+)
+def test_engine_mistakes_are_named(tmp_path: Path, extra: dict, message: str):
+    with pytest.raises(InventoryError) as error:
+        inventory_from_dict({"hosts": [_host(**extra)]}, base_dir=tmp_path)
+    assert message in str(error.value)
+
+
+def test_an_engine_is_per_host_not_a_default():
+    with pytest.raises(InventoryError) as error:
+        inventory_from_dict({"host_defaults": {"engine": "unix:///s"}, "hosts": [_host()]})
+    assert "host_defaults: unknown key 'engine'" in str(error.value)
