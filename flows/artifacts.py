@@ -95,33 +95,57 @@ def publish_scores(summary: Any, rows: pl.DataFrame) -> None:
     )
 
 
-def publish_cycle(summary: Any) -> None:
-    """Markdown of one cycle: its clock and watermark, lag, actions and drift."""
-    actions = ", ".join(f"{n} {kind}" for kind, n in summary.actions.items() if n) or "none"
-    lag = f"{summary.lag_s:.0f} s" if summary.lag_s is not None else "-"
-    late = f"{summary.late_s:.0f} s late" if summary.late_s else "on time"
+def publish_cycle(summary: Any, hosts: pl.DataFrame | None = None) -> None:
+    """Markdown of one cycle: its clock and watermark, lag, actions, drift and placement."""
     create_markdown_artifact(
         key="prewarm-cycle",
         description=f"cycle {summary.cycle_id}",
-        markdown="\n".join(
-            [
-                f"## Cycle `{summary.cycle_id}` ({late})",
-                "",
-                "| | |",
-                "|---|---|",
-                f"| feed | `{summary.feed}` |",
-                f"| clock | {summary.clock} |",
-                f"| watermark | {summary.watermark or '-'} |",
-                f"| ingested rows | {summary.ingested_rows} |",
-                f"| predicted | {'yes' if summary.predicted else 'no: no new data or model'} |",
-                f"| plan | `{summary.plan_id}`, first window {summary.first_window} |",
-                f"| runtime actions | {actions} (failed {summary.failed_actions}, "
-                f"drained {summary.drained}) |",
-                f"| lag (pool applied after the watermark) | {lag} |",
-                f"| churn (members created + released, last hour) | {summary.churn_per_hour} |",
-                f"| duration | {summary.seconds:.1f} s |",
-                f"| drifted | {len(summary.drifted)} (retrain eligible: "
-                f"{len(summary.retrain_eligible)}) |",
-            ]
-        ),
+        markdown=cycle_markdown(summary, hosts),
     )
+
+
+def cycle_markdown(summary: Any, hosts: pl.DataFrame | None = None) -> str:
+    """The cycle artifact's text; `hosts` (`warehouse.inventory.read_host_placement`) adds a
+    row per host: health (or why it is down), members by tier, capacity used of planned."""
+    actions = ", ".join(f"{n} {kind}" for kind, n in summary.actions.items() if n) or "none"
+    lag = f"{summary.lag_s:.0f} s" if summary.lag_s is not None else "-"
+    late = f"{summary.late_s:.0f} s late" if summary.late_s else "on time"
+    lines = [
+        f"## Cycle `{summary.cycle_id}` ({late})",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| feed | `{summary.feed}` |",
+        f"| clock | {summary.clock} |",
+        f"| watermark | {summary.watermark or '-'} |",
+        f"| ingested rows | {summary.ingested_rows} |",
+        f"| predicted | {'yes' if summary.predicted else 'no: no new data or model'} |",
+        f"| plan | `{summary.plan_id}`, first window {summary.first_window} |",
+        f"| runtime actions | {actions} (failed {summary.failed_actions}, "
+        f"drained {summary.drained}) |",
+        f"| lag (pool applied after the watermark) | {lag} |",
+        f"| churn (members created + released, last hour) | {summary.churn_per_hour} |",
+        f"| duration | {summary.seconds:.1f} s |",
+        f"| drifted | {len(summary.drifted)} (retrain eligible: {len(summary.retrain_eligible)}) |",
+    ]
+    if hosts is not None and hosts.height:
+        lines += [
+            "",
+            "### Placement by host",
+            "",
+            "| host | health | active | shadow | cold | cpu used / planned"
+            " | memory MiB used / planned |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for row in hosts.iter_rows(named=True):
+            health = "up" if row["healthy"] is not False else f"**down**: {row['error']}"
+            lines.append(
+                f"| {row['host']} | {health} | {row['active']} | {row['shadow']} | {row['cold']}"
+                f" | {row['cpu_used']:.2f} / {_or_dash(row['cpu_cores'])}"
+                f" | {row['memory_used_mb']:,.0f} / {_or_dash(row['memory_mb'], ',.0f')} |"
+            )
+    return "\n".join(lines)
+
+
+def _or_dash(value: float | None, spec: str = ".2f") -> str:
+    return "-" if value is None else format(value, spec)

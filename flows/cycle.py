@@ -51,6 +51,7 @@ from models.registry import current_aliases
 from warehouse.cycles import churn_last_hour, finish_cycle, last_prediction, start_cycle
 from warehouse.db import shared_connection
 from warehouse.feeds import Feed, feed_clock, follow_feed, parse_feed, read_feed, watermark
+from warehouse.inventory import read_host_placement
 from warehouse.predictions import prune_predictions
 
 log = logging.getLogger(__name__)
@@ -209,7 +210,7 @@ def prewarm_cycle(
                     seconds=summary.seconds,
                 )
             raise
-    publish_cycle(summary)
+    publish_cycle(summary, read_host_placement(path))
     if summary.retrain_eligible:
         _start_retraining(summary.retrain_eligible)
     logger.info(

@@ -123,3 +123,23 @@ def test_host_status_is_kept_per_host(tmp_path: Path):
     stored = read_host_status(path)
     assert stored.height == 4
     assert stored.filter(pl.col("host") == "down").row(0, named=True)["healthy"] is True
+
+
+def test_the_cycle_artifact_shows_placement_and_a_lost_host(tmp_path: Path):
+    from flows.artifacts import cycle_markdown
+    from flows.cycle import CycleSummary
+    from warehouse.inventory import read_host_placement, store_inventory
+
+    path = tmp_path / "warehouse.duckdb"
+    inventory = _inventory()
+    store_inventory(path, inventory, "test")
+    write_host_status(path, host_status(inventory, PROBES))
+    placement = read_host_placement(path)
+    rows = {r["host"]: r for r in placement.iter_rows(named=True)}
+    assert rows["down"]["healthy"] is False and rows["down"]["active"] == 0
+    assert rows["reserved"]["cpu_cores"] == 3.0  # what the planner may use, not the file's 4
+    text = cycle_markdown(CycleSummary("cycle-1", "none", "2026-11-30T12:00:00"), placement)
+    assert "### Placement by host" in text
+    assert "| down | **down**: unix:///c did not answer | 0 | 0 | 0 | 0.00 / - |" in text
+    assert "| reserved | up | 0 | 0 | 0 | 0.00 / 3.00 | 0 / 7,168 |" in text
+    assert "Placement" not in cycle_markdown(CycleSummary("cycle-2", "none", "x"))
