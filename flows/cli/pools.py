@@ -129,6 +129,10 @@ def pools(
             "the old members.",
         ),
     ] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option("--plot", help="Also draw the members each host held over time (PNG)."),
+    ] = None,
 ) -> None:
     """List the pool by client and tier on the runtime it lives on, members found elsewhere,
     and recent churn.
@@ -141,6 +145,11 @@ def pools(
     settings = load_settings()
     from flows import pool_admin
 
+    if plot is not None:
+        from flows.pool_plot import plot_pool_hosts
+
+        drawn = plot_pool_hosts(settings.warehouse_path, plot)
+        console.print(f"Drew the members of {drawn} hosts over time to {plot}.")
     if sum([release_all, release_stray, migrate_to is not None]) > 1:
         raise PrewarmError("Give at most one of --release-all, --release-stray, --migrate-to.")
     if release_all:
