@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint bench bench-ingest bench-train bench-accuracy bench-activation bench-planner bench-replay bench-soak bench-soak-docker screenshots clean-data
+.PHONY: install demo test lint bench bench-ingest bench-train bench-accuracy bench-activation bench-fleet bench-planner bench-replay bench-soak bench-soak-docker screenshots clean-data
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "prewarm needs Python 3.11, found " + sys.version' 
@@ -37,6 +37,10 @@ clean-data:
 
 bench-activation: $(STAMP)
 	$(BIN)/python bench/activation.py
+
+# Three extra dockerds as three hosts (needs root, dockerd, ip, openssl, like tests/fleet).
+bench-fleet: $(STAMP)
+	$(BIN)/python bench/fleet.py
 
 bench-planner: $(STAMP)
 	$(BIN)/python bench/planner.py

@@ -218,25 +218,44 @@ def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True)
 
 
-@pytest.fixture(scope="session")
-def extra_engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[ExtraEngine]]:
-    """Three extra engines (two unix sockets, one TLS over tcp://127.0.0.1), session-wide."""
+class EnginesUnavailable(RuntimeError):
+    """Extra engines cannot be started here (no root, a tool missing, no free ranges)."""
+
+
+def _pools_in_use() -> set[str]:
+    """The address pools (first two octets) of the dockerds running on this machine: a
+    members network is only routed once made, so another session's engines may hold a pool
+    `_routed_prefixes` cannot see yet."""
+    found = set()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            for arg in cmdline.read_bytes().split(b"\0"):
+                if arg.startswith(b"--default-address-pool=base="):
+                    address = arg.decode(errors="replace").split("=", 2)[2]
+                    found.add(".".join(address.split(".")[:2]))
+    return found
+
+
+@contextlib.contextmanager
+def started_engines(base: Path, count: int = 3) -> Iterator[list[ExtraEngine]]:
+    """Start `count` extra engines under `base` (the last one TLS over tcp://127.0.0.1), each
+    on a bridge of its own; stop them and remove bridges, mounts and files on the way out,
+    also on failure. Raises `EnginesUnavailable` (nothing started) when they cannot run here.
+    """
     reason = _missing_prerequisite()
     if reason is not None:
-        print(f"skipping the fleet engines: {reason}")
-        pytest.skip(reason)
-    base = tmp_path_factory.mktemp("engines")
-    tag = os.getpid() % 100000  # bridge and paths unique to this session (15-char names)
+        raise EnginesUnavailable(reason)
+    tag = os.getpid() % 100000  # bridge and paths unique to this process (15-char names)
     used = _routed_prefixes()
-    bridges = [p for p in BRIDGE_RANGES if p not in used][:3]
-    pools = [p for p in POOL_RANGES if p not in used][:3]
-    if len(bridges) < 3 or len(pools) < 3:
-        pytest.skip("no free /16 ranges for three extra engine bridges")
+    bridges = [p for p in BRIDGE_RANGES if p not in used][:count]
+    pools = [p for p in POOL_RANGES if p not in used | _pools_in_use()][:count]
+    if len(bridges) < count or len(pools) < count:
+        raise EnginesUnavailable(f"no free /16 ranges for {count} extra engine bridges")
     engines: list[ExtraEngine] = []
     for index, (prefix, pool) in enumerate(zip(bridges, pools, strict=True), start=1):
         name = f"e{index}"
         root = base / name
-        root.mkdir()
+        root.mkdir(parents=True)
         engine = ExtraEngine(
             name=name,
             bridge=f"pwbr{index}-{tag}",
@@ -246,14 +265,16 @@ def extra_engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Ext
             exec_root=Path(f"/tmp/pw-{name}-{tag}"),
             address=f"unix:///tmp/pw-{name}-{tag}.sock",
         )
-        if index == 3:
+        if index == count:
             server, client = make_certificates(root / "certs")
             engine.address = f"tcp://127.0.0.1:{_free_port()}"
             engine.tls, engine.client_tls = server, client
         engines.append(engine)
+    made: list[ExtraEngine] = []
     try:
         for engine in engines:
             _ip("link", "add", "name", engine.bridge, "type", "bridge")
+            made.append(engine)
             _ip("addr", "add", f"{engine.prefix}.0.1/16", "dev", engine.bridge)
             _ip("link", "set", engine.bridge, "up")
             engine.start()
@@ -262,10 +283,23 @@ def extra_engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Ext
         for engine in engines:
             engine.stop()
         for engine in engines:
-            with contextlib.suppress(subprocess.CalledProcessError):
-                _ip("link", "del", engine.bridge)
+            if engine in made:
+                with contextlib.suppress(subprocess.CalledProcessError):
+                    _ip("link", "del", engine.bridge)
             _unmount_under(engine.exec_root, engine.root)
             shutil.rmtree(engine.exec_root, ignore_errors=True)
             if engine.address.startswith("unix://"):
                 Path(engine.address.removeprefix("unix://")).unlink(missing_ok=True)
             shutil.rmtree(engine.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def extra_engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[ExtraEngine]]:
+    """Three extra engines (two unix sockets, one TLS over tcp://127.0.0.1), session-wide."""
+    with contextlib.ExitStack() as stack:
+        try:
+            engines = stack.enter_context(started_engines(tmp_path_factory.mktemp("engines")))
+        except EnginesUnavailable as error:
+            print(f"skipping the fleet engines: {error}")
+            pytest.skip(str(error))
+        yield engines
