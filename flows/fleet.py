@@ -1,9 +1,14 @@
 """The fleet as the planner sees it: every host's engine asked what it has, every cycle.
 
-On a Docker pool (or any inventory naming engines of their own) each distinct engine is
-probed (`docker info`, a few seconds at most); the answers are recorded in `host_status`, and
-the planner gets only healthy hosts, each with the lower of the file's and the engine's
-capacity less its reserve. A host whose engine does not answer is down for the cycle: the
+Each distinct engine an inventory host names is probed (`docker info`, a few seconds at
+most); the answers are recorded in `host_status`, and the planner gets only healthy hosts,
+each with the lower of the file's and the engine's capacity less its reserve. A host without
+an engine of its own is planned at the file's capacity less its reserve, as before engines
+existed: its members run here (processes, or this machine's engine), and the soak's
+simulator, which replays the file, must see the same capacity as the live loop. To have
+this machine's engine checked too, name it: `engine = "unix:///var/run/docker.sock"`.
+
+A host whose engine does not answer is down for the cycle: the
 plan places nothing there, its members are not listed, so apply re-places them on healthy
 hosts in the same cycle (cold starts expected). When it answers again, its members (still
 labelled) are listed again and kept or released by the same diff: never two owners.
@@ -17,7 +22,6 @@ from concurrent.futures import ThreadPoolExecutor
 import polars as pl
 
 from flows.locks import warehouse_write
-from flows.runtime import bound_runtime
 from flows.settings import Settings
 from provisioning.runtime.engines import (
     HostProbe,
@@ -31,12 +35,6 @@ from warehouse.inventory import read_host_status, write_host_status
 log = logging.getLogger(__name__)
 
 MAX_PARALLEL_PROBES = 8  # engines asked at once; a fleet larger than this is asked in turns
-
-
-def local_engine_counts(settings: Settings) -> bool:
-    """Hosts without an engine of their own run on this machine's Docker Engine only when
-    the pool lives on Docker (a process pool's members are processes here)."""
-    return bound_runtime(settings) == "docker"
 
 
 def probe_fleet(inventory: pl.DataFrame, local_too: bool = True) -> dict[str, HostProbe]:
@@ -72,7 +70,7 @@ def probe_fleet(inventory: pl.DataFrame, local_too: bool = True) -> dict[str, Ho
 
 def fleet_inventory(settings: Settings, inventory: pl.DataFrame) -> pl.DataFrame:
     """The inventory to plan on: probed when it matters, recorded, down hosts left out."""
-    probes = probe_fleet(inventory, local_too=local_engine_counts(settings))
+    probes = probe_fleet(inventory, local_too=False)
     status = host_status(inventory, probes)
     _log_changes(settings, status)
     with warehouse_write():

@@ -26,9 +26,11 @@ A host with `engine` has its members created on that Docker Engine: `unix:///pat
 `tcp://host:port` (TLS when `tls` names the CA, client certificate and key; relative paths
 are read next to the file) or `ssh://user@host`. A host without one is this machine's engine
 (`DOCKER_HOST` or the default socket), so a single-machine inventory works unchanged. The
-capacity planned on a host is the lower of `cpu_cores`/`memory_mb` and what its engine
-reports (`prewarm inventory discover`, and every cycle), less the reserve: the file may
-lower what an engine offers, never raise it.
+capacity planned on a host with an engine is the lower of `cpu_cores`/`memory_mb` and what
+its engine reports (asked every cycle; `prewarm inventory discover` asks now), less the
+reserve: the file may lower what an engine offers, never raise it. A host without one is
+planned at the file's capacity less the reserve (name this machine's engine, e.g.
+`unix:///var/run/docker.sock`, to have it checked too).
 
 Sections other modules read (`[costs]`, `[planner]`) may share the file and are ignored here;
 any other top-level key, and any unknown host key, is an error that names it. Validation
