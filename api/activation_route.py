@@ -29,8 +29,7 @@ from api.models import (
     ColdStarted,
 )
 from api.rate import retry_after
-from provisioning.reconciler import LABEL_HOST
-from provisioning.runtime.base import PrewarmRuntimeError, ms_since
+from provisioning.runtime.base import LABEL_HOST, PrewarmRuntimeError, ms_since
 from provisioning.schema_model import SchemaError
 from provisioning.schema_render import render_container_config
 from warehouse.activations import Activation

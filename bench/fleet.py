@@ -54,8 +54,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.fleet.conftest
 
-from provisioning.reconciler import LABEL_HOST  # noqa: E402
-from provisioning.runtime.base import LABEL_PLAN, ContainerSpec, RuntimeUnavailable, Tier  # noqa: E402
+from provisioning.runtime.base import (  # noqa: E402
+    LABEL_HOST,  # noqa: E402
+    LABEL_PLAN,
+    ContainerSpec,
+    RuntimeUnavailable,
+    Tier,
+)
 from provisioning.runtime.docker_runtime import DockerRuntime  # noqa: E402
 from provisioning.runtime.fleet import FleetRuntime  # noqa: E402
 from provisioning.runtime.images import WORKER_IMAGE, build_image  # noqa: E402

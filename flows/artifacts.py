@@ -141,8 +141,8 @@ def cycle_markdown(summary: Any, hosts: pl.DataFrame | None = None) -> str:
             health = "up" if row["healthy"] is not False else f"**down**: {row['error']}"
             lines.append(
                 f"| {row['host']} | {health} | {row['active']} | {row['shadow']} | {row['cold']}"
-                f" | {row['cpu_used']:.2f} / {_or_dash(row['cpu_cores'])}"
-                f" | {row['memory_used_mb']:,.0f} / {_or_dash(row['memory_mb'], ',.0f')} |"
+                f" | {row['cpu_used']:.2f} / {_or_dash(row['planned_cpu_cores'])}"
+                f" | {row['memory_used_mb']:,.0f} / {_or_dash(row['planned_memory_mb'], ',.0f')} |"
             )
     return "\n".join(lines)
 

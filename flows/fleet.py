@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import polars as pl
 
@@ -62,7 +63,7 @@ def probe_fleet(inventory: pl.DataFrame, local_too: bool = True) -> dict[str, Ho
     with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_PROBES, len(first))) as pool:
         answers = dict(zip(first, pool.map(probe, first.values()), strict=True))
     return {
-        host: _for_host(answers[address], host)
+        host: replace(answers[address], host=host)
         for address, hosts in by_address.items()
         for host in hosts
     }
@@ -79,12 +80,6 @@ def fleet_inventory(settings: Settings, inventory: pl.DataFrame) -> pl.DataFrame
     if usable.height == 0:
         log.error("no host is usable this cycle: %s", _reasons(status))
     return usable
-
-
-def _for_host(answer: HostProbe, host: str) -> HostProbe:
-    return HostProbe(
-        host, answer.healthy, answer.cpu_cores, answer.memory_mb, answer.error, answer.checked_at
-    )
 
 
 def _log_changes(settings: Settings, status: pl.DataFrame) -> None:

@@ -42,9 +42,10 @@ from typing import Any
 import polars as pl
 
 from core.times import naive_utc
-from provisioning.reconciler import LABEL_HOST, Action, diff
+from provisioning.reconciler import Action, diff
 from provisioning.runtime.base import (
     LABEL_CLIENT,
+    LABEL_HOST,
     LABEL_MANAGED,
     LABEL_PLAN,
     ContainerRuntime,

@@ -58,7 +58,7 @@ from typing import Any, Literal
 import polars as pl
 
 from core.vocabulary import TIERS
-from provisioning.runtime.base import ContainerSpec, Member, Tier
+from provisioning.runtime.base import LABEL_HOST, ContainerSpec, Member, Tier
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,6 @@ KINDS: tuple[ActionKind, ...] = ("activate", "release", "shadow", "create")
 
 # Labels the reconciler reads and writes on top of the runtime's own.
 LABEL_CONFIG_HASH = "prewarm.config-hash"  # written by schema.render_container_config
-LABEL_HOST = "prewarm.host"  # the planner's host for this member, set at create
 
 REASON_ORPHAN = "orphan: no plan for client"
 REASON_CONFIG = "config changed"

@@ -40,8 +40,8 @@ import polars as pl
 from core.vocabulary import TierName
 from provisioning.costs import CostModel
 from provisioning.cycle_plan import CyclePlan, CycleTiming, plan_cycle, planner_clients
-from provisioning.reconciler import LABEL_CONFIG_HASH, LABEL_HOST, Action, diff
-from provisioning.runtime.base import Member
+from provisioning.reconciler import LABEL_CONFIG_HASH, Action, diff
+from provisioning.runtime.base import LABEL_HOST, Member
 from provisioning.targets import targets_as_desired, targets_hold
 from simulation.policies import warm_fixed_keepalive
 from simulation.trace import Trace

@@ -84,19 +84,11 @@ def read_host_usage(path: Path) -> pl.DataFrame:
 
 
 def read_host_placement(path: Path) -> pl.DataFrame:
-    """Per inventory host: health at the last probe, live members by tier and the capacity
-    they hold against what the planner may use (the cycle artifact's placement table)."""
+    """Per inventory host: `v_hosts` (engine, health, capacity in the file, on the engine and
+    planned) with the live members by tier and the capacity they hold (`prewarm inventory`
+    and the cycle artifact's placement table)."""
     with connect(path, read_only=True) as con:
-        hosts = fetch_frame(
-            con,
-            "SELECT i.host, s.healthy, s.error,"
-            # A down host offers nothing; one never probed, what its file says.
-            " CASE WHEN s.healthy IS DISTINCT FROM false"
-            "  THEN coalesce(s.cpu_cores, i.cpu_cores) END AS cpu_cores,"
-            " CASE WHEN s.healthy IS DISTINCT FROM false"
-            "  THEN coalesce(s.memory_mb, i.memory_mb) END AS memory_mb"
-            " FROM inventory i LEFT JOIN host_status s USING (host) ORDER BY i.host",
-        )
+        hosts = fetch_frame(con, "SELECT * EXCLUDE (checked_at) FROM v_hosts")
     usage = read_host_usage(path)
     placed = hosts.join(usage, on="host", how="left", coalesce=True)
     counts = ["active", "shadow", "cold", "cpu_used", "memory_used_mb"]

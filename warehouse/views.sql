@@ -39,13 +39,19 @@ FROM clients c
 JOIN pool_members p ON p.client_id = c.client_id AND p.released_at IS NULL
 GROUP BY c.client_id, c.mode, p.host;
 
--- Every host as last probed: healthy or why not, and the capacity the planner may use.
+-- Every host as last probed: healthy or why not, and the capacity the planner may use (a
+-- down host offers nothing; one never probed, what its file says).
 CREATE OR REPLACE VIEW v_hosts AS
 SELECT i.host, coalesce(i.engine, 'local') AS engine, s.healthy, s.error,
-       i.cpu_cores AS file_cpu_cores, s.engine_cpu_cores, s.cpu_cores AS planned_cpu_cores,
-       i.memory_mb AS file_memory_mb, s.engine_memory_mb, s.memory_mb AS planned_memory_mb,
+       i.cpu_cores AS file_cpu_cores, s.engine_cpu_cores,
+       CASE WHEN s.healthy IS DISTINCT FROM false
+            THEN coalesce(s.cpu_cores, i.cpu_cores) END AS planned_cpu_cores,
+       i.memory_mb AS file_memory_mb, s.engine_memory_mb,
+       CASE WHEN s.healthy IS DISTINCT FROM false
+            THEN coalesce(s.memory_mb, i.memory_mb) END AS planned_memory_mb,
        s.checked_at
-FROM inventory i LEFT JOIN host_status s USING (host);
+FROM inventory i LEFT JOIN host_status s USING (host)
+ORDER BY i.host;
 
 -- prewarm's cost and cold starts against a purely reactive autoscaler, per client and day.
 CREATE OR REPLACE VIEW v_cost_vs_reactive AS

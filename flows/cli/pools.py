@@ -177,7 +177,7 @@ def pools(
     if view.runtime is None:
         console.print(f"Pool {settings.pool!r} has no runtime yet: nothing was provisioned.")
     else:
-        from provisioning.reconciler import LABEL_HOST
+        from provisioning.runtime.base import LABEL_HOST
 
         table = Table(
             "host",
@@ -308,14 +308,13 @@ def inventory_show(ctx: typer.Context) -> None:
     if ctx.invoked_subcommand is not None:
         return
     settings = load_settings()
-    from warehouse.inventory import read_host_status, read_host_usage, read_inventory
+    from warehouse.inventory import read_host_placement
 
-    path = settings.warehouse_path
-    inventory = read_inventory(path)
-    if inventory.height == 0:
+    hosts = read_host_placement(settings.warehouse_path)
+    if hosts.height == 0:
         console.print("No inventory stored yet: `prewarm inventory load FILE` or run a cycle.")
         return
-    _print_hosts(inventory, read_host_status(path), read_host_usage(path))
+    _print_hosts(hosts)
 
 
 @inventory_app.command("discover")
@@ -325,7 +324,7 @@ def inventory_discover() -> None:
     settings = load_settings()
     from flows.fleet import probe_fleet
     from provisioning.runtime.engines import host_status
-    from warehouse.inventory import read_host_usage, read_inventory, write_host_status
+    from warehouse.inventory import read_host_placement, read_inventory, write_host_status
 
     path = settings.warehouse_path
     inventory = read_inventory(path)
@@ -333,13 +332,14 @@ def inventory_discover() -> None:
         raise PrewarmError("No inventory stored yet: `prewarm inventory load FILE` first.")
     status = host_status(inventory, probe_fleet(inventory))
     write_host_status(path, status)
-    _print_hosts(inventory, status, read_host_usage(path))
+    _print_hosts(read_host_placement(path))
     down = int((~status.get_column("healthy")).sum())
     if down:
         raise typer.Exit(1 if down == status.height else 0)
 
 
-def _print_hosts(inventory: pl.DataFrame, status: pl.DataFrame, usage: pl.DataFrame) -> None:
+def _print_hosts(hosts: pl.DataFrame) -> None:
+    """`warehouse.inventory.read_host_placement` as a table, then why each down host is down."""
     table = Table(
         "host",
         "engine",
@@ -351,28 +351,22 @@ def _print_hosts(inventory: pl.DataFrame, status: pl.DataFrame, usage: pl.DataFr
         "memory used/free",
         title="hosts",
     )
-    states = {r["host"]: r for r in status.iter_rows(named=True)}
-    used = {r["host"]: r for r in usage.iter_rows(named=True)}
-    for row in inventory.iter_rows(named=True):
-        state = states.get(row["host"], {})
-        here = used.get(row["host"], {})
-        planned_cpu, planned_memory = state.get("cpu_cores"), state.get("memory_mb")
-        cpu_used, memory_used = here.get("cpu_used", 0.0), here.get("memory_used_mb", 0.0)
-        health = "-" if not state else "up" if state["healthy"] else "[red]DOWN[/]"
+    for row in hosts.iter_rows(named=True):
+        cpu, memory = row["planned_cpu_cores"], row["planned_memory_mb"]
+        health = {None: "-", True: "up", False: "[red]DOWN[/]"}[row["healthy"]]
         table.add_row(
             row["host"],
-            row.get("engine") or "local",
+            row["engine"],
             health,
-            f"{fmt(row['cpu_cores'])}/{fmt(state.get('engine_cpu_cores'))}/{fmt(planned_cpu)}",
-            f"{_mib(row['memory_mb'])}/{_mib(state.get('engine_memory_mb'))}/"
-            f"{_mib(planned_memory)}",
-            f"{here.get('active', 0)}/{here.get('shadow', 0)}/{here.get('cold', 0)}",
-            f"{fmt(cpu_used)}/{fmt(None if planned_cpu is None else planned_cpu - cpu_used)}",
-            f"{_mib(memory_used)}/"
-            f"{_mib(None if planned_memory is None else planned_memory - memory_used)}",
+            f"{fmt(row['file_cpu_cores'])}/{fmt(row['engine_cpu_cores'])}/{fmt(cpu)}",
+            f"{_mib(row['file_memory_mb'])}/{_mib(row['engine_memory_mb'])}/{_mib(memory)}",
+            f"{row['active']}/{row['shadow']}/{row['cold']}",
+            f"{fmt(row['cpu_used'])}/{fmt(None if cpu is None else cpu - row['cpu_used'])}",
+            f"{_mib(row['memory_used_mb'])}/"
+            f"{_mib(None if memory is None else memory - row['memory_used_mb'])}",
         )
     console.print(table)
-    for row in status.filter(~status.get_column("healthy")).iter_rows(named=True):
+    for row in hosts.filter(hosts.get_column("healthy").not_()).iter_rows(named=True):
         console.print(f"[red]{row['host']} is down[/]: {row['error']}")
 
 

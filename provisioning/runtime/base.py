@@ -37,6 +37,7 @@ LABEL_CLIENT = "prewarm.client"
 LABEL_PLAN = "prewarm.plan"
 LABEL_TIER = "prewarm.tier"
 LABEL_PORT = "prewarm.port"
+LABEL_HOST = "prewarm.host"  # the planner's host for this member, set at create
 
 
 class PrewarmRuntimeError(PrewarmError):

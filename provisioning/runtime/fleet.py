@@ -39,8 +39,8 @@ import docker
 from docker.errors import APIError, DockerException
 from requests.exceptions import RequestException
 
-from provisioning.reconciler import LABEL_HOST
 from provisioning.runtime.base import (
+    LABEL_HOST,
     ContainerSpec,
     Member,
     MemberNotFound,

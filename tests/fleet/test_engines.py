@@ -137,7 +137,7 @@ def test_the_cycle_artifact_shows_placement_and_a_lost_host(tmp_path: Path):
     placement = read_host_placement(path)
     rows = {r["host"]: r for r in placement.iter_rows(named=True)}
     assert rows["down"]["healthy"] is False and rows["down"]["active"] == 0
-    assert rows["reserved"]["cpu_cores"] == 3.0  # what the planner may use, not the file's 4
+    assert rows["reserved"]["planned_cpu_cores"] == 3.0  # what the planner may use, not 4
     text = cycle_markdown(CycleSummary("cycle-1", "none", "2026-11-30T12:00:00"), placement)
     assert "### Placement by host" in text
     assert "| down | **down**: unix:///c did not answer | 0 | 0 | 0 | 0.00 / - |" in text

@@ -15,8 +15,7 @@ from flows.provision import provision_pools
 from flows.runtime import open_pool_runtime
 from flows.settings import Settings
 from provisioning.apply import release_all
-from provisioning.reconciler import LABEL_HOST
-from provisioning.runtime.base import LABEL_MANAGED
+from provisioning.runtime.base import LABEL_HOST, LABEL_MANAGED
 from tests.conftest import remove_test_containers
 from tests.fleet.conftest import ExtraEngine
 from tests.flows.test_provision_flow import seeded_pool

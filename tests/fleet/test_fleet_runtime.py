@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from provisioning.reconciler import LABEL_HOST
 from provisioning.runtime.base import (
+    LABEL_HOST,
     LABEL_MANAGED,
     LABEL_PLAN,
     ContainerRuntime,
