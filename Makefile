@@ -38,9 +38,11 @@ clean-data:
 bench-activation: $(STAMP)
 	$(BIN)/python bench/activation.py
 
-# Three extra dockerds as three hosts (needs root, dockerd, ip, openssl, like tests/fleet).
+# Three extra dockerds as three hosts (needs root, dockerd, ip, openssl, like tests/fleet),
+# then training on the shared control plane: Dask, MLflow and Prefect on PostgreSQL.
 bench-fleet: $(STAMP)
 	$(BIN)/python bench/fleet.py
+	$(BIN)/python bench/control_plane.py
 
 bench-planner: $(STAMP)
 	$(BIN)/python bench/planner.py

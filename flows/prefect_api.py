@@ -45,10 +45,33 @@ os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
 """
 
 
+# Serves Prefect's API on the inherited listening socket. Not `uvicorn --fd`: that path
+# takes every socket for AF_UNIX, so asyncio never sets TCP_NODELAY on the connections it
+# accepts, and each request after the first on a kept-alive connection waits ~40 ms for the
+# client's delayed ACK (Nagle's algorithm), on every task-run state change a flow reports.
+# `socket(fileno=)` reads the real family and protocol from the descriptor.
+_SERVE_ON_FD = """\
+import socket, sys, uvicorn
+listener = socket.socket(fileno=int(sys.argv[1]))
+config = uvicorn.Config(
+    "prefect.server.api.server:create_app", factory=True, log_level="error", lifespan="on"
+)
+uvicorn.Server(config).run(sockets=[listener])
+"""
+
+
 def prefect_api_url(settings: Settings) -> str:
-    """The running stack's API, else a temporary one for this process and its children."""
+    """The running stack's API, else a temporary one for this process and its children; a
+    shared server (PREWARM_PREFECT_API_URL) that does not answer is an error, never silently
+    replaced by a temporary one whose runs nobody would see."""
     if stack.prefect_server_running(settings):
         return stack.prefect_api_url(settings)
+    if settings.prefect_api_url:
+        raise PrewarmError(
+            f"The shared Prefect server at {settings.prefect_api_url} (PREWARM_PREFECT_API_URL) "
+            "does not answer its /health: start it, or unset PREWARM_PREFECT_API_URL to run "
+            "on this machine alone."
+        )
     return _temporary_api()
 
 
@@ -105,10 +128,7 @@ class TemporaryServer:
 
     @staticmethod
     def _server_args(fd: int) -> list[str]:
-        return [
-            *("-m", "uvicorn", "--factory", "prefect.server.api.server:create_app"),
-            *("--fd", str(fd), "--log-level", "error", "--lifespan", "on"),
-        ]
+        return ["-c", _SERVE_ON_FD, str(fd)]
 
     def _await_health(self, timeout_s: float) -> None:
         assert self.process is not None

@@ -86,6 +86,17 @@ class Settings(BaseSettings):
     dask_address: str | None = Field(
         default=None, description="run train-forecasters tasks on this Dask scheduler"
     )
+    services: Literal["embedded", "external"] = Field(
+        default="embedded",
+        description="prewarm up: start Prefect and MLflow here (embedded, SQLite files) or use "
+        "shared ones (external: PREWARM_PREFECT_API_URL, an http(s) PREWARM_MLFLOW_TRACKING_URI)",
+    )
+    prefect_api_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://\S+$",
+        description="a shared Prefect server's API, e.g. http://prefect.internal:4200/api: "
+        "every run reports there",
+    )
     runtime: Literal["auto", "docker", "process"] = Field(
         default="auto", description="where pools run: Docker when a daemon answers, else processes"
     )
@@ -172,6 +183,23 @@ class Settings(BaseSettings):
             self.duckdb_path = self.data_dir / "warehouse.duckdb"
         return self
 
+    @model_validator(mode="after")
+    def _external_services_named(self) -> Settings:
+        if self.prefect_api_url:
+            self.prefect_api_url = self.prefect_api_url.rstrip("/")
+        if self.services == "external":
+            if not self.prefect_api_url:
+                raise ValueError(
+                    "services=external needs PREWARM_PREFECT_API_URL (the shared Prefect "
+                    "server's API, e.g. http://prefect.internal:4200/api)"
+                )
+            if not self.mlflow_tracking_uri.startswith(("http://", "https://")):
+                raise ValueError(
+                    "services=external needs PREWARM_MLFLOW_TRACKING_URI to name the shared MLflow "
+                    f"tracking server (http:// or https://), not {self.mlflow_tracking_uri!r}"
+                )
+        return self
+
     @property
     def warehouse_path(self) -> Path:
         """The DuckDB file (always set after validation)."""
@@ -224,13 +252,13 @@ class Settings(BaseSettings):
 
 def configure_environment(settings: Settings, prefect_api_url: str | None = None) -> None:
     """Point Prefect and Great Expectations at our state, quietly and offline; with
-    `prefect_api_url` (a running `prewarm up`), runs go to that server unless the operator
-    chose another one.
+    `prefect_api_url` (a running `prewarm up`) or PREWARM_PREFECT_API_URL (a shared server),
+    runs go to that server unless the operator set PREFECT_API_URL themselves.
 
     Called once by the CLI before any flow module (and so Prefect) is imported.
     """
-    if prefect_api_url:
-        os.environ.setdefault("PREFECT_API_URL", prefect_api_url)
+    if prefect_api_url or settings.prefect_api_url:
+        os.environ.setdefault("PREFECT_API_URL", prefect_api_url or settings.prefect_api_url or "")
     _ensure_data_dir(settings.data_dir)
     os.environ.setdefault("PREFECT_HOME", str(settings.prefect_home.resolve()))
     # This machine may have no internet: never try to send telemetry.
@@ -244,6 +272,10 @@ def configure_environment(settings: Settings, prefect_api_url: str | None = None
     # Loading a model draws a download bar per client: noise in any log, and models load in
     # flows, never while someone waits on one download.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # A tracking server that stopped answering: MLflow's defaults (7 retries, 120 s each)
+    # hold a cycle for many minutes; these give up within about a minute and say why.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
 
 def _ensure_data_dir(path: Path) -> None:

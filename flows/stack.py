@@ -6,6 +6,10 @@
     deployment server     serves the deployments: prewarm-cycle on its interval, daily
                           training, and the on-demand ones (flows/deployments.py)
 
+With PREWARM_SERVICES=external (`prewarm up --services external`) Prefect and MLflow are
+shared servers someone else runs (flows/shared_services.py checks them): only the API and
+the deployment server start here, reporting to them.
+
 Each child runs in its own process group with its output in data/logs/<name>.log, so a stop
 (Ctrl-C, or the end of `--check`) takes down everything it started and nothing else.
 """
@@ -44,7 +48,15 @@ class Service:
 
 
 def prefect_api_url(settings: Settings) -> str:
-    return f"http://{HOST}:{settings.prefect_port}/api"
+    """The shared Prefect server's API when one is named, else the embedded one's."""
+    return settings.prefect_api_url or f"http://{HOST}:{settings.prefect_port}/api"
+
+
+def mlflow_ui_url(settings: Settings) -> str:
+    """Where people review models: the tracking server models go to, else the embedded UI."""
+    if settings.mlflow_tracking_uri.startswith(("http://", "https://")):
+        return settings.mlflow_tracking_uri
+    return f"http://{HOST}:{settings.mlflow_port}"
 
 
 def _bin(name: str) -> str:
@@ -54,11 +66,38 @@ def _bin(name: str) -> str:
 
 
 def services(settings: Settings) -> list[Service]:
-    """The stack's services, in start order."""
+    """The stack's services, in start order (external Prefect and MLflow are not ours)."""
     logs = settings.data_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     api_url = prefect_api_url(settings)
     env = child_environment(PREFECT_API_URL=api_url, PYTHONUNBUFFERED="1")
+    ours = [
+        Service(
+            "api",
+            [
+                sys.executable,
+                "-m",
+                "flows.cli",
+                "api",
+                "--host",
+                HOST,
+                "--port",
+                str(settings.api_port),
+            ],
+            f"http://{HOST}:{settings.api_port}/healthz",
+            logs / "api.log",
+            env,
+        ),
+        Service(
+            "deployments",
+            [sys.executable, "-m", "flows.deployments"],
+            f"{api_url}/health",
+            logs / "deployments.log",
+            env,
+        ),
+    ]
+    if settings.services == "external":
+        return ours
     artifacts = settings.mlflow_artifacts_dir.resolve()
     artifacts.mkdir(parents=True, exist_ok=True)
     return [
@@ -103,29 +142,7 @@ def services(settings: Settings) -> list[Service]:
             logs / "mlflow.log",
             env,
         ),
-        Service(
-            "api",
-            [
-                sys.executable,
-                "-m",
-                "flows.cli",
-                "api",
-                "--host",
-                HOST,
-                "--port",
-                str(settings.api_port),
-            ],
-            f"http://{HOST}:{settings.api_port}/healthz",
-            logs / "api.log",
-            env,
-        ),
-        Service(
-            "deployments",
-            [sys.executable, "-m", "flows.deployments"],
-            f"{api_url}/health",
-            logs / "deployments.log",
-            env,
-        ),
+        *ours,
     ]
 
 
@@ -227,8 +244,19 @@ def stop(service: Service, grace_s: float = 10.0) -> None:
 
 
 def prefect_server_running(settings: Settings) -> bool:
-    """Whether a Prefect server answers on the stack's port (then CLI runs use it)."""
+    """Whether the stack's Prefect server answers (then CLI runs use it): a shared one gets
+    longer than a local one to say so."""
+    timeout = 5.0 if settings.prefect_api_url else 0.3
     try:
-        return httpx.get(f"{prefect_api_url(settings)}/health", timeout=0.3).status_code == 200
+        return httpx.get(f"{prefect_api_url(settings)}/health", timeout=timeout).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def api_running(settings: Settings) -> bool:
+    """Whether something already answers on the API's port (another `prewarm up`?)."""
+    try:
+        httpx.get(f"http://{HOST}:{settings.api_port}/healthz", timeout=0.3)
+    except httpx.HTTPError:
+        return False
+    return True

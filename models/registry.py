@@ -135,16 +135,30 @@ def _experiment_id(client: MlflowClient, artifacts_dir: Path) -> str:
     experiment = client.get_experiment_by_name(EXPERIMENT)
     if experiment is not None:
         return str(experiment.experiment_id)
+    if _is_server(client.tracking_uri):
+        # A tracking server keeps the artifacts where it was told to (its shared path, served
+        # to every worker over HTTP); a local directory here would be this machine's alone.
+        return str(client.create_experiment(EXPERIMENT))
     artifacts_dir.mkdir(parents=True, exist_ok=True)
     return str(
         client.create_experiment(EXPERIMENT, artifact_location=artifacts_dir.resolve().as_uri())
     )
 
 
+def _is_server(tracking_uri: str) -> bool:
+    return tracking_uri.startswith(("http://", "https://"))
+
+
 class RegistryUnavailable(PrewarmError):
     """The MLflow registry cannot be read, or has lost the forecasters the warehouse records."""
 
     def __init__(self, where: Path | str, problem: str) -> None:
+        if isinstance(where, str) and _is_server(where):
+            super().__init__(
+                f"The MLflow tracking server at {where} cannot be read ({problem}). Check that it "
+                "runs and answers /health, or that PREWARM_MLFLOW_TRACKING_URI names it."
+            )
+            return
         recover = "run `prewarm train` to retrain every client"
         if isinstance(where, Path) and where.exists():
             recover = "move it aside and " + recover

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from core.errors import PrewarmError
 from flows.cli.common import console, fmt, load_settings
+from flows.settings import Settings
 
 
 def train(
@@ -46,7 +47,7 @@ def train(
         f"Registered {len(summary.registrations)} forecasters ({summary.promoted} promoted, "
         f"{len(summary.fallbacks)} on the global model, {len(summary.failures)} failed) in "
         f"{summary.wall_seconds:.1f} s; MLflow {summary.mlflow_seconds:.1f} s. "
-        f"Review them in the MLflow UI (`prewarm up`, http://127.0.0.1:5000)."
+        f"Review them in the MLflow UI ({review_url(settings)})."
     )
     for client_id, why in sorted(summary.failures.items()):
         console.print(f"  [red]failed[/] {client_id}: {why}")
@@ -206,3 +207,11 @@ def print_retraining(summary: Any) -> None:
         f"Retrained {len(summary.retrained)}, {len(summary.skipped)} waiting, "
         f"{len(summary.failures)} failed in {summary.seconds:.1f} s."
     )
+
+
+def review_url(settings: Settings) -> str:
+    """Where the forecasters can be reviewed, and what serves it."""
+    from flows.stack import mlflow_ui_url
+
+    url = mlflow_ui_url(settings)
+    return url if url == settings.mlflow_tracking_uri else f"`prewarm up`, {url}"

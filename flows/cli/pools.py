@@ -131,7 +131,11 @@ def pools(
     ] = None,
     plot: Annotated[
         Path | None,
-        typer.Option("--plot", help="Also draw the members each host held over time (PNG)."),
+        typer.Option(
+            "--plot",
+            help="Also draw what each host held over time (PNG): members, CPU and memory "
+            "against its planned capacity.",
+        ),
     ] = None,
 ) -> None:
     """List the pool by client and tier on the runtime it lives on, members found elsewhere,
@@ -149,7 +153,7 @@ def pools(
         from flows.pool_plot import plot_pool_hosts
 
         drawn = plot_pool_hosts(settings.warehouse_path, plot)
-        console.print(f"Drew the members of {drawn} hosts over time to {plot}.")
+        console.print(f"Drew what {drawn} hosts held over time to {plot}.")
     if sum([release_all, release_stray, migrate_to is not None]) > 1:
         raise PrewarmError("Give at most one of --release-all, --release-stray, --migrate-to.")
     if release_all:

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import signal
 import time
+from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
 
 from core.errors import PrewarmError
 from flows.cli.common import console, load_settings
+from flows.settings import Settings, export_settings
+
+
+class Services(StrEnum):
+    embedded = "embedded"
+    external = "external"
 
 
 def api(
@@ -45,19 +52,34 @@ def up(
         typer.Option("--check", help="Start everything, verify health and schedules, stop."),
     ] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for each service.")] = 120.0,
+    services_: Annotated[
+        Services | None,
+        typer.Option(
+            "--services",
+            help="embedded: start Prefect and MLflow here on SQLite files (the default). "
+            "external: use the shared servers named by PREWARM_PREFECT_API_URL, "
+            "PREWARM_MLFLOW_TRACKING_URI and PREWARM_DASK_ADDRESS (default PREWARM_SERVICES).",
+        ),
+    ] = None,
 ) -> None:
-    """Start the local stack: Prefect UI :4200, MLflow UI :5000, API :8000, the schedules.
+    """Start the stack: Prefect UI :4200, MLflow UI :5000, API :8000, the schedules.
 
     Runs the Prefect server, the MLflow UI, the client API and the deployments (prewarm-cycle
     every PREWARM_CYCLE, daily training, on-demand flows) as child processes (logs in
-    data/logs); Ctrl-C stops everything cleanly.
+    data/logs); Ctrl-C stops everything cleanly. With --services external, Prefect, MLflow
+    (and Dask, for training) are shared servers on PostgreSQL that someone else runs
+    (docs/SCALING.md): they are checked, and only the API and the deployments start here.
     With --check it starts everything, verifies every health endpoint and every
     deployment's schedule through the Prefect API, stops, and exits 0 or says what failed.
     """
+    if services_ is not None:
+        export_settings({"services": services_.value})
     settings = load_settings()
     from flows import stack
 
-    if stack.prefect_server_running(settings):
+    if settings.services == "external":
+        _use_shared_services(settings)
+    elif stack.prefect_server_running(settings):
         raise PrewarmError(
             f"Something already answers on port {settings.prefect_port} (another `prewarm up`?). "
             "Stop it first, or set PREWARM_PREFECT_PORT."
@@ -91,9 +113,10 @@ def up(
             for problem in problems:
                 console.print(f"[red]problem:[/] {problem}")
             raise typer.Exit(1)
+        prefect_ui = stack.prefect_api_url(settings).removesuffix("/api")
         console.print(
-            f"[green]healthy[/]: Prefect UI http://127.0.0.1:{settings.prefect_port}, "
-            f"MLflow UI http://127.0.0.1:{settings.mlflow_port}, "
+            f"[green]healthy[/]: Prefect UI {prefect_ui}, "
+            f"MLflow UI {stack.mlflow_ui_url(settings)}, "
             f"API http://127.0.0.1:{settings.api_port}/docs; logs in {settings.data_dir / 'logs'}"
         )
         if check:
@@ -116,3 +139,25 @@ def up(
         for service in reversed(services):
             stack.stop(service)
         console.print("stopped.")
+
+
+def _use_shared_services(settings: Settings) -> None:
+    """Check the shared Prefect, MLflow and Dask (one line each; exit 1 on any problem,
+    nothing started) and give the shared Prefect the warehouse-write limit."""
+    from flows import stack
+    from flows.locks import ensure_limit
+    from flows.shared_services import check_shared_services
+
+    if stack.api_running(settings):
+        raise PrewarmError(
+            f"Something already answers on port {settings.api_port} (another `prewarm up`?)."
+            " Stop it first, or set PREWARM_API_PORT."
+        )
+    lines, problems = check_shared_services(settings)
+    for line in lines:
+        console.print(f"  shared: {line}")
+    for problem in problems:
+        console.print(f"[red]problem:[/] {problem}")
+    if problems:
+        raise typer.Exit(1)
+    ensure_limit(stack.prefect_api_url(settings))

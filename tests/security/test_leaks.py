@@ -164,7 +164,8 @@ def test_a_worker_whose_pid_never_reached_the_record_is_stopped_by_the_next_load
     assert _workers_of(state) == {}
 
 
-def _uvicorn_child(parent: int) -> int | None:
+def _prefect_server_child(parent: int) -> int | None:
+    """The child of `parent` serving Prefect's API app (flows/prefect_api.py's server)."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -173,7 +174,9 @@ def _uvicorn_child(parent: int) -> int | None:
             argv = (entry / "cmdline").read_bytes().decode().split("\0")
         except OSError:
             continue
-        if f"\nPPid:\t{parent}\n" in status and "uvicorn" in argv:
+        if f"\nPPid:\t{parent}\n" in status and any(
+            "prefect.server.api.server:create_app" in arg for arg in argv
+        ):
             return int(entry.name)
     return None
 
@@ -210,8 +213,8 @@ def test_the_temporary_prefect_server_dies_with_a_killed_flow_command(tmp_path: 
     )
     server = None
     try:
-        assert _wait(lambda: _uvicorn_child(command.pid) is not None, 120)
-        server = _uvicorn_child(command.pid)
+        assert _wait(lambda: _prefect_server_child(command.pid) is not None, 120)
+        server = _prefect_server_child(command.pid)
         assert server is not None
         assert _wait(lambda: _listening_port(server) is not None, 60)
         port = _listening_port(server)
