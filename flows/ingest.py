@@ -71,9 +71,13 @@ def extract(
     until: datetime | None = None,
     hold_back_minutes: int = 0,
     only_last_minutes: int = 0,
+    attributes: Path | None = None,
 ) -> ExtractedBatch:
     """Read or generate the batch from the chosen source: only since <= ts < until, and
-    without its last `hold_back_minutes` or with only its last `only_last_minutes`."""
+    without its last `hold_back_minutes` or with only its last `only_last_minutes`;
+    `attributes`: the event log's sidecar of client attributes."""
+    if attributes is not None and source != "events":
+        raise SourceError("--attributes is a sidecar of an event log: use it with --source events.")
     if source == "synthetic":
         batch = generate_synthetic(
             n_clients=clients,
@@ -87,7 +91,7 @@ def extract(
     elif source == "azure-functions":
         batch = load_azure_functions(Path(path), day=settings.trace_day)
     else:
-        batch = read_events(Path(path), freq_seconds=settings.freq_seconds)
+        batch = read_events(Path(path), settings.freq_seconds, attributes)
     return _window(batch, since, until, hold_back_minutes, only_last_minutes)
 
 
@@ -256,6 +260,7 @@ def ingest_usage(
     until: datetime | None = None,
     hold_back_minutes: int = 0,
     only_last_minutes: int = 0,
+    attributes: Path | None = None,
 ) -> IngestOutcome:
     """Extract -> validate -> load one batch; a batch already loaded is a no-op.
 
@@ -276,6 +281,7 @@ def ingest_usage(
         until,
         hold_back_minutes,
         only_last_minutes,
+        attributes,
     )
     existing = find_loaded_batch(settings.warehouse_path, batch.content_hash)
     if existing:

@@ -125,6 +125,24 @@ def load_batch(
     return replaced
 
 
+def load_calendar_batch(
+    path: Path,
+    batch: ExtractedBatch,
+    calendar: pl.DataFrame,
+    quarantine: pl.DataFrame,
+    record: BatchRecord,
+    started_at: datetime,
+) -> None:
+    """Load a validated calendar file in one transaction: its events (an event already
+    stored with the same region, start and name takes the file's end and kind), its
+    quarantined rows and its `ingest_batches` record."""
+    with connect(path) as con, transaction(con):
+        if calendar.height:
+            _upsert_calendar(con, calendar)
+        _insert_quarantine(con, record.batch_id, quarantine)
+        _insert_record(con, batch, record, started_at)
+
+
 def record_attempt(
     path: Path,
     batch: ExtractedBatch,

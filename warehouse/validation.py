@@ -85,7 +85,7 @@ def validate_batch(batch: ExtractedBatch, now: datetime | None = None) -> Valida
     for description, indexes in failed_by.items():
         for index in indexes.tolist():
             labels.setdefault(index, []).append(description)
-    quarantine = _quarantine_rows(
+    quarantine = quarantine_rows(
         batch, failed_idx, ["; ".join(labels[i]) for i in failed_idx.tolist()]
     )
     good = rows.filter(pl.Series(~failed)) if failed_idx.size else rows
@@ -120,7 +120,7 @@ def describe_rejection(batch: ExtractedBatch, report: ValidationReport, max_shar
 
 def _batch_failure(batch: ExtractedBatch, failures: list[str]) -> ValidationReport:
     sample = batch.rows.head(EXAMPLE_ROWS)
-    quarantine = _quarantine_rows(
+    quarantine = quarantine_rows(
         batch, np.arange(sample.height), ["; ".join(failures)] * sample.height
     )
     return ValidationReport(
@@ -156,8 +156,11 @@ def _context() -> Any:
     return context
 
 
-def _validate(frame: pd.DataFrame, name: str, expectations: list[Any]) -> list[Any]:
-    """Validate a pandas frame against expectations; return their results in order."""
+def run_suite(frame: pd.DataFrame, name: str, expectations: list[Any]) -> list[Any]:
+    """Validate a pandas frame against expectations; return their results in the order of
+    `expectations`. GX returns them grouped by column, in the order each column first
+    appears, so a suite not written column by column gets them back in another order:
+    results are matched to expectations by type and arguments, never by position."""
     import great_expectations as gx
 
     context = _context()
@@ -169,7 +172,16 @@ def _validate(frame: pd.DataFrame, name: str, expectations: list[Any]) -> list[A
         suite, result_format={"result_format": "COMPLETE", "return_unexpected_index_query": False}
     )
     source.delete_asset(asset.name)
-    return list(result.results)
+    by_key: dict[str, list[Any]] = {}
+    for outcome in result.results:
+        by_key.setdefault(_expectation_key(outcome.expectation_config), []).append(outcome)
+    return [by_key[_expectation_key(e.configuration)].pop(0) for e in expectations]
+
+
+def _expectation_key(config: Any) -> str:
+    """An expectation's type and arguments (not the batch it ran on), as one string."""
+    arguments = {k: v for k, v in config.kwargs.items() if k != "batch_id"}
+    return f"{config.type}:{json.dumps(arguments, sort_keys=True, default=str)}"
 
 
 def _to_pandas(batch: ExtractedBatch) -> pd.DataFrame:
@@ -205,7 +217,7 @@ def _run_batch_suite(batch: ExtractedBatch, frame: pd.DataFrame) -> list[str]:
         gx.expectations.ExpectTableRowCountToBeBetween(min_value=1),
     ]
     failures = []
-    for result in _validate(frame.head(1), "batch", expectations):
+    for result in run_suite(frame.head(1), "batch", expectations):
         if result.success:
             continue
         config = result.expectation_config
@@ -284,7 +296,7 @@ def _run_row_suite(
     batch: ExtractedBatch, frame: pd.DataFrame, latest: datetime
 ) -> dict[str, list[int]]:
     checks = _row_expectations(batch, latest)
-    results = _validate(frame, "rows", [expectation for _, expectation in checks])
+    results = run_suite(frame, "rows", [expectation for _, expectation in checks])
     failed: dict[str, list[int]] = {}
     for (description, _), result in zip(checks, results, strict=True):
         if result.exception_info and result.exception_info.get("raised_exception"):
@@ -308,7 +320,7 @@ def _run_client_id_suite(rows: pl.DataFrame) -> dict[str, list[str]]:
     expectation = gx.expectations.ExpectColumnValuesToMatchRegex(
         column="client_id", regex=_CLIENT_ID.pattern
     )
-    (result,) = _validate(ids.to_pandas(), "client_ids", [expectation])
+    (result,) = run_suite(ids.to_pandas(), "client_ids", [expectation])
     if result.success:
         return {}
     bad = [ids["client_id"][i] for i in result.result.get("unexpected_index_list") or []]
@@ -319,7 +331,7 @@ def _run_client_id_suite(rows: pl.DataFrame) -> dict[str, list[str]]:
     return {description: bad}
 
 
-def _quarantine_rows(batch: ExtractedBatch, indexes: np.ndarray, labels: list[str]) -> pl.DataFrame:
+def quarantine_rows(batch: ExtractedBatch, indexes: np.ndarray, labels: list[str]) -> pl.DataFrame:
     """The original rows at `indexes` as JSON text, with their 1-based row numbers."""
     source = batch.raw if batch.raw is not None else batch.rows
     picked = source[indexes.tolist()] if indexes.size else source.clear()

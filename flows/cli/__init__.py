@@ -49,6 +49,7 @@ app.add_typer(clients.schema_app, name="schema")
 app.add_typer(pools.images_app, name="images")
 app.add_typer(pools.inventory_app, name="inventory")
 app.add_typer(data.feed_app, name="feed")
+app.add_typer(data.calendar_app, name="calendar")
 
 
 def main() -> None:

@@ -1,5 +1,5 @@
-"""`prewarm ingest`, `prewarm sql` and `prewarm feed ...`: getting usage into the warehouse
-and looking at it."""
+"""`prewarm ingest`, `prewarm sql`, `prewarm feed ...` and `prewarm calendar ...`: getting
+usage and known events into the warehouse and looking at them."""
 
 from __future__ import annotations
 
@@ -31,6 +31,12 @@ def ingest(
         datetime | None,
         typer.Option(help="Synthetic: end of history, UTC (default: now, on the bucket grid)."),
     ] = None,
+    attributes: Annotated[
+        Path | None,
+        typer.Option(
+            help="Events: a CSV of client_id with region, tier and/or service for its clients."
+        ),
+    ] = None,
 ) -> None:
     """Extract usage from a source, validate it (Great Expectations) and load it into DuckDB.
 
@@ -43,7 +49,13 @@ def ingest(
 
     with progress_bars():
         outcome = ingest_usage(
-            source=source.value, path=path, clients=clients, days=days, seed=seed, end=end
+            source=source.value,
+            path=path,
+            clients=clients,
+            days=days,
+            seed=seed,
+            end=end,
+            attributes=attributes,
         )
     if outcome.status == "skipped":
         console.print(
@@ -155,3 +167,72 @@ def feed_follow(
         f"The warehouse {settings.warehouse_path} now follows {stored.describe()}"
         + (f" ({params})." if params else ".")
     )
+
+
+calendar_app = typer.Typer(
+    help="Known events (holidays, launches, sales, maintenance) the forecasters learn from.",
+    invoke_without_command=True,
+)
+
+
+@calendar_app.callback()
+def calendar_show(ctx: typer.Context) -> None:
+    """List the calendar: events per kind and region, and the next ones to come."""
+    if ctx.invoked_subcommand is not None:
+        return
+    settings = load_settings()
+    import polars as pl
+
+    from warehouse.usage import read_calendar
+
+    calendar = read_calendar(settings.warehouse_path)
+    if calendar.height == 0:
+        console.print(
+            "The calendar is empty. Load one with `prewarm calendar load FILE.csv` "
+            "(columns region, start, end, name, kind)."
+        )
+        return
+    table = Table("kind", "region", "events", "first", "last")
+    summary = (
+        calendar.group_by("kind", "region")
+        .agg(pl.len().alias("n"), pl.col("start_ts").min(), pl.col("end_ts").max())
+        .sort("kind", "region")
+    )
+    for row in summary.iter_rows(named=True):
+        table.add_row(
+            row["kind"], row["region"], str(row["n"]), str(row["start_ts"]), str(row["end_ts"])
+        )
+    console.print(table)
+
+
+@calendar_app.command("load")
+def calendar_load(
+    path: Annotated[
+        Path,
+        typer.Argument(help="CSV with columns region, start, end, name, kind.", metavar="FILE"),
+    ],
+) -> None:
+    """Validate a calendar file (Great Expectations) and load its events.
+
+    `region` is a client region or `global` (every client); `start` and `end` are ISO-8601
+    (an offset or Z is converted to UTC) or epoch seconds; `kind` is a lowercase word
+    (holiday, launch, sale, maintenance ...): each kind becomes a feature the forecasters
+    learn at their next training. Loading the same file twice is a no-op; failing rows go
+    to `quarantine`, and when too many fail (or a column is missing) nothing loads.
+    """
+    settings = load_settings(runs_flows=True)
+    from flows.calendar import load_calendar
+
+    outcome = load_calendar(path=path)
+    if outcome.status == "skipped":
+        console.print(
+            f"[yellow]Already loaded[/] {outcome.location} (batch {outcome.batch_id}): "
+            "nothing added."
+        )
+        return
+    console.print(
+        f"[green]Loaded[/] {outcome.location}: {outcome.rows_loaded:,} events "
+        f"({outcome.rows_in:,} rows read, {outcome.rows_quarantined:,} quarantined) as batch "
+        f"{outcome.batch_id}. New kinds are learnt at each client's next training."
+    )
+    console.print(f"Warehouse: {settings.warehouse_path}")

@@ -164,3 +164,30 @@ def test_rejection_message_reports_share_and_examples():
     assert "above the 5.0% limit" in message
     assert "row 1:" in message and "row 2:" in message
     assert message.endswith("Nothing was loaded.")
+
+
+def test_suite_results_come_back_in_the_order_of_the_expectations():
+    # GX groups results by column (in order of first appearance): a suite that interleaves
+    # columns would get them back shuffled, and quarantine rows would name the wrong check.
+    import great_expectations as gx
+    import pandas as pd
+
+    from warehouse.validation import run_suite
+
+    frame = pd.DataFrame({"a": [1, None], "b": ["x", "Y"]})
+    ex = gx.expectations
+    expectations = [
+        ex.ExpectColumnValuesToNotBeNull(column="a"),
+        ex.ExpectColumnValuesToNotBeNull(column="b"),
+        ex.ExpectColumnValuesToMatchRegex(column="b", regex=r"\A[a-z]\Z"),
+        ex.ExpectColumnValuesToBeBetween(column="a", min_value=0, max_value=0),
+    ]
+    results = run_suite(frame, "order", expectations)
+    got = [(r.expectation_config.type, r.expectation_config.kwargs["column"]) for r in results]
+    assert got == [
+        ("expect_column_values_to_not_be_null", "a"),
+        ("expect_column_values_to_not_be_null", "b"),
+        ("expect_column_values_to_match_regex", "b"),
+        ("expect_column_values_to_be_between", "a"),
+    ]
+    assert [r.result.get("unexpected_index_list") for r in results] == [[1], [], [1], [0]]

@@ -47,7 +47,8 @@ class ExtractedBatch:
     validation reports what is missing. `raw` is the same rows as read (strings), row for row,
     kept for quarantine; None when `rows` is itself the original (generated data). `kind`
     says whether rows are already a series on the frequency grid ('series', value columns
-    drawn from METRICS) or calls to aggregate ('events'). `read_error` is set when the input
+    drawn from METRICS) or calls to aggregate ('events'); a 'calendar' batch holds calendar
+    rows instead (warehouse/sources/calendar_file.py). `read_error` is set when the input
     could not be parsed at all (rows then empty): validation rejects the batch with it.
     """
 
@@ -56,7 +57,7 @@ class ExtractedBatch:
     content_hash: str
     freq_seconds: int
     rows: pl.DataFrame
-    kind: Literal["series", "events"] = "series"
+    kind: Literal["series", "events", "calendar"] = "series"
     raw: pl.DataFrame | None = None
     clients: pl.DataFrame | None = None
     calendar: pl.DataFrame | None = None

@@ -29,6 +29,7 @@ import polars as pl
 
 from core.vocabulary import METRICS
 from warehouse.errors import SourceError
+from warehouse.sources.attributes_file import read_client_attributes
 from warehouse.sources.base import ExtractedBatch, hash_files
 
 log = logging.getLogger(__name__)
@@ -57,8 +58,9 @@ _NAIVE_FORMATS = ("%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%d %H:%M", "%Y-%m-%d")
 _EPOCH_PATTERN = r"^[+-]?(\d+\.?\d*|\.\d+)$"
 
 
-def read_events(path: Path, freq_seconds: int) -> ExtractedBatch:
-    """Read an event log (.csv, .parquet/.pq, .jsonl/.ndjson) into an 'events' batch."""
+def read_events(path: Path, freq_seconds: int, attributes: Path | None = None) -> ExtractedBatch:
+    """Read an event log (.csv, .parquet/.pq, .jsonl/.ndjson) into an 'events' batch; with
+    `attributes`, a sidecar CSV naming each client's region, tier and service."""
     path = Path(path)
     if not path.exists():
         raise SourceError(f"event log not found: {path}")
@@ -72,14 +74,18 @@ def read_events(path: Path, freq_seconds: int) -> ExtractedBatch:
             f"(supported: {supported})"
         )
 
+    clients = read_client_attributes(attributes) if attributes is not None else None
+    sidecar = [Path(attributes)] if attributes is not None else []
     batch = ExtractedBatch(
         source=SOURCE,
         location=str(path),
-        content_hash=hash_files([path], freq_seconds),
+        # The sidecar is part of the content: the same calls with new attributes load.
+        content_hash=hash_files([path, *sidecar], freq_seconds),
         freq_seconds=freq_seconds,
         rows=pl.DataFrame(schema={"client_id": pl.String(), "ts": pl.Datetime("us")}),
         kind="events",
         raw=pl.DataFrame(schema={"client_id": pl.String(), "ts": pl.String()}),
+        clients=clients,
     )
     if _is_blank(path):
         batch.notes.append(f"{path.name} is empty")
@@ -96,6 +102,14 @@ def read_events(path: Path, freq_seconds: int) -> ExtractedBatch:
     ignored = [c for c in raw.columns if c not in ("client_id", "ts", *EVENT_FIELDS)]
     if ignored:
         batch.notes.append(f"ignored unknown column(s): {', '.join(ignored)}")
+    if clients is not None and "client_id" in batch.rows.columns:
+        strangers = clients.join(
+            batch.rows.select("client_id").unique(), on="client_id", how="anti"
+        )
+        if strangers.height:
+            batch.notes.append(
+                f"{strangers.height} attribute row(s) name clients without events here: ignored"
+            )
     log.info("read %d events (%d columns) from %s", raw.height, len(raw.columns), path)
     return batch
 
