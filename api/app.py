@@ -46,6 +46,7 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 
+from api.change_routes import changes_router
 from api.context import AppContext, context_of
 from api.handlers import install_handlers
 from api.middleware import BodyLimit, CatchAll
@@ -119,6 +120,7 @@ def create_app(
         return Health(status="ok", warehouse=context_of(request).warehouse_answers())
 
     app.include_router(v1_router())
+    app.include_router(changes_router())
     install_handlers(app)
     # Added last = outermost: errors anywhere inside, the body limit included, are caught.
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)

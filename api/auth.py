@@ -65,6 +65,8 @@ def _authenticate(request: Request) -> str:
         raise HTTPException(
             status.HTTP_403_FORBIDDEN, "This API key does not grant access to that client."
         )
+    # Who made a change, for `client_changes`: the key's public half, never its secret.
+    request.state.actor = f"api:{KEY_PREFIX}_{parsed[0]}"
     return client_id
 
 

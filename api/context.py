@@ -65,7 +65,8 @@ class AppContext:
     ) -> None:
         self.warehouse_path = Path(warehouse_path)
         # A client's composite, checked against the images this deployment allows.
-        self.composite = partial(client_composite, allowed_images=allowed_images)
+        self.allowed_images = tuple(allowed_images) if allowed_images is not None else None
+        self.composite = partial(client_composite, allowed_images=self.allowed_images)
         self.runtime_factory = runtime_factory
         self.pool_scope = dict(pool_scope)
         self.lock_wait_s = lock_wait_s

@@ -145,3 +145,32 @@ class FieldError(BaseModel):
 class ValidationFailed(BaseModel):
     detail: str = Field(description="Every problem in one sentence, fields named.")
     errors: list[FieldError]
+
+
+# The rule of warehouse.clients.attribute_problem, documented (Rust regex: $ is the end).
+Attribute = Annotated[
+    str, Strict(), Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", max_length=64)
+]
+
+
+class AttributesIn(BaseModel):
+    """Some of the client's attributes to set (null clears one); the others are kept."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
+
+    region: Attribute | None = Field(
+        default=None, description="Region: calendar events of it apply."
+    )
+    tier: Attribute | None = Field(default=None, description="Tier: a forecasting feature.")
+    service: Attribute | None = Field(default=None, description="Service: a forecasting feature.")
+
+
+class ClientAttributes(BaseModel):
+    client_id: str
+    region: str | None
+    tier: str | None
+    service: str | None
+
+
+class ExtensionStored(BaseModel):
+    name: str = Field(description="The extension's name: POST it again to replace it.")

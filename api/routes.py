@@ -58,7 +58,7 @@ _AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
     422: {"model": ValidationFailed, "description": "Invalid path or body; fields named."},
     503: {"model": Error, "description": "Warehouse busy or unavailable; see Retry-After."},
 }
-_BODY_RESPONSES: dict[int | str, dict[str, Any]] = {
+BODY_RESPONSES: dict[int | str, dict[str, Any]] = {
     **_AUTH_RESPONSES,
     400: {"model": Error, "description": "Malformed Content-Length header."},
     413: {"model": Error, "description": "Request body too large."},
@@ -98,7 +98,7 @@ def v1_router() -> APIRouter:
         status_code=201,
         response_model=FeedbackOut,
         summary="Rate a predicted window",
-        responses=_BODY_RESPONSES,
+        responses=BODY_RESPONSES,
     )
     def post_feedback(client_id: ClientId, body: FeedbackIn, request: Request) -> FeedbackOut:
         """Store the client's rating (and actual usage, if given) of one window."""

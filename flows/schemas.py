@@ -1,33 +1,22 @@
-"""Composite schemas for people: show a client's, add an extension from a file."""
+"""Composite schemas for people: show a client's, add or remove an extension, set its
+attributes. The checks and the audit are the API's own (`api/client_changes.py`): an
+operator's change is judged exactly as a client's."""
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from api.composite import client_base, client_composite, read_stored_extensions
+from api import client_changes
+from api.composite import client_composite
 from core.errors import PrewarmError
 from flows.settings import Settings
-from provisioning.inventory import load_inventory
-from provisioning.schema import compose_workload
-from provisioning.schema_checks import SchemaLimits, SchemaRejected, limits_from_inventory
-from provisioning.schema_extensions import load_extension, validate_extension
-from warehouse.clients import read_client, store_schema_extension
-from warehouse.db import connect
-from warehouse.inventory import read_inventory
+from provisioning.schema_extensions import load_extension
 
-__all__ = ["add_extension", "schema_limits", "show_client_composite"]
+__all__ = ["add_extension", "remove_extension", "set_attributes", "show_client_composite"]
 
-
-def schema_limits(settings: Settings) -> SchemaLimits:
-    """What a client schema may ask for here: the allowed images, and at most the largest
-    host of the inventory (the configured file, else the stored one, else this machine)."""
-    if settings.inventory_path:
-        inventory = load_inventory(settings.inventory_path)
-    else:
-        inventory = read_inventory(settings.warehouse_path)
-    return limits_from_inventory(inventory, settings.allowed_image_list)
+CLI_ACTOR = "cli"
 
 
 def show_client_composite(settings: Settings, client_id: str) -> dict[str, Any]:
@@ -45,26 +34,18 @@ def add_extension(settings: Settings, client_id: str, path: Path) -> str:
     if not path.is_file():
         raise PrewarmError(f"No such file: {path}")
     document = load_extension(path)  # size and nesting checked before parsing
-    with connect(settings.warehouse_path, read_only=True) as con:
-        client = read_client(con, client_id)
-        if client is None:
-            raise PrewarmError(f"No client {client_id!r} in the warehouse.")
-        others = [
-            e
-            for e in read_stored_extensions(con, client_id)
-            if e.get("name") != document.get("name")
-        ]
-    base, limits = client_base(client), schema_limits(settings)
-    validate_extension(document, base, limits)  # its own problems first, naming it
-    try:  # then conflicts with the client's other extensions, and the composite's checks
-        compose_workload(client_id, [*others, document], None, base, limits=limits)
-    except SchemaRejected as error:
-        # The new document passed alone, so a refused extension here is a stored one.
-        if error.source.startswith("extension "):
-            raise PrewarmError(
-                f"{error}\n(a stored {error.source}: replace it by adding a corrected document"
-                " of the same name)"
-            ) from None
-        raise
-    store_schema_extension(settings.warehouse_path, client_id, json.loads(json.dumps(document)))
-    return str(document["name"])
+    return client_changes.add_extension(
+        settings.warehouse_path, client_id, document, settings.allowed_image_list, CLI_ACTOR
+    )
+
+
+def remove_extension(settings: Settings, client_id: str, name: str) -> bool:
+    """Remove a client's extension; False when it has none by that name."""
+    return client_changes.remove_extension(settings.warehouse_path, client_id, name, CLI_ACTOR)
+
+
+def set_attributes(
+    settings: Settings, client_id: str, values: Mapping[str, str | None]
+) -> dict[str, str | None]:
+    """Set some of a client's region, tier and service; return all three as stored."""
+    return client_changes.set_attributes(settings.warehouse_path, client_id, values, CLI_ACTOR)

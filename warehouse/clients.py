@@ -7,6 +7,7 @@ answers for one client per request on a connection it already holds.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,21 @@ from core.errors import PrewarmError
 from core.times import utc_now
 from core.vocabulary import MODES
 from warehouse.db import connect, fetch_frame, fetch_value
+
+ATTRIBUTES: tuple[str, ...] = ("region", "tier", "service")
+# The one rule for an attribute value: the API, the CLI and event-log sidecars apply it.
+_ATTRIBUTE_VALUE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+
+
+def attribute_problem(name: str, value: str | None) -> str | None:
+    """Why `name = value` is not a client attribute, or None when it is."""
+    if name not in ATTRIBUTES:
+        return f"{name!r} is not a client attribute (one of {', '.join(ATTRIBUTES)})"
+    if value is not None and not _ATTRIBUTE_VALUE.fullmatch(value):
+        return (
+            f"{name} {value!r} is not 1-64 letters, digits or ._- starting with a letter or digit"
+        )
+    return None
 
 
 def set_client_mode(path: Path, client_id: str, mode: str) -> str:
@@ -33,22 +49,59 @@ def set_client_mode(path: Path, client_id: str, mode: str) -> str:
     return str(previous or "provision")
 
 
-def store_schema_extension(path: Path, client_id: str, document: dict[str, Any]) -> None:
-    """Insert or replace one (already validated) schema extension of a client."""
-    with connect(path) as con:
-        if not fetch_value(con, "SELECT count(*) FROM clients WHERE client_id = ?", [client_id]):
-            raise PrewarmError(f"No client {client_id!r} in the warehouse.")
-        con.execute(
-            "INSERT OR REPLACE INTO client_schema_extensions"
-            " (client_id, name, precedence, document, updated_at) VALUES (?, ?, ?, ?::JSON, ?)",
-            [
-                client_id,
-                document["name"],
-                int(document.get("precedence", 0)),
-                json.dumps(document),
-                utc_now(),
-            ],
-        )
+def write_schema_extension(
+    con: duckdb.DuckDBPyConnection, client_id: str, document: dict[str, Any], actor: str
+) -> None:
+    """Insert or replace one (already validated) schema extension of a client, and record
+    the change (`client_changes`). The caller holds the transaction."""
+    text = json.dumps(document)
+    con.execute(
+        "INSERT OR REPLACE INTO client_schema_extensions"
+        " (client_id, name, precedence, document, updated_at) VALUES (?, ?, ?, ?::JSON, ?)",
+        [client_id, document["name"], int(document.get("precedence", 0)), text, utc_now()],
+    )
+    _record_change(con, client_id, "extension-add", str(document["name"]), text, actor)
+
+
+def delete_schema_extension(
+    con: duckdb.DuckDBPyConnection, client_id: str, name: str, actor: str
+) -> bool:
+    """Remove a client's extension by name (recorded); False when it has none of that name."""
+    removed = fetch_value(
+        con,
+        "DELETE FROM client_schema_extensions WHERE client_id = ? AND name = ? RETURNING 1",
+        [client_id, name],
+    )
+    if removed:
+        _record_change(con, client_id, "extension-remove", name, None, actor)
+    return bool(removed)
+
+
+def write_client_attributes(
+    con: duckdb.DuckDBPyConnection, client_id: str, values: dict[str, str | None], actor: str
+) -> None:
+    """Set some of a client's region, tier and service (None clears one), recorded."""
+    assignments = ", ".join(f"{column} = ?" for column in values)  # names checked by callers
+    con.execute(
+        f"UPDATE clients SET {assignments}, updated_at = ? WHERE client_id = ?",
+        [*values.values(), utc_now(), client_id],
+    )
+    _record_change(con, client_id, "attributes", None, json.dumps(values), actor)
+
+
+def _record_change(
+    con: duckdb.DuckDBPyConnection,
+    client_id: str,
+    action: str,
+    name: str | None,
+    document: str | None,
+    actor: str,
+) -> None:
+    con.execute(
+        "INSERT INTO client_changes (client_id, action, name, document, actor, changed_at)"
+        " VALUES (?, ?, ?, ?::JSON, ?, ?)",
+        [client_id, action, name, document, actor, utc_now()],
+    )
 
 
 def read_schema_extensions(path: Path) -> tuple[dict[str, list[dict[str, Any]]], dict[str, str]]:

@@ -9,10 +9,13 @@ from typing import Annotated
 
 import typer
 
+from core.errors import PrewarmError
 from core.vocabulary import Mode
 from flows.cli.common import console, load_settings
 
-clients_app = typer.Typer(help="Clients: API keys and provisioning mode.", no_args_is_help=True)
+clients_app = typer.Typer(
+    help="Clients: API keys, provisioning mode and attributes.", no_args_is_help=True
+)
 
 
 @clients_app.command("mode")
@@ -28,6 +31,30 @@ def clients_mode(
 
     previous = set_client_mode(settings.warehouse_path, client_id, mode.value)
     console.print(f"{client_id}: {previous} -> {mode.value}")
+
+
+@clients_app.command("set")
+def clients_set(
+    client_id: Annotated[str, typer.Argument(help="The client id.")],
+    region: Annotated[str | None, typer.Option(help="Its region (calendar events follow).")] = None,
+    tier: Annotated[str | None, typer.Option(help="Its tier (a forecasting feature).")] = None,
+    service: Annotated[
+        str | None, typer.Option(help="Its service (a forecasting feature).")
+    ] = None,
+) -> None:
+    """Set a client's region, tier or service, as a client may through the API (recorded in
+    client_changes; learnt at the client's next training)."""
+    settings = load_settings()
+    from flows.schemas import set_attributes
+
+    values = {
+        name: value
+        for name, value in (("region", region), ("tier", tier), ("service", service))
+        if value is not None
+    }
+    stored = set_attributes(settings, client_id, values)
+    shown = ", ".join(f"{name}={value or '-'}" for name, value in stored.items())
+    console.print(f"{client_id}: {shown}")
 
 
 @clients_app.command("add")
@@ -82,3 +109,17 @@ def schema_add(
     console.print(
         f"Stored extension {name!r} for {client_id}. See: prewarm schema show {client_id}"
     )
+
+
+@schema_app.command("remove")
+def schema_remove(
+    client_id: Annotated[str, typer.Argument(help="The client id.")],
+    name: Annotated[str, typer.Argument(help="The extension's name.")],
+) -> None:
+    """Remove one of a client's schema extensions (recorded in client_changes)."""
+    settings = load_settings()
+    from flows.schemas import remove_extension
+
+    if not remove_extension(settings, client_id, name):
+        raise PrewarmError(f"Client {client_id!r} has no schema extension called {name!r}.")
+    console.print(f"Removed extension {name!r} of {client_id}.")

@@ -271,6 +271,9 @@ def test_openapi_and_docs_are_served(client: TestClient) -> None:
         "/v1/clients/{client_id}/schema",
         "/v1/clients/{client_id}/feedback",
         "/v1/clients/{client_id}/activate",
+        "/v1/clients/{client_id}/attributes",
+        "/v1/clients/{client_id}/schema/extensions",
+        "/v1/clients/{client_id}/schema/extensions/{name}",
     }
     assert {"HTTPBearer", "APIKeyHeader"} <= set(spec["components"]["securitySchemes"])
     assert client.get("/docs").status_code == 200

@@ -4,7 +4,9 @@ LightGBM, on a small seeded synthetic warehouse plus a one-day client."""
 from __future__ import annotations
 
 import copy
+import shutil
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -21,22 +23,44 @@ from warehouse.usage import read_recent_usage
 END = datetime(2026, 1, 19)
 
 
-@pytest.fixture
-def trained(prefect_harness, data_dir, tmp_path_factory) -> Settings:
-    """Three synthetic clients x 14 days and a one-day events client, trained once."""
-    events = tmp_path_factory.mktemp("events") / "newbie.csv"
+@pytest.fixture(scope="module")
+def trained_once(prefect_harness, tmp_path_factory) -> Path:
+    """Three synthetic clients x 14 days and a one-day events client, trained once for the
+    module (a training costs ~20 s); tests get copies (`trained`)."""
+    root = tmp_path_factory.mktemp("trained")
+    events = root / "newbie.csv"
     start = END - timedelta(days=1)
     lines = ["client_id,ts,requests,concurrency"]
     for i in range(288):
         ts = start + timedelta(minutes=5 * i)
         lines.append(f"newbie,{ts:%Y-%m-%dT%H:%M:%S}Z,{(i % 12) + 1},{1 + (i % 3)}")
     events.write_text("\n".join(lines) + "\n")
-    ingest_usage(source="synthetic", clients=3, days=14, seed=11, end=END)
-    ingest_usage(source="events", path=events)
-    settings = Settings()
-    summary = train_flow(settings)(client_ids=None)
+    with pytest.MonkeyPatch.context() as env:
+        _point_at(env, root, root / "artifacts")
+        ingest_usage(source="synthetic", clients=3, days=14, seed=11, end=END)
+        ingest_usage(source="events", path=events)
+        summary = train_flow(Settings())(client_ids=None)
     assert not summary.failures, summary.failures
-    return settings
+    return root
+
+
+def _point_at(env: pytest.MonkeyPatch, root: Path, artifacts: Path) -> None:
+    env.setenv("PREWARM_DATA_DIR", str(root / "data"))
+    env.setenv("PREWARM_MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    env.setenv("PREWARM_MLFLOW_ARTIFACTS_DIR", str(artifacts))
+
+
+@pytest.fixture
+def trained(trained_once: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """A private copy of the trained warehouse and registry, free to change."""
+    shutil.copytree(
+        trained_once / "data", tmp_path / "data", ignore=shutil.ignore_patterns("prefect")
+    )
+    shutil.copyfile(trained_once / "mlflow.db", tmp_path / "mlflow.db")
+    # The registry records where each version's files are (the template's artifacts); new
+    # versions get files of their own there (run ids), so copies never collide.
+    _point_at(monkeypatch, tmp_path, trained_once / "artifacts")
+    return Settings()
 
 
 def _client(settings: Settings) -> MlflowClient:

@@ -8,17 +8,15 @@ named, before anything of its event log loads.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import polars as pl
 
+from warehouse.clients import ATTRIBUTES, attribute_problem
 from warehouse.errors import SourceError
 from warehouse.validation import is_client_id
 
-ATTRIBUTES: tuple[str, ...] = ("region", "tier", "service")
 MAX_FILE_BYTES = 16 * 1024 * 1024
-_VALUE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 
 
 def read_client_attributes(path: Path) -> pl.DataFrame:
@@ -57,6 +55,6 @@ def _row_problem(row: dict[str, str | None]) -> str | None:
     if not is_client_id(row["client_id"]):
         return f"client_id {row['client_id']!r} is not a client id"
     for name, value in row.items():
-        if name != "client_id" and value is not None and not _VALUE.fullmatch(value):
-            return f"{name} {value!r} is not 1-64 letters, digits or ._- "
+        if name != "client_id" and (problem := attribute_problem(name, value)):
+            return problem
     return None
