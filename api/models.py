@@ -90,6 +90,15 @@ class Peak(BaseModel):
     p90: float | None
 
 
+class ServiceNeed(BaseModel):
+    """What one of the client's declared services needs at the window's peak."""
+
+    kind: str = Field(description="cache, db or queue.")
+    version: str
+    size_mb: float = Field(description="Declared size per request in flight x peak.")
+    connections: int = Field(description="Declared connections per request in flight x peak.")
+
+
 class ProfileWindow(BaseModel):
     """One predicted window of activity: when, how long, how much, how sure."""
 
@@ -101,6 +110,10 @@ class ProfileWindow(BaseModel):
     confidence: float
     model_name: str
     model_version: str
+    services: dict[str, ServiceNeed] = Field(
+        default_factory=dict,
+        description="Each service the client's schema declares, sized for this window's peak.",
+    )
 
 
 class Profile(BaseModel):

@@ -32,10 +32,13 @@ from api.models import (
     Peak,
     Profile,
     ProfileWindow,
+    ServiceNeed,
     ValidationFailed,
 )
 from core.times import aware_utc
 from core.vocabulary import METRICS
+from provisioning.schema import anticipated_services
+from provisioning.schema_checks import SchemaRejected
 from provisioning.schema_model import Composite, SchemaError
 from warehouse.activations import Activation
 from warehouse.db import connect
@@ -80,8 +83,9 @@ def v1_router() -> APIRouter:
     @router.get("/profile", response_model=Profile, summary="The current predicted profile")
     def get_profile(client_id: ClientId, request: Request) -> Profile:
         """The windows of the client's latest prediction run (empty when never predicted)."""
-        rows = context_of(request).warehouse(_read_profile, client_id)
-        return _profile(client_id, rows)
+        ctx = context_of(request)
+        rows = ctx.warehouse(_read_profile, client_id)
+        return _profile(client_id, rows, _declared_services(ctx, client_id) if rows else {})
 
     @router.get(
         "/schema",
@@ -163,7 +167,16 @@ def _read_profile(path: Path, client_id: str, *, wait_s: float) -> list[dict[str
         return read_latest_profile(con, client_id)
 
 
-def _profile(client_id: str, rows: list[dict[str, Any]]) -> Profile:
+def _declared_services(ctx: AppContext, client_id: str) -> dict[str, Any]:
+    """The services the client's composite declares; none when it cannot be composed (the
+    profile is still served; `GET /schema` says what is wrong)."""
+    try:
+        return dict(ctx.warehouse(ctx.composite, client_id).get("services") or {})
+    except (SchemaError, SchemaRejected):
+        return {}
+
+
+def _profile(client_id: str, rows: list[dict[str, Any]], services: dict[str, Any]) -> Profile:
     windows = [
         ProfileWindow(
             start=aware_utc(row["window_start"]),
@@ -179,6 +192,18 @@ def _profile(client_id: str, rows: list[dict[str, Any]]) -> Profile:
             confidence=float(row["confidence"]),
             model_name=str(row["model_name"]),
             model_version=str(row["model_version"]),
+            services={
+                name: ServiceNeed(**need)
+                for name, need in anticipated_services(
+                    services,
+                    {
+                        "concurrency": {
+                            "p50": _finite(row.get("concurrency_p50")),
+                            "p90": _finite(row.get("concurrency_p90")),
+                        }
+                    },
+                ).items()
+            },
         )
         for row in rows
     ]

@@ -77,6 +77,9 @@ def compose_workload(
     merged: dict[str, Any] = base_dict
     for extension in ordered:
         merged = _deep_merge(merged, extension.workload)
+    if anticipated is not None:
+        needs = anticipated_services(merged.get("services") or {}, anticipated.get("peak") or {})
+        anticipated = {**anticipated, "services": needs}
     document: dict[str, Any] = {
         "client_id": client_id,
         "extensions": [e.name for e in ordered],
@@ -92,6 +95,24 @@ def compose_workload(
     result = _ordered_dump(composite)
     check_composite(result, f"composite of {client_id!r}", limits)
     return result
+
+
+def anticipated_services(
+    services: Mapping[str, Mapping[str, Any]], peak: Mapping[str, Mapping[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Each declared service's need in a window: its size and connections per request in
+    flight times the window's peak concurrency (p90, else p50; at least one request)."""
+    concurrency = peak.get("concurrency") or {}
+    in_flight = max(1.0, float(concurrency.get("p90") or concurrency.get("p50") or 0.0))
+    return {
+        name: {
+            "kind": service["kind"],
+            "version": service.get("version", ""),
+            "size_mb": round(float(service.get("size_mb", 64.0)) * in_flight, 3),
+            "connections": math.ceil(int(service.get("connections", 1)) * in_flight),
+        }
+        for name, service in services.items()
+    }
 
 
 def anticipated_from_profile(profile_row: Mapping[str, Any], pool_size: int) -> dict[str, Any]:

@@ -91,6 +91,30 @@ class Routing(_Strict):
     affinity: Literal["none", "client", "session", "host"] = "none"
 
 
+MAX_SERVICES = 16
+_SERVICE_NAME = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+
+
+class Service(_Strict):
+    """A service the client's workload needs beside its containers (a cache, a database, a
+    queue): its version and what it takes per concurrent request, which the anticipated
+    section scales by the predicted peak."""
+
+    kind: Literal["cache", "db", "queue"]
+    version: str = Field(default="", max_length=32, pattern=r"^([A-Za-z0-9][A-Za-z0-9._+-]*)?$")
+    size_mb: float = Field(default=64.0, ge=0, le=1_048_576, description="per request in flight")
+    connections: int = Field(default=1, ge=0, le=10_000, description="per request in flight")
+
+
+class ServiceNeed(_Strict):
+    """What one declared service will need in the anticipated window."""
+
+    kind: Literal["cache", "db", "queue"]
+    version: str = ""
+    size_mb: float = Field(ge=0)
+    connections: int = Field(ge=0)
+
+
 class Workload(_Strict):
     """What one container of a client runs; every field has a default (the base workload)."""
 
@@ -102,6 +126,16 @@ class Workload(_Strict):
     database: Database = Field(default_factory=Database)
     cache: Cache = Field(default_factory=Cache)
     routing: Routing = Field(default_factory=Routing)
+    services: dict[Annotated[str, Field(pattern=_SERVICE_NAME)], Service] = Field(
+        default_factory=dict, description="named services the workload needs beside it"
+    )
+
+    @field_validator("services")
+    @classmethod
+    def _few_services(cls, services: dict[str, Service]) -> dict[str, Service]:
+        if len(services) > MAX_SERVICES:
+            raise ValueError(f"{len(services)} services, more than {MAX_SERVICES}")
+        return services
 
     @field_validator("env")
     @classmethod
@@ -136,6 +170,8 @@ class Anticipated(_Strict):
     peak: dict[str, Peak] = Field(default_factory=dict)
     recommended_pool_size: int = Field(ge=0)
     confidence: float = Field(ge=0, le=1)
+    # Each declared service's need at the window's peak (see `anticipated_services`).
+    services: dict[str, ServiceNeed] = Field(default_factory=dict)
     model_version: str | None = None
     generated_at: str | None = None
     source: Literal["plan", "profile"] = "plan"  # who sized the pool (see api/composite.py)

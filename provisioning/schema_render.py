@@ -50,6 +50,7 @@ def render_container_config(composite: Mapping[str, Any]) -> dict[str, Any]:
             f"{ENV_PREFIX}CACHE_WARM_KEYS": _compact(model.cache.warm_keys),
             f"{ENV_PREFIX}ROUTING": _compact(data["routing"]),
             f"{ENV_PREFIX}DB_INDEX_HINTS": _compact(data["database"]["index_hints"]),
+            f"{ENV_PREFIX}SERVICES": _compact(data["services"]),
         }
     )
     labels = {
@@ -82,10 +83,20 @@ def render_container_config(composite: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def config_hash(composite: Mapping[str, Any]) -> str:
-    """A short hash of the static configuration (the composite without `anticipated`)."""
-    static = {key: value for key, value in composite.items() if key != "anticipated"}
+    """A short hash of the static configuration (the composite without `anticipated`).
+
+    A field added to the schema later (`services`) counts only once set: a member built
+    before it existed keeps its hash, so an upgrade does not replace every member."""
+    static = {
+        key: value
+        for key, value in composite.items()
+        if key != "anticipated" and not (key in _LATER_FIELDS and not value)
+    }
     canonical = json.dumps(static, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+_LATER_FIELDS = frozenset({"services"})
 
 
 def show_composite(composite: Mapping[str, Any]) -> str:

@@ -5,6 +5,7 @@ and recorded in `client_changes` with who and when."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 from fastapi.testclient import TestClient
@@ -200,3 +201,27 @@ def test_an_unknown_extension_name_path_is_refused(api: TestClient, world: World
     response = api.delete("/v1/clients/a/schema/extensions/..%2Fetc", headers=bearer(world.key_a))
     assert response.status_code in (404, 422)
     assert _extension_names(world, "a") == ["big-cache"]
+
+
+def test_declared_services_appear_in_the_profile_sized_per_window(api, world):
+    headers = bearer(world.key_a)
+    document = {
+        "name": "deps",
+        "workload": {"services": {"orders": {"kind": "db", "version": "16", "size_mb": 8}}},
+    }
+    assert (
+        api.post("/v1/clients/a/schema/extensions", json=document, headers=headers).status_code
+        == 201
+    )
+    assert api.get("/v1/clients/a/schema", headers=headers).json()["services"] == {
+        "orders": {"kind": "db", "version": "16", "size_mb": 8.0, "connections": 1}
+    }
+    windows = api.get("/v1/clients/a/profile", headers=headers).json()["windows"]
+    assert len(windows) == 2
+    for window in windows:
+        peak = window["peaks"]["concurrency"]
+        in_flight = max(1.0, peak["p90"] if peak["p90"] is not None else peak["p50"] or 0.0)
+        need = window["services"]["orders"]
+        assert need["size_mb"] == pytest.approx(8 * in_flight)
+        assert need["connections"] == math.ceil(in_flight)
+    assert windows[0]["services"] != windows[1]["services"]  # the windows' peaks differ

@@ -189,8 +189,8 @@ def test_lists_are_leaves_so_different_lists_conflict():
         ),
         (
             {"gpu": 1},
-            "$.workload.gpu: unknown key"
-            " (allowed here: image, cpu, memory_mb, env, ports, database, cache, routing)",
+            "$.workload.gpu: unknown key (allowed here:"
+            " image, cpu, memory_mb, env, ports, database, cache, routing, services)",
         ),
         (
             {"routing": {"affinity": "sticky"}},
@@ -263,6 +263,7 @@ def test_anticipated_from_a_profile_row():
         "model_version": "3",
         "generated_at": "2026-01-05T11:50:00Z",
         "source": "plan",
+        "services": {},  # sized when composed with the client's declared services
     }
     backwards = {**PROFILE, "window_end": PROFILE["window_start"]}
     with pytest.raises(SchemaValidationError, match="window_end must be after window_start"):
@@ -330,6 +331,14 @@ def test_show_is_pretty_json_in_composition_order():
 def test_workload_json_schema_for_clients():
     schema = workload_json_schema()
     assert schema["additionalProperties"] is False
-    assert {"image", "cpu", "memory_mb", "env", "ports", "database", "cache", "routing"} == set(
-        schema["properties"]
-    )
+    assert {
+        "image",
+        "cpu",
+        "memory_mb",
+        "env",
+        "ports",
+        "database",
+        "cache",
+        "routing",
+        "services",
+    } == set(schema["properties"])
