@@ -85,7 +85,7 @@ def v1_router() -> APIRouter:
         """The windows of the client's latest prediction run (empty when never predicted)."""
         ctx = context_of(request)
         rows = ctx.warehouse(_read_profile, client_id)
-        return _profile(client_id, rows, _declared_services(ctx, client_id) if rows else {})
+        return profile_response(client_id, rows, _declared_services(ctx, client_id) if rows else {})
 
     @router.get(
         "/schema",
@@ -176,7 +176,10 @@ def _declared_services(ctx: AppContext, client_id: str) -> dict[str, Any]:
         return {}
 
 
-def _profile(client_id: str, rows: list[dict[str, Any]], services: dict[str, Any]) -> Profile:
+def profile_response(
+    client_id: str, rows: list[dict[str, Any]], services: dict[str, Any]
+) -> Profile:
+    """The profile as the API serves it (and `prewarm profile --json` prints it)."""
     windows = [
         ProfileWindow(
             start=aware_utc(row["window_start"]),

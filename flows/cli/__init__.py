@@ -28,6 +28,7 @@ for _command in (
     data.sql,
     models.train,
     models.predict,
+    models.profile,
     models.backtest,
     pools.provision,
     pools.score,

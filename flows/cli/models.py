@@ -176,6 +176,78 @@ def backtest(
         console.print(f"wrote {json_out}")
 
 
+def profile(
+    client_id: Annotated[str, typer.Argument(help="The client id.")],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print it as GET /v1/clients/{id}/profile returns it.")
+    ] = False,
+) -> None:
+    """A client's predicted profile: its demand windows (when, for how long, how much, how
+    sure, what its declared services need) and a chart of its concurrency forecast."""
+    settings = load_settings()
+    from api.composite import client_composite
+    from api.routes import profile_response
+    from flows.profile_view import chart_lines, read_profile_view
+
+    rows, series = read_profile_view(settings.warehouse_path, client_id)
+    if not rows and series.height == 0:
+        raise PrewarmError(
+            f"No prediction for {client_id!r} yet: run `prewarm predict` (or let a cycle run)."
+        )
+    try:
+        composite = client_composite(
+            settings.warehouse_path, client_id, allowed_images=settings.allowed_image_list
+        )
+    except PrewarmError:  # a schema problem is `prewarm schema show`'s to explain
+        composite = {}
+    document = profile_response(client_id, rows, composite.get("services") or {})
+    if as_json:
+        console.print_json(document.model_dump_json())
+        return
+    console.print(
+        f"{client_id}: predicted at {document.generated_at or '-'}, "
+        f"{len(document.windows)} demand window(s)"
+    )
+    table = Table(
+        "start",
+        "end",
+        "minutes",
+        "concurrency p50/p90",
+        "cpu p90",
+        "memory p90",
+        "P(active)",
+        "confidence",
+        "services",
+    )
+    for w in document.windows:
+        concurrency, cpu, memory = (
+            w.peaks.get(m) for m in ("concurrency", "cpu_cores", "memory_mb")
+        )
+        needs = ", ".join(
+            f"{name} {need.size_mb:.0f} MB/{need.connections} conn"
+            for name, need in w.services.items()
+        )
+        table.add_row(
+            f"{w.start:%m-%d %H:%M}",
+            f"{w.end:%m-%d %H:%M}",
+            f"{w.duration_minutes:.0f}",
+            f"{fmt(concurrency.p50 if concurrency else None)} / "
+            f"{fmt(concurrency.p90 if concurrency else None)}",
+            fmt(cpu.p90 if cpu else None),
+            fmt(memory.p90 if memory else None),
+            fmt(w.p_active),
+            f"{w.confidence:.2f}",
+            needs or "-",
+        )
+    console.print(table)
+    spans = [(w.start.replace(tzinfo=None), w.end.replace(tzinfo=None)) for w in document.windows]
+    lines = chart_lines(series, spans)
+    if lines:
+        console.print("concurrency forecast (bar: p50, |: p90, ◀: in a window)")
+        for line in lines:
+            console.print(line, highlight=False)
+
+
 def retrain() -> None:
     """Retrain the clients whose forecasts drifted (or that clients rated poorly), when due.
 

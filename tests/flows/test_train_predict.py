@@ -4,6 +4,7 @@ LightGBM, on a small seeded synthetic warehouse plus a one-day client."""
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -202,3 +203,30 @@ def test_model_runs_table_records_each_training(trained):
         ).fetchall()
     assert [r[0] for r in rows] == ["c0000", "c0001", "c0002", "newbie"]
     assert rows[3][3] is not None and rows[0][3] is None
+
+
+def test_prewarm_profile_prints_windows_and_a_chart_of_the_forecast(run_cli, trained):
+    predict_profiles()
+    with connect(trained.warehouse_path, read_only=True) as con:
+        windows = con.execute(
+            "SELECT window_start, window_end FROM profiles WHERE client_id = 'c0001'"
+        ).fetchall()
+        steps = con.execute(
+            "SELECT ts FROM forecasts WHERE client_id = 'c0001' AND metric = 'concurrency'"
+            " ORDER BY ts"
+        ).fetchall()
+    code, out, _ = run_cli("profile", "c0001")
+    assert code == 0, out
+    assert f"{len(windows)} demand window(s)" in out
+    chart = [line for line in out.splitlines() if line[:2].isdigit() and "/" in line[20:]]
+    assert len(chart) == len(steps) == 12  # one line per 5-minute bucket of the 1 h horizon
+    marked = [line.endswith("◀") for line in chart]
+    inside = [any(s <= ts < e for s, e in windows) for (ts,) in steps]
+    assert marked == inside and any(inside)
+
+    code, out, _ = run_cli("profile", "c0001", "--json")
+    document = json.loads(out)
+    assert document["client_id"] == "c0001" and len(document["windows"]) == len(windows)
+
+    code, _, err = run_cli("profile", "nobody")
+    assert code == 1 and "No prediction for 'nobody' yet" in err
