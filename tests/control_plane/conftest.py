@@ -20,6 +20,7 @@ import glob
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -34,6 +35,7 @@ from flows import stack
 from flows.settings import child_environment
 
 START_TIMEOUT_S = 180.0
+ROOT_PREFIX = "prewarm-cp-"
 USER = "prewarm"
 
 
@@ -146,9 +148,7 @@ def _bin(name: str) -> str:
     return str(Path(sys.executable).with_name(name))
 
 
-def _services(
-    root: Path, postgres: Postgres, serve_artifacts: bool
-) -> tuple[list[stack.Service], ControlPlane]:
+def _services(root: Path, postgres: Postgres) -> tuple[list[stack.Service], ControlPlane]:
     """The MLflow, Prefect and Dask processes to start, and where they will answer."""
     logs = root / "logs"
     logs.mkdir()
@@ -167,11 +167,7 @@ def _services(
             [
                 *(_bin("mlflow"), "server"),
                 *("--backend-store-uri", postgres.url("mlflow", "psycopg")),
-                *(
-                    ("--artifacts-destination", str(artifacts))
-                    if serve_artifacts
-                    else ("--default-artifact-root", artifacts.as_uri(), "--no-serve-artifacts")
-                ),
+                *("--artifacts-destination", str(artifacts)),
                 # One worker: with more, uvicorn hands each a pre-bound socket and loses
                 # TCP_NODELAY (uvicorn#3149), so every kept-alive request waits ~40 ms.
                 *("--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1"),
@@ -230,19 +226,24 @@ def _wait_for_dask_workers(address: str, workers: int, timeout_s: float) -> None
 
 
 @contextlib.contextmanager
-def started_control_plane(serve_artifacts: bool = True) -> Iterator[ControlPlane]:
+def started_control_plane() -> Iterator[ControlPlane]:
     """PostgreSQL, MLflow and Prefect on it, a Dask scheduler with two workers; all gone after."""
     postgres_bindir()  # the one thing this machine may lack: say so before starting anything
-    root = Path(tempfile.mkdtemp(prefix="prewarm-cp-"))
+    sweep_abandoned()
+    root = Path(tempfile.mkdtemp(prefix=ROOT_PREFIX))
     root.chmod(0o711)  # the `postgres` user reaches its cluster below it
+    (root / "owner").write_text(str(os.getpid()))
     postgres = Postgres(root / "postgres")
     postgres.root.mkdir()
     services: list[stack.Service] = []
     try:
         postgres.start(databases=("mlflow", "prefect"))
-        services, plane = _services(root, postgres, serve_artifacts)
+        services, plane = _services(root, postgres)
         for service in services:  # started together: the servers migrate their databases
             stack.start(service)
+            assert service.process is not None
+            with (root / "groups").open("a") as groups:  # for sweep_abandoned
+                groups.write(f"{service.process.pid}\n")
         for service in services:
             if service.health_url:
                 problem = stack.wait_healthy(service, START_TIMEOUT_S)
@@ -255,6 +256,34 @@ def started_control_plane(serve_artifacts: bool = True) -> Iterator[ControlPlane
             stack.stop(service)
         postgres.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def sweep_abandoned() -> None:
+    """Stop what a session killed outright (SIGKILL: no `finally` ran) left running: every
+    root whose owner process is gone loses its process groups, its cluster and its files."""
+    for root in Path(tempfile.gettempdir()).glob(f"{ROOT_PREFIX}*"):
+        try:
+            owner = int((root / "owner").read_text())
+        except (OSError, ValueError):
+            continue
+        if _alive(owner):
+            continue
+        groups = root / "groups"
+        for pid in groups.read_text().split() if groups.exists() else []:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(int(pid), signal.SIGKILL)
+        Postgres(root / "postgres").stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @pytest.fixture(scope="session")
