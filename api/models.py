@@ -88,6 +88,9 @@ class Health(BaseModel):
 class Peak(BaseModel):
     p50: float | None
     p90: float | None
+    confidence: float | None = Field(
+        default=None, description="How sure, in [0, 1], of this resource in this window."
+    )
 
 
 class ServiceNeed(BaseModel):

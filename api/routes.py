@@ -187,7 +187,9 @@ def profile_response(
             duration_minutes=float(row["duration_minutes"]),
             peaks={
                 metric: Peak(
-                    p50=_finite(row.get(f"{metric}_p50")), p90=_finite(row.get(f"{metric}_p90"))
+                    p50=_finite(row.get(f"{metric}_p50")),
+                    p90=_finite(row.get(f"{metric}_p90")),
+                    confidence=_finite(row.get(f"{metric}_confidence")),
                 )
                 for metric in METRICS
             },

@@ -15,6 +15,11 @@ Confidence in [0, 1] multiplies three scores, each 1 when perfect:
 
 coverage and pinball come from the model's holdout backtest on the demand metric; the width
 from the forecast itself, so a wide band lowers confidence even for a well-scored model.
+
+Every resource gets a confidence of its own the same way (`<metric>_confidence`): its own
+holdout coverage and pinball, its own band over the window, against its own idle floor and
+level. A resource without a forecast in the window has none (null). `confidence` is the
+demand metric's.
 """
 
 from __future__ import annotations
@@ -148,8 +153,12 @@ def build_profiles(
         pl.col("model_version").first(),
     )
     peaks = _peaks(forecasts, buckets.select("client_id", "run", "ts"))
+    per_resource = _resource_confidence(
+        forecasts, buckets.select("client_id", "run", "ts"), floors, quality
+    )
     scored = (
         windows.join(peaks, on=["client_id", "run"], how="left")
+        .join(per_resource, on=["client_id", "run"], how="left")
         .join(
             quality.rename({"metric": "demand_metric"}),
             on=["client_id", "demand_metric"],
@@ -198,6 +207,55 @@ def _peaks(forecasts: pl.DataFrame, window_buckets: pl.DataFrame) -> pl.DataFram
     return wide
 
 
+def _resource_confidence(
+    forecasts: pl.DataFrame,
+    window_buckets: pl.DataFrame,
+    floors: pl.DataFrame,
+    quality: pl.DataFrame,
+) -> pl.DataFrame:
+    """`<metric>_confidence` per window: each resource scored like the demand metric, on its
+    own holdout quality, band width, floor and level (null without a forecast)."""
+    in_windows = forecasts.join(window_buckets, on=["client_id", "ts"]).join(
+        floors.select("client_id", "metric", "floor", "mean_level"),
+        on=["client_id", "metric"],
+        how="left",
+    )
+    scored = (
+        in_windows.group_by("client_id", "run", "metric")
+        .agg(
+            (
+                (pl.col("p90") - pl.col("p10"))
+                / pl.max_horizontal(pl.col("p50"), pl.col("floor").fill_null(0.0), pl.lit(1e-9))
+            )
+            .mean()
+            .alias("relative_width"),
+            pl.col("mean_level").first(),
+        )
+        .join(quality, on=["client_id", "metric"], how="left")
+    )
+    values = [
+        confidence_score(cov, pin, level or 0.0, width or 0.0)
+        for cov, pin, level, width in scored.select(
+            "coverage_80", "pinball", "mean_level", "relative_width"
+        ).iter_rows()
+    ]
+    long = scored.select(
+        "client_id", "run", "metric", pl.Series("confidence", values, dtype=pl.Float64)
+    )
+    names = [f"{metric}_confidence" for metric in PROFILE_METRICS]
+    if long.height == 0:
+        return (
+            window_buckets.select("client_id", "run")
+            .unique()
+            .with_columns(pl.lit(None, dtype=pl.Float64).alias(name) for name in names)
+        )
+    wide = long.pivot(on="metric", index=["client_id", "run"], values="confidence")
+    wide = wide.rename({m: f"{m}_confidence" for m in wide.columns if m in PROFILE_METRICS})
+    return wide.with_columns(
+        pl.lit(None, dtype=pl.Float64).alias(name) for name in names if name not in wide.columns
+    ).select("client_id", "run", *names)
+
+
 def _empty_profiles() -> pl.DataFrame:
     schema: dict[str, pl.DataType] = {
         "client_id": pl.String(),
@@ -218,4 +276,6 @@ def _empty_profiles() -> pl.DataFrame:
             "model_version": pl.String(),
         }
     )
+    for metric in PROFILE_METRICS:
+        schema[f"{metric}_confidence"] = pl.Float64()
     return pl.DataFrame(schema=schema)

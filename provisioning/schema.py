@@ -122,6 +122,8 @@ def anticipated_from_profile(profile_row: Mapping[str, Any], pool_size: int) -> 
         p50, p90 = profile_row.get(f"{metric}_p50"), profile_row.get(f"{metric}_p90")
         if p50 is not None or p90 is not None:
             peak[metric] = {"p50": _float_or_none(p50), "p90": _float_or_none(p90)}
+            if profile_row.get(f"{metric}_confidence") is not None:
+                peak[metric]["confidence"] = _float_or_none(profile_row[f"{metric}_confidence"])
     section: dict[str, Any] = {
         "window_start": _iso(profile_row["window_start"]),
         "window_end": _iso(profile_row["window_end"]),

@@ -160,6 +160,7 @@ class Workload(_Strict):
 class Peak(_Strict):
     p50: float | None = None
     p90: float | None = None
+    confidence: float | None = Field(default=None, ge=0, le=1)
 
 
 class Anticipated(_Strict):

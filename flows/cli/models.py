@@ -213,8 +213,8 @@ def profile(
         "end",
         "minutes",
         "concurrency p50/p90",
-        "cpu p90",
-        "memory p90",
+        "cpu p90 (conf.)",
+        "memory p90 (conf.)",
         "P(active)",
         "confidence",
         "services",
@@ -233,8 +233,8 @@ def profile(
             f"{w.duration_minutes:.0f}",
             f"{fmt(concurrency.p50 if concurrency else None)} / "
             f"{fmt(concurrency.p90 if concurrency else None)}",
-            fmt(cpu.p90 if cpu else None),
-            fmt(memory.p90 if memory else None),
+            _with_confidence(cpu),
+            _with_confidence(memory),
             fmt(w.p_active),
             f"{w.confidence:.2f}",
             needs or "-",
@@ -246,6 +246,14 @@ def profile(
         console.print("concurrency forecast (bar: p50, |: p90, ◀: in a window)")
         for line in lines:
             console.print(line, highlight=False)
+
+
+def _with_confidence(peak: Any) -> str:
+    """A resource's p90 and, when known, how sure the forecast of it is."""
+    if peak is None or peak.p90 is None:
+        return "-"
+    sure = f" ({peak.confidence:.2f})" if peak.confidence is not None else ""
+    return f"{fmt(peak.p90)}{sure}"
 
 
 def retrain() -> None:

@@ -49,6 +49,16 @@ class World:
     key_b: str
 
 
+RESOURCE_CONFIDENCE = {
+    "requests": 0.7,
+    "concurrency": 0.75,
+    "cpu_cores": 0.6,
+    "memory_mb": 0.9,
+    "net_mbps": None,
+    "io_ops": 0.4,
+}
+
+
 def _profile_row(generated_at: datetime, window: tuple[datetime, datetime], scale: float) -> list:
     start, end = window
     return [
@@ -74,6 +84,7 @@ def _profile_row(generated_at: datetime, window: tuple[datetime, datetime], scal
         0.75,
         "lightgbm-quantile",
         "7",
+        *RESOURCE_CONFIDENCE.values(),  # requests .. io_ops (net_mbps: none, not forecast)
     ]
 
 
@@ -91,7 +102,7 @@ def build_warehouse(path: Path) -> World:
             _profile_row(GENERATED_AT, WINDOW_2, 2.0),
             _profile_row(GENERATED_AT, WINDOW_1, 1.0),
         ]
-        con.executemany(f"INSERT INTO profiles VALUES ({', '.join('?' * 22)})", rows)
+        con.executemany(f"INSERT INTO profiles VALUES ({', '.join('?' * 28)})", rows)
         con.execute(
             "INSERT INTO client_schema_extensions VALUES ('a', ?, 10, ?::JSON, ?)",
             [BIG_CACHE["name"], json.dumps(BIG_CACHE), GENERATED_AT],

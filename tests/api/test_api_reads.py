@@ -54,10 +54,10 @@ def test_own_key_reads_the_latest_profile(client: TestClient, world: World) -> N
     assert (first["start"], first["end"]) == tuple(t.isoformat() + "Z" for t in WINDOW_1)
     assert (second["start"], second["end"]) == tuple(t.isoformat() + "Z" for t in WINDOW_2)
     assert first["duration_minutes"] == 90.0
-    assert first["peaks"]["concurrency"] == {"p50": 2.0, "p90": 3.4}
-    assert first["peaks"]["requests"] == {"p50": 100.0, "p90": 150.0}
-    assert first["peaks"]["net_mbps"] == {"p50": None, "p90": None}
-    assert second["peaks"]["memory_mb"] == {"p50": 512.0, "p90": 600.0}
+    assert first["peaks"]["concurrency"] == {"p50": 2.0, "p90": 3.4, "confidence": 0.75}
+    assert first["peaks"]["requests"] == {"p50": 100.0, "p90": 150.0, "confidence": 0.7}
+    assert first["peaks"]["net_mbps"] == {"p50": None, "p90": None, "confidence": None}
+    assert second["peaks"]["memory_mb"] == {"p50": 512.0, "p90": 600.0, "confidence": 0.9}
     assert set(first["peaks"]) == set(METRICS)
     assert (first["p_active"], first["confidence"]) == (0.9, 0.75)
     assert (first["model_name"], first["model_version"]) == ("lightgbm-quantile", "7")
@@ -83,7 +83,7 @@ def test_own_key_reads_the_composite_schema(client: TestClient, world: World) ->
     assert anticipated["window_start"] == WINDOW_1[0].isoformat() + "Z"
     # No plan applied yet: the profile's own guess, round(concurrency p90 3.4), and it says so.
     assert (anticipated["recommended_pool_size"], anticipated["source"]) == (3, "profile")
-    assert anticipated["peak"]["concurrency"] == {"p50": 2.0, "p90": 3.4}
+    assert anticipated["peak"]["concurrency"] == {"p50": 2.0, "p90": 3.4, "confidence": 0.75}
     assert anticipated["confidence"] == 0.75
 
 

@@ -142,3 +142,28 @@ def test_idle_floor_is_lower_quartile_of_last_week():
     # sorted 0,0,0,4,8,8,8,12: 25th percentile with 'lower' interpolation -> index 1.75 -> 0
     assert row["floor"] == 0.0
     assert row["mean_level"] == 5.0
+
+
+def test_every_resource_gets_its_own_confidence():
+    # One window (buckets 2-4). Concurrency: calibrated, exact, band 1 wide. Memory: its own
+    # holdout is off (coverage 0.4) and its band is wider relative to its level.
+    concurrency = _forecasts("a", "concurrency", [0, 0, 4, 4, 4, 0])
+    memory = _forecasts("a", "memory_mb", [0, 0, 100, 100, 100, 0], spread=50)
+    quality = pl.concat(
+        [_quality("a", "concurrency"), _quality("a", "memory_mb", coverage=0.4, pinball=10.0)]
+    )
+    profiles = build_profiles(
+        pl.concat([concurrency, memory]),
+        pl.concat([_floors("a", "concurrency", 1.0), _floors("a", "memory_mb", 0.0, 100)]),
+        quality,
+        300,
+        T0,
+    )
+    (window,) = profiles.to_dicts()
+    # concurrency: band (5 - 3) / 4 = 0.5 -> 1 * 1 * 1/1.5
+    assert window["concurrency_confidence"] == pytest.approx(confidence_score(0.8, 0.0, 4.0, 0.5))
+    assert window["concurrency_confidence"] == window["confidence"]  # the demand metric's
+    # memory: band (150 - 50) / 100 = 1.0; coverage 0.4 -> 0.5; pinball 10 / level 100
+    assert window["memory_mb_confidence"] == pytest.approx(confidence_score(0.4, 10.0, 100.0, 1.0))
+    assert window["memory_mb_confidence"] < window["concurrency_confidence"]
+    assert window["requests_confidence"] is None  # no forecast of it: no confidence

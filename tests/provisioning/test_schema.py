@@ -38,6 +38,8 @@ PROFILE = {
     "memory_mb_p50": None,
     "memory_mb_p90": None,
     "confidence": 0.7,
+    "concurrency_confidence": 0.7,
+    "cpu_cores_confidence": 0.55,
     "model_name": "forecaster-acme",
     "model_version": "3",
 }
@@ -255,8 +257,8 @@ def test_anticipated_from_a_profile_row():
         "window_start": "2026-01-05T12:00:00Z",
         "window_end": "2026-01-05T13:00:00Z",
         "peak": {
-            "concurrency": {"p50": 3.0, "p90": 5.0},
-            "cpu_cores": {"p50": 1.5, "p90": 2.5},
+            "concurrency": {"p50": 3.0, "p90": 5.0, "confidence": 0.7},
+            "cpu_cores": {"p50": 1.5, "p90": 2.5, "confidence": 0.55},
         },
         "recommended_pool_size": 4,
         "confidence": 0.7,
@@ -304,7 +306,11 @@ def test_render_container_config():
     assert env["PREWARM_ANTICIPATED_WINDOW_START"] == "2026-01-05T12:00:00Z"
     assert env["PREWARM_ANTICIPATED_POOL_SIZE"] == "4"
     assert env["PREWARM_ANTICIPATED_CONFIDENCE"] == "0.7"
-    assert json.loads(env["PREWARM_ANTICIPATED_PEAK"])["cpu_cores"] == {"p50": 1.5, "p90": 2.5}
+    assert json.loads(env["PREWARM_ANTICIPATED_PEAK"])["cpu_cores"] == {
+        "p50": 1.5,
+        "p90": 2.5,
+        "confidence": 0.55,
+    }
     assert config["labels"] == {
         "prewarm.config-hash": config_hash(composite),
         "prewarm.extensions": "canary-routing,redis-cache,reporting-db,premium-latency",
