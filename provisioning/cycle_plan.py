@@ -91,24 +91,65 @@ def need_now(usage: pl.DataFrame, clock: datetime, delay_s: int, freq_s: int) ->
 def planner_clients(
     clients: pl.DataFrame, sizes: dict[str, tuple[float, float]], profiles: pl.DataFrame
 ) -> pl.DataFrame:
-    """The planner's client frame: id, tier, mode, one member's cpu and memory, and the
-    confidence of its latest profile (1 for a client with no profile window: forecast
-    idle, nothing to temper)."""
+    """The planner's client frame: id, tier, mode, one member's cpu and memory (its schema),
+    the network and storage I/O one member is predicted to carry, and the confidence of its
+    latest profile (1 for a client with no profile window: forecast idle, nothing to temper).
+
+    A member's network and I/O are the profile's peak p90 of the resource per request in
+    flight (over its peak p90 concurrency, at least one), the most any window asks: Mbps, and
+    I/O operations a second (the usage counts them per bucket). Without a forecast of them
+    they are 0: not constrained, as before. Hosts' `net_mbps` and `io_ops` bound them.
+    """
     confidence = (
         dict(profiles.group_by("client_id").agg(pl.col("confidence").max()).iter_rows())
         if profiles.height
         else {}
     )
-    return clients.select("client_id", "tier", "mode").with_columns(
-        pl.col("client_id")
-        .replace_strict({c: cpu for c, (cpu, _) in sizes.items()}, return_dtype=pl.Float64)
-        .alias("container_cpu"),
-        pl.col("client_id")
-        .replace_strict({c: mem for c, (_, mem) in sizes.items()}, return_dtype=pl.Float64)
-        .alias("container_memory_mb"),
-        pl.col("client_id")
-        .replace_strict(confidence, default=1.0, return_dtype=pl.Float64)
-        .alias("confidence"),
+    per_member = _per_member_traffic(clients, profiles)
+    return (
+        clients.select("client_id", "tier", "mode")
+        .with_columns(
+            pl.col("client_id")
+            .replace_strict({c: cpu for c, (cpu, _) in sizes.items()}, return_dtype=pl.Float64)
+            .alias("container_cpu"),
+            pl.col("client_id")
+            .replace_strict({c: mem for c, (_, mem) in sizes.items()}, return_dtype=pl.Float64)
+            .alias("container_memory_mb"),
+            pl.col("client_id")
+            .replace_strict(confidence, default=1.0, return_dtype=pl.Float64)
+            .alias("confidence"),
+        )
+        .join(per_member, on="client_id", how="left")
+        .with_columns(pl.col("container_net_mbps", "container_io_ops").fill_null(0.0))
+    )
+
+
+def _per_member_traffic(clients: pl.DataFrame, profiles: pl.DataFrame) -> pl.DataFrame:
+    """client_id, container_net_mbps, container_io_ops (a second) of one member, at peak."""
+    schema = {
+        "client_id": pl.String,
+        "container_net_mbps": pl.Float64,
+        "container_io_ops": pl.Float64,
+    }
+    needed = {"net_mbps_p90", "io_ops_p90", "concurrency_p90"}
+    if profiles.height == 0 or not needed <= set(profiles.columns):
+        return pl.DataFrame(schema=schema)
+    freq = (
+        clients.select("client_id", pl.col("freq_seconds").cast(pl.Float64))
+        if "freq_seconds" in clients.columns
+        else clients.select("client_id", pl.lit(300.0).alias("freq_seconds"))
+    )
+    in_flight = pl.max_horizontal(pl.col("concurrency_p90").fill_null(0.0), pl.lit(1.0))
+    return (
+        profiles.join(freq, on="client_id", how="left")
+        .group_by("client_id")
+        .agg(
+            (pl.col("net_mbps_p90") / in_flight).max().alias("container_net_mbps"),
+            (pl.col("io_ops_p90") / pl.col("freq_seconds").fill_null(300.0) / in_flight)
+            .max()
+            .alias("container_io_ops"),
+        )
+        .select(pl.col("client_id").cast(pl.String), "container_net_mbps", "container_io_ops")
     )
 
 

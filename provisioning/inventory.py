@@ -13,8 +13,8 @@ File format:
     name = "node-a"              # required, unique
     cpu_cores = 16               # required, > 0
     memory_mb = 65536            # required, > 0
-    net_mbps = 10000             # optional, >= 0; absent = not tracked (no limit)
-    io_ops = 50000               # optional, >= 0; absent = not tracked (no limit)
+    net_mbps = 10000             # optional, >= 0 (Mbps); absent = not tracked (no limit)
+    io_ops = 50000               # optional, >= 0 (I/O operations a second); absent = no limit
     cost_core_minute = 0.0008    # optional $ / core-minute; absent = the cost model's rate
     cost_memory_gib_minute = 0.0001  # optional $ / GiB-minute; absent = the cost model's
     engine = "tcp://10.0.0.5:2376"   # optional: the host's Docker Engine (see below)
