@@ -14,11 +14,13 @@ skip and say why.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -270,6 +272,8 @@ def started_engines(base: Path, count: int = 3) -> Iterator[list[ExtraEngine]]:
             engine.address = f"tcp://127.0.0.1:{_free_port()}"
             engine.tls, engine.client_tls = server, client
         engines.append(engine)
+    sweep_abandoned_engines()
+    record = _record_engines(engines)
     made: list[ExtraEngine] = []
     try:
         for engine in engines:
@@ -291,6 +295,59 @@ def started_engines(base: Path, count: int = 3) -> Iterator[list[ExtraEngine]]:
             if engine.address.startswith("unix://"):
                 Path(engine.address.removeprefix("unix://")).unlink(missing_ok=True)
             shutil.rmtree(engine.root, ignore_errors=True)
+        record.unlink(missing_ok=True)
+
+
+RECORDS = Path(tempfile.gettempdir())
+RECORD_PREFIX = "pw-fleet-"
+
+
+def _record_engines(engines: list[ExtraEngine]) -> Path:
+    """What a session starts, written before it starts it, for `sweep_abandoned_engines`."""
+    record = RECORDS / f"{RECORD_PREFIX}{os.getpid()}.json"
+    record.write_text(
+        json.dumps(
+            {
+                "owner": os.getpid(),
+                "engines": [
+                    {
+                        "pidfile": str(e.pidfile),
+                        "bridge": e.bridge,
+                        "exec_root": str(e.exec_root),
+                        "root": str(e.root),
+                        "socket": e.address.removeprefix("unix://")
+                        if e.address.startswith("unix://")
+                        else None,
+                    }
+                    for e in engines
+                ],
+            }
+        )
+    )
+    return record
+
+
+def sweep_abandoned_engines() -> None:
+    """Stop what a session killed outright (no `finally` ran) left: the daemons of every
+    record whose owner is gone, their bridges, mounts, sockets and files."""
+    for record in RECORDS.glob(f"{RECORD_PREFIX}*.json"):
+        try:
+            content = json.loads(record.read_text())
+        except (OSError, ValueError):
+            continue
+        if _alive(int(content.get("owner", 0))):
+            continue
+        for engine in content.get("engines", []):
+            with contextlib.suppress(OSError, ValueError):
+                os.kill(int(Path(engine["pidfile"]).read_text().strip()), signal.SIGKILL)
+            with contextlib.suppress(subprocess.CalledProcessError, FileNotFoundError):
+                _ip("link", "del", engine["bridge"])
+            _unmount_under(Path(engine["exec_root"]), Path(engine["root"]))
+            shutil.rmtree(engine["exec_root"], ignore_errors=True)
+            shutil.rmtree(engine["root"], ignore_errors=True)
+            if engine.get("socket"):
+                Path(engine["socket"]).unlink(missing_ok=True)
+        record.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="session")
