@@ -51,6 +51,8 @@ def render_container_config(composite: Mapping[str, Any]) -> dict[str, Any]:
             f"{ENV_PREFIX}ROUTING": _compact(data["routing"]),
             f"{ENV_PREFIX}DB_INDEX_HINTS": _compact(data["database"]["index_hints"]),
             f"{ENV_PREFIX}SERVICES": _compact(data["services"]),
+            # The whole composite, which the member reports at `GET /config`.
+            f"{ENV_PREFIX}CONFIG": _compact(data),
         }
     )
     labels = {

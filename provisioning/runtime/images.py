@@ -37,11 +37,14 @@ NOBODY = "65534:65534"
 
 _INDEX_HTML = b"<!doctype html><title>prewarm worker</title><p>prewarm worker: see /health\n"
 _HEALTH = b"ok\n"
+# /www/config is a link to /tmp/config, written at start from PREWARM_CONFIG (the composite
+# the member was created from): `GET /config` reports it ("null" when created without one).
 _CMD = [
     "/bin/busybox",
     "sh",
     "-c",
-    f'exec /bin/busybox httpd -f -p "${{PORT:-{WORKER_PORT}}}" -h /www',
+    'printf "%s" "${PREWARM_CONFIG:-null}" > /tmp/config'
+    f' && exec /bin/busybox httpd -f -p "${{PORT:-{WORKER_PORT}}}" -h /www',
 ]
 _PT_INTERP = 3  # ELF program header type naming the dynamic loader
 
@@ -105,6 +108,9 @@ def worker_rootfs(busybox: Path = BUSYBOX_PATH) -> bytes:
         _add_file(archive, "bin/busybox", busybox.read_bytes(), 0o755)
         _add_file(archive, "www/health", _HEALTH, 0o644)
         _add_file(archive, "www/index.html", _INDEX_HTML, 0o644)
+        link = tarfile.TarInfo("www/config")
+        link.type, link.linkname, link.mode, link.mtime = tarfile.SYMTYPE, "/tmp/config", 0o777, 0
+        archive.addfile(link)
     return buffer.getvalue()
 
 
@@ -148,7 +154,8 @@ def build_image(
     """
     check_busybox(busybox)
     rootfs = worker_rootfs(busybox)
-    digest = hashlib.sha256(rootfs).hexdigest()
+    # The command is part of what the image is: a new one rebuilds it like a new file does.
+    digest = hashlib.sha256(rootfs + json.dumps(_CMD).encode()).hexdigest()
     try:
         client = client or docker.from_env()
     except DockerException as error:

@@ -1,4 +1,5 @@
-"""The tiny HTTP worker the process runtime runs: answers `/health` and a small index.
+"""The tiny HTTP worker the process runtime runs: answers `/health`, `/config` (the composite
+it was created from) and a small index.
 
 Stdlib only, so it starts with `python -I -S` (no site-packages, quickest interpreter start)
 and stands in for a container when no Docker daemon is available. It either binds
@@ -27,7 +28,8 @@ HEALTH_BODY = b"ok\n"
 
 
 class WorkerHandler(BaseHTTPRequestHandler):
-    """Answers /health with `ok` and / with who this worker is; everything else is 404."""
+    """Answers /health with `ok`, /config with its composite and / with who this worker is;
+    everything else is 404."""
 
     server: WorkerServer
     server_version = "prewarm-worker/1"
@@ -38,6 +40,10 @@ class WorkerHandler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if self.path == "/health":
             self._answer(200, "text/plain", HEALTH_BODY)
+        elif self.path == "/config":
+            # The composite this member was created from (the schema's rendered settings).
+            body = os.environ.get("PREWARM_CONFIG", "null").encode()
+            self._answer(200, "application/json", body)
         elif self.path == "/":
             about = {"member": self.server.member, "pid": os.getpid()}
             self._answer(200, "application/json", json.dumps(about).encode())
