@@ -6,14 +6,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Request, Response, Security
+from fastapi import APIRouter, Body, Request, Response
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
-from fastapi.security import APIKeyHeader, HTTPBearer
 from starlette.exceptions import HTTPException
 
 from api import client_changes
-from api.auth import API_KEY_HEADER, AuthenticatedRoute
 from api.context import context_of
 from api.models import (
     AttributesIn,
@@ -23,7 +21,7 @@ from api.models import (
     FieldError,
     ValidationFailed,
 )
-from api.routes import BODY_RESPONSES, ClientId
+from api.routes import BODY_RESPONSES, ClientId, client_router
 from provisioning.schema_checks import SchemaRejected
 from provisioning.schema_model import SchemaError, SchemaValidationError
 
@@ -38,15 +36,7 @@ _REFUSED: dict[int | str, dict[str, Any]] = {
 
 
 def changes_router() -> APIRouter:
-    router = APIRouter(
-        prefix="/v1/clients/{client_id}",
-        route_class=AuthenticatedRoute,
-        dependencies=[
-            Security(HTTPBearer(auto_error=False, description="Authorization: Bearer <key>")),
-            Security(APIKeyHeader(name=API_KEY_HEADER, auto_error=False)),
-        ],
-        responses={**BODY_RESPONSES, **_REFUSED},
-    )
+    router = client_router({**BODY_RESPONSES, **_REFUSED})
 
     @router.put("/attributes", response_model=ClientAttributes, summary="Set attributes")
     def put_attributes(

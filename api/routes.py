@@ -68,8 +68,9 @@ BODY_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def v1_router() -> APIRouter:
-    router = APIRouter(
+def client_router(responses: dict[int | str, dict[str, Any]]) -> APIRouter:
+    """A router for /v1/clients/{client_id}/...: every route authenticated for that client."""
+    return APIRouter(
         prefix="/v1/clients/{client_id}",
         route_class=AuthenticatedRoute,
         # Documentation only (auto_error off): AuthenticatedRoute does the checking.
@@ -77,8 +78,12 @@ def v1_router() -> APIRouter:
             Security(HTTPBearer(auto_error=False, description="Authorization: Bearer <key>")),
             Security(APIKeyHeader(name=API_KEY_HEADER, auto_error=False)),
         ],
-        responses=_AUTH_RESPONSES,
+        responses=responses,
     )
+
+
+def v1_router() -> APIRouter:
+    router = client_router(_AUTH_RESPONSES)
 
     @router.get("/profile", response_model=Profile, summary="The current predicted profile")
     def get_profile(client_id: ClientId, request: Request) -> Profile:

@@ -143,12 +143,6 @@ def build_profiles(
         pl.col("origin").first(),
         pl.col("metric").first().alias("demand_metric"),
         pl.col("p_active").max(),
-        (
-            (pl.col("p90") - pl.col("p10"))
-            / pl.max_horizontal(pl.col("p50"), pl.col("floor"), pl.lit(1e-9))
-        )
-        .mean()
-        .alias("relative_width"),
         pl.col("model_name").first(),
         pl.col("model_version").first(),
     )
@@ -156,28 +150,16 @@ def build_profiles(
     per_resource = _resource_confidence(
         forecasts, buckets.select("client_id", "run", "ts"), floors, quality
     )
-    scored = (
-        windows.join(peaks, on=["client_id", "run"], how="left")
-        .join(per_resource, on=["client_id", "run"], how="left")
-        .join(
-            quality.rename({"metric": "demand_metric"}),
-            on=["client_id", "demand_metric"],
-            how="left",
-        )
-        .join(
-            floors.select("client_id", pl.col("metric").alias("demand_metric"), "mean_level"),
-            on=["client_id", "demand_metric"],
-            how="left",
-        )
+    scored = windows.join(peaks, on=["client_id", "run"], how="left").join(
+        per_resource, on=["client_id", "run"], how="left"
     )
-    confidence = [
-        confidence_score(cov, pin, level or 0.0, width or 0.0)
-        for cov, pin, level, width in scored.select(
-            "coverage_80", "pinball", "mean_level", "relative_width"
-        ).iter_rows()
-    ]
+    # The window's confidence is its demand metric's own (scored in `_resource_confidence`).
+    demand_confidence = pl.coalesce(
+        pl.when(pl.col("demand_metric") == metric).then(pl.col(f"{metric}_confidence"))
+        for metric in PROFILE_METRICS
+    )
     profiles = scored.with_columns(
-        pl.Series("confidence", confidence, dtype=pl.Float64),
+        demand_confidence.alias("confidence"),
         pl.lit(generated_at).cast(pl.Datetime("us")).alias("generated_at"),
         ((pl.col("window_end") - pl.col("window_start")).dt.total_seconds() / 60.0).alias(
             "duration_minutes"
