@@ -48,6 +48,13 @@ def bound_runtime(settings: Settings) -> str | None:
 def open_runtime_named(name: str, settings: Settings, image: bool = True) -> ContainerRuntime:
     """Open `docker` or `process` as asked, with the worker image ready (unless `image` is
     False: only listing); raise when Docker does not answer (never fall back)."""
+    if name not in ("docker", "process"):
+        raise PrewarmError(f"Unknown runtime {name!r}: use docker or process.")
+    if name == "docker" and (fleet := _fleet(settings)) is not None:
+        # Each engine is probed, and given the image, by the fleet itself: one that does not
+        # answer is a host down for the cycle, and a fleet whose hosts all name their
+        # engines needs no Docker on this machine.
+        return fleet
     if name == "docker":
         reason = docker_unavailable_reason(timeout_s=2.0)
         if reason is not None:
@@ -60,10 +67,6 @@ def open_runtime_named(name: str, settings: Settings, image: bool = True) -> Con
                 build_image()
         except Exception as error:
             raise PrewarmError(f"The Docker worker image could not be built: {error}") from error
-    if name not in ("docker", "process"):
-        raise PrewarmError(f"Unknown runtime {name!r}: use docker or process.")
-    if name == "docker" and (fleet := _fleet(settings)) is not None:
-        return fleet
     return select_runtime(cast(RuntimeKind, name), settings.data_dir)
 
 
@@ -82,12 +85,13 @@ def _resolve(settings: Settings) -> tuple[ContainerRuntime, str]:
     """PREWARM_RUNTIME resolved now: auto is Docker when it answers and its image builds."""
     if settings.runtime != "auto":
         return open_runtime_named(settings.runtime, settings), f"PREWARM_RUNTIME={settings.runtime}"
+    if (fleet := _fleet(settings)) is not None:
+        return fleet, "auto: the inventory names Docker engines"
     reason = docker_unavailable_reason()
     if reason is None:
         try:
             build_image()
-            runtime = _fleet(settings) or select_runtime("docker", settings.data_dir)
-            return runtime, "auto: the Docker daemon answered"
+            return select_runtime("docker", settings.data_dir), "auto: the Docker daemon answered"
         except Exception as error:
             reason = f"the worker image could not be built ({error})"
     return select_runtime("process", settings.data_dir), f"auto: {reason}"

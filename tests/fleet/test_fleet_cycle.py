@@ -1,7 +1,8 @@
 """provision-pools on a fleet of real engines: two extra dockerds on this machine as two
-hosts. Every member lands on the engine of the host the plan chose; an engine stopped is
-down for the cycle and its clients' members are re-placed on the other host in that same
-run, without an error; when it answers again its members are adopted or released, so each
+hosts, with this machine's own Docker endpoint unreachable (a fleet whose hosts all name their
+engines needs none). Every member lands on the engine of the host the plan chose; an engine
+stopped is down for the cycle and its clients' members are re-placed on the other host in that
+same run, without an error; when it answers again its members are adopted or released, so each
 client holds exactly what the newest plan targets (never two owners, never an orphan)."""
 
 from __future__ import annotations
@@ -87,6 +88,9 @@ def test_members_follow_their_host_and_survive_an_engine_going_away(
     engines = extra_engines[:2]
     settings = seeded_pool(monkeypatch, "docker")
     monkeypatch.setenv("PREWARM_INVENTORY_PATH", str(_inventory(tmp_path, engines)))
+    # Every host names its engine: the fleet needs no Docker on this machine, so the local
+    # one is made unreachable for the whole test (CI once ran it with no local daemon).
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path / 'no-local-docker.sock'}")
     stopped = False
     try:
         first = provision_pools()
