@@ -40,6 +40,7 @@ from provisioning.apply import ApplyResult, members_frame, reconcile_once
 from provisioning.costs import CostModel, load_cost_model
 from provisioning.cycle_plan import CycleTiming, plan_cycle, planner_clients
 from provisioning.inventory import default_inventory, load_inventory
+from provisioning.member_size import member_sizes, upcoming
 from provisioning.planner import Plan
 from provisioning.runtime.base import LABEL_MANAGED, ContainerRuntime
 from provisioning.runtime.leases import LeaseBook, lease_book_path
@@ -171,9 +172,10 @@ def _final_configs(
     targets: pl.DataFrame,
     first_window: datetime,
     limits: SchemaLimits,
+    sizes: dict[str, tuple[float, float]],
 ) -> dict[str, dict]:
     """Render each client's container config, with the anticipated section from its next
-    profile window and the pool size its targets hold now."""
+    profile window, the pool size its targets hold now and the size its members get."""
     pool_size = dict(
         targets.group_by("client_id")
         .agg((pl.col("active") + pl.col("shadow") + pl.col("cold")).sum())
@@ -190,8 +192,14 @@ def _final_configs(
     for client_id, composite in composites.items():
         anticipated = None
         if client_id in next_window:
+            # Only a size the forecast moved is stated: a member at its declared size keeps
+            # the config hash it had before sizing existed.
+            size = sizes.get(client_id)
+            declared = (composite["cpu"], composite["memory_mb"])
             anticipated = anticipated_from_profile(
-                next_window[client_id], pool_size.get(client_id, 0)
+                next_window[client_id],
+                pool_size.get(client_id, 0),
+                size if size != declared else None,
             )
         base = {
             k: v
@@ -259,11 +267,16 @@ def make_plan(
     # Only clients with a composite are planned: the others' members are released.
     planned = pl.col("client_id").is_in(list(composites))
     clients, quantiles, profiles = (f.filter(planned) for f in (clients, quantiles, profiles))
-    sized = planner_clients(
-        clients, {c: (v["cpu"], v["memory_mb"]) for c, v in composites.items()}, profiles
-    )
-    current = _current_pool(settings)
     timing = cycle_timing(settings)
+    sizes = member_sizes(
+        {client_id: (c["cpu"], c["memory_mb"]) for client_id, c in composites.items()},
+        upcoming(profiles, timing.first_window(clock, lead_seconds)),
+        max_cpu=limits.max_cpu,
+        max_memory_mb=limits.max_memory_mb,
+        sizing={client_id: c.get("sizing") for client_id, c in composites.items()},
+    )
+    sized = planner_clients(clients, sizes, profiles)
+    current = _current_pool(settings)
     # Plans by when they were applied (wall clock, the delay scaled to it): a change of
     # clock between plans (the demo's, then a live feed's) holds too.
     recent = read_recent_targets(path, utc_now() - (clock - timing.hold_since(clock)) / clock_rate)
@@ -286,7 +299,7 @@ def make_plan(
         where = f"{settings.costs_path}: [planner]" if settings.costs_path else "planning"
         raise PrewarmError(f"{where}: {error}") from None
     targets, first_window = decided.targets, decided.span[0]
-    configs = _final_configs(composites, extensions, profiles, targets, first_window, limits)
+    configs = _final_configs(composites, extensions, profiles, targets, first_window, limits, sizes)
     return PlannedPool(decided.plan, targets, configs, clock, decided.span, clock_rate)
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import polars as pl
 
 from provisioning.costs import CostModel
+from provisioning.member_size import headroom_expr
 from provisioning.planner import Plan, base_rates, plan_pools, planner_config_from_dict
 from provisioning.targets import pool_targets
 
@@ -96,7 +97,8 @@ def planner_clients(
     latest profile (1 for a client with no profile window: forecast idle, nothing to temper).
 
     A member's network and I/O are the profile's peak p90 of the resource per request in
-    flight (over its peak p90 concurrency, at least one), the most any window asks: Mbps, and
+    flight (over its peak p90 concurrency, at least one), with the headroom the resource's
+    own confidence calls for (x1 when sure, up to x1.5), the most any window asks: Mbps, and
     I/O operations a second (the usage counts them per bucket). Without a forecast of them
     they are 0: not constrained, as before. Hosts' `net_mbps` and `io_ops` bound them.
     """
@@ -144,8 +146,15 @@ def _per_member_traffic(clients: pl.DataFrame, profiles: pl.DataFrame) -> pl.Dat
         profiles.join(freq, on="client_id", how="left")
         .group_by("client_id")
         .agg(
-            (pl.col("net_mbps_p90") / in_flight).max().alias("container_net_mbps"),
-            (pl.col("io_ops_p90") / pl.col("freq_seconds").fill_null(300.0) / in_flight)
+            (pl.col("net_mbps_p90") / in_flight * headroom_expr(profiles, "net_mbps"))
+            .max()
+            .alias("container_net_mbps"),
+            (
+                pl.col("io_ops_p90")
+                / pl.col("freq_seconds").fill_null(300.0)
+                / in_flight
+                * headroom_expr(profiles, "io_ops")
+            )
             .max()
             .alias("container_io_ops"),
         )

@@ -85,7 +85,15 @@ class Cache(_Strict):
 
 
 class Routing(_Strict):
-    """How traffic reaches the pool: weights per route or backend, and session affinity."""
+    """Which of the client's warm members serves a request (`provisioning.routing`).
+
+    `weights`: per backend, a backend being a host (a member's `prewarm.host`): among the
+    idle members of the warmest tier, one is picked at random in proportion to its host's
+    weight; hosts not named weigh nothing while a named one has an idle member, and with no
+    positive weight on any member's host the usual order serves (a request is never refused
+    for its weights). `affinity`, with the request's `X-Prewarm-Affinity` key: `session`
+    keeps a key on one member (shared with the key's other requests), `client` all the
+    client's requests on one member, `host` a key on one host; `none` ignores the key."""
 
     weights: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
     affinity: Literal["none", "client", "session", "host"] = "none"
@@ -115,6 +123,33 @@ class ServiceNeed(_Strict):
     connections: int = Field(ge=0)
 
 
+class Sizing(_Strict):
+    """How far a forecast may move a member's size from the declared `cpu` and `memory_mb`
+    (unset bounds: a quarter to four times the declared size; never past the largest host;
+    see `provisioning.member_size`)."""
+
+    from_forecast: bool = True
+    min_cpu: float | None = Field(default=None, gt=0)
+    max_cpu: float | None = Field(default=None, gt=0)
+    min_memory_mb: float | None = Field(default=None, gt=0)
+    max_memory_mb: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Sizing:
+        for low, high in (("min_cpu", "max_cpu"), ("min_memory_mb", "max_memory_mb")):
+            a, b = getattr(self, low), getattr(self, high)
+            if a is not None and b is not None and a > b:
+                raise ValueError(f"{low} {a} is above {high} {b}")
+        return self
+
+
+class MemberSize(_Strict):
+    """The size each member gets in the anticipated window (its container's limits)."""
+
+    cpu: float = Field(gt=0)
+    memory_mb: float = Field(gt=0)
+
+
 class Workload(_Strict):
     """What one container of a client runs; every field has a default (the base workload)."""
 
@@ -129,6 +164,8 @@ class Workload(_Strict):
     services: dict[Annotated[str, Field(pattern=_SERVICE_NAME)], Service] = Field(
         default_factory=dict, description="named services the workload needs beside it"
     )
+    # None: the default bounds. Optional so a composite without it hashes as before it existed.
+    sizing: Sizing | None = None
 
     @field_validator("services")
     @classmethod
@@ -170,6 +207,9 @@ class Anticipated(_Strict):
     window_end: str
     peak: dict[str, Peak] = Field(default_factory=dict)
     recommended_pool_size: int = Field(ge=0)
+    # Each member's size, from the forecast (`provisioning.member_size`): what the
+    # container is created with; absent, the declared `cpu` and `memory_mb`.
+    size: MemberSize | None = None
     confidence: float = Field(ge=0, le=1)
     # Each declared service's need at the window's peak (see `anticipated_services`).
     services: dict[str, ServiceNeed] = Field(default_factory=dict)

@@ -35,13 +35,14 @@ def render_container_config(composite: Mapping[str, Any]) -> dict[str, Any]:
     data = model.model_dump(mode="json")
     # Again here, the last step before a runtime, whoever built the composite.
     check_composite(data, "composite")
+    cpu, memory_mb = member_size(model)
     env = dict(model.env)
     env.update(
         {
             f"{ENV_PREFIX}CLIENT_ID": model.client_id,
             f"{ENV_PREFIX}EXTENSIONS": ",".join(model.extensions),
-            f"{ENV_PREFIX}CPU": _compact(model.cpu),
-            f"{ENV_PREFIX}MEMORY_MB": str(_memory_limit(model.memory_mb)),
+            f"{ENV_PREFIX}CPU": _compact(cpu),
+            f"{ENV_PREFIX}MEMORY_MB": str(_memory_limit(memory_mb)),
             f"{ENV_PREFIX}PORT": str(model.ports[0]),
             f"{ENV_PREFIX}PORTS": ",".join(str(port) for port in model.ports),
             f"{ENV_PREFIX}CACHE": _compact(data["cache"]),
@@ -76,29 +77,42 @@ def render_container_config(composite: Mapping[str, Any]) -> dict[str, Any]:
         )
     return {
         "image": model.image,
-        "cpu": float(model.cpu),
-        "memory_mb": _memory_limit(model.memory_mb),
+        "cpu": float(cpu),
+        "memory_mb": _memory_limit(memory_mb),
         "env": env,
         "labels": labels,
         "port": model.ports[0],
     }
 
 
-def config_hash(composite: Mapping[str, Any]) -> str:
-    """A short hash of the static configuration (the composite without `anticipated`).
+def member_size(model: Composite) -> tuple[float, float]:
+    """The cpu and memory MB a member is created with: the anticipated size when the
+    forecast set one, else the declared ones."""
+    size = model.anticipated.size if model.anticipated is not None else None
+    if size is not None:
+        return size.cpu, size.memory_mb
+    return model.cpu, model.memory_mb
 
-    A field added to the schema later (`services`) counts only once set: a member built
-    before it existed keeps its hash, so an upgrade does not replace every member."""
+
+def config_hash(composite: Mapping[str, Any]) -> str:
+    """A short hash of what a member is built from: the composite without `anticipated`,
+    but with the size it sets (a resized member is a different member).
+
+    A field added to the schema later (`services`, `sizing`) counts only once set: a member
+    built before it existed keeps its hash, so an upgrade does not replace every member."""
     static = {
         key: value
         for key, value in composite.items()
         if key != "anticipated" and not (key in _LATER_FIELDS and not value)
     }
+    size = (composite.get("anticipated") or {}).get("size")
+    if size:
+        static["size"] = size
     canonical = json.dumps(static, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-_LATER_FIELDS = frozenset({"services"})
+_LATER_FIELDS = frozenset({"services", "sizing"})
 
 
 def show_composite(composite: Mapping[str, Any]) -> str:

@@ -40,8 +40,10 @@ import polars as pl
 from core.vocabulary import TierName
 from provisioning.costs import CostModel
 from provisioning.cycle_plan import CyclePlan, CycleTiming, plan_cycle, planner_clients
+from provisioning.member_size import member_sizes, upcoming
 from provisioning.reconciler import LABEL_CONFIG_HASH, Action, diff
 from provisioning.runtime.base import LABEL_HOST, Member
+from provisioning.schema_checks import limits_from_inventory
 from provisioning.targets import targets_as_desired, targets_hold
 from simulation.policies import warm_fixed_keepalive
 from simulation.trace import Trace
@@ -238,8 +240,16 @@ def _plan(
         if recent
         else None
     )
+    # Members sized from the forecast as the live loop sizes them (declared bounds).
+    limits = limits_from_inventory(inventory)
+    sized = member_sizes(
+        sizes,
+        upcoming(profiles, timing.first_window(cycle.clock, cycle.lead_seconds)),
+        max_cpu=limits.max_cpu,
+        max_memory_mb=limits.max_memory_mb,
+    )
     return plan_cycle(
-        planner_clients(clients, sizes, profiles),
+        planner_clients(clients, sized, profiles),
         inventory,
         cycle.clock,
         cycle.lead_seconds,

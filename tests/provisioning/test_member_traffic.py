@@ -78,3 +78,16 @@ def test_a_hosts_network_is_never_exceeded_by_predicted_traffic():
     assert counts.get("active", 0) == 2  # 2 x 50 <= 120 < 3 x 50
     assert counts.get("active", 0) + counts.get("shadow", 0) == 4  # the rest paused: no traffic
     assert "net" in " ".join(plan.unserved["reason"].to_list())
+
+
+def test_a_less_certain_traffic_forecast_reserves_more_per_member():
+    sure = {**PROFILE, "net_mbps_confidence": 1.0, "io_ops_confidence": 1.0}
+    unsure = {**PROFILE, "net_mbps_confidence": 0.2, "io_ops_confidence": 0.6}
+    by_confidence = {}
+    for name, row in (("sure", sure), ("unsure", unsure)):
+        frame = planner_clients(CLIENTS.head(1), {"c1": SIZES["c1"]}, pl.DataFrame([row]))
+        by_confidence[name] = frame.row(0, named=True)
+    assert by_confidence["sure"]["container_net_mbps"] == pytest.approx(50.0)  # 200 / 4
+    # Headroom 1 + 0.5 x (1 - confidence): x1.4 for the network, x1.2 for I/O.
+    assert by_confidence["unsure"]["container_net_mbps"] == pytest.approx(50.0 * 1.4)
+    assert by_confidence["unsure"]["container_io_ops"] == pytest.approx(5.0 * 1.2)

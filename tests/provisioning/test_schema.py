@@ -192,7 +192,7 @@ def test_lists_are_leaves_so_different_lists_conflict():
         (
             {"gpu": 1},
             "$.workload.gpu: unknown key (allowed here:"
-            " image, cpu, memory_mb, env, ports, database, cache, routing, services)",
+            " image, cpu, memory_mb, env, ports, database, cache, routing, services, sizing)",
         ),
         (
             {"routing": {"affinity": "sticky"}},
@@ -261,6 +261,7 @@ def test_anticipated_from_a_profile_row():
             "cpu_cores": {"p50": 1.5, "p90": 2.5, "confidence": 0.55},
         },
         "recommended_pool_size": 4,
+        "size": None,  # the declared size: the forecast did not move it
         "confidence": 0.7,
         "model_version": "3",
         "generated_at": "2026-01-05T11:50:00Z",
@@ -326,6 +327,26 @@ def test_the_config_hash_ignores_the_anticipated_section():
     assert config_hash(changed) != config_hash(static)
 
 
+def test_a_forecast_size_is_what_the_container_gets_and_a_new_one_replaces_members():
+    declared = compose_workload("acme", _examples(), anticipated_from_profile(PROFILE, 4))
+    sized = compose_workload(
+        "acme", _examples(), anticipated_from_profile(PROFILE, 4, size=(0.75, 384.0))
+    )
+    config = render_container_config(sized)
+    assert (config["cpu"], config["memory_mb"]) == (0.75, 384)  # not the declared 2.0, 1024
+    assert config["env"]["PREWARM_MEMORY_MB"] == "384"
+    assert json.loads(config["env"]["PREWARM_CONFIG"])["memory_mb"] == 1024.0  # as declared
+    assert config_hash(sized) != config_hash(declared)
+    bigger = compose_workload(
+        "acme", _examples(), anticipated_from_profile(PROFILE, 2, size=(0.75, 768.0))
+    )
+    assert config_hash(bigger) != config_hash(sized)
+    same_size = compose_workload(
+        "acme", _examples(), anticipated_from_profile(PROFILE, 9, size=(0.75, 384.0))
+    )
+    assert config_hash(same_size) == config_hash(sized)  # a new pool size is not a new member
+
+
 def test_show_is_pretty_json_in_composition_order():
     composite = compose_workload("acme", _examples())
     text = show_composite(composite)
@@ -347,4 +368,5 @@ def test_workload_json_schema_for_clients():
         "cache",
         "routing",
         "services",
+        "sizing",
     } == set(schema["properties"])
