@@ -1,7 +1,8 @@
 """Serve "a request arrived": claim a warm member, else start one cold (the fallback).
 
 Kept apart from the HTTP layer so the decision (warm or cold, which tier it came from, how
-long the request waited) is plain code over a `ContainerRuntime`.
+long the request waited) is plain code over a `ContainerRuntime`. Which warm member serves,
+when a client has several, is the client's routing section (`provisioning.routing`).
 
 **Bounded cold starts.** With a `ColdStartCap` (what the API passes), a client never holds
 more than `limit` members (the members its applied plan gives it plus a burst allowance):
@@ -33,6 +34,7 @@ from provisioning.runtime.base import (
     ms_since,
 )
 from provisioning.runtime.leases import LeaseBook
+from provisioning.schema_model import Routing
 
 log = logging.getLogger(__name__)
 
@@ -102,16 +104,20 @@ def activate_or_cold_start(
     members: list[Member] | None = None,
     *,
     cap: ColdStartCap | None = None,
+    read_routing: Callable[[], Routing] | None = None,
+    affinity_key: str | None = None,
 ) -> ActivationOutcome:
     """Claim the client's warmest idle member; with none, create an active one, timed.
 
     The member is leased to the request for `lease_seconds` either way (busy: never released
-    or handed to another request meanwhile). `members`: the client's members as listed
-    moments ago, when the caller lists once for many requests. With `cap`, cold starts are
-    bounded (see the module doc) and `ActivationRefused` says when one is not allowed.
+    or handed to another request meanwhile, unless routing affinity shares it). `members`:
+    the client's members as listed moments ago, when the caller lists once for many
+    requests. With `cap`, cold starts are bounded (see the module doc) and
+    `ActivationRefused` says when one is not allowed. `read_routing` and `affinity_key`:
+    which warm member serves, when there is a choice (`provisioning.apply.activate_one`).
     Raises the runtime's errors (PrewarmRuntimeError and subclasses) as they come.
     """
-    request = _Request(runtime, client_id, scope, leases, lease_seconds)
+    request = _Request(runtime, client_id, scope, leases, lease_seconds, read_routing, affinity_key)
     claimed = _claim(request, members)
     if claimed is not None:
         return claimed
@@ -144,13 +150,15 @@ def activate_or_cold_start(
 
 @dataclass(frozen=True)
 class _Request:
-    """One client's activation request: where it runs and how its member is leased."""
+    """One client's activation request: where it runs, how its member is leased and chosen."""
 
     runtime: ContainerRuntime
     client_id: str
     scope: Mapping[str, str]
     leases: LeaseBook
     lease_seconds: float
+    read_routing: Callable[[], Routing] | None
+    affinity_key: str | None
 
 
 def _claim(request: _Request, members: list[Member] | None) -> ActivationOutcome | None:
@@ -161,6 +169,8 @@ def _claim(request: _Request, members: list[Member] | None) -> ActivationOutcome
         request.lease_seconds,
         scope=request.scope,
         members=members,
+        read_routing=request.read_routing,
+        affinity_key=request.affinity_key,
     )
     if claimed is None:
         return None

@@ -10,9 +10,9 @@ from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import status
+from fastapi import Header, status
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
@@ -42,6 +42,22 @@ log = logging.getLogger("api.app")
 
 FORECAST_ONLY = "forecast-only"
 
+AFFINITY_HEADER = "X-Prewarm-Affinity"
+# A key is hashed, never stored or echoed: bounded so a request cannot make hashing costly,
+# printable ASCII without edge spaces so every HTTP stack passes it on unchanged.
+AffinityKey = Annotated[
+    str | None,
+    Header(
+        alias=AFFINITY_HEADER,
+        min_length=1,
+        max_length=128,
+        pattern=r"^[!-~]([ -~]*[!-~])?$",
+        description="Keeps requests with one key on one member (or host) when the client's "
+        "schema asks for routing affinity (`routing.affinity`: session or host); 1-128 "
+        "printable ASCII characters. Ignored otherwise.",
+    ),
+]
+
 
 class Refusal(Exception):
     """An activation that ends without a member: its answer and its `pool_events` row."""
@@ -52,8 +68,13 @@ class Refusal(Exception):
         self.response = response
 
 
-def activate_for_request(ctx: AppContext, client_id: str, started: float) -> ActivationOutcome:
-    """Rate limit, runtime, mode, then a bounded activation; `Refusal` for every "no"."""
+def activate_for_request(
+    ctx: AppContext, client_id: str, started: float, affinity_key: str | None = None
+) -> ActivationOutcome:
+    """Rate limit, runtime, mode, then a bounded activation; `Refusal` for every "no".
+
+    Which warm member serves follows the client's routing section (`ctx.routing`, read only
+    when the client has a choice of members) and the request's `affinity_key`."""
 
     def refuse(
         reason: str, status_code: int, detail: str, headers: Mapping[str, str] | None = None
@@ -108,6 +129,8 @@ def activate_for_request(ctx: AppContext, client_id: str, started: float) -> Act
             ctx.leases,
             ctx.lease_seconds,
             cap=cap,
+            read_routing=lambda: ctx.routing(client_id),
+            affinity_key=affinity_key,
         )
     except ActivationRefused as refused:
         log.info("activation for %s %s", client_id, refused.reason)

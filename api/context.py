@@ -22,6 +22,7 @@ from api.recorder import ActivationRecorder
 from core.errors import PrewarmError
 from provisioning.runtime.base import ContainerRuntime
 from provisioning.runtime.leases import LeaseBook
+from provisioning.schema_model import Routing
 from warehouse.activations import (
     ActivationTerms,
     read_activation_terms,
@@ -36,8 +37,11 @@ log = logging.getLogger("api.app")
 T = TypeVar("T")
 
 RETRY_AFTER_S = 5
-# How long a client's mode and planned members are trusted (plans change once a cycle).
+# How long a client's mode and planned members are trusted (plans change once a cycle),
+# and its routing section (a schema change reaches the choice of member this late at most).
 _TERMS_MAX_AGE_S = 2.0
+# Routing only orders the warm members: a busy warehouse must not hold a warm claim long.
+_ROUTING_LOCK_WAIT_S = 0.5
 _HEALTH_LOCK_WAIT_S = 0.5
 RETRY = {"Retry-After": str(RETRY_AFTER_S)}
 BUSY_DETAIL = "The warehouse is busy (a flow is writing); try again shortly."
@@ -83,6 +87,7 @@ class AppContext:
         self._gate = ModeGate()
         self._migrated = False
         self._terms: dict[str, tuple[float, ActivationTerms]] = {}
+        self._routing: dict[str, tuple[float, Routing]] = {}
         self._runtime: ContainerRuntime | None = None
         self._runtime_lock = threading.Lock()
 
@@ -127,6 +132,27 @@ class AppContext:
         terms = self.warehouse(read_activation_terms, client_id)
         self._terms[client_id] = (now, terms)
         return terms
+
+    def routing(self, client_id: str) -> Routing:
+        """The routing section of the client's composite, read at most every
+        `_TERMS_MAX_AGE_S` (one warehouse read). When it cannot be read (a busy warehouse,
+        a broken schema) the last one read, else none: routing never refuses a request."""
+        now = time.monotonic()
+        cached = self._routing.get(client_id)
+        if cached is not None and now - cached[0] < _TERMS_MAX_AGE_S:
+            return cached[1]
+        try:
+            composite = self.warehouse(
+                self.composite, client_id, wait_s=min(self.lock_wait_s, _ROUTING_LOCK_WAIT_S)
+            )
+            routing = Routing.model_validate(composite.get("routing") or {})
+        except (PrewarmError, WarehouseUnavailable) as error:
+            log.warning(
+                "the routing of %s could not be read (%s); the last one kept", client_id, error
+            )
+            routing = cached[1] if cached is not None else Routing()
+        self._routing[client_id] = (now, routing)
+        return routing
 
     @property
     def runtime_name(self) -> str:

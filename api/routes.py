@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException
 
 from api.activation import ActivationOutcome
 from api.activation_route import (
+    AffinityKey,
     Refusal,
     activate_for_request,
     activation_response,
@@ -142,21 +143,26 @@ def v1_router() -> APIRouter:
         },
     )
     def post_activate(
-        client_id: ClientId, request: Request, background: BackgroundTasks
+        client_id: ClientId,
+        request: Request,
+        background: BackgroundTasks,
+        affinity: AffinityKey = None,
     ) -> Activated | JSONResponse:
         """Activate the client's warmest member (shadow, else cold); with none, start one.
 
         200: a warm member serves. 409 with `fallback`: none was warm, so one was created
         active (a cold start); its endpoint serves all the same. 409 without: the client is
         forecast-only. 429: rate-limited, or the client holds its limit of members (the
-        members its plan gives it plus a burst allowance).
+        members its plan gives it plus a burst allowance). Among several warm members the
+        client's schema `routing` chooses: its weights per host, and its affinity with the
+        `X-Prewarm-Affinity` key (a member shared with the key's other requests).
         """
         ctx = context_of(request)
         started = time.perf_counter()
         outcome: ActivationOutcome | Activation
         response: Activated | JSONResponse
         try:
-            outcome = activate_for_request(ctx, client_id, started)
+            outcome = activate_for_request(ctx, client_id, started, affinity)
         except Refusal as refusal:
             outcome, response = refusal.activation, refusal.response
         else:

@@ -33,6 +33,7 @@ convention.
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ import polars as pl
 
 from core.times import naive_utc
 from provisioning.reconciler import Action, diff
+from provisioning.routing import route_request
 from provisioning.runtime.base import (
     LABEL_CLIENT,
     LABEL_HOST,
@@ -56,6 +58,7 @@ from provisioning.runtime.base import (
     ms_since,
 )
 from provisioning.runtime.leases import LeaseBook
+from provisioning.schema_model import Routing
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +90,6 @@ POOL_MEMBERS_SCHEMA: dict[str, pl.DataType] = {
 ProgressCallback = Callable[[int, int, dict[str, Any]], None]
 
 _CREATE_PHASE = {"active": 3, "shadow": 4, "cold": 5}
-_CLAIM_ORDER = {"active": 0, "shadow": 1, "cold": 2}
 _PHASE = {"activate": 0, "release": 1, "shadow": 2}
 
 
@@ -210,6 +212,9 @@ def activate_one(
     *,
     scope: Mapping[str, str] | None = None,
     members: Iterable[Member] | None = None,
+    read_routing: Callable[[], Routing] | None = None,
+    affinity_key: str | None = None,
+    rng: random.Random | None = None,
 ) -> tuple[Member, float, Tier] | None:
     """Claim an idle member for a request that just arrived; return it, ms and its tier before.
 
@@ -222,21 +227,29 @@ def activate_one(
     activation is given back and the next one tried. `members`: the client's members as
     listed moments ago (a caller serving many requests at once lists once); by default the
     runtime is asked now.
+
+    `read_routing`: the client's routing section (`provisioning.routing`: weights per host
+    among the idle members of the warmest tier; with `affinity_key`, member or host
+    affinity, where a request may share its member with others), asked only when the client
+    has two members or more, as only then is there a choice. Without it, ties go by member
+    id. `rng`: the weighted pick's randomness (tests seed one).
     """
     if members is None:
         members = runtime.list({**_selector(scope), LABEL_CLIENT: client_id})
     listed = [m for m in members if m.client_id == client_id]
     by_id = {m.id: m for m in listed}
-    order = sorted(listed, key=lambda m: (_CLAIM_ORDER[m.tier], m.id))
-    remaining = [m.id for m in order]
+    routing = read_routing() if read_routing is not None and len(listed) > 1 else Routing()
+    route = route_request(listed, routing, client_id, affinity_key, rng)
+    remaining = [m.id for m in route.members]
     while remaining:
-        member_id = leases.claim(remaining, lease_seconds)
+        member_id, joined = _take(leases, remaining, lease_seconds, route.shared)
         if member_id is None:
             break
         remaining = remaining[remaining.index(member_id) + 1 :]
         member = by_id[member_id]
         if member.tier == "active":
-            log.info("claimed idle active %s for %s", member_id, client_id)
+            how = "joined busy" if joined else "claimed idle"
+            log.info("%s active %s for %s", how, member_id, client_id)
             return member, 0.0, "active"
         try:
             activated, ms = runtime.activate(member_id)
@@ -245,11 +258,11 @@ def activate_one(
             log.info("member %s vanished before activation; trying the next", member_id)
             continue
         except RuntimeUnavailable as error:  # its host's engine went away since the listing
-            leases.end(member_id)
+            _give_back(leases, member_id, joined)
             log.warning("member %s is unreachable (%s); trying the next", member_id, error)
             continue
         except BaseException:
-            leases.end(member_id)
+            _give_back(leases, member_id, joined)
             raise
         log.info("activated %s %s for %s in %.1f ms", member.tier, member_id, client_id, ms)
         return activated, ms, member.tier
@@ -278,6 +291,23 @@ def members_frame(members: Iterable[Member], plan_id: str) -> pl.DataFrame:
 
 
 # --- helpers ------------------------------------------------------------------------------
+
+
+def _take(
+    leases: LeaseBook, candidates: list[str], seconds: float, shared: bool
+) -> tuple[str | None, bool]:
+    """The first idle candidate, claimed; with `shared`, the first not reserved, busy or not
+    (its lease joined). The member (None: none) and whether another request held it."""
+    if shared:
+        taken = leases.share(candidates, seconds)
+        return taken if taken is not None else (None, False)
+    return leases.claim(candidates, seconds), False
+
+
+def _give_back(leases: LeaseBook, member_id: str, joined: bool) -> None:
+    """End the lease this request took; a joined one is the other request's to end."""
+    if not joined:
+        leases.end(member_id)
 
 
 def _phase(action: Action) -> int:

@@ -2,11 +2,12 @@
 
 A member claimed for a request is *busy* until its lease ends. The apply step never releases
 or pauses a busy member (it drains: the member stays until it is idle), and a claim never
-hands a busy member to a second request. A member the apply step is about to release or pause
-is *reserved* for that moment, so a request cannot claim it in between. When a lease ends the
-book remembers when the member was last *used*: the apply step keeps a member used within
-the scale-down delay even if no plan wants it yet (the need that used it reaches the
-warehouse only with the next ingest).
+hands a busy member to a second request (a *share* does, on purpose: requests with one
+routing affinity join one member's lease). A member the apply step is about to release or
+pause is *reserved* for that moment, so a request cannot claim or share it in between. When
+a lease ends the book remembers when the member was last *used*: the apply step keeps a
+member used within the scale-down delay even if no plan wants it yet (the need that used it
+reaches the warehouse only with the next ingest).
 
 The book is one small JSON file per pool (under the data directory), guarded by an flock:
 the API, a cycle's apply step and a soak's traffic driver all see the same leases. Expired
@@ -51,6 +52,22 @@ class LeaseBook:
                     continue
                 book["leases"][member_id] = self._clock() + seconds
                 return member_id
+        return None
+
+    def share(self, candidates: Iterable[str], seconds: float) -> tuple[str, bool] | None:
+        """Lease the first candidate that is not reserved, joining the lease of a busy one
+        (it then ends no sooner than `seconds` from now); the member and whether it was busy.
+
+        For requests that share a member (routing affinity). The lease is one per member: it
+        ends at the latest end asked for, or when `end` is called for any of its requests."""
+        with self._book() as book:
+            for member_id in candidates:
+                if member_id in book["reserved"]:
+                    continue
+                held = book["leases"].get(member_id)
+                until = self._clock() + seconds
+                book["leases"][member_id] = until if held is None else max(held, until)
+                return member_id, held is not None
         return None
 
     def lease(self, member_id: str, seconds: float) -> None:

@@ -67,3 +67,18 @@ def test_a_torn_book_starts_empty_instead_of_failing(tmp_path: Path):
     path.write_text("{not json")
     book = LeaseBook(path)
     assert book.busy() == set() and book.claim(["a"], 10) == "a"
+
+
+def test_a_share_joins_a_busy_lease_extending_it_and_skips_a_reserved_member(tmp_path: Path):
+    clock = Clock()
+    book = LeaseBook(tmp_path / "leases.json", clock)
+    assert book.share(["a", "b"], 10) == ("a", False)  # idle: a plain lease
+    clock.now += 8
+    assert book.share(["a", "b"], 10) == ("a", True)  # busy: joined, now ends at +18
+    assert book.share(["a"], 1) == ("a", True)  # a shorter ask never shortens it
+    clock.now += 5  # the first lease would have ended by now; the joined one has not
+    assert book.busy() == {"a"} and book.seconds_left(["a"]) == 5
+    assert book.claim(["a"], 10) is None  # a claim still never takes a busy member
+    assert book.reserve("b") is True
+    assert book.share(["b", "a"], 10) == ("a", True)  # b is being released or paused
+    assert book.share(["b"], 10) is None

@@ -80,7 +80,12 @@ def test_extensions_apply_by_precedence_then_name_and_merge_objects_key_by_key()
     assert composite["extensions"] == ["alpha", "zeta", "late"]
     assert composite["env"] == {"A": "1", "B": "2"}
     # size_mb: zeta (0) sets 10, late (5) sets 99 -> the higher precedence wins
-    assert composite["cache"] == {"size_mb": 99.0, "ttl_seconds": 300, "warm_keys": ["k1"]}
+    assert composite["cache"] == {
+        "policy": "lru",
+        "size_mb": 99.0,
+        "ttl_seconds": 300,
+        "warm_keys": ["k1"],
+    }
 
 
 def test_composition_is_deterministic_whatever_the_input_order():
@@ -181,7 +186,8 @@ def test_lists_are_leaves_so_different_lists_conflict():
         ({"ports": [8080, "http"]}, '$.workload.ports[1]: expected integer, got string "http"'),
         (
             {"cache": {"ttl": 5}},
-            "$.workload.cache.ttl: unknown key (allowed here: size_mb, ttl_seconds, warm_keys)",
+            "$.workload.cache.ttl: unknown key"
+            " (allowed here: policy, size_mb, ttl_seconds, warm_keys)",
         ),
         (
             {"database": {"index_hints": [{"table": "t", "cols": ["a"]}]}},
@@ -297,7 +303,7 @@ def test_render_container_config():
     ]
     assert json.loads(env["PREWARM_ROUTING"]) == {
         "affinity": "session",
-        "weights": {"canary": 0.1, "stable": 0.9},
+        "weights": {"node-a": 0.9, "spot-c": 0.1},
     }
     assert json.loads(env["PREWARM_DB_INDEX_HINTS"])[1] == {
         "table": "invoices",
