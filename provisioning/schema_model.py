@@ -64,24 +64,66 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class IndexHint(_Strict):
-    """An index the client's database should have before the window (created on warm-up)."""
+# Table and column names reach SQL on the member (quoted, but never trusted): plain names only.
+_SQL_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
+MAX_INDEX_HINTS = 32
+MAX_INDEX_COLUMNS = 16
 
-    table: str = Field(min_length=1)
-    columns: list[str] = Field(min_length=1)
+
+class IndexHint(_Strict):
+    """An index the client's database should have before the window: each member creates
+    it in its own SQLite file at warm-up (`provisioning/runtime/worker/store.py`)."""
+
+    table: str = Field(pattern=_SQL_NAME)
+    columns: list[Annotated[str, Field(pattern=_SQL_NAME)]] = Field(
+        min_length=1, max_length=MAX_INDEX_COLUMNS
+    )
     unique: bool = False
+
+    @field_validator("table")
+    @classmethod
+    def _not_sqlites(cls, table: str) -> str:
+        if table.lower().startswith("sqlite_"):
+            raise ValueError(f"table {table!r}: names starting sqlite_ are SQLite's own")
+        return table
+
+    @field_validator("columns")
+    @classmethod
+    def _distinct(cls, columns: list[str]) -> list[str]:
+        # SQL names ignore case: "Id" and "id" are one column.
+        if len({column.lower() for column in columns}) != len(columns):
+            raise ValueError(f"columns repeat: {columns}")
+        return columns
 
 
 class Database(_Strict):
-    index_hints: list[IndexHint] = Field(default_factory=list)
+    index_hints: list[IndexHint] = Field(default_factory=list, max_length=MAX_INDEX_HINTS)
+
+
+# A key longer than the member's cache takes (`worker/cache.py`, MAX_KEY_BYTES) is refused.
+MAX_CACHE_KEY_BYTES = 250
+MAX_WARM_KEYS = 1024
 
 
 class Cache(_Strict):
-    """The container's cache: its size, entry TTL and the keys to load before traffic."""
+    """The container's cache: its eviction policy, size, entry TTL and the keys to load
+    before traffic (served by each member: `provisioning/runtime/worker/cache.py`)."""
 
+    policy: Literal["lru", "lfu", "ttl"] = "lru"
     size_mb: float = Field(default=64.0, ge=0)
     ttl_seconds: int = Field(default=300, ge=0)
-    warm_keys: list[str] = Field(default_factory=list)
+    warm_keys: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=list, max_length=MAX_WARM_KEYS
+    )
+
+    @field_validator("warm_keys")
+    @classmethod
+    def _short_keys(cls, keys: list[str]) -> list[str]:
+        for key in keys:
+            size = len(key.encode("utf-8", "surrogatepass"))
+            if size > MAX_CACHE_KEY_BYTES:
+                raise ValueError(f"warm key of {size} bytes, more than {MAX_CACHE_KEY_BYTES}")
+        return keys
 
 
 class Routing(_Strict):

@@ -46,6 +46,7 @@ def render_container_config(composite: Mapping[str, Any]) -> dict[str, Any]:
             f"{ENV_PREFIX}PORT": str(model.ports[0]),
             f"{ENV_PREFIX}PORTS": ",".join(str(port) for port in model.ports),
             f"{ENV_PREFIX}CACHE": _compact(data["cache"]),
+            f"{ENV_PREFIX}CACHE_POLICY": model.cache.policy,
             f"{ENV_PREFIX}CACHE_SIZE_MB": _compact(model.cache.size_mb),
             f"{ENV_PREFIX}CACHE_TTL_SECONDS": str(model.cache.ttl_seconds),
             f"{ENV_PREFIX}CACHE_WARM_KEYS": _compact(model.cache.warm_keys),
@@ -98,13 +99,17 @@ def config_hash(composite: Mapping[str, Any]) -> str:
     """A short hash of what a member is built from: the composite without `anticipated`,
     but with the size it sets (a resized member is a different member).
 
-    A field added to the schema later (`services`, `sizing`) counts only once set: a member
-    built before it existed keeps its hash, so an upgrade does not replace every member."""
+    A field added to the schema later (`services`, `sizing`, `cache.policy`) counts only
+    once set (off its default): a member built before it existed keeps its hash, so an
+    upgrade does not replace every member."""
     static = {
         key: value
         for key, value in composite.items()
         if key != "anticipated" and not (key in _LATER_FIELDS and not value)
     }
+    cache = static.get("cache")
+    if isinstance(cache, Mapping) and cache.get("policy") == _FIRST_CACHE_POLICY:
+        static["cache"] = {key: value for key, value in cache.items() if key != "policy"}
     size = (composite.get("anticipated") or {}).get("size")
     if size:
         static["size"] = size
@@ -113,6 +118,7 @@ def config_hash(composite: Mapping[str, Any]) -> str:
 
 
 _LATER_FIELDS = frozenset({"services", "sizing"})
+_FIRST_CACHE_POLICY = "lru"  # what every cache was before the schema could say
 
 
 def show_composite(composite: Mapping[str, Any]) -> str:

@@ -44,7 +44,7 @@ def docker_client() -> Iterator[docker.DockerClient]:
 
 @pytest.fixture(scope="session")
 def worker_image(docker_client: docker.DockerClient) -> str:
-    """The locally built busybox worker image (fails, not skips, without busybox-static)."""
+    """The locally built worker image (this machine's Python and the worker package)."""
     build_image(WORKER_IMAGE, client=docker_client)
     return WORKER_IMAGE
 

@@ -291,7 +291,7 @@ images_app = typer.Typer(help="The local worker image (no registry needed).", no
 def images_build(
     force: Annotated[bool, typer.Option("--force", help="Rebuild even if it exists.")] = False,
 ) -> None:
-    """Build prewarm/worker:latest from busybox-static with `docker import`."""
+    """Build prewarm/worker:latest from this machine's Python with `docker import`."""
     load_settings()
     from provisioning.runtime.images import build_image
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -25,7 +26,7 @@ RuntimeName = Literal["docker", "process"]
 HEALTH_PATH = "/health"
 # The handshake with a local member is done by the kernel in well under a millisecond, even
 # while the member is frozen. A SYN that goes unanswered was dropped (a frozen server's
-# accept queue is full: busybox httpd keeps only ~10) or the address is stale, and the
+# accept queue is full: the worker's holds 128 connections) or the address is stale, and the
 # kernel would retry only after a full second; give up quickly and let the caller poll.
 CONNECT_TIMEOUT_S = 0.05
 
@@ -37,6 +38,10 @@ LABEL_CLIENT = "prewarm.client"
 LABEL_PLAN = "prewarm.plan"
 LABEL_TIER = "prewarm.tier"
 LABEL_PORT = "prewarm.port"
+LABEL_PORTS = "prewarm.ports"  # every declared port, the probed one first: "8080,9090"
+# The rendered config's declared ports (`schema_render.py`), read by runtimes that must
+# open or publish each of them.
+PORTS_ENV = "PREWARM_PORTS"
 LABEL_HOST = "prewarm.host"  # the planner's host for this member, set at create
 
 
@@ -88,6 +93,11 @@ class ContainerSpec:
         if self.cpu <= 0 or self.memory_mb <= 0:
             raise ValueError("cpu and memory_mb must be positive")
 
+    @property
+    def ports(self) -> list[int]:
+        """Every port the member serves: `port` (the probed one) first."""
+        return declared_ports(self.port, self.env)
+
     def member_labels(self) -> dict[str, str]:
         """The labels a member built from this spec carries (extras first, ours win)."""
         return {
@@ -97,6 +107,7 @@ class ContainerSpec:
             LABEL_PLAN: self.plan_id,
             LABEL_TIER: self.tier,
             LABEL_PORT: str(self.port),
+            LABEL_PORTS: ",".join(str(port) for port in self.ports),
         }
 
 
@@ -113,6 +124,8 @@ class Member:
     created_at: datetime
     labels: dict[str, str] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
+    # Declared port -> where it is reached (the first is `endpoint`); empty while cold.
+    ports: dict[int, str] = field(default_factory=dict)
 
     @property
     def health_url(self) -> str | None:
@@ -159,6 +172,13 @@ def utc_now() -> datetime:
 def matches_labels(member_labels: dict[str, str], wanted: dict[str, str] | None) -> bool:
     """True when every wanted label is present with an equal value."""
     return all(member_labels.get(key) == value for key, value in (wanted or {}).items())
+
+
+def declared_ports(port: int, env: Mapping[str, str]) -> list[int]:
+    """`port` first, then the other ports the member's rendered config declares."""
+    listed = (text.strip() for text in env.get(PORTS_ENV, "").split(","))
+    others = [int(text) for text in listed if text.isdigit()]
+    return [port, *(other for other in others if other != port)]
 
 
 def safe_name_part(text: str, max_len: int = 40) -> str:

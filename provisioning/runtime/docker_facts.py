@@ -5,7 +5,8 @@ created/exited -> cold, running -> active), never read from its `prewarm.tier` l
 labels are immutable, so that label holds the tier *at creation*.
 
 A member's endpoint is its published port on 127.0.0.1 when it has one (`reach="published"`),
-else `http://<bridge ip>:<port>`; a container without either (cold) has none.
+else `http://<bridge ip>:<port>`; a container without either (cold) has none. Every other
+port it declares (`prewarm.ports`) is reached the same way, in `Member.ports`.
 
 The member view (`_member_from`) carries the current tier in `Member.tier` and in its
 `prewarm.tier` label, the creation tier in `details["created_tier"]`. The Docker errors a
@@ -28,6 +29,7 @@ from provisioning.runtime.base import (
     LABEL_CLIENT,
     LABEL_PLAN,
     LABEL_PORT,
+    LABEL_PORTS,
     LABEL_TIER,
     ImageMissing,
     Member,
@@ -55,10 +57,26 @@ class _Facts:
     created_at: datetime
     endpoint: str | None
     image: str
+    ports: dict[int, str]  # declared port -> endpoint
 
 
-def _container_port(labels: dict[str, str]) -> int:
-    return int(labels.get(LABEL_PORT, "8080"))
+def _container_ports(labels: dict[str, str]) -> list[int]:
+    """The declared ports, the probed one first (members older than `prewarm.ports`: one)."""
+    listed = labels.get(LABEL_PORTS)
+    if listed:
+        return [int(port) for port in listed.split(",")]
+    return [int(labels.get(LABEL_PORT, "8080"))]
+
+
+def _endpoints(labels: dict[str, str], published: dict[int, str], ip: str | None) -> dict[int, str]:
+    """Declared port -> its published port on 127.0.0.1, else the bridge address."""
+    endpoints = {}
+    for port in _container_ports(labels):
+        if port in published:
+            endpoints[port] = f"http://127.0.0.1:{published[port]}"
+        elif ip:
+            endpoints[port] = f"http://{ip}:{port}"
+    return endpoints
 
 
 def _bridge_ip(networks: dict[str, Any] | None) -> str | None:
@@ -70,47 +88,43 @@ def _bridge_ip(networks: dict[str, Any] | None) -> str | None:
 
 def _facts_from_inspect(attrs: dict[str, Any]) -> _Facts:
     labels = attrs["Config"].get("Labels") or {}
-    port = _container_port(labels)
     settings = attrs.get("NetworkSettings") or {}
-    bindings = (settings.get("Ports") or {}).get(f"{port}/tcp") or []
-    endpoint: str | None
-    if bindings:
-        endpoint = f"http://127.0.0.1:{bindings[0]['HostPort']}"
-    else:
-        ip = _bridge_ip(settings.get("Networks"))
-        endpoint = f"http://{ip}:{port}" if ip else None
+    published = {
+        int(key.split("/")[0]): bindings[0]["HostPort"]
+        for key, bindings in (settings.get("Ports") or {}).items()
+        if key.endswith("/tcp") and bindings
+    }
+    ports = _endpoints(labels, published, _bridge_ip(settings.get("Networks")))
     return _Facts(
         id=attrs["Id"],
         name=attrs["Name"].lstrip("/"),
         status=attrs["State"]["Status"],
         labels=labels,
         created_at=datetime.fromisoformat(attrs["Created"]),
-        endpoint=endpoint,
+        endpoint=ports.get(_container_ports(labels)[0]),
         image=attrs["Config"].get("Image", ""),
+        ports=ports,
     )
 
 
 def _facts_from_summary(summary: dict[str, Any]) -> _Facts:
     labels = summary.get("Labels") or {}
-    port = _container_port(labels)
-    published = [
-        p
+    published = {
+        int(p["PrivatePort"]): p["PublicPort"]
         for p in summary.get("Ports") or []
-        if p.get("PrivatePort") == port and p.get("PublicPort")
-    ]
-    if published:
-        endpoint: str | None = f"http://127.0.0.1:{published[0]['PublicPort']}"
-    else:
-        ip = _bridge_ip((summary.get("NetworkSettings") or {}).get("Networks"))
-        endpoint = f"http://{ip}:{port}" if ip else None
+        if p.get("PublicPort") and p.get("Type", "tcp") == "tcp"
+    }
+    ip = _bridge_ip((summary.get("NetworkSettings") or {}).get("Networks"))
+    ports = _endpoints(labels, published, ip)
     return _Facts(
         id=summary["Id"],
         name=(summary.get("Names") or ["/"])[0].lstrip("/"),
         status=summary["State"],
         labels=labels,
         created_at=datetime.fromtimestamp(summary["Created"], UTC),
-        endpoint=endpoint,
+        endpoint=ports.get(_container_ports(labels)[0]),
         image=summary.get("Image", ""),
+        ports=ports,
     )
 
 
@@ -126,6 +140,7 @@ def _member_from(facts: _Facts) -> Member:
         endpoint=facts.endpoint if tier != "cold" else None,
         created_at=facts.created_at,
         labels={**facts.labels, LABEL_TIER: tier},
+        ports=facts.ports if tier != "cold" else {},
         details={
             "name": facts.name,
             "status": facts.status,

@@ -36,6 +36,9 @@ class _Record:
     endpoint: str | None = None
     log_path: str | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
+    # Declared port (as text: JSON keys) -> endpoint; the first is `endpoint`.
+    ports: dict[str, str] = field(default_factory=dict)
+    data_dir: str | None = None  # the worker's own writable directory (its database)
 
 
 @contextmanager

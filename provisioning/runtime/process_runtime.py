@@ -1,6 +1,7 @@
 """ProcessRuntime: pool members as plain OS processes, the fallback when Docker is absent.
 
-Each member is one `worker.py` process serving `/health` on 127.0.0.1. Tiers map onto
+Each member is one worker process (`worker/`) serving on 127.0.0.1, each port it declares
+mapped to a free one (`Member.ports`). Tiers map onto
 process states: active = running; shadow = spawned, healthy, then SIGSTOPped (memory held,
 no CPU); cold = recorded only, with no process yet: a process has nothing like Docker's
 "created" container that holds a filesystem and config without running, and a worker
@@ -14,7 +15,9 @@ its workers again, identified by pid *and* the process start time from /proc/<pi
 a recycled pid is never mistaken for a worker (`process_control.py`). Entries whose process
 is gone are dropped on every load, and a worker whose spawn was interrupted is stopped
 (`process_strays.py`). Each worker is spawned with RLIMIT_AS and RLIMIT_NPROC
-(`process_spawn.py`); CPU is recorded but not enforced. Linux only (/proc).
+(`process_spawn.py`); CPU is recorded but not enforced. Each worker keeps its database in
+a directory of its own beside the state file (`<state>-data/<member>`), removed with the
+worker. Linux only (/proc).
 """
 
 from __future__ import annotations
@@ -60,14 +63,14 @@ from provisioning.runtime.process_control import (
     _uptime_s,
 )
 from provisioning.runtime.process_records import _Record, load_records, locked, save_records
-from provisioning.runtime.process_spawn import _limits_of, spawn_worker
+from provisioning.runtime.process_spawn import _limits_of, remove_data, spawn_worker
 from provisioning.runtime.process_strays import stop_interrupted_spawn, stop_strays, stray_workers
 
 log = logging.getLogger(__name__)
 
 
 class ProcessRuntime:
-    """ContainerRuntime over local `worker.py` processes, persisted in a JSON state file."""
+    """ContainerRuntime over local worker processes, persisted in a JSON state file."""
 
     name: RuntimeName = "process"
 
@@ -84,6 +87,7 @@ class ProcessRuntime:
         self.health_timeout_s = health_timeout_s
         self.python = python
         self.log_dir = self.state_path.with_name(self.state_path.stem + "-logs")
+        self.data_dir = self.state_path.with_name(self.state_path.stem + "-data")
         self._cpu = CpuMeter()
 
     # -- the ContainerRuntime interface ------------------------------------------------
@@ -232,7 +236,14 @@ class ProcessRuntime:
 
     def _spawn(self, record: _Record, pool: dict[str, _Record]) -> None:
         """Start the worker (see `spawn_worker`), saving the pool before and after."""
-        spawn_worker(record, self.python, self.state_path, self.log_dir, lambda: self._save(pool))
+        spawn_worker(
+            record,
+            self.python,
+            self.state_path,
+            self.log_dir,
+            self.data_dir,
+            lambda: self._save(pool),
+        )
 
     def _start_healthy(self, record: _Record, pool: dict[str, _Record]) -> None:
         """Spawn and wait for the first health answer (the worker is killed if none comes)."""
@@ -307,8 +318,10 @@ class ProcessRuntime:
             _terminate(record.pid, record.pid_start, self.grace_s)
         if record.log_path and not keep_log:
             Path(record.log_path).unlink(missing_ok=True)
+        remove_data(record)
         record.pid = record.pid_start = None
         record.endpoint = record.log_path = None
+        record.ports = {}
         record.labels[LABEL_TIER] = "cold"
 
     # -- views ------------------------------------------------------------------------
@@ -340,6 +353,7 @@ class ProcessRuntime:
             endpoint=record.endpoint,
             created_at=datetime.fromisoformat(record.created_at),
             labels={**record.labels, LABEL_TIER: tier},
+            ports={int(port): endpoint for port, endpoint in record.ports.items()},
             details={
                 "pid": record.pid,
                 "process_state": stat.state if stat else None,

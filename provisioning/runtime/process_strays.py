@@ -21,7 +21,7 @@ from provisioning.runtime.process_control import (
     _worker_processes,
 )
 from provisioning.runtime.process_records import _Record
-from provisioning.runtime.process_spawn import WORKER_SCRIPT
+from provisioning.runtime.process_spawn import WORKER_SCRIPT, remove_data
 
 # Logs as the process runtime, the name its records have always carried.
 log = logging.getLogger("provisioning.runtime.process_runtime")
@@ -62,5 +62,7 @@ def stop_interrupted_spawn(marker: str, record: _Record, grace_s: float) -> None
                 log.warning(
                     "stopped worker pid %s of %s: its spawn was interrupted", pid, record.id
                 )
+    remove_data(record)
     record.endpoint = record.log_path = None
+    record.ports = {}
     record.labels[LABEL_TIER] = "cold"

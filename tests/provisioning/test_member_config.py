@@ -1,5 +1,6 @@
 """A member reports the composite it was created from at `GET /config`, on real Docker and
-on processes alike: what the schema rendered is what the member holds."""
+on processes alike: what the schema rendered is what the member holds (what it made of it,
+`applied`, is tested in test_member_settings.py)."""
 
 from __future__ import annotations
 
@@ -47,9 +48,14 @@ def test_a_member_serves_the_composite_it_was_created_from(
     config = render_container_config(composite)
     member = runtime.create(build_spec("acme", "shadow", None, config, plan_id))
     active, _ = runtime.activate(member.id)
-    served = _config_of(active.endpoint)
+    served = _config_of(active.endpoint)["composite"]
     assert served == json.loads(config["env"]["PREWARM_CONFIG"])
-    assert served["cache"] == {"size_mb": 32.0, "ttl_seconds": 45, "warm_keys": ["hot:1"]}
+    assert served["cache"] == {
+        "policy": "lru",
+        "size_mb": 32.0,
+        "ttl_seconds": 45,
+        "warm_keys": ["hot:1"],
+    }
     assert served["routing"]["weights"] == {"stable": 0.9, "canary": 0.1}
     assert served["anticipated"]["services"]["orders"]["connections"] == 3
     assert served["extensions"] == ["fast-cache"] and served["client_id"] == "acme"

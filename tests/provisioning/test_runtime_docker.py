@@ -1,12 +1,16 @@
 """DockerRuntime on real containers: tiers as container states, labels, limits, activation,
-release, restarts; plus the errors a user meets without a daemon, image or busybox.
+release, restarts; plus the errors a user meets without a daemon, an image or a Python
+to build one from.
 
 Tests marked `docker` skip (saying why) only when no Docker daemon answers a ping.
 """
 
 from __future__ import annotations
 
+import io
+import os
 import sys
+import tarfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,8 +34,9 @@ from provisioning.runtime.base import (
     ContainerSpec,
     probe_once,
 )
-from provisioning.runtime.docker_runtime import DockerRuntime
-from provisioning.runtime.images import LABEL_DIGEST, build_image, check_busybox
+from provisioning.runtime.docker_runtime import MEMBER_MIN_MEMORY_MB, DockerRuntime
+from provisioning.runtime.image_rootfs import worker_rootfs
+from provisioning.runtime.images import LABEL_DIGEST, build_image
 from provisioning.runtime.process_runtime import ProcessRuntime
 
 SpecMaker = Callable[..., ContainerSpec]
@@ -223,7 +228,29 @@ def test_build_image_is_idempotent_and_serves_health(
     assert build_image(worker_image, client=docker_client) == image.id
     assert image.labels[LABEL_DIGEST]
     assert image.attrs["Config"]["User"] == "65534:65534"
-    assert image.attrs["Size"] < 5 * 2**20
+    # This machine's interpreter, cut down to what the worker imports (no shell in it).
+    interpreter = str(Path(sys.executable).resolve())
+    assert image.attrs["Config"]["Cmd"][:4] == [interpreter, "-I", "-S", "/opt/prewarm/worker"]
+    assert image.attrs["Size"] < 24 * 2**20
+
+
+def test_the_rootfs_is_deterministic_and_holds_only_what_the_worker_needs() -> None:
+    build = worker_rootfs.__wrapped__  # past the per-process cache: build it twice
+    first, second = build(Path(sys.executable)), build(Path(sys.executable))
+
+    assert first.tar == second.tar and first.command == second.command
+    with tarfile.open(fileobj=io.BytesIO(first.tar)) as archive:
+        names = set(archive.getnames())
+    stdlib = Path(os.__file__).parent.relative_to("/")
+    assert {f"{stdlib}/sqlite3/__init__.py", f"{stdlib}/http/server.py"} <= names
+    assert "opt/prewarm/worker/__main__.py" in names
+    assert not any(name.endswith(("/ssl.py", "/lzma.py", "busybox")) for name in names)
+    assert not any("site-packages" in name for name in names)
+
+
+def test_build_image_explains_a_missing_interpreter(tmp_path: Path) -> None:
+    with pytest.raises(ImageBuildError, match="no Python interpreter"):
+        worker_rootfs(tmp_path / "python3")
 
 
 @pytest.mark.docker
@@ -263,18 +290,12 @@ def test_a_daemon_lost_mid_flight_raises_runtime_unavailable(no_daemon: str) -> 
     runtime.close()
 
 
-def test_build_image_explains_how_to_get_busybox(tmp_path: Path) -> None:
-    with pytest.raises(ImageBuildError, match="apt-get install -y busybox-static"):
-        check_busybox(tmp_path / "busybox")
-    # A dynamically linked binary (this Python) would not run in an image without libc.
-    with pytest.raises(ImageBuildError, match="dynamically linked"):
-        check_busybox(Path(sys.executable).resolve())
-
-
 @pytest.mark.docker
-def test_a_function_smaller_than_dockers_minimum_gets_the_minimum(
+def test_a_function_smaller_than_the_workers_minimum_gets_the_minimum(
     docker_runtime: DockerRuntime, docker_client: docker.DockerClient, make_spec: SpecMaker
 ) -> None:
-    """Traces hold functions of a few MB; the daemon refuses limits under 6 MB."""
-    member = docker_runtime.create(make_spec("cold", memory_mb=2))
-    assert _attrs(docker_client, member.id)["HostConfig"]["Memory"] == 6 * 2**20
+    """Traces hold functions of a few MB; the worker's interpreter needs ~10 MB to start."""
+    member = docker_runtime.create(make_spec("active", memory_mb=2))
+    attrs = _attrs(docker_client, member.id)
+    assert attrs["HostConfig"]["Memory"] == MEMBER_MIN_MEMORY_MB * 2**20
+    assert probe_once(member.endpoint, 2.0)

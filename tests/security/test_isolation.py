@@ -1,8 +1,9 @@
 """Docker members are isolated from each other and from the host (issue 12), on real Docker.
 
 Each test provisions real members with `DockerRuntime` and attacks from inside them with
-`docker exec` (which runs as the member's user, with its capabilities: none). Every member
-is released through the runtime afterwards, so the members network goes with the last.
+`docker exec` (which runs as the member's user, with its capabilities: none), in Python:
+the member's own interpreter is the one tool its image holds (no shell). Every member is
+released through the runtime afterwards, so the members network goes with the last.
 """
 
 from __future__ import annotations
@@ -62,10 +63,14 @@ def make_spec(plan_id: str, worker_image: str) -> SpecMaker:
     return make
 
 
-def _exec(client: docker.DockerClient, member: Member, script: str) -> tuple[int, str]:
-    """Run a shell script inside a member, as the member runs (its user, no capabilities)."""
-    result = client.containers.get(member.id).exec_run(["/bin/busybox", "sh", "-c", script])
-    return result.exit_code, result.output.decode(errors="replace")
+def _exec(
+    client: docker.DockerClient, member: Member, script: str, detach: bool = False
+) -> tuple[int, str]:
+    """Run Python code inside a member, as the member runs (its user, no capabilities)."""
+    container = client.containers.get(member.id)
+    python = container.attrs["Config"]["Cmd"][0]  # the interpreter the worker runs on
+    result = container.exec_run([python, "-I", "-S", "-c", script], detach=detach)
+    return result.exit_code, (result.output or b"").decode(errors="replace")
 
 
 def _ip(member: Member) -> str:
@@ -74,9 +79,13 @@ def _ip(member: Member) -> str:
 
 
 def _health_over_tcp(target: Member) -> str:
-    """A script that GETs the target's /health with busybox nc (2 s timeout)."""
-    request = r"printf 'GET /health HTTP/1.0\r\n\r\n'"
-    return f"{request} | /bin/busybox nc -w 2 {_ip(target)} 8080"
+    """A script that GETs the target's /health over TCP (2 s timeout)."""
+    return (
+        "import socket\n"
+        f"peer = socket.create_connection(({_ip(target)!r}, 8080), timeout=2)\n"
+        "peer.sendall(b'GET /health HTTP/1.0\\r\\n\\r\\n')\n"
+        "print(peer.recv(200).decode())\n"
+    )
 
 
 def _pids(client: docker.DockerClient, member: Member) -> int:
@@ -122,8 +131,16 @@ def test_a_fork_bomb_is_capped_by_the_pids_limit_and_hurts_no_one_else(
     runtime: DockerRuntime, docker_client: docker.DockerClient, make_spec: SpecMaker
 ) -> None:
     bomber, neighbour = runtime.create(make_spec("bomb")), runtime.create(make_spec("quiet"))
-    container = docker_client.containers.get(bomber.id)
-    container.exec_run(["/bin/busybox", "sh", "-c", "b() { b | b & }; b"], detach=True)
+    # Every process forks for ever, and keeps trying when the kernel refuses.
+    bomb = "\n".join(
+        [
+            "import os, time",
+            "while True:",
+            "    try: os.fork()",
+            "    except OSError: time.sleep(0.01)",
+        ]
+    )
+    _exec(docker_client, bomber, bomb, detach=True)
 
     peak = 0
     deadline = time.monotonic() + 8
@@ -148,15 +165,17 @@ def test_a_member_cannot_write_its_root_but_has_a_bounded_tmp(
 ) -> None:
     member = runtime.create(make_spec("fs"))
 
-    code, out = _exec(docker_client, member, "echo x > /pwned")
+    code, out = _exec(docker_client, member, "open('/pwned', 'w')")
     assert code != 0 and "Read-only file system" in out
-    code, out = _exec(docker_client, member, "echo x > /www/health")
-    assert code != 0  # nor replace what it serves
-    code, out = _exec(docker_client, member, "echo hello > /tmp/note && cat /tmp/note")
+    code, out = _exec(docker_client, member, "open('/opt/prewarm/worker/serve.py', 'a')")
+    assert code != 0  # nor change the code it runs
+    write = "open('/tmp/note', 'w').write('hello')\nprint(open('/tmp/note').read())"
+    code, out = _exec(docker_client, member, write)
     assert (code, out.strip()) == (0, "hello")
-    code, out = _exec(
-        docker_client, member, "/bin/busybox dd if=/dev/zero of=/tmp/big bs=1M count=64"
+    fill = "\n".join(
+        ["with open('/tmp/big', 'wb') as big:", "    for _ in range(64): big.write(bytes(2**20))"]
     )
+    code, out = _exec(docker_client, member, fill)
     assert code != 0 and "No space left" in out  # 16 MiB of tmpfs, not the host's disk
 
 
@@ -165,14 +184,14 @@ def test_a_member_runs_as_nobody_without_capabilities_or_new_privileges(
 ) -> None:
     member = runtime.create(make_spec("caps"))
 
-    code, out = _exec(docker_client, member, "/bin/busybox id -u; /bin/busybox id -g")
+    code, out = _exec(docker_client, member, "import os\nprint(os.getuid(), os.getgid())")
     assert (code, out.split()) == (0, ["65534", "65534"])
-    code, out = _exec(docker_client, member, "cat /proc/self/status")
+    code, out = _exec(docker_client, member, "print(open('/proc/self/status').read())")
     status = dict(line.split(":\t", 1) for line in out.splitlines() if ":\t" in line)
     assert int(status["CapEff"], 16) == 0 and int(status["CapBnd"], 16) == 0
     assert status["NoNewPrivs"].strip() == "1"
     # The worker itself (pid 1), not only what exec starts, runs so.
-    code, out = _exec(docker_client, member, "grep -E '^(Uid|CapEff)' /proc/1/status")
+    code, out = _exec(docker_client, member, "print(open('/proc/1/status').read())")
     assert "65534" in out and "0000000000000000" in out
     host_config = docker_client.containers.get(member.id).attrs["HostConfig"]
     assert host_config["ReadonlyRootfs"] is True
