@@ -13,6 +13,7 @@ allow-list, so an extension stored before those checks existed is refused here t
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,19 @@ def client_composite(
             raise PrewarmError(f"No client {client_id!r} in the warehouse.")
         extensions = read_stored_extensions(con, client_id)
         anticipated = client_anticipated(con, client_id)
+        size = client_size(con, client_id)
         # The stored inventory's largest host (this machine when none is stored).
         limits = limits_from_inventory(fetch_inventory(con), allowed_images)
-    return compose_workload(client_id, extensions, anticipated, client_base(client), limits=limits)
+    composite = compose_workload(
+        client_id, extensions, anticipated, client_base(client), limits=limits
+    )
+    # The size the applied plan gave its members: a cold start gets the same, so the next
+    # cycle does not replace it for a config it never asked to change.
+    return {**composite, "size": size} if size is not None else composite
+
+
+def client_size(con: duckdb.DuckDBPyConnection, client_id: str) -> dict[str, Any] | None:
+    """The member size the newest applied plan set for the client (None: declared)."""
+    config = read_applied_config(con, client_id)
+    text = (config or {}).get("env", {}).get(f"{ENV_PREFIX}CONFIG")
+    return json.loads(text).get("size") if text else None

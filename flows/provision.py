@@ -53,7 +53,7 @@ from provisioning.toml_file import read_toml
 from warehouse.clients import read_clients, read_schema_extensions
 from warehouse.feeds import read_feed
 from warehouse.inventory import read_inventory, store_inventory
-from warehouse.plans import read_recent_targets, write_plan
+from warehouse.plans import read_applied_sizes, read_recent_targets, write_plan
 from warehouse.pools import read_pool, write_pool_state
 from warehouse.predictions import read_latest_forecasts
 from warehouse.usage import read_recent_usage
@@ -192,23 +192,22 @@ def _final_configs(
     for client_id, composite in composites.items():
         anticipated = None
         if client_id in next_window:
-            # Only a size the forecast moved is stated: a member at its declared size keeps
-            # the config hash it had before sizing existed.
-            size = sizes.get(client_id)
-            declared = (composite["cpu"], composite["memory_mb"])
             anticipated = anticipated_from_profile(
-                next_window[client_id],
-                pool_size.get(client_id, 0),
-                size if size != declared else None,
+                next_window[client_id], pool_size.get(client_id, 0)
             )
         base = {
             k: v
             for k, v in composite.items()
-            if k not in ("client_id", "extensions", "anticipated")
+            if k not in ("client_id", "extensions", "anticipated", "size")
         }
         full = compose_workload(
             client_id, extensions.get(client_id, []), anticipated, base, limits=limits
         )
+        # Only a size the forecast moved is stated: a member at its declared size keeps
+        # the config hash it had before sizing existed.
+        size = sizes.get(client_id)
+        if size is not None and size != (composite["cpu"], composite["memory_mb"]):
+            full = {**full, "size": {"cpu": size[0], "memory_mb": size[1]}}
         configs[client_id] = render_container_config(full)
     return configs
 
@@ -274,6 +273,7 @@ def make_plan(
         max_cpu=limits.max_cpu,
         max_memory_mb=limits.max_memory_mb,
         sizing={client_id: c.get("sizing") for client_id, c in composites.items()},
+        current=read_applied_sizes(path),
     )
     sized = planner_clients(clients, sizes, profiles)
     current = _current_pool(settings)

@@ -12,6 +12,14 @@ The ladder (1, 1.5, 2, 3, 4, 6, ... times a base) is why a forecast that wobbles
 run to the next does not resize members every cycle: a member's size changes only when the
 need moves past a rung, and every change replaces members (their config hash changes).
 
+Sizes are sticky on top of that (`current`: the size the client's members have now): a
+member grows only once the predicted p90 itself outgrows it (its headroom used up), and
+shrinks only once the forecast asks for half its size or less; a client with no forecast
+window ahead keeps its size by the same rule. A need hovering at a rung's edge would
+otherwise replace the client's members back and forth, each replacement a release and a
+create (a contradiction, in the soak's words), and the extra costs little next to a cold
+start.
+
 The same function sizes the live loop's members (`flows.provision`) and the soak
 simulator's (`simulation.soak`), so the simulation plans what the loop would.
 """
@@ -33,6 +41,8 @@ HEADROOM = 0.5
 UNKNOWN_CONFIDENCE = 1.0
 # The default bounds around the declared size.
 DEFAULT_SHRINK, DEFAULT_GROW = 0.25, 4.0
+# A member shrinks only to a size at most this fraction of its current one.
+SHRINK_AT = 0.5
 # The ladder's rungs per doubling: 1 and 1.5 times a power of two of the base.
 _RUNGS = (1.0, 1.5)
 CPU_BASE = 0.125  # cores
@@ -149,30 +159,59 @@ def member_sizes(
     max_cpu: float,
     max_memory_mb: float,
     sizing: Mapping[str, Mapping[str, Any] | None] | None = None,
+    current: Mapping[str, tuple[float, float]] | None = None,
 ) -> dict[str, tuple[float, float]]:
     """Each client's member size (cpu, memory MB): its declared size, moved by the forecast
     of each resource it has one for (module doc) within the bounds of its schema's `sizing`
-    (`from_forecast: false` keeps the declared size)."""
-    sized = dict(declared)
-    for row in per_instance_peaks(profiles).iter_rows(named=True):
-        client_id = row["client_id"]
-        if client_id not in declared:
-            continue
+    (`from_forecast: false` keeps the declared size), sticky around `current` (module doc):
+    a client whose forecast has no window ahead for a while keeps its size too."""
+    peaks = {row["client_id"]: row for row in per_instance_peaks(profiles).iter_rows(named=True)}
+    sized = {}
+    for client_id, (cpu, memory) in declared.items():
         given = (sizing or {}).get(client_id) or {}
         if given.get("from_forecast") is False:
+            sized[client_id] = (cpu, memory)
             continue
-        cpu, memory = declared[client_id]
         limit = SizeBounds.around(cpu, memory, given, max_cpu=max_cpu, max_memory_mb=max_memory_mb)
-        if row["cpu"] is not None and row["cpu"] > 0:
-            wanted = ladder_up(row["cpu"] * headroom(row["cpu_confidence"]), CPU_BASE)
-            cpu = _within(wanted, limit.min_cpu, limit.max_cpu)
-        if row["memory_mb"] is not None and row["memory_mb"] > 0:
-            wanted = ladder_up(
-                row["memory_mb"] * headroom(row["memory_confidence"]), MEMORY_BASE_MB
-            )
-            memory = _within(wanted, limit.min_memory_mb, limit.max_memory_mb)
-        sized[client_id] = (cpu, memory)
+        peak = peaks.get(client_id, {})
+        now_cpu, now_memory = (current or {}).get(client_id, (None, None))
+        sized[client_id] = (
+            _within(
+                _resource(cpu, peak.get("cpu"), peak.get("cpu_confidence"), now_cpu, CPU_BASE),
+                limit.min_cpu,
+                limit.max_cpu,
+            ),
+            _within(
+                _resource(
+                    memory,
+                    peak.get("memory_mb"),
+                    peak.get("memory_confidence"),
+                    now_memory,
+                    MEMORY_BASE_MB,
+                ),
+                limit.min_memory_mb,
+                limit.max_memory_mb,
+            ),
+        )
     return sized
+
+
+def _resource(
+    declared: float, need: float | None, confidence: float | None, now: float | None, base: float
+) -> float:
+    """One resource's size: the need with its headroom on the ladder (the declared size
+    without a forecast of it), sticky around `now`."""
+    if need is None or need <= 0:
+        return _sticky(declared, declared, now)
+    return _sticky(ladder_up(need * headroom(confidence), base), need, now)
+
+
+def _sticky(wanted: float, need: float, now: float | None) -> float:
+    """The size `now` while it still holds the predicted `need` and `wanted` is more than
+    SHRINK_AT of it; else `wanted` (the need with its headroom, on the ladder)."""
+    if now is None or need > now or wanted <= now * SHRINK_AT:
+        return wanted
+    return now
 
 
 def _within(value: float, low: float, high: float) -> float:

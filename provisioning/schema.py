@@ -115,13 +115,8 @@ def anticipated_services(
     }
 
 
-def anticipated_from_profile(
-    profile_row: Mapping[str, Any],
-    pool_size: int,
-    size: tuple[float, float] | None = None,
-) -> dict[str, Any]:
-    """The anticipated section from one `profiles` row, the plan's pool size and, when the
-    forecast sized them, each member's (cpu, memory MB)."""
+def anticipated_from_profile(profile_row: Mapping[str, Any], pool_size: int) -> dict[str, Any]:
+    """The anticipated section from one `profiles` row and the plan's pool size."""
     peak: dict[str, dict[str, float | None]] = {}
     for metric in METRICS:
         p50, p90 = profile_row.get(f"{metric}_p50"), profile_row.get(f"{metric}_p90")
@@ -134,7 +129,6 @@ def anticipated_from_profile(
         "window_end": _iso(profile_row["window_end"]),
         "peak": peak,
         "recommended_pool_size": int(pool_size),
-        "size": {"cpu": float(size[0]), "memory_mb": float(size[1])} if size else None,
         "confidence": float(profile_row["confidence"]),
         "model_version": _str_or_none(profile_row.get("model_version")),
         "generated_at": _iso(profile_row["generated_at"])

@@ -249,9 +249,6 @@ class Anticipated(_Strict):
     window_end: str
     peak: dict[str, Peak] = Field(default_factory=dict)
     recommended_pool_size: int = Field(ge=0)
-    # Each member's size, from the forecast (`provisioning.member_size`): what the
-    # container is created with; absent, the declared `cpu` and `memory_mb`.
-    size: MemberSize | None = None
     confidence: float = Field(ge=0, le=1)
     # Each declared service's need at the window's peak (see `anticipated_services`).
     services: dict[str, ServiceNeed] = Field(default_factory=dict)
@@ -296,6 +293,9 @@ class Composite(Workload):
     client_id: str = Field(min_length=1)
     extensions: list[str] = Field(default_factory=list)
     anticipated: Anticipated | None = None
+    # Each member's size as the forecast moved it (`provisioning.member_size`): what the
+    # container is created with; absent, the declared `cpu` and `memory_mb`.
+    size: MemberSize | None = None
 
 
 def base_workload() -> dict[str, Any]:

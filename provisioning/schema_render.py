@@ -87,17 +87,16 @@ def render_container_config(composite: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def member_size(model: Composite) -> tuple[float, float]:
-    """The cpu and memory MB a member is created with: the anticipated size when the
-    forecast set one, else the declared ones."""
-    size = model.anticipated.size if model.anticipated is not None else None
-    if size is not None:
-        return size.cpu, size.memory_mb
+    """The cpu and memory MB a member is created with: the size the forecast set, else the
+    declared ones."""
+    if model.size is not None:
+        return model.size.cpu, model.size.memory_mb
     return model.cpu, model.memory_mb
 
 
 def config_hash(composite: Mapping[str, Any]) -> str:
-    """A short hash of what a member is built from: the composite without `anticipated`,
-    but with the size it sets (a resized member is a different member).
+    """A short hash of what a member is built from: the composite without `anticipated`
+    (a resized member is a different member: `size` counts).
 
     A field added to the schema later (`services`, `sizing`, `cache.policy`) counts only
     once set (off its default): a member built before it existed keeps its hash, so an
@@ -110,14 +109,11 @@ def config_hash(composite: Mapping[str, Any]) -> str:
     cache = static.get("cache")
     if isinstance(cache, Mapping) and cache.get("policy") == _FIRST_CACHE_POLICY:
         static["cache"] = {key: value for key, value in cache.items() if key != "policy"}
-    size = (composite.get("anticipated") or {}).get("size")
-    if size:
-        static["size"] = size
     canonical = json.dumps(static, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-_LATER_FIELDS = frozenset({"services", "sizing"})
+_LATER_FIELDS = frozenset({"services", "sizing", "size"})
 _FIRST_CACHE_POLICY = "lru"  # what every cache was before the schema could say
 
 

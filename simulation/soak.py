@@ -247,7 +247,9 @@ def _plan(
         upcoming(profiles, timing.first_window(cycle.clock, cycle.lead_seconds)),
         max_cpu=limits.max_cpu,
         max_memory_mb=limits.max_memory_mb,
+        current=pool.member_sizes,
     )
+    pool.member_sizes = sized
     return plan_cycle(
         planner_clients(clients, sized, profiles),
         inventory,
@@ -277,6 +279,8 @@ class _SimPool:
         self.members: dict[str, Member] = {}
         self.last_used: dict[str, datetime] = {}  # member -> end of the minute it served
         self.sizes = sizes
+        # What the last plan sized members at (the live loop reads its last applied plan's).
+        self.member_sizes: dict[str, tuple[float, float]] = {}
         self.events: list[dict] = []
         self._ids = itertools.count()
         self._epoch = datetime(1970, 1, 1)

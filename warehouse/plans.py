@@ -111,6 +111,27 @@ def read_applied_config(con: duckdb.DuckDBPyConnection, client_id: str) -> dict[
     return json.loads(value) if value is not None else None
 
 
+def read_applied_sizes(path: Path) -> dict[str, tuple[float, float]]:
+    """Each client's member size (cpu, memory MB) in the newest applied plan's configs: what
+    its members were created with (sizing keeps it unless the forecast moves far enough)."""
+    with connect(path, read_only=True) as con:
+        rows = fetch_frame(
+            con,
+            f"""
+            SELECT client_id, any_value(config->>'cpu')::DOUBLE AS cpu,
+                   any_value(config->>'memory_mb')::DOUBLE AS memory_mb
+            FROM allocations
+            WHERE plan_id = ({LATEST_APPLIED_PLAN}) AND config IS NOT NULL
+            GROUP BY client_id
+            """,
+        )
+    return {
+        r["client_id"]: (r["cpu"], r["memory_mb"])
+        for r in rows.iter_rows(named=True)
+        if r["cpu"] is not None and r["memory_mb"] is not None
+    }
+
+
 def read_recent_targets(path: Path, since: datetime) -> pl.DataFrame:
     """Per client and host, the most members any plan applied since `since` (wall clock)
     wanted (client_id, host, total): what scale-down stabilisation holds."""

@@ -107,3 +107,17 @@ def test_members_are_sized_for_the_busiest_window_still_ahead():
 def test_sizing_bounds_must_be_ordered():
     with pytest.raises(ValueError, match="min_memory_mb 900.0 is above max_memory_mb 100.0"):
         Sizing(min_memory_mb=900.0, max_memory_mb=100.0)
+
+
+def test_members_grow_once_outgrown_and_shrink_only_to_half_their_size_or_less():
+    now = {"c1": (0.5, 768.0)}
+    held = member_sizes(
+        DECLARED, _profile(memory_p90=1500.0, memory_mb_confidence=0.0), **HOST, current=now
+    )["c1"][1]
+    assert held == 768.0  # 750 MB an instance fits 768 (its headroom would want 1536)
+    grown = member_sizes(DECLARED, _profile(memory_p90=2000.0), **HOST, current=now)["c1"][1]
+    assert grown == 1024.0  # 1000 MB an instance outgrows 768: grows
+    kept = member_sizes(DECLARED, _profile(memory_p90=1000.0), **HOST, current=now)["c1"][1]
+    assert kept == 768.0  # 512 would do, but that is more than half of 768: kept
+    shrunk = member_sizes(DECLARED, _profile(memory_p90=500.0), **HOST, current=now)["c1"][1]
+    assert shrunk == 256.0  # 256 is a third of 768: shrinks

@@ -63,6 +63,7 @@ def test_without_extensions_the_composite_is_the_base():
         "extensions": [],
         **base_workload(),
         "anticipated": None,
+        "size": None,  # set by the planner when the forecast moves it
     }
     assert composite["image"] == "prewarm/worker:latest"
     assert composite["ports"] == [8080]
@@ -267,7 +268,6 @@ def test_anticipated_from_a_profile_row():
             "cpu_cores": {"p50": 1.5, "p90": 2.5, "confidence": 0.55},
         },
         "recommended_pool_size": 4,
-        "size": None,  # the declared size: the forecast did not move it
         "confidence": 0.7,
         "model_version": "3",
         "generated_at": "2026-01-05T11:50:00Z",
@@ -335,22 +335,22 @@ def test_the_config_hash_ignores_the_anticipated_section():
 
 def test_a_forecast_size_is_what_the_container_gets_and_a_new_one_replaces_members():
     declared = compose_workload("acme", _examples(), anticipated_from_profile(PROFILE, 4))
-    sized = compose_workload(
-        "acme", _examples(), anticipated_from_profile(PROFILE, 4, size=(0.75, 384.0))
-    )
-    config = render_container_config(sized)
+
+    def sized(memory_mb: float, pool_size: int = 4) -> dict:
+        composite = compose_workload(
+            "acme", _examples(), anticipated_from_profile(PROFILE, pool_size)
+        )
+        return {**composite, "size": {"cpu": 0.75, "memory_mb": memory_mb}}
+
+    config = render_container_config(sized(384.0))
     assert (config["cpu"], config["memory_mb"]) == (0.75, 384)  # not the declared 2.0, 1024
     assert config["env"]["PREWARM_MEMORY_MB"] == "384"
-    assert json.loads(config["env"]["PREWARM_CONFIG"])["memory_mb"] == 1024.0  # as declared
-    assert config_hash(sized) != config_hash(declared)
-    bigger = compose_workload(
-        "acme", _examples(), anticipated_from_profile(PROFILE, 2, size=(0.75, 768.0))
-    )
-    assert config_hash(bigger) != config_hash(sized)
-    same_size = compose_workload(
-        "acme", _examples(), anticipated_from_profile(PROFILE, 9, size=(0.75, 384.0))
-    )
-    assert config_hash(same_size) == config_hash(sized)  # a new pool size is not a new member
+    served = json.loads(config["env"]["PREWARM_CONFIG"])
+    assert served["memory_mb"] == 1024.0 and served["size"]["memory_mb"] == 384.0
+    assert config_hash(sized(384.0)) != config_hash(declared)
+    assert config_hash(sized(768.0)) != config_hash(sized(384.0))
+    # A new window or pool size is not a new member; a new size is.
+    assert config_hash(sized(384.0, pool_size=9)) == config_hash(sized(384.0))
 
 
 def test_show_is_pretty_json_in_composition_order():
