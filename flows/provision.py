@@ -114,6 +114,7 @@ def cycle_timing(settings: Settings) -> CycleTiming:
         delay_seconds=settings.scale_down_delay_seconds,
         exceedance_levels=settings.exceedance_levels,
         planner=_planner_overrides(settings),
+        horizon_seconds=settings.horizon_steps * settings.freq_seconds,
     )
 
 
@@ -267,15 +268,16 @@ def make_plan(
     planned = pl.col("client_id").is_in(list(composites))
     clients, quantiles, profiles = (f.filter(planned) for f in (clients, quantiles, profiles))
     timing = cycle_timing(settings)
+    ahead = upcoming(profiles, *timing.reach(clock, lead_seconds))
     sizes = member_sizes(
         {client_id: (c["cpu"], c["memory_mb"]) for client_id, c in composites.items()},
-        upcoming(profiles, timing.first_window(clock, lead_seconds)),
+        ahead,
         max_cpu=limits.max_cpu,
         max_memory_mb=limits.max_memory_mb,
         sizing={client_id: c.get("sizing") for client_id, c in composites.items()},
         current=read_applied_sizes(path),
     )
-    sized = planner_clients(clients, sizes, profiles)
+    sized = planner_clients(clients, sizes, ahead)
     current = _current_pool(settings)
     # Plans by when they were applied (wall clock, the delay scaled to it): a change of
     # clock between plans (the demo's, then a live feed's) holds too.

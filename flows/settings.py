@@ -65,7 +65,18 @@ class Settings(BaseSettings):
     synthetic_clients: int = Field(default=50, ge=1)
     synthetic_days: int = Field(default=14, ge=1)
     synthetic_seed: int = 7
-    horizon: str = Field(default="1h", description="how far forecasts reach: 10min .. 48h")
+    horizon: str = Field(
+        default="1h",
+        description="how far forecasts reach at every bucket, what the planner reads: 10min .. 48h",
+    )
+    profile_horizon: str = Field(
+        default="24h",
+        description="how far predicted profiles reach (at most 48h); past the horizon their "
+        "forecasts are every PREWARM_PROFILE_STEP, the windows found between them",
+    )
+    profile_step: str = Field(
+        default="30min", description="the step of a profile's forecasts past the horizon"
+    )
     train_history_days: float = Field(default=28.0, gt=0, description="history a fit sees")
     predict_history_days: float = Field(
         default=8.0, gt=0, description="history a prediction reads (lags reach one week)"
@@ -168,8 +179,20 @@ class Settings(BaseSettings):
             raise ValueError(f"horizon {value!r} must be between 10min and 48h")
         return value
 
+    @field_validator("profile_horizon")
+    @classmethod
+    def _check_profile_horizon(cls, value: str) -> str:
+        if parse_freq_any(value) > 48 * 3600:
+            raise ValueError(f"profile horizon {value!r} must be at most 48h")
+        return value
+
     @field_validator(
-        "cycle", "scale_down_delay", "retrain_cooldown", "activation_lease", "prediction_retention"
+        "cycle",
+        "scale_down_delay",
+        "retrain_cooldown",
+        "activation_lease",
+        "prediction_retention",
+        "profile_step",
     )
     @classmethod
     def _check_duration(cls, value: str) -> str:

@@ -87,8 +87,16 @@ class TrainSummary:
 
 def forecast_config(settings: Settings, freq_seconds: int) -> ForecastConfig:
     """The forecaster configuration for series of one bucket width."""
-    steps = max(1, parse_freq_any(settings.horizon) // freq_seconds)
-    return ForecastConfig(freq_seconds=freq_seconds, horizon_steps=steps)
+
+    def steps(duration: str) -> int:
+        return max(1, parse_freq_any(duration) // freq_seconds)
+
+    return ForecastConfig(
+        freq_seconds=freq_seconds,
+        horizon_steps=steps(settings.horizon),
+        profile_steps=steps(settings.profile_horizon),
+        profile_stride=steps(settings.profile_step),
+    )
 
 
 def _client_dicts(clients: pl.DataFrame) -> dict[str, dict[str, Any]]:

@@ -199,11 +199,9 @@ def _model_card(
 ) -> ModelCard:
     forecaster, score = fitted.forecaster, fitted.score
     config = forecaster.config
-    metrics: dict[str, float] = {}
-    for metric, report in forecaster.holdout.items():
-        for key, value in report.items():
-            if value is not None:
-                metrics[f"{metric}.{key}"] = float(value)
+    # The profile's reach past the horizon is judged on the same holdout (its own boosters).
+    metrics = _holdout_metrics(forecaster.holdout, "")
+    metrics |= _holdout_metrics(forecaster.reach_holdout or {}, "reach.")
     if score is not None:
         metrics["window.wmape"] = score.wmape
         if score.baseline_wmape is not None:
@@ -221,6 +219,8 @@ def _model_card(
         params={
             "freq_seconds": config.freq_seconds,
             "horizon_steps": config.horizon_steps,
+            "profile_steps": config.profile_steps if forecaster.reach else config.horizon_steps,
+            "profile_stride": config.profile_stride,
             "n_estimators": config.n_estimators,
             "num_leaves": config.num_leaves,
             "learning_rate": config.learning_rate,
@@ -242,3 +242,13 @@ def _model_card(
         input_example=fitted.example_input.to_pandas(),
         output_example=fitted.example_output.to_pandas(),
     )
+
+
+def _holdout_metrics(reports: dict[str, dict[str, float | None]], prefix: str) -> dict[str, float]:
+    """Holdout reports as MLflow metrics: <prefix><metric>.<measure>."""
+    return {
+        f"{prefix}{metric}.{key}": float(value)
+        for metric, report in reports.items()
+        for key, value in report.items()
+        if value is not None
+    }

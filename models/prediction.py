@@ -7,6 +7,10 @@ loop and its simulation predict alike.
 
 The shared P(need >= k) model is scored once for all the clients that carry the same one
 (their features built in one pass), not once per client.
+
+Every metric's forecast past the horizon (a profile's reach) shapes its windows, but only
+the demand metric's is kept with the forecasts (what `prewarm profile` charts): a day of
+every metric would be five times the rows each run writes, and every scoring run reads.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any
 import polars as pl
 
 from models.forecaster import client_frame, forecast_latest
-from models.profile import build_profiles, idle_floors
+from models.profile import build_profiles, demand_metric, idle_floors
 from models.registry import model_name
 
 QUALITY_SCHEMA: dict[str, Any] = {
@@ -78,6 +82,7 @@ def predict_clients(
         pl.col("client_id").replace_strict(versions, return_dtype=pl.String).alias("model_version"),
         stamp,
     )
+    kept = _kept_forecasts(forecast_rows, {c: f for c, (f, _) in forecasters.items()})
     exceedance = None
     if shared:
         exceedance = pl.concat(
@@ -95,7 +100,18 @@ def predict_clients(
         generated_at,
         exceedance,
     )
-    return Predictions(forecast_rows, exceedance, profiles)
+    return Predictions(kept, exceedance, profiles)
+
+
+def _kept_forecasts(forecasts: pl.DataFrame, forecasters: dict[str, Any]) -> pl.DataFrame:
+    """The forecast rows to keep: every metric over the horizon, the demand metric past it."""
+    horizon = {c: f.config.horizon_steps for c, f in forecasters.items()}
+    demand = {c: demand_metric(f.metrics) for c, f in forecasters.items()}
+    client = pl.col("client_id")
+    return forecasts.filter(
+        (pl.col("horizon") <= client.replace_strict(horizon, return_dtype=pl.Int32))
+        | (pl.col("metric") == client.replace_strict(demand, return_dtype=pl.String))
+    )
 
 
 def _exceedance_key(exceedance: Any) -> str:

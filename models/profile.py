@@ -1,11 +1,23 @@
 """Predicted resource profiles: what each client will need, when, for how long, how sure.
 
-A profile window is a contiguous span of forecast buckets where the client's demand metric
-(concurrency when known, else requests) is expected above its idle floor: p50 above the
-floor (and at least half a call or instance), or, for sparse clients whose quantiles are
-all zero, P(concurrency >= 1) at least `p_active`. For each window: start, end
-(exclusive), duration, the peak p50 and p90 of every resource, the peak P(active), and a
-confidence.
+A profile window is a span of buckets where the client's demand metric is expected busy:
+its p50 above its busy threshold (`busy_thresholds`: the idle floor, plus half a call or
+instance and a fifth of the way to its mean level, so the idle level's own wobble around
+the floor makes no windows), or, for sparse clients (a floor of 0: idle at least a quarter
+of the time), P(concurrency >= 1) at least `p_active` where the exceedance model scored it.
+The demand metric is requests when known, else concurrency: concurrency counts instances in
+flight, and a client of short calls holds one all day however its traffic swings, so only
+its requests say when it is busy.
+
+A window starts and ends where the demand crosses the threshold. Past the horizon the
+forecast has a step only every `profile_stride` buckets (the reach, `models.forecaster.reach`):
+between two steps the demand is read off the straight line joining them, so an edge falls on
+the bucket where that line crosses, within one step of where the demand itself would. A
+lull shorter than `MIN_LULL` does not end a window: past the horizon it would be shorter
+than a step, below what the forecast can tell.
+
+For each window: start, end (exclusive), duration, the peak p50 and p90 of every resource
+(over the forecast steps inside it), the peak P(active), and a confidence.
 
 Confidence in [0, 1] multiplies three scores, each 1 when perfect:
 
@@ -24,22 +36,25 @@ demand metric's.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import polars as pl
 
 from core.vocabulary import METRICS
 
 PROFILE_METRICS = METRICS
-DEMAND_METRICS = ("concurrency", "requests")
+DEMAND_METRICS = ("requests", "concurrency")
 FLOOR_QUANTILE = 0.25
 FLOOR_LOOKBACK_DAYS = 7
-# Demand is counted (calls, instances): below half a unit the median rounds to nothing.
+# Demand is counted (calls, instances): busy is at least half a unit over the idle floor,
+# and at least this share of the way from the floor to the mean level (see the module doc).
 MIN_ACTIVE_LEVEL = 0.5
+BUSY_SHARE = 0.2
+MIN_LULL = timedelta(minutes=30)
 
 
 def demand_metric(metrics: list[str]) -> str:
-    """The metric that says 'the client is busy': concurrency, else requests, else the first."""
+    """The metric that says 'the client is busy': requests, else concurrency, else the first."""
     for metric in DEMAND_METRICS:
         if metric in metrics:
             return metric
@@ -60,6 +75,20 @@ def idle_floors(history: pl.DataFrame, freq_seconds: int) -> pl.DataFrame:
             pl.col("value").quantile(FLOOR_QUANTILE, interpolation="lower").alias("floor"),
             pl.col("value").mean().alias("mean_level"),
         )
+    )
+
+
+def busy_thresholds(floors: pl.DataFrame) -> pl.DataFrame:
+    """Per client and metric of `floors` (from `idle_floors`), its floor and the level its
+    p50 must pass to count as busy: half a unit over the floor, and at least `BUSY_SHARE`
+    of the way from the floor to the mean level."""
+    floor = pl.col("floor").fill_null(0.0)
+    rise = (pl.col("mean_level").fill_null(0.0) - floor).clip(lower_bound=0.0) * BUSY_SHARE
+    return floors.select(
+        "client_id",
+        "metric",
+        floor.alias("floor"),
+        (floor + pl.max_horizontal(rise, pl.lit(MIN_ACTIVE_LEVEL))).alias("threshold"),
     )
 
 
@@ -104,8 +133,10 @@ def build_profiles(
     )
     buckets = (
         forecasts.join(demand, on=["client_id", "metric"])
-        .join(floors.select("client_id", "metric", "floor"), on=["client_id", "metric"], how="left")
-        .with_columns(pl.col("floor").fill_null(0.0))
+        .join(busy_thresholds(floors), on=["client_id", "metric"], how="left")
+        .with_columns(
+            pl.col("floor").fill_null(0.0), pl.col("threshold").fill_null(MIN_ACTIVE_LEVEL)
+        )
     )
     if exceedance is not None and exceedance.height:
         p_one = exceedance.filter(pl.col("level") == 1).select(
@@ -114,42 +145,24 @@ def build_profiles(
         buckets = buckets.join(p_one, on=["client_id", "ts"], how="left")
     else:
         buckets = buckets.with_columns(pl.lit(None, dtype=pl.Float64).alias("p_active"))
-    step = pl.duration(seconds=freq_seconds)
-    buckets = (
-        buckets.with_columns(
-            (
-                (pl.col("p50") > pl.col("floor")) | (pl.col("p_active").fill_null(0.0) >= p_active)
-            ).alias("active")
-        )
-        .sort("client_id", "ts")
-        .with_columns(
-            # A new run starts when activity flips or the grid has a hole.
-            (
-                (pl.col("active") != pl.col("active").shift(1).over("client_id"))
-                | ((pl.col("ts") - pl.col("ts").shift(1).over("client_id")) != step)
-            )
-            .fill_null(True)
-            .cum_sum()
-            .over("client_id")
-            .alias("run")
-        )
-        .filter(pl.col("active"))
+    active = pl.col("p50") > pl.col("threshold")
+    sparse_active = (pl.col("floor") == 0) & (pl.col("p_active").fill_null(0.0) >= p_active)
+    buckets = _on_every_bucket(buckets, freq_seconds).with_columns(
+        (active | sparse_active).alias("active")
     )
-    if buckets.height == 0:
+    windows = _windows(buckets, freq_seconds)
+    if windows.height == 0:
         return _empty_profiles()
-    windows = buckets.group_by("client_id", "run").agg(
-        pl.col("ts").min().alias("window_start"),
-        (pl.col("ts").max() + step).alias("window_end"),
-        pl.col("origin").first(),
-        pl.col("metric").first().alias("demand_metric"),
-        pl.col("p_active").max(),
-        pl.col("model_name").first(),
-        pl.col("model_version").first(),
+    # The forecast steps inside each window (past the horizon, not every bucket has one).
+    window_buckets = (
+        forecasts.select("client_id", "ts")
+        .unique()
+        .join(windows.select("client_id", "run", "window_start", "window_end"), on="client_id")
+        .filter(pl.col("ts").is_between("window_start", "window_end", closed="left"))
+        .select("client_id", "run", "ts")
     )
-    peaks = _peaks(forecasts, buckets.select("client_id", "run", "ts"))
-    per_resource = _resource_confidence(
-        forecasts, buckets.select("client_id", "run", "ts"), floors, quality
-    )
+    peaks = _peaks(forecasts, window_buckets)
+    per_resource = _resource_confidence(forecasts, window_buckets, floors, quality)
     scored = windows.join(peaks, on=["client_id", "run"], how="left").join(
         per_resource, on=["client_id", "run"], how="left"
     )
@@ -166,6 +179,72 @@ def build_profiles(
         ),
     )
     return profiles.select(_empty_profiles().columns).sort("client_id", "window_start")
+
+
+def _on_every_bucket(buckets: pl.DataFrame, freq_seconds: int) -> pl.DataFrame:
+    """Each client's demand forecast on every bucket from its first step to its last: p50
+    on the straight line between two forecast steps, the rest held from the step before
+    (P(active) only where the exceedance model scored it)."""
+    grid = (
+        buckets.group_by("client_id")
+        .agg(
+            pl.datetime_ranges(
+                pl.col("ts").min(), pl.col("ts").max(), interval=f"{freq_seconds}s"
+            ).alias("ts")
+        )
+        .explode("ts")
+    )
+    held = [c for c in buckets.columns if c not in ("client_id", "ts", "p50", "p_active")]
+    return (
+        grid.join(buckets, on=["client_id", "ts"], how="left")
+        .sort("client_id", "ts")
+        .with_columns(
+            pl.col("p50").interpolate().over("client_id"),
+            pl.col(held).forward_fill().over("client_id"),
+        )
+    )
+
+
+def _windows(buckets: pl.DataFrame, freq_seconds: int) -> pl.DataFrame:
+    """Runs of active buckets (one client's buckets consecutive and every bucket present),
+    those closer than `MIN_LULL` joined: client_id, run, window_start, window_end, origin,
+    demand_metric, p_active (the peak), model_name, model_version."""
+    step = pl.duration(seconds=freq_seconds)
+    runs = (
+        buckets.with_columns(
+            (pl.col("active") != pl.col("active").shift(1).over("client_id"))
+            .fill_null(True)
+            .cum_sum()
+            .over("client_id")
+            .alias("run")
+        )
+        .filter(pl.col("active"))
+        .group_by("client_id", "run")
+        .agg(
+            pl.col("ts").min().alias("window_start"),
+            (pl.col("ts").max() + step).alias("window_end"),
+            pl.col("origin").first(),
+            pl.col("metric").first().alias("demand_metric"),
+            pl.col("p_active").max(),
+            pl.col("model_name").first(),
+            pl.col("model_version").first(),
+        )
+        .sort("client_id", "window_start")
+    )
+    lull = pl.col("window_start") - pl.col("window_end").shift(1).over("client_id")
+    return (
+        runs.with_columns(
+            (lull >= MIN_LULL).fill_null(True).cum_sum().over("client_id").alias("run")
+        )
+        .group_by("client_id", "run")
+        .agg(
+            pl.col("window_start").min(),
+            pl.col("window_end").max(),
+            pl.col("origin", "demand_metric").first(),
+            pl.col("p_active").max(),
+            pl.col("model_name", "model_version").first(),
+        )
+    )
 
 
 def _peaks(forecasts: pl.DataFrame, window_buckets: pl.DataFrame) -> pl.DataFrame:

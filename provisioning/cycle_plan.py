@@ -40,10 +40,17 @@ class CycleTiming:
     delay_seconds: int
     exceedance_levels: int = 16
     planner: dict[str, Any] = field(default_factory=dict)  # `[planner]` overrides
+    # How far ahead profile windows size members and temper the plan: the forecast horizon.
+    horizon_seconds: int = 3600
 
     def first_window(self, clock: datetime, lead_seconds: float) -> datetime:
         """The first tick at or after clock + lead."""
         return ceil_to_tick(clock + timedelta(seconds=lead_seconds), self.tick_seconds)
+
+    def reach(self, clock: datetime, lead_seconds: float) -> tuple[datetime, datetime]:
+        """The span whose profile windows the cycle plans for: first window to the horizon."""
+        first = self.first_window(clock, lead_seconds)
+        return first, first + timedelta(seconds=self.horizon_seconds)
 
     def hold_since(self, clock: datetime) -> datetime:
         """Plans made after this still hold their members: a plan's pool stays in force
@@ -93,8 +100,10 @@ def planner_clients(
     clients: pl.DataFrame, sizes: dict[str, tuple[float, float]], profiles: pl.DataFrame
 ) -> pl.DataFrame:
     """The planner's client frame: id, tier, mode, one member's cpu and memory (its schema),
-    the network and storage I/O one member is predicted to carry, and the confidence of its
-    latest profile (1 for a client with no profile window: forecast idle, nothing to temper).
+    the network and storage I/O one member is predicted to carry, and how sure its profile
+    is of the concurrency the planner plans (the windows' `concurrency_confidence`, else their
+    confidence; the highest; 1 for a client with no window: forecast idle, nothing to temper).
+    `profiles`: the windows the cycle plans for (`member_size.upcoming`).
 
     A member's network and I/O are the profile's peak p90 of the resource per request in
     flight (over its peak p90 concurrency, at least one), with the headroom the resource's
@@ -102,8 +111,11 @@ def planner_clients(
     I/O operations a second (the usage counts them per bucket). Without a forecast of them
     they are 0: not constrained, as before. Hosts' `net_mbps` and `io_ops` bound them.
     """
+    sureness = pl.col("confidence")
+    if "concurrency_confidence" in profiles.columns:
+        sureness = pl.coalesce("concurrency_confidence", "confidence")
     confidence = (
-        dict(profiles.group_by("client_id").agg(pl.col("confidence").max()).iter_rows())
+        dict(profiles.group_by("client_id").agg(sureness.max()).iter_rows())
         if profiles.height
         else {}
     )

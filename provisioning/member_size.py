@@ -143,13 +143,18 @@ def per_instance_peaks(profiles: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def upcoming(profiles: pl.DataFrame, first_window: datetime) -> pl.DataFrame:
-    """The profile windows that end after `first_window`: those the members are sized for
-    (the busiest of them, so a member keeps its size through the quieter ones instead of
-    being replaced at each)."""
+def upcoming(
+    profiles: pl.DataFrame, first_window: datetime, until: datetime | None = None
+) -> pl.DataFrame:
+    """The profile windows that end after `first_window` and (with `until`) start before
+    it: those the members are sized for (the busiest of them, so a member keeps its size
+    through the quieter ones instead of being replaced at each). The cycle reads them up to
+    the forecast horizon: a window later in the day is for people and the anticipated
+    section, and sizing members now for it would hold them bigger all day."""
     if "window_end" not in profiles.columns:
         return profiles
-    return profiles.filter(pl.col("window_end") > first_window)
+    ahead = profiles.filter(pl.col("window_end") > first_window)
+    return ahead if until is None else ahead.filter(pl.col("window_start") < until)
 
 
 def member_sizes(

@@ -242,16 +242,17 @@ def _plan(
     )
     # Members sized from the forecast as the live loop sizes them (declared bounds).
     limits = limits_from_inventory(inventory)
+    ahead = upcoming(profiles, *timing.reach(cycle.clock, cycle.lead_seconds))
     sized = member_sizes(
         sizes,
-        upcoming(profiles, timing.first_window(cycle.clock, cycle.lead_seconds)),
+        ahead,
         max_cpu=limits.max_cpu,
         max_memory_mb=limits.max_memory_mb,
         current=pool.member_sizes,
     )
     pool.member_sizes = sized
     return plan_cycle(
-        planner_clients(clients, sized, profiles),
+        planner_clients(clients, sized, ahead),
         inventory,
         cycle.clock,
         cycle.lead_seconds,

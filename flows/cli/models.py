@@ -189,8 +189,9 @@ def profile(
     from api.routes import profile_response
     from flows.profile_view import chart_lines, read_profile_view
 
-    rows, series = read_profile_view(settings.warehouse_path, client_id)
-    if not rows and series.height == 0:
+    view = read_profile_view(settings.warehouse_path, client_id)
+    rows = view.windows
+    if not rows and view.series.height == 0:
         raise PrewarmError(
             f"No prediction for {client_id!r} yet: run `prewarm predict` (or let a cycle run)."
         )
@@ -241,9 +242,9 @@ def profile(
         )
     console.print(table)
     spans = [(w.start.replace(tzinfo=None), w.end.replace(tzinfo=None)) for w in document.windows]
-    lines = chart_lines(series, spans)
+    lines = chart_lines(view.series, spans)
     if lines:
-        console.print("concurrency forecast (bar: p50, |: p90, ◀: in a window)")
+        console.print(f"{view.metric} forecast (bar: p50, |: p90, ◀: in a window)")
         for line in lines:
             console.print(line, highlight=False)
 

@@ -25,10 +25,15 @@ last day before the origin (sliding-window conformal). The holdout is scored tha
 Clients whose own history would starve a model (too short, too sparse) get a
 `GlobalForecaster` trained across clients with client attributes as features.
 
+Past the horizon (every step of it: what the planner reads), a profile reaches further
+(`ForecastConfig.profile_steps`, a day by default in the flows) on boosters of its own,
+forecast every `profile_stride` steps: see `reach`.
+
 Modules: `config` (ForecastConfig, Adjustments), `slicing` (time slices, sampled pairs),
 `training` (boosters), `calibration` (shrink, conformal offsets, recalibration), `holdout`
 (the honest evaluation), `client_model` (a client's own model), `global_model` (the
-fallback), `prediction` (forecasts from fitted models), `frames` (small shared helpers).
+fallback), `reach` (a profile's far steps), `prediction` (forecasts from fitted models),
+`frames` (small shared helpers).
 Everything public is importable from `models.forecaster`.
 """
 

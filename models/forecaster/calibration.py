@@ -26,11 +26,12 @@ class Calibration:
     shrink: tuple[float, ...]  # per horizon bucket: share of the predicted change kept
     lower: tuple[float, ...]  # per horizon bucket: subtracted from p10
     upper: tuple[float, ...]  # per horizon bucket: added to p90
-    horizon_steps: int
+    horizon_steps: int  # the last step calibrated; buckets split first_step..horizon_steps
+    first_step: int = 1  # past 1 for a profile's reach (models.forecaster.reach)
 
     @classmethod
-    def identity(cls, horizon_steps: int, buckets: int) -> Calibration:
-        return cls((1.0,) * buckets, (0.0,) * buckets, (0.0,) * buckets, horizon_steps)
+    def identity(cls, horizon_steps: int, buckets: int, first_step: int = 1) -> Calibration:
+        return cls((1.0,) * buckets, (0.0,) * buckets, (0.0,) * buckets, horizon_steps, first_step)
 
 
 @dataclass
@@ -46,25 +47,30 @@ class MetricModel:
     calibration: Calibration
 
 
-def _bucket_of(horizons: np.ndarray, horizon_steps: int, buckets: int) -> np.ndarray:
-    return np.minimum((np.asarray(horizons) - 1) * buckets // horizon_steps, buckets - 1)
+def _bucket_of(horizons: np.ndarray, first: int, last: int, buckets: int) -> np.ndarray:
+    """Each step's bucket: steps first..last split into `buckets` equal runs."""
+    span = last - first + 1
+    return np.clip((np.asarray(horizons) - first) * buckets // span, 0, buckets - 1)
 
 
-def _n_buckets(config: ForecastConfig) -> int:
-    return max(1, min(config.horizon_buckets, config.horizon_steps))
-
-
-def _fit_calibration(raw: np.ndarray, rows: pl.DataFrame, config: ForecastConfig) -> Calibration:
+def _fit_calibration(
+    raw: np.ndarray,
+    rows: pl.DataFrame,
+    config: ForecastConfig,
+    steps: tuple[int, int] | None = None,
+) -> Calibration:
     """Per horizon bucket: the shrink toward naive minimising absolute error, then offsets.
 
     Each tail gets its own offset, the `(1 + coverage) / 2` quantile of how far targets fall
-    outside it, so p10 and p90 each miss about (1 - coverage) / 2 of the time.
+    outside it, so p10 and p90 each miss about (1 - coverage) / 2 of the time. `steps`
+    (first, last) are the horizon steps the buckets split: 1..horizon_steps by default.
     """
-    buckets = _n_buckets(config)
+    first, last = steps or (1, config.horizon_steps)
+    buckets = max(1, min(config.horizon_buckets, last - first + 1))
     if rows.height == 0:
-        return Calibration.identity(config.horizon_steps, buckets)
+        return Calibration.identity(last, buckets, first)
     target = rows.get_column("target").to_numpy()
-    of = _bucket_of(rows.get_column("horizon").to_numpy(), config.horizon_steps, buckets)
+    of = _bucket_of(rows.get_column("horizon").to_numpy(), first, last, buckets)
     pooled = _fit_bucket(raw, target, config)
     fitted = [
         _fit_bucket(raw[of == b], target[of == b], config)
@@ -76,7 +82,8 @@ def _fit_calibration(raw: np.ndarray, rows: pl.DataFrame, config: ForecastConfig
         shrink=tuple(f[0] for f in fitted),
         lower=tuple(f[1] for f in fitted),
         upper=tuple(f[2] for f in fitted),
-        horizon_steps=config.horizon_steps,
+        horizon_steps=last,
+        first_step=first,
     )
 
 
@@ -101,7 +108,9 @@ def _shrunk(raw: np.ndarray, shrink: np.ndarray) -> np.ndarray:
 def _calibrated(raw: np.ndarray, calibration: Calibration, rows: pl.DataFrame) -> np.ndarray:
     """Apply a calibration to raw (sorted) scaled-change quantiles of `rows`."""
     horizons = rows.get_column("horizon").to_numpy()
-    of = _bucket_of(horizons, calibration.horizon_steps, len(calibration.lower))
+    of = _bucket_of(
+        horizons, calibration.first_step, calibration.horizon_steps, len(calibration.lower)
+    )
     out = _shrunk(raw, np.asarray(calibration.shrink)[of])
     out[:, 0] -= np.asarray(calibration.lower)[of]
     out[:, 2] += np.asarray(calibration.upper)[of]

@@ -23,17 +23,19 @@ from models.features import (
 from models.forecaster.calibration import MetricModel
 from models.forecaster.config import WAREHOUSE_METRICS, Adjustments, ForecastConfig
 from models.forecaster.frames import _only_client, _scales, client_frame, feature_spec
-from models.forecaster.holdout import _calibrate_and_evaluate
+from models.forecaster.holdout import fit_metrics
 from models.forecaster.prediction import forecast_origins
+from models.forecaster.reach import can_reach, fit_reach
 from models.forecaster.slicing import _eval_pairs, _sample_pairs, _slice_lengths, min_fit_steps
-from models.forecaster.training import _train_boosters
 
 log = logging.getLogger(__package__)  # "models.forecaster", as before the split
 
 
 @dataclass
 class ClientForecaster:
-    """A client's forecaster: predicts p10/p50/p90 per metric for 1..H steps after the origin.
+    """A client's forecaster: predicts p10/p50/p90 per metric for 1..H steps after the origin
+    (`predict`), and every `profile_stride` steps past them when it has a `reach`
+    (`models.forecaster.forecast_latest`).
 
     `holdout[metric]` holds the honest evaluation (see `HOLDOUT_KEYS`); `fallback` is None for
     a model of the client's own, or the reason the shared global model serves it.
@@ -50,6 +52,10 @@ class ClientForecaster:
     client: dict[str, object] | None = None
     bias: dict[str, float] = field(default_factory=dict)
     exceedance: ExceedanceModel | None = None  # shared by the clients of a training run
+    # A profile's reach past the horizon (models.forecaster.reach): per metric its far
+    # model and holdout report; None without one (too little history, or an older model).
+    reach: dict[str, MetricModel] | None = None
+    reach_holdout: dict[str, dict[str, float | None]] | None = None
 
     def predict(
         self,
@@ -112,7 +118,8 @@ def fit_client_forecaster(
     cal_start, holdout_start = first + train_steps, first + train_steps + cal_steps
     last = first + n_steps - 1
 
-    spec = feature_spec(config, train_steps, clients, calendar, metrics)
+    reaches = can_reach(train_steps, config)
+    spec = feature_spec(config, train_steps, clients, calendar, metrics, reaches)
     long = to_long(grid, metrics)
     scales = _scales(long.filter(pl.col("step") < cal_start))
     series = build_series(long, spec, scales, calendar, clients)
@@ -127,30 +134,26 @@ def fit_client_forecaster(
     rows = assemble_rows(series, pairs, spec).filter(pl.col("target").is_not_null())
     values = {m: grid.get_column(m).to_numpy() for m in metrics}
 
-    models: dict[str, MetricModel] = {}
-    holdout: dict[str, dict[str, float | None]] = {}
-    for metric in metrics:
-        metric_rows = rows.filter(pl.col("metric") == metric)
-        train = metric_rows.filter(pl.col("part") == "train")
-        if train.height < config.min_data_in_leaf * 2:
-            log.warning("client %s metric %s: too few training rows, skipped", client_id, metric)
-            continue
-        boosters = _train_boosters(train, spec, config, adjustments)
-        scale = float(scales.filter(pl.col("metric") == metric).get_column("scale")[0])
-        model, report = _calibrate_and_evaluate(
-            boosters,
-            scale,
-            metric_rows,
-            spec,
-            config,
-            values[metric],
-            first,
-            adjustments.bias.get(metric, 0.0),
-        )
-        models[metric] = model
-        holdout[metric] = report
+    scale_of = dict(scales.select("metric", "scale").iter_rows())
+    models, holdout = fit_metrics(
+        rows, {m: float(scale_of[m]) for m in metrics}, spec, config, adjustments, values, first
+    )
+    for metric in sorted(set(metrics) - set(models)):
+        log.warning("client %s metric %s: too few training rows, skipped", client_id, metric)
     if not models:
         raise ValueError(f"client {client_id!r}: no metric had enough history to train on")
+    reach, reach_holdout = None, None
+    if reaches:
+        reach, reach_holdout = fit_reach(
+            series,
+            bounds.with_columns(pl.lit(first).alias("lo"), pl.lit(last).alias("hi")),
+            (cal_start, holdout_start, last),
+            spec,
+            config,
+            adjustments,
+            {m: model.scale for m, model in models.items() if model.scale is not None},
+            values,
+        )
     return ClientForecaster(
         client_id=client_id,
         config=config,
@@ -162,6 +165,8 @@ def fit_client_forecaster(
         models=models,
         client=dict(client) if client else None,
         bias=dict(adjustments.bias),
+        reach=reach or None,
+        reach_holdout=reach_holdout or None,
     )
 
 

@@ -30,8 +30,15 @@ class ForecastConfig:
     """
 
     freq_seconds: int = 300
-    horizon_steps: int = 12
+    horizon_steps: int = 12  # forecast at every step: what the planner reads
     metrics: tuple[str, ...] | None = None
+    # How far a profile reaches. Past `horizon_steps` a second set of boosters per metric
+    # forecasts every `profile_stride` steps (`reach_steps`): a day of 5-minute steps at
+    # every step would cost 24 times the rows at prediction, and trained together with the
+    # near steps they would dilute the near horizon's training rows and calibration.
+    # 0 (or not past the horizon): the profile is the horizon.
+    profile_steps: int = 0
+    profile_stride: int = 6
     # LightGBM: small trees, few rounds, one thread per booster (callers parallelise
     # clients). Measured on a 2-core machine: ~0.47 s CPU per 14-day, 6-metric client.
     n_estimators: int = 30  # rounds of the p50 booster
@@ -44,6 +51,7 @@ class ForecastConfig:
     lambda_l2: float = 1.0
     # Sampled training rows per metric (origin, horizon pairs): the main cost lever.
     max_train_rows: int = 3_000
+    reach_train_rows: int = 1_500  # the same for a profile's reach (see `profile_steps`)
     max_eval_rows: int = 1_500  # per client and slice, for calibration and holdout
     # Slices at the end of the history: each min(days, fraction of history), never under
     # one horizon plus a margin so every horizon step is calibrated and evaluated.
@@ -75,6 +83,13 @@ class ForecastConfig:
                 f"horizon_steps={self.horizon_steps} at {self.freq_seconds} s covers"
                 f" {seconds / 3600:g} h; it must cover 10 min to 48 h, i.e. {low}..{high} steps"
             )
+        if self.profile_steps > self.horizon_steps:
+            reach = self.profile_steps * self.freq_seconds
+            if reach > _MAX_HORIZON_SECONDS:
+                raise ValueError(
+                    f"profile_steps={self.profile_steps} at {self.freq_seconds} s covers"
+                    f" {reach / 3600:g} h; a profile reaches at most 48 h"
+                )
         if not 0 < self.coverage_target < 1:
             raise ValueError(f"coverage_target must be in (0, 1), got {self.coverage_target}")
         check_at_least_one(
@@ -82,10 +97,24 @@ class ForecastConfig:
             tail_estimators=self.tail_estimators,
             max_train_rows=self.max_train_rows,
         )
+        check_at_least_one(
+            reach_train_rows=self.reach_train_rows, profile_stride=self.profile_stride
+        )
 
     @property
     def steps_per_day(self) -> int:
         return max(1, round(DAY_SECONDS / self.freq_seconds))
+
+    @property
+    def reach_steps(self) -> tuple[int, ...]:
+        """The steps past the horizon a profile is forecast at: every `profile_stride`
+        steps, and `profile_steps` itself (none when the profile is the horizon)."""
+        if self.profile_steps <= self.horizon_steps:
+            return ()
+        stride = range(
+            self.horizon_steps + self.profile_stride, self.profile_steps, self.profile_stride
+        )
+        return (*stride, self.profile_steps)
 
 
 @dataclass(frozen=True)

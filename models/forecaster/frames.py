@@ -63,11 +63,14 @@ def feature_spec(
     clients: pl.DataFrame | None,
     calendar: pl.DataFrame | None,
     metrics: list[str],
+    reaches: bool = False,
 ) -> FeatureSpec:
-    """The feature layout a model of `config` learns on (own and global models alike)."""
+    """The feature layout a model of `config` learns on (own and global models alike); with
+    `reaches`, far enough for the profile's reach too (its seasonal look-ups must stay at or
+    before the origin)."""
     return make_feature_spec(
         config.freq_seconds,
-        config.horizon_steps,
+        config.profile_steps if reaches else config.horizon_steps,
         train_steps,
         clients,
         calendar,

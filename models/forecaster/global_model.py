@@ -24,6 +24,7 @@ from models.forecaster.client_model import ClientForecaster, needs_fallback, pre
 from models.forecaster.config import Adjustments, ForecastConfig
 from models.forecaster.frames import _scales, feature_spec
 from models.forecaster.holdout import _empty_report, _holdout_report
+from models.forecaster.reach import can_reach, reach_pairs, reach_span
 from models.forecaster.slicing import _eval_pairs, _sample_pairs, _slice_lengths
 from models.forecaster.training import QuantileBoosters, _raw_quantiles, _train_boosters
 
@@ -54,6 +55,9 @@ class GlobalForecaster:
     boosters: dict[str, QuantileBoosters]
     calibrations: dict[str, Calibration]  # pooled over clients, per metric
     client_states: dict[str, _ClientState]
+    # A profile's reach (models.forecaster.reach): far boosters and their pooled calibration
+    # per metric, None when the history was too short for it (or an older model).
+    reach: dict[str, tuple[QuantileBoosters, Calibration]] | None = None
 
     def for_client(
         self,
@@ -73,6 +77,11 @@ class GlobalForecaster:
             )
             for m in metrics
         }
+        reach = {
+            m: MetricModel(boosters, models[m].scale, calibration)
+            for m, (boosters, calibration) in (self.reach or {}).items()
+            if m in models
+        }
         holdout = state.holdout if state else {m: _empty_report() for m in metrics}
         why = reason or (state.reason if state else None) or "global model requested"
         if state is None and reason is None:
@@ -87,6 +96,7 @@ class GlobalForecaster:
             holdout={m: holdout.get(m, _empty_report()) for m in metrics},
             models=models,
             client=dict(attributes) if attributes else None,
+            reach=reach or None,
         )
 
 
@@ -115,7 +125,8 @@ def fit_global_forecaster(
     first, last = int(cast(int, bounds["lo"].min())), int(cast(int, bounds["hi"].max()))
     train_steps, cal_steps, _ = _slice_lengths(last - first + 1, config)
     cal_start, holdout_start = first + train_steps, first + train_steps + cal_steps
-    spec = feature_spec(config, train_steps, clients, calendar, metrics)
+    reaches = can_reach(train_steps, config)
+    spec = feature_spec(config, train_steps, clients, calendar, metrics, reaches)
     long = to_long(grid, metrics)
     present = long.group_by(_KEYS).agg(pl.col("value").is_not_null().any().alias("any"))
     long = long.join(present.filter("any").select(_KEYS), on=_KEYS)
@@ -143,6 +154,7 @@ def fit_global_forecaster(
     }
     boosters: dict[str, QuantileBoosters] = {}
     pooled: dict[str, Calibration] = {}
+    reach: dict[str, tuple[QuantileBoosters, Calibration]] = {}
     for metric in metrics:
         one = long.filter(pl.col("metric") == metric)
         inputs = _GlobalInputs(one, scales, cross, grid.select("client_id", "step", metric))
@@ -157,8 +169,13 @@ def fit_global_forecaster(
             clients,
             states,
         )
-        if fitted is not None:
-            boosters[metric], pooled[metric] = fitted
+        if fitted is None:
+            continue
+        boosters[metric], pooled[metric], series = fitted
+        if reaches:
+            cuts = (cal_start, holdout_start, last)
+            if (far := _fit_global_reach(series, bounds, cuts, spec, config)) is not None:
+                reach[metric] = far
     if not boosters:
         raise ValueError("too little usage to train a global model")
     return GlobalForecaster(
@@ -169,6 +186,7 @@ def fit_global_forecaster(
         boosters=boosters,
         calibrations=pooled,
         client_states=states,
+        reach=reach or None,
     )
 
 
@@ -192,9 +210,10 @@ def _fit_global_metric(
     calendar: pl.DataFrame | None,
     clients: pl.DataFrame | None,
     states: dict[str, _ClientState],
-) -> tuple[QuantileBoosters, Calibration] | None:
+) -> tuple[QuantileBoosters, Calibration, pl.DataFrame] | None:
     """Train one metric's shared boosters; fill each served client's scale, calibration and
-    holdout (`states` holds the served clients)."""
+    holdout (`states` holds the served clients). Returns the boosters, their pooled
+    calibration and the metric's series (for its reach)."""
     cal_start, holdout_start = cuts
     long = inputs.long
     scales = inputs.scales.filter(pl.col("metric") == metric)
@@ -238,7 +257,30 @@ def _fit_global_metric(
             state.metrics.append(metric)
             state.scales[metric] = scale_of[cid]
             state.holdout[metric] = _empty_report()
-    return boosters, pooled
+    return boosters, pooled, series
+
+
+def _fit_global_reach(
+    series: pl.DataFrame,
+    bounds: pl.DataFrame,
+    cuts: tuple[int, int, int],
+    spec: FeatureSpec,
+    config: ForecastConfig,
+) -> tuple[QuantileBoosters, Calibration] | None:
+    """One metric's far boosters across clients and their calibration, pooled over clients
+    (a client's own would need a day of calibration targets it seldom has)."""
+    ids = series.select("client_id").unique()
+    pairs = reach_pairs(
+        bounds.join(ids, on="client_id"), cuts, config.global_rows_per_client, config, judged=False
+    )
+    rows = assemble_rows(series, pairs, spec).filter(pl.col("target").is_not_null())
+    train = rows.filter(pl.col("part") == "train")
+    if train.height < config.min_data_in_leaf * 2:
+        return None
+    boosters = _train_boosters(train, spec, config, Adjustments(), config.profile_steps)
+    calibrated = rows.filter(pl.col("part") == "cal")
+    raw = _raw_quantiles(boosters, calibrated, spec)
+    return boosters, _fit_calibration(raw, calibrated, config, reach_span(config))
 
 
 def _calibrate_client(

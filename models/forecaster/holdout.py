@@ -16,8 +16,8 @@ from models.forecaster.calibration import (
     _fit_calibration,
     _to_values,
 )
-from models.forecaster.config import ForecastConfig
-from models.forecaster.training import QuantileBoosters, _raw_quantiles
+from models.forecaster.config import Adjustments, ForecastConfig
+from models.forecaster.training import QuantileBoosters, _raw_quantiles, _train_boosters
 from models.scoring import baseline_wmapes, point_metrics
 
 HOLDOUT_KEYS: tuple[str, ...] = (
@@ -34,6 +34,42 @@ HOLDOUT_KEYS: tuple[str, ...] = (
 )
 
 
+def fit_metrics(
+    rows: pl.DataFrame,
+    scales: dict[str, float],
+    spec: FeatureSpec,
+    config: ForecastConfig,
+    adjustments: Adjustments,
+    values: dict[str, np.ndarray],
+    first_step: int,
+    steps: tuple[int, int] | None = None,
+) -> tuple[dict[str, MetricModel], dict[str, dict[str, float | None]]]:
+    """Per metric of `scales`: boosters trained on its `train` rows, calibrated and judged
+    on the others (`_calibrate_and_evaluate`), with its holdout report. A metric with too
+    few rows to train on is left out. `steps`: the reach's (first, last) horizon steps,
+    None for the near horizon."""
+    models: dict[str, MetricModel] = {}
+    reports: dict[str, dict[str, float | None]] = {}
+    for metric, scale in scales.items():
+        metric_rows = rows.filter(pl.col("metric") == metric)
+        train = metric_rows.filter(pl.col("part") == "train")
+        if train.height < config.min_data_in_leaf * 2:
+            continue
+        boosters = _train_boosters(train, spec, config, adjustments, steps[1] if steps else None)
+        models[metric], reports[metric] = _calibrate_and_evaluate(
+            boosters,
+            scale,
+            metric_rows,
+            spec,
+            config,
+            values[metric],
+            first_step,
+            adjustments.bias.get(metric, 0.0),
+            steps,
+        )
+    return models, reports
+
+
 def _calibrate_and_evaluate(
     boosters: QuantileBoosters,
     scale: float,
@@ -43,25 +79,32 @@ def _calibrate_and_evaluate(
     values: np.ndarray,
     first_step: int,
     bias: float,
+    steps: tuple[int, int] | None = None,
 ) -> tuple[MetricModel, dict[str, float | None]]:
-    """Calibrate on the calibration slice, evaluate on the holdout, recalibrate on both."""
+    """Calibrate on the calibration slice, evaluate on the holdout, recalibrate on both.
+
+    `steps` (first, last) are the horizon steps of a profile's reach, whose forecasts are
+    evaluated as they are predicted: without the recalibration on recent errors (see
+    `models.forecaster.reach`). None: the horizon.
+    """
     evaluated = rows.filter(pl.col("part") != "train")
     raw = _raw_quantiles(boosters, evaluated, spec)
     is_cal = evaluated.get_column("part").to_numpy() == "cal"
-    calibration = _fit_calibration(raw[is_cal], evaluated.filter(pl.Series(is_cal)), config)
-    model = MetricModel(boosters, scale, calibration)
+    calibrated = evaluated.filter(pl.Series(is_cal))
+    model = MetricModel(boosters, scale, _fit_calibration(raw[is_cal], calibrated, config, steps))
+    recent, raw_recent = (evaluated, raw) if steps is None else (evaluated.clear(), raw[:0])
     report = _holdout_report(
         evaluated.filter(~pl.Series(is_cal)),
-        evaluated,
+        recent,
         model,
         spec,
         values,
         first_step,
         config,
         bias,
-        (raw[~is_cal], raw),
+        (raw[~is_cal], raw_recent),
     )
-    model.calibration = _fit_calibration(raw, evaluated, config)
+    model.calibration = _fit_calibration(raw, evaluated, config, steps)
     return model, report
 
 

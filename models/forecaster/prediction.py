@@ -1,17 +1,27 @@
-"""Forecasting from fitted models: several origins of one client (`forecast_origins`) and the
-latest origin of many clients at once (`forecast_latest`), with `FORECAST_SCHEMA` columns."""
+"""Forecasting from fitted models: several origins of one client over the horizon
+(`forecast_origins`) and the latest origin of many clients at once, their profiles' reach
+included (`forecast_latest`), with `FORECAST_SCHEMA` columns."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import polars as pl
 
-from models.features import FeatureSpec, assemble_rows, build_series, regular_grid, to_long, ts_of
-from models.forecaster.calibration import _final_quantiles, _to_values
+from models.features import (
+    FeatureSpec,
+    assemble_rows,
+    build_series,
+    feature_matrix,
+    regular_grid,
+    to_long,
+    ts_of,
+)
+from models.forecaster.calibration import MetricModel, _final_quantiles, _to_values
 from models.forecaster.config import ForecastConfig
 from models.forecaster.frames import _scales, _step_of_datetime, client_frame
 from models.forecaster.training import _raw_quantiles
@@ -93,12 +103,14 @@ def forecast_latest(
     calendar: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """Each client's forecast from the last bucket of its history, as `predict` gives it,
-    for many clients at once.
+    followed by its profile's reach (every `profile_stride` steps past the horizon) when its
+    forecaster has one, for many clients at once.
 
     Clients whose forecasters share a configuration and feature spec (the global model's,
     or own models fitted together) get their features built in one pass, and boosters
     shared by several clients (the global model's) score all their rows in one call; only
-    the per-client calibration runs client by client. Equal to calling `predict` per client.
+    the per-client calibration runs client by client. Over the horizon, equal to calling
+    `predict` per client.
     """
     families: dict[tuple[ForecastConfig, FeatureSpec], list[ClientForecaster]] = {}
     for client_id, forecaster in forecasters.items():
@@ -120,6 +132,7 @@ def _forecast_family(
     """`forecast_latest` for forecasters of one configuration and feature spec."""
     config, spec = members[0].config, members[0].feature_spec
     freq, horizon = config.freq_seconds, config.horizon_steps
+    furthest = horizon
     tails, pairs, origins, attributes = [], [], [], []
     inputs: list[str] = []
     served: list[ClientForecaster] = []
@@ -140,6 +153,9 @@ def _forecast_family(
             _origin_pairs(forecaster.client_id, [step], horizon, "forecast"),
             _origin_pairs(forecaster.client_id, recent, horizon, "recent"),
         ]
+        if forecaster.reach:
+            pairs.append(_origin_pairs(forecaster.client_id, [step], config.reach_steps, "reach"))
+            furthest = config.profile_steps
         origins.append((forecaster.client_id, step))
         attributes.append(client_frame(forecaster.client_id, forecaster.client))
         served.append(forecaster)
@@ -147,7 +163,11 @@ def _forecast_family(
         return _empty_forecast()
     inputs = list(dict.fromkeys(inputs))
     grid = regular_grid(
-        pl.concat(tails, how="diagonal_relaxed"), freq, inputs, extend_steps=horizon, missing_as=0.0
+        pl.concat(tails, how="diagonal_relaxed"),
+        freq,
+        inputs,
+        extend_steps=furthest,
+        missing_as=0.0,
     )
     long = to_long(grid, inputs)
     scales = _family_scales(served, long, origins)
@@ -155,21 +175,68 @@ def _forecast_family(
     clients = pl.concat(known, how="vertical_relaxed") if known else None
     series = build_series(long, spec, scales, calendar, clients)
     rows = assemble_rows(series, pl.concat(pairs), spec).filter(pl.col("anchor").is_not_null())
-    rows = rows.filter((pl.col("part") == "forecast") | pl.col("target").is_not_null())
+    rows = rows.filter((pl.col("part") != "recent") | pl.col("target").is_not_null())
     frames = []
     present = set(rows.get_column("client_id").unique().to_list())
     for metric in dict.fromkeys(m for f in served for m in f.metrics):
         users = [f for f in served if metric in f.metrics and f.client_id in present]
-        by_boosters: dict[str, list[ClientForecaster]] = {}
-        for forecaster in users:
-            key = forecaster.models[metric].boosters.fingerprint()
-            by_boosters.setdefault(key, []).append(forecaster)
-        metric_rows = rows.filter(pl.col("metric") == metric)
-        for group in by_boosters.values():
-            frames += _score_group(group, metric, metric_rows, spec, config)
+        # Each part's model input is built once for all clients, each group takes its own:
+        # a frame filtered, or a matrix built, per group would cost more with every client.
+        now, past, far = (
+            _Part.of(rows, metric, part, spec) for part in ("forecast", "recent", "reach")
+        )
+        for group in _by_boosters(users, metric, reach=False):
+            frames += _score_group(group, metric, now.take(group), past.take(group), spec, config)
+        for group in _by_boosters(users, metric, reach=True):
+            frames += _score_reach(group, metric, far.take(group), spec, config)
     if not frames:
         return _empty_forecast()
     return pl.concat(frames)
+
+
+@dataclass(frozen=True)
+class _Part:
+    """One metric's rows of one part (forecast, recent or reach) for every client, their
+    model input (`feature_matrix`) and each client's row positions."""
+
+    rows: pl.DataFrame
+    matrix: np.ndarray
+    at: dict[tuple[str], np.ndarray]
+
+    @classmethod
+    def of(cls, rows: pl.DataFrame, metric: str, part: str, spec: FeatureSpec) -> _Part:
+        mine = rows.filter((pl.col("metric") == metric) & (pl.col("part") == part))
+        return cls(mine, feature_matrix(mine, spec), _positions(mine))
+
+    def take(self, group: list[ClientForecaster]) -> tuple[pl.DataFrame, np.ndarray]:
+        """The rows of a group's clients, client after client, and their model input."""
+        none = np.zeros(0, np.int64)
+        at = np.concatenate([self.at.get((f.client_id,), none) for f in group])
+        return self.rows[at], self.matrix[at]
+
+
+def _by_boosters(
+    forecasters: list[ClientForecaster], metric: str, reach: bool
+) -> list[list[ClientForecaster]]:
+    """The forecasters with a model of `metric` (their reach's with `reach`), grouped by
+    the boosters they share.
+
+    A reach comes from the same fit as the horizon's boosters (a client's own, or the
+    global model's), so the horizon's fingerprint groups both: fingerprinting serialises
+    boosters, 8 s for the reach of 500 clients when they are first loaded.
+    """
+    groups: dict[str, list[ClientForecaster]] = {}
+    for forecaster in forecasters:
+        if _model(forecaster, metric, reach) is not None:
+            key = forecaster.models[metric].boosters.fingerprint()
+            groups.setdefault(key, []).append(forecaster)
+    return list(groups.values())
+
+
+def _model(forecaster: ClientForecaster, metric: str, reach: bool) -> MetricModel | None:
+    """The forecaster's model of `metric` over the horizon, or past it (`reach`)."""
+    models = (forecaster.reach or {}) if reach else forecaster.models
+    return models.get(metric)
 
 
 def _family_scales(
@@ -195,21 +262,18 @@ def _family_scales(
 def _score_group(
     group: list[ClientForecaster],
     metric: str,
-    metric_rows: pl.DataFrame,
+    forecast: tuple[pl.DataFrame, np.ndarray],
+    past: tuple[pl.DataFrame, np.ndarray],
     spec: FeatureSpec,
     config: ForecastConfig,
 ) -> list[pl.DataFrame]:
-    """One metric's forecasts for clients sharing boosters: one booster call for all rows,
-    then each client's own calibration, recalibration and bias."""
-    ids = [f.client_id for f in group]
-    rows = metric_rows.filter(pl.col("client_id").is_in(ids)).with_row_index("_row")
-    wanted, recent = (
-        rows.filter(pl.col("part") == "forecast"),
-        rows.filter(pl.col("part") == "recent"),
-    )
+    """One metric's forecasts for clients sharing boosters (`forecast` and `past`: their
+    rows of the forecast and of recent origins, with their model input): one booster call
+    for all rows, then each client's own calibration, recalibration and bias."""
+    (wanted, wanted_matrix), (recent, recent_matrix) = forecast, past
     boosters = group[0].models[metric].boosters
-    raw_wanted = _raw_quantiles(boosters, wanted, spec)
-    raw_recent = _raw_quantiles(boosters, recent, spec)
+    raw_wanted = _raw_quantiles(boosters, wanted, spec, wanted_matrix)
+    raw_recent = _raw_quantiles(boosters, recent, spec, recent_matrix)
     wanted_at = {cid: idx for (cid,), idx in _positions(wanted).items()}
     recent_at = {cid: idx for (cid,), idx in _positions(recent).items()}
     frames = []
@@ -223,6 +287,31 @@ def _score_group(
         scaled = _final_quantiles(
             model, mine, recent[back], spec, config, raw=(raw_wanted[at], raw_recent[back])
         )
+        frames.append(_quantile_frame(mine, scaled, forecaster.bias.get(metric, 0.0)))
+    return frames
+
+
+def _score_reach(
+    group: list[ClientForecaster],
+    metric: str,
+    reach: tuple[pl.DataFrame, np.ndarray],
+    spec: FeatureSpec,
+    config: ForecastConfig,
+) -> list[pl.DataFrame]:
+    """One metric's forecasts past the horizon (`reach`: its clients' rows of the reach and
+    their model input) for clients sharing far boosters: one booster call, then each
+    client's calibration and bias (no recalibration: see `models.forecaster.reach`)."""
+    wanted, matrix = reach
+    members = {f.client_id: f for f in group}
+    models = {
+        cid: model for cid, f in members.items() if (model := _model(f, metric, True)) is not None
+    }
+    raw = _raw_quantiles(next(iter(models.values())).boosters, wanted, spec, matrix)
+    frames = []
+    for (client_id,), at in _positions(wanted).items():
+        forecaster, model = members[client_id], models[client_id]
+        mine = wanted[at]
+        scaled = _final_quantiles(model, mine, None, spec, config, raw=(raw[at], raw[:0]))
         frames.append(_quantile_frame(mine, scaled, forecaster.bias.get(metric, 0.0)))
     return frames
 
@@ -267,11 +356,15 @@ def _quantile_frame(rows: pl.DataFrame, scaled: np.ndarray, bias: float) -> pl.D
     )
 
 
-def _origin_pairs(client_id: str, steps: list[int], horizon: int, part: str) -> pl.DataFrame:
+def _origin_pairs(
+    client_id: str, steps: list[int], horizon: int | tuple[int, ...], part: str
+) -> pl.DataFrame:
+    """Every origin of `steps` with every horizon step: 1..horizon, or those given."""
+    horizons = np.arange(1, horizon + 1) if isinstance(horizon, int) else np.asarray(horizon)
     return pl.DataFrame(
         {"client_id": client_id, "step": steps, "part": part},
         schema={"client_id": pl.String, "step": pl.Int64, "part": pl.String},
-    ).join(pl.DataFrame({"horizon": np.arange(1, horizon + 1, dtype=np.int32)}), how="cross")
+    ).join(pl.DataFrame({"horizon": horizons.astype(np.int32)}), how="cross")
 
 
 def _recent_origins(steps: list[int], config: ForecastConfig) -> list[int]:

@@ -1,5 +1,6 @@
 """Time slices of a history (train | calibration | holdout) and the (origin, horizon) pairs
-sampled from them: random pairs for training, every horizon at a stride for evaluation."""
+sampled from them: random pairs for training, every horizon at a stride for evaluation (by
+origin for the horizon, by target for a profile's reach)."""
 
 from __future__ import annotations
 
@@ -50,15 +51,20 @@ def _sample_pairs(
     n_per_client: int,
     config: ForecastConfig,
     part: str,
+    steps: tuple[int, ...] | None = None,
 ) -> pl.DataFrame:
-    """Random (origin, horizon) pairs per client with lo <= origin and origin + h <= hi.
+    """Random (origin, horizon) pairs per client with lo <= origin and origin + h <= hi, h
+    one of `steps` (1..horizon_steps when None).
 
     `bounds` has client_id and optionally per-client lo/hi columns (used where lo/hi None).
     """
     frame = _with_bounds(bounds, lo, hi)
     rng = np.random.default_rng(config.seed)
     n_clients = frame.height
-    horizon = rng.integers(1, config.horizon_steps + 1, size=(n_clients, n_per_client))
+    if steps is None:
+        horizon = rng.integers(1, config.horizon_steps + 1, size=(n_clients, n_per_client))
+    else:
+        horizon = np.asarray(steps)[rng.integers(0, len(steps), size=(n_clients, n_per_client))]
     u = rng.random(size=(n_clients, n_per_client))
     lows = frame.get_column("lo").to_numpy()[:, None]
     highs = frame.get_column("hi").to_numpy()[:, None] - horizon  # last valid origin
@@ -90,6 +96,36 @@ def _eval_pairs(
         .explode("step")
         .join(horizons, how="cross")
         .filter(pl.col("step") + pl.col("horizon") <= pl.col("hi"))
+        .select("client_id", "step", "horizon", pl.lit(part).alias("part"))
+    )
+
+
+def _target_pairs(
+    bounds: pl.DataFrame,
+    lo: int,
+    hi: int,
+    steps: tuple[int, ...],
+    config: ForecastConfig,
+    part: str,
+) -> pl.DataFrame:
+    """Pairs of every one of `steps` whose targets fall in [lo, hi], targets at a stride
+    keeping about `max_eval_rows` rows per client; an origin lies within its client's
+    bounds (`bounds`: client_id, lo, hi of each client's series)."""
+    horizons = pl.DataFrame({"horizon": np.asarray(steps, dtype=np.int32)})
+    frame = bounds.select(
+        "client_id",
+        pl.col("lo").alias("first"),
+        pl.max_horizontal("lo", pl.lit(lo)).alias("lo"),
+        pl.min_horizontal("hi", pl.lit(hi)).alias("hi"),
+    ).filter(pl.col("hi") >= pl.col("lo"))
+    n_targets = pl.col("hi") - pl.col("lo") + 1
+    stride = (n_targets * len(steps) / config.max_eval_rows).ceil().clip(1).cast(pl.Int64)
+    return (
+        frame.select("client_id", "first", pl.int_ranges("lo", pl.col("hi") + 1, stride).alias("t"))
+        .explode("t")
+        .join(horizons, how="cross")
+        .with_columns((pl.col("t") - pl.col("horizon")).alias("step"))
+        .filter(pl.col("step") >= pl.col("first"))
         .select("client_id", "step", "horizon", pl.lit(part).alias("part"))
     )
 

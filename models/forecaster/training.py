@@ -57,16 +57,21 @@ def _lgb_params(config: ForecastConfig) -> dict[str, object]:
 
 
 def _train_boosters(
-    train: pl.DataFrame, spec: FeatureSpec, config: ForecastConfig, adjustments: Adjustments
+    train: pl.DataFrame,
+    spec: FeatureSpec,
+    config: ForecastConfig,
+    adjustments: Adjustments,
+    last_step: int | None = None,
 ) -> QuantileBoosters:
-    """Three quantile boosters on one shared, binned Dataset."""
+    """Three quantile boosters on one shared, binned Dataset, for steps up to `last_step`
+    (the horizon by default)."""
     weight = None
     if adjustments.recent_since is not None and adjustments.recent_weight != 1.0:
         recent = (train.get_column("target_ts") >= adjustments.recent_since).to_numpy()
         weight = np.where(recent, adjustments.recent_weight, 1.0)
     horizons = train.get_column("horizon").to_numpy()
     target = train.get_column("target").to_numpy()
-    horizon_scale = _horizon_scale(horizons, target, config.horizon_steps)
+    horizon_scale = _horizon_scale(horizons, target, last_step or config.horizon_steps)
     params = _lgb_params(config)
     dataset = lgb.Dataset(
         feature_matrix(train, spec),
@@ -111,11 +116,18 @@ def _horizon_scale(horizons: np.ndarray, target: np.ndarray, horizon_steps: int)
     return np.exp(intercept + slope * np.log(steps))
 
 
-def _raw_quantiles(model: QuantileBoosters, rows: pl.DataFrame, spec: FeatureSpec) -> np.ndarray:
-    """Predicted change (scale units) per row as an (n, 3) array, sorted so it never crosses."""
+def _raw_quantiles(
+    model: QuantileBoosters,
+    rows: pl.DataFrame,
+    spec: FeatureSpec,
+    matrix: np.ndarray | None = None,
+) -> np.ndarray:
+    """Predicted change (scale units) per row as an (n, 3) array, sorted so it never crosses
+    (`matrix`: the rows' `feature_matrix` when already built)."""
     if rows.height == 0:
         return np.zeros((0, 3))
-    matrix = feature_matrix(rows, spec)
+    if matrix is None:
+        matrix = feature_matrix(rows, spec)
     raw = np.column_stack([b.predict(matrix, num_threads=1) for b in model.boosters])
     horizons = rows.get_column("horizon").to_numpy()
     return np.sort(raw * np.asarray(model.horizon_scale)[horizons - 1, None], axis=1)

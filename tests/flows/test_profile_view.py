@@ -39,3 +39,18 @@ def test_a_long_horizon_is_merged_by_its_max_into_bounded_lines():
 
 def test_no_forecast_no_chart():
     assert chart_lines(_series([], []), []) == []
+
+
+def test_a_day_of_mixed_steps_is_an_hour_a_line_and_marks_the_windows_it_overlaps():
+    # The horizon's hour every 5 minutes, then every half hour to a day.
+    steps = list(range(1, 13)) + list(range(18, 289, 6))
+    ts = [T0 + timedelta(minutes=5 * h) for h in steps]
+    series = pl.DataFrame(
+        {"ts": ts, "p50": [float(h) for h in steps], "p90": [h + 1.0 for h in steps]}
+    )
+    window = (T0 + timedelta(hours=6, minutes=20), T0 + timedelta(hours=7, minutes=40))
+    lines = chart_lines(series, [window])
+    assert len(lines) == 24
+    assert lines[0].startswith("11-30 00:05") and lines[-1].startswith("11-30 23:05")
+    assert lines[0].endswith("12.00 /  13.00")  # the first hour's max
+    assert [i for i, line in enumerate(lines) if line.endswith("◀")] == [6, 7]

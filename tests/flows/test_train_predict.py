@@ -11,6 +11,7 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
+import polars as pl
 import pytest
 from mlflow import MlflowClient
 
@@ -18,7 +19,8 @@ from flows.ingest import ingest_usage
 from flows.predict import predict_profiles
 from flows.settings import Settings
 from flows.train import train_flow
-from warehouse.db import connect, fetch_value
+from models.profile import busy_thresholds, idle_floors
+from warehouse.db import connect, fetch_frame, fetch_value
 from warehouse.usage import read_recent_usage
 
 END = datetime(2026, 1, 19)
@@ -98,6 +100,8 @@ def test_registered_run_has_metrics_params_plot_and_signature(trained):
     assert "requests.wmape" in run.data.metrics
     assert "window.baseline_wmape" in run.data.metrics
     assert run.data.params["horizon_steps"] == "12"
+    assert run.data.params["profile_steps"] == "288"  # a day: the profile's reach
+    assert "reach.requests.wmape" in run.data.metrics  # judged on the same holdout
     artifacts = {a.path for a in client.list_artifacts(version.run_id, "plots")}
     assert artifacts == {"plots/holdout_forecast.png"}
     mlflow.set_tracking_uri(trained.mlflow_tracking_uri)
@@ -173,8 +177,9 @@ def test_predict_writes_forecasts_exceedance_and_profiles(trained):
         ).fetchall()[0]
         last_ts = fetch_value(con, "SELECT max(ts) FROM usage WHERE client_id = 'c0000'")
         first_forecast = fetch_value(con, "SELECT min(ts) FROM forecasts WHERE client_id = 'c0000'")
-    assert per_client["c0000"] == 6 * 12
-    assert per_client["newbie"] == 2 * 12  # requests and concurrency only
+    # Every metric over the hour; past it, every half hour to a day, the demand metric's.
+    assert per_client["c0000"] == 6 * 12 + 46
+    assert per_client["newbie"] == 2 * 12 + 46  # requests and concurrency only
     assert crossing == 0
     assert exceed == 16
     assert profiles >= 1
@@ -212,16 +217,21 @@ def test_prewarm_profile_prints_windows_and_a_chart_of_the_forecast(run_cli, tra
             "SELECT window_start, window_end FROM profiles WHERE client_id = 'c0001'"
         ).fetchall()
         steps = con.execute(
-            "SELECT ts FROM forecasts WHERE client_id = 'c0001' AND metric = 'concurrency'"
-            " ORDER BY ts"
+            "SELECT ts FROM forecasts WHERE client_id = 'c0001' AND metric = 'requests' ORDER BY ts"
         ).fetchall()
     code, out, _ = run_cli("profile", "c0001")
     assert code == 0, out
     assert f"{len(windows)} demand window(s)" in out
+    assert "requests forecast" in out  # the demand metric its windows were found on
     chart = [line for line in out.splitlines() if line[:2].isdigit() and "/" in line[20:]]
-    assert len(chart) == len(steps) == 12  # one line per 5-minute bucket of the 1 h horizon
+    assert len(chart) == 24  # a day ahead, an hour a line
+    first, last = steps[0][0], steps[-1][0]
+    assert last - first >= timedelta(hours=23)
+    starts = [first + timedelta(hours=i) for i in range(24)]
+    assert [line[:11] for line in chart] == [f"{t:%m-%d %H:%M}" for t in starts]
     marked = [line.endswith("◀") for line in chart]
-    inside = [any(s <= ts < e for s, e in windows) for (ts,) in steps]
+    hour = timedelta(hours=1)
+    inside = [any(s < t + hour and t < e for s, e in windows) for t in starts]
     assert marked == inside and any(inside)
 
     code, out, _ = run_cli("profile", "c0001", "--json")
@@ -230,3 +240,42 @@ def test_prewarm_profile_prints_windows_and_a_chart_of_the_forecast(run_cli, tra
 
     code, _, err = run_cli("profile", "nobody")
     assert code == 1 and "No prediction for 'nobody' yet" in err
+
+
+def test_profiles_reach_a_day_ahead_with_windows_where_demand_turns_busy(trained):
+    predict_profiles()
+    path = trained.warehouse_path
+    with connect(path, read_only=True) as con:
+        forecasts = fetch_frame(
+            con, "SELECT client_id, origin, ts, p50 FROM forecasts WHERE metric = 'requests'"
+        )
+        profiles = fetch_frame(con, "SELECT * FROM profiles ORDER BY client_id, window_start")
+    ahead = forecasts.group_by("client_id").agg(pl.col("ts").max() - pl.col("origin").min())
+    assert ahead.get_column("ts").min() >= timedelta(hours=24)  # every client, newbie too
+    windows = {
+        cid: [(w["window_start"], w["duration_minutes"]) for w in rows.to_dicts()]
+        for (cid,), rows in profiles.partition_by("client_id", as_dict=True).items()
+    }
+    # Two regular clients of one region, busy at their own times and for their own spans.
+    assert windows["c0001"] and windows["c0002"] and windows["c0001"] != windows["c0002"]
+    origin = forecasts.get_column("origin").min()
+    assert any(start >= origin + timedelta(hours=1) for start, _ in windows["c0001"])
+    # Each window's edges: the forecast steps either side are either side of the client's
+    # busy threshold (its idle floor, a little above; see models.profile).
+    usage = read_recent_usage(path, trained.predict_history_days)
+    thresholds = busy_thresholds(idle_floors(usage, 300)).filter(
+        (pl.col("metric") == "requests") & (pl.col("floor") > 0)  # P(active) is not on trial
+    )
+    checked = 0
+    for cid, threshold in thresholds.select("client_id", "threshold").iter_rows():
+        steps = forecasts.filter(pl.col("client_id") == cid)
+        busy = dict(steps.select("ts", pl.col("p50") > threshold).iter_rows())
+        for window in profiles.filter(pl.col("client_id") == cid).to_dicts():
+            start, end = window["window_start"], window["window_end"]
+            before, after = [t for t in busy if t < start], [t for t in busy if t >= end]
+            assert not before or busy[max(before)] is False
+            assert busy[min(t for t in busy if t >= start)] is True
+            assert busy[max(t for t in busy if t < end)] is True
+            assert not after or busy[min(after)] is False
+            checked += 1
+    assert checked >= 2

@@ -49,9 +49,9 @@ def _quality(client: str, metric: str, coverage: float = 0.8, pinball: float = 0
 
 
 def test_two_windows_with_start_end_duration_and_peaks():
-    # floor 1: buckets 2-4 (p50 2,5,3) and bucket 7 (p50 4) are above it.
-    concurrency = _forecasts("a", "concurrency", [0, 1, 2, 5, 3, 1, 0, 4])
-    memory = _forecasts("a", "memory_mb", [0, 0, 100, 400, 300, 0, 0, 50], spread=10)
+    # floor 1: buckets 3-5 (p50 2,5,3) and bucket 12 (p50 4) are above it, 30 minutes apart.
+    concurrency = _forecasts("a", "concurrency", [0, 1, 2, 5, 3, 1, 0, 0, 0, 0, 0, 4])
+    memory = _forecasts("a", "memory_mb", [0, 0, 100, 400, 300, 0, 0, 0, 0, 0, 0, 50], spread=10)
     profiles = build_profiles(
         pl.concat([concurrency, memory]),
         pl.concat([_floors("a", "concurrency", 1.0), _floors("a", "memory_mb", 0.0, 100)]),
@@ -67,7 +67,7 @@ def test_two_windows_with_start_end_duration_and_peaks():
     assert first["concurrency_p50"] == 5.0 and first["concurrency_p90"] == 6.0
     assert first["memory_mb_p50"] == 400.0 and first["memory_mb_p90"] == 410.0
     assert first["requests_p50"] is None  # a metric the client lacks stays unknown
-    assert second["window_start"] == T0 + STEP * 8 and second["duration_minutes"] == 5.0
+    assert second["window_start"] == T0 + STEP * 12 and second["duration_minutes"] == 5.0
     assert first["model_version"] == "3"
 
 
@@ -167,3 +167,62 @@ def test_every_resource_gets_its_own_confidence():
     assert window["memory_mb_confidence"] == pytest.approx(confidence_score(0.4, 10.0, 100.0, 1.0))
     assert window["memory_mb_confidence"] < window["concurrency_confidence"]
     assert window["requests_confidence"] is None  # no forecast of it: no confidence
+
+
+def test_a_lull_shorter_than_half_an_hour_does_not_end_a_window():
+    # floor 1: active 2-3, idle 4-7 (20 minutes), active 8-9, idle 10-15 (30 minutes), 16.
+    p50 = [0, 3, 3, 0, 0, 0, 0, 3, 3, 0, 0, 0, 0, 0, 0, 3]
+    profiles = build_profiles(
+        _forecasts("a", "concurrency", p50),
+        _floors("a", "concurrency", 1.0),
+        _quality("a", "concurrency"),
+        300,
+        T0,
+    )
+    spans = [(w["window_start"], w["window_end"]) for w in profiles.to_dicts()]
+    assert spans == [(T0 + STEP * 2, T0 + STEP * 10), (T0 + STEP * 16, T0 + STEP * 17)]
+
+
+def test_past_the_horizon_a_window_starts_and_ends_where_the_line_between_steps_crosses():
+    # Horizon steps 1-3 every bucket, then the reach every 6: steps 9, 15, 21, 27.
+    steps = [1, 2, 3, 9, 15, 21, 27]
+    p50 = [0.0, 0.0, 0.0, 0.0, 6.0, 6.0, 0.0]
+    forecasts = _forecasts("a", "requests", p50).with_columns(
+        pl.Series("horizon", steps, dtype=pl.Int64),
+        pl.Series("ts", [T0 + STEP * h for h in steps]),
+    )
+    profiles = build_profiles(
+        forecasts, _floors("a", "requests", 1.0), _quality("a", "requests"), 300, T0
+    )
+    (window,) = profiles.to_dicts()
+    # 9 -> 15 climbs 1 a bucket: 2 at step 11 is the first above 1; 21 -> 27 falls 1 a
+    # bucket: 2 at step 25 is the last.
+    assert window["window_start"] == T0 + STEP * 11
+    assert window["window_end"] == T0 + STEP * 26
+    assert window["requests_p50"] == 6.0  # peaks come from the forecast steps inside
+
+
+def test_requests_say_when_a_client_of_short_calls_is_busy():
+    # Concurrency sits at its floor (one instance in flight all day); requests swing.
+    concurrency = _forecasts("a", "concurrency", [1, 1, 1, 1, 1, 1])
+    requests = _forecasts("a", "requests", [2, 2, 9, 9, 2, 2])
+    exceedance = pl.DataFrame(
+        {
+            "client_id": ["a"] * 6,
+            "ts": [T0 + STEP * (h + 1) for h in range(6)],
+            "level": [1] * 6,
+            "p_exceed": [0.99] * 6,
+        }
+    )
+    profiles = build_profiles(
+        pl.concat([concurrency, requests]),
+        pl.concat([_floors("a", "concurrency", 1.0), _floors("a", "requests", 3.0)]),
+        pl.concat([_quality("a", "concurrency"), _quality("a", "requests")]),
+        300,
+        T0,
+        exceedance,
+    )
+    (window,) = profiles.to_dicts()
+    # P(one in flight) is high all along, but only says when for a sparse client (floor 0).
+    assert (window["window_start"], window["window_end"]) == (T0 + STEP * 3, T0 + STEP * 5)
+    assert window["confidence"] == window["requests_confidence"]

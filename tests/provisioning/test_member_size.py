@@ -104,6 +104,21 @@ def test_members_are_sized_for_the_busiest_window_still_ahead():
     assert both["c1"][1] > after_early["c1"][1]
 
 
+def test_a_window_past_the_horizon_does_not_size_members_now():
+    # A profile reaches a day; the cycle sizes for the windows inside its forecast horizon.
+    tonight = _profile(memory_p90=4000.0).with_columns(
+        pl.lit(datetime(2026, 1, 5, 20)).alias("window_start"),
+        pl.lit(datetime(2026, 1, 5, 21)).alias("window_end"),
+    )
+    profiles = pl.concat([_profile(memory_p90=600.0), tonight])
+    first = datetime(2026, 1, 5, 11)
+    within_hour = upcoming(profiles, first, datetime(2026, 1, 5, 12, 30))
+    assert within_hour.height == 1
+    assert member_sizes(DECLARED, within_hour, **HOST)["c1"][1] <= 600.0 * 1.5 / 2
+    whole_day = member_sizes(DECLARED, upcoming(profiles, first), **HOST)["c1"][1]
+    assert whole_day >= 4000.0 / 2
+
+
 def test_sizing_bounds_must_be_ordered():
     with pytest.raises(ValueError, match="min_memory_mb 900.0 is above max_memory_mb 100.0"):
         Sizing(min_memory_mb=900.0, max_memory_mb=100.0)

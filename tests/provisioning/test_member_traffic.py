@@ -91,3 +91,19 @@ def test_a_less_certain_traffic_forecast_reserves_more_per_member():
     # Headroom 1 + 0.5 x (1 - confidence): x1.4 for the network, x1.2 for I/O.
     assert by_confidence["unsure"]["container_net_mbps"] == pytest.approx(50.0 * 1.4)
     assert by_confidence["unsure"]["container_io_ops"] == pytest.approx(5.0 * 1.2)
+
+
+def test_the_plan_is_tempered_by_how_sure_the_concurrency_forecast_is():
+    # The window's confidence speaks for its demand metric (requests); the planner plans
+    # concurrency, so that metric's own confidence tempers it when the profile has one.
+    profiles = pl.DataFrame(
+        [
+            {**PROFILE, "concurrency_confidence": 0.3},
+            {**PROFILE, "client_id": "c2", "concurrency_confidence": None},
+        ]
+    )
+    frame = planner_clients(CLIENTS, SIZES, profiles)
+    confidence = dict(frame.select("client_id", "confidence").iter_rows())
+    assert confidence == {"c1": 0.3, "c2": 0.9}
+    no_column = planner_clients(CLIENTS, SIZES, pl.DataFrame([PROFILE]))
+    assert dict(no_column.select("client_id", "confidence").iter_rows()) == {"c1": 0.9, "c2": 1.0}
