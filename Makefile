@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint bench bench-ingest bench-train bench-accuracy bench-activation bench-fleet bench-planner bench-replay bench-soak bench-soak-docker screenshots clean-data
+.PHONY: install demo test lint bench bench-ingest bench-train bench-accuracy bench-activation bench-fleet bench-planner bench-replay bench-soak bench-soak-docker bench-cycle screenshots clean-data
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "prewarm needs Python 3.11, found " + sys.version' 
@@ -65,6 +65,10 @@ bench-train: $(STAMP)
 
 bench-accuracy: $(STAMP)
 	$(BIN)/python bench/accuracy.py
+
+# One full cycle at 1,000 / 3,000 / 10,000 clients (issue 16); models cached in bench/.cache/cycle.
+bench-cycle: $(STAMP)
+	$(BIN)/python bench/cycle.py
 
 # Refresh the README's pictures: the e2e browser test writes them to docs/img.
 screenshots: $(STAMP)

@@ -332,6 +332,7 @@ def apply_on(runtime: ContainerRuntime, settings: Settings, planned: PlannedPool
         leases=LeaseBook(lease_book_path(settings.data_dir, settings.pool)),
         # The lease book keeps wall time; the delay is on the plan's clock.
         keep_used_seconds=settings.scale_down_delay_seconds / planned.clock_rate,
+        parallel=settings.apply_parallel,
         on_progress=(lambda done, total, _event: bar(done, total)) if bar else None,
     )
     observed_at = utc_now()

@@ -137,6 +137,9 @@ class Settings(BaseSettings):
     scale_down_delay: str = Field(
         default="10min", description="a member is released only after unneeded this long"
     )
+    apply_parallel: int = Field(
+        default=4, ge=1, le=32, description="runtime calls an apply runs at once (per phase)"
+    )
     retrain_cooldown: str = Field(
         default="6h", description="a client is retrained for drift or feedback at most this often"
     )

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import polars as pl
@@ -82,6 +82,13 @@ class FeatureSpec:
     tiers: tuple[str, ...] = ()
     regions: tuple[str, ...] = ()
     services: tuple[str, ...] = ()
+
+    @property
+    def shape(self) -> FeatureSpec:
+        """This spec without its attribute vocabularies: specs of equal shape build the same
+        series but for the client attribute codes (`client_codes`). Clients' own models
+        differ in nothing else, so prediction builds their series once per shape."""
+        return replace(self, tiers=(), regions=(), services=())
 
     @property
     def steps_per_day(self) -> int:
@@ -374,7 +381,14 @@ def _client_codes(
     frame: pl.DataFrame, spec: FeatureSpec, clients: pl.DataFrame | None
 ) -> pl.DataFrame:
     """Client attributes as model inputs: vocabulary codes and container size."""
-    ids = frame.select("client_id").unique()
+    return client_codes(frame.select("client_id").unique(), spec, clients)
+
+
+def client_codes(
+    ids: pl.DataFrame, spec: FeatureSpec, clients: pl.DataFrame | None
+) -> pl.DataFrame:
+    """client_id and `CLIENT_FEATURES` of the clients in `ids` under `spec`'s vocabularies
+    (a series built with `spec.shape` takes them in place of its own)."""
     if clients is None:
         clients = pl.DataFrame(schema={"client_id": pl.String})
     vocabularies = {"tier": spec.tiers, "region": spec.regions, "service": spec.services}

@@ -13,9 +13,11 @@ import numpy as np
 import polars as pl
 
 from models.features import (
+    CLIENT_FEATURES,
     FeatureSpec,
     assemble_rows,
     build_series,
+    client_codes,
     feature_matrix,
     regular_grid,
     to_long,
@@ -106,8 +108,9 @@ def forecast_latest(
     followed by its profile's reach (every `profile_stride` steps past the horizon) when its
     forecaster has one, for many clients at once.
 
-    Clients whose forecasters share a configuration and feature spec (the global model's,
-    or own models fitted together) get their features built in one pass, and boosters
+    Clients whose forecasters share a configuration and feature spec shape (the global
+    model's, or own models, whose specs differ only in the vocabularies of their own
+    attributes) get their features built in one pass, and boosters
     shared by several clients (the global model's) score all their rows in one call; only
     the per-client calibration runs client by client. Over the horizon, equal to calling
     `predict` per client.
@@ -115,7 +118,7 @@ def forecast_latest(
     families: dict[tuple[ForecastConfig, FeatureSpec], list[ClientForecaster]] = {}
     for client_id, forecaster in forecasters.items():
         if client_id in histories:
-            key = (forecaster.config, forecaster.feature_spec)
+            key = (forecaster.config, forecaster.feature_spec.shape)
             families.setdefault(key, []).append(forecaster)
     frames = [_forecast_family(members, histories, calendar) for members in families.values()]
     frames = [f for f in frames if f.height]
@@ -129,8 +132,8 @@ def _forecast_family(
     histories: dict[str, pl.DataFrame],
     calendar: pl.DataFrame | None,
 ) -> pl.DataFrame:
-    """`forecast_latest` for forecasters of one configuration and feature spec."""
-    config, spec = members[0].config, members[0].feature_spec
+    """`forecast_latest` for forecasters of one configuration and feature spec shape."""
+    config, spec = members[0].config, members[0].feature_spec.shape
     freq, horizon = config.freq_seconds, config.horizon_steps
     furthest = horizon
     tails, pairs, origins, attributes = [], [], [], []
@@ -173,7 +176,7 @@ def _forecast_family(
     scales = _family_scales(served, long, origins)
     known = [a for a in attributes if a is not None]
     clients = pl.concat(known, how="vertical_relaxed") if known else None
-    series = build_series(long, spec, scales, calendar, clients)
+    series = _with_own_codes(build_series(long, spec, scales, calendar, clients), served, clients)
     rows = assemble_rows(series, pl.concat(pairs), spec).filter(pl.col("anchor").is_not_null())
     rows = rows.filter((pl.col("part") != "recent") | pl.col("target").is_not_null())
     frames = []
@@ -192,6 +195,23 @@ def _forecast_family(
     if not frames:
         return _empty_forecast()
     return pl.concat(frames)
+
+
+def _with_own_codes(
+    series: pl.DataFrame, served: list[ClientForecaster], clients: pl.DataFrame | None
+) -> pl.DataFrame:
+    """`series` (built with the family's spec shape) with each client's attribute codes
+    under its own spec's vocabularies, as its model learnt them."""
+    by_spec: dict[FeatureSpec, list[str]] = {}
+    for forecaster in served:
+        by_spec.setdefault(forecaster.feature_spec, []).append(forecaster.client_id)
+    codes = pl.concat(
+        client_codes(
+            pl.DataFrame({"client_id": ids}, schema={"client_id": pl.String}), spec, clients
+        )
+        for spec, ids in by_spec.items()
+    )
+    return series.drop(CLIENT_FEATURES).join(codes, on="client_id", how="left")
 
 
 @dataclass(frozen=True)

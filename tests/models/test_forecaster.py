@@ -275,3 +275,34 @@ def test_forecasting_many_clients_at_once_equals_one_by_one(batch, regular, fitt
         assert together.get_column(column).to_list() == alone.get_column(column).to_list()
     for column in ("p10", "p50", "p90"):
         np.testing.assert_allclose(together[column].to_numpy(), alone[column].to_numpy(), rtol=1e-9)
+
+
+def test_own_models_of_clients_with_other_attributes_forecast_together_as_alone(batch, regular):
+    """Each own model learns the vocabulary of its own client's attributes, so the specs of
+    two clients of another tier or region differ; prediction builds their features in one
+    pass all the same (same shape), giving each the codes its model learnt."""
+    client_id, history, client = regular
+    rows = {r["client_id"]: r for r in batch.clients.iter_rows(named=True)}
+    other = next(
+        c
+        for c, r in sorted(rows.items())
+        if c != client_id and (r["tier"], r["region"]) != (client["tier"], client["region"])
+    )
+    usage = batch.rows
+    histories = {c: usage.filter(pl.col("client_id") == c) for c in (client_id, other)}
+    forecasters = {
+        c: fit_client_forecaster(histories[c], CONFIG, batch.calendar, rows[c]) for c in histories
+    }
+    specs = [f.feature_spec for f in forecasters.values()]
+    assert specs[0] != specs[1] and specs[0].shape == specs[1].shape
+
+    together = forecast_latest(forecasters, histories, batch.calendar)
+
+    alone = pl.concat(
+        [f.predict(histories[c], batch.calendar) for c, f in forecasters.items()]
+    ).sort("client_id", "origin", "metric", "horizon")
+    assert together.height == alone.height > 0
+    for column in ("client_id", "metric", "horizon"):
+        assert together.get_column(column).to_list() == alone.get_column(column).to_list()
+    for column in ("p10", "p50", "p90"):
+        np.testing.assert_allclose(together[column].to_numpy(), alone[column].to_numpy(), rtol=1e-9)

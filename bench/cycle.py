@@ -1,0 +1,249 @@
+"""Cycle benchmark: what one pass of the loop costs against the client count (issue 16).
+
+Run with `make bench-cycle` (or `python bench/cycle.py --clients 1000 3000 10000`). Writes
+bench/results/cycle.json.
+
+For each client count N: a warehouse of N synthetic clients x 14 days at 5 min that follows
+the synthetic feed, with one forecaster per client trained for real by the `train-forecasters`
+flow. That state is built once and cached under bench/.cache/cycle/N<N>/ (git-ignored; delete
+it to rebuild; `--rebuild` does): training 1,000 clients takes minutes, 10,000 about an hour.
+Each run copies the cached warehouse and registry database (the artifacts are read in
+place: a cycle never writes them) and runs the real `prewarm-cycle` flow on the process
+runtime, with an inventory of `--hosts` hosts of 64 cores and 256 GiB each:
+
+  warm-up cycle   clock = the history's end: predicts every client, creates the pool
+                  (reported as `first_cycle_s`, not in the median: a pool is created once).
+  cycles 1..3     clock = 5, 10, 15 minutes later: each ingests the newest 5-minute bucket
+                  of every client from the feed, predicts, plans, applies (only what
+                  changed) and scores. `cycle_s` is their median, `steps` the median of
+                  each step, `ratio_to_interval` = cycle_s / 300 s.
+
+`growth_exponent`: the slope of log(cycle_s) against log(clients) over the counts run (1 =
+linear). `peak_rss_mb`: the bench process's peak resident memory after the run (the cycle
+runs in it; members are processes of their own: `members` and `members_rss_mb` say what
+they held). Every member is released at the end of a run, also on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+RESULTS = Path(__file__).parent / "results" / "cycle.json"
+CACHE = Path(__file__).resolve().parent / ".cache" / "cycle"
+END = datetime(2026, 1, 19)  # the cached history's end: the warm-up cycle's clock
+DAYS = 14
+INTERVAL_S = 300
+CYCLES = 3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, nargs="+", default=[1000, 3000, 10000])
+    parser.add_argument("--hosts", type=int, default=4, help="inventory hosts, 64 cores each")
+    parser.add_argument("--workers", type=int, default=2, help="training workers (cache)")
+    parser.add_argument("--rebuild", action="store_true", help="retrain the cached models")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+
+    runs = []
+    with tempfile.TemporaryDirectory() as prefect_home:
+        os.environ["PREFECT_HOME"] = prefect_home  # one temporary Prefect API for all runs
+        for clients in args.clients:
+            cached = _cached_state(clients, args.workers, args.rebuild)
+            runs.append(_run(clients, cached, args.hosts))
+            print(json.dumps(runs[-1], indent=2), flush=True)
+    result = {
+        "runs": runs,
+        "growth_exponent": _growth_exponent(runs),
+        "interval_s": INTERVAL_S,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+        "measured_at": datetime.now().isoformat(timespec="seconds"),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    for run in runs:
+        print(
+            f"{run['clients']:>6} clients: cycle {run['cycle_s']:.1f} s "
+            f"({run['ratio_to_interval']:.2f} of {INTERVAL_S} s), steps {run['steps']}, "
+            f"peak RSS {run['peak_rss_mb']:.0f} MB"
+        )
+    print(f"growth exponent {result['growth_exponent']}")
+
+
+def _environment(home: Path, clients: int, artifacts: Path) -> dict[str, str]:
+    """The settings one client count runs under (read by the flows from the environment)."""
+    return {
+        "PREWARM_DATA_DIR": str(home / "data"),
+        "PREWARM_MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
+        "PREWARM_MLFLOW_ARTIFACTS_DIR": str(artifacts),
+        "PREWARM_SYNTHETIC_CLIENTS": str(clients),
+        "PREWARM_SYNTHETIC_DAYS": str(DAYS),
+        "PREWARM_RUNTIME": "process",
+        "PREWARM_POOL": f"bench-cycle-{clients}",
+    }
+
+
+def _configure(env: dict[str, str]) -> Any:
+    os.environ.update(env)
+    from flows.prefect_api import prefect_api_url
+    from flows.settings import Settings, configure_environment
+
+    settings = Settings()
+    configure_environment(settings)
+    configure_environment(settings, prefect_api_url=prefect_api_url(settings))
+    return settings
+
+
+def _cached_state(clients: int, workers: int, rebuild: bool) -> Path:
+    """The cached warehouse + registry of `clients` synthetic clients, built if missing."""
+    home = CACHE / f"N{clients}"
+    done = home / "ready.json"
+    if done.exists() and not rebuild:
+        return home
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+    env = _environment(home, clients, home / "artifacts")
+    env["PREWARM_TRAIN_WORKERS"] = str(workers)
+    settings = _configure(env)
+    from flows.feed import complete_feed, ingest_feed
+    from flows.train import train_flow
+    from warehouse.feeds import follow_feed, parse_feed
+
+    started = time.perf_counter()
+    feed = follow_feed(
+        settings.warehouse_path, complete_feed(parse_feed("synthetic"), settings), now=END
+    )
+    ingested = ingest_feed(settings, feed, END)
+    print(f"N={clients}: {ingested.rows_loaded:,} usage rows; training...", flush=True)
+    summary = train_flow(settings)()
+    meta = {
+        "clients": clients,
+        "registered": len(summary.registrations),
+        "failed": len(summary.failures),
+        "train_s": round(time.perf_counter() - started, 1),
+        "built_at": datetime.now().isoformat(timespec="seconds"),
+    }
+    done.write_text(json.dumps(meta, indent=2) + "\n")
+    print(f"N={clients}: cached in {home} ({meta})", flush=True)
+    return home
+
+
+def _inventory(path: Path, hosts: int) -> Path:
+    lines = []
+    for i in range(hosts):
+        lines += [
+            "[[hosts]]",
+            f'name = "bench-{i + 1}"',
+            "cpu_cores = 64",
+            "memory_mb = 262144",
+            "",
+        ]
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _run(clients: int, cached: Path, hosts: int) -> dict[str, Any]:
+    """Copy the cached state, run the warm-up and the timed cycles, release the pool."""
+    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+        home = Path(tmp)
+        (home / "data").mkdir()
+        shutil.copy2(cached / "data" / "warehouse.duckdb", home / "data" / "warehouse.duckdb")
+        shutil.copy2(cached / "mlflow.db", home / "mlflow.db")
+        env = _environment(home, clients, cached / "artifacts")
+        env["PREWARM_INVENTORY_PATH"] = str(_inventory(home / "inventory.toml", hosts))
+        settings = _configure(env)
+        from flows.cycle import prewarm_cycle
+        from flows.pool_admin import release_everything
+
+        try:
+            first = _timed_cycle(prewarm_cycle, END)
+            timed = [
+                _timed_cycle(prewarm_cycle, END + timedelta(seconds=INTERVAL_S * k))
+                for k in range(1, CYCLES + 1)
+            ]
+            members, members_rss = _members(settings)
+        finally:
+            release_everything(settings)
+    steps = {
+        name: round(statistics.median(c["steps"][name] for c in timed), 3)
+        for name in timed[0]["steps"]
+    }
+    cycle_s = round(statistics.median(c["seconds"] for c in timed), 2)
+    return {
+        "clients": clients,
+        "cycle_s": cycle_s,
+        "steps": steps,
+        "ratio_to_interval": round(cycle_s / INTERVAL_S, 3),
+        "cycles_s": [c["seconds"] for c in timed],
+        "first_cycle_s": first["seconds"],
+        "first_cycle_steps": first["steps"],
+        "actions": [c["actions"] for c in timed],
+        "first_cycle_actions": first["actions"],
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "members": members,
+        "members_rss_mb": members_rss,
+    }
+
+
+def _timed_cycle(prewarm_cycle: Any, clock: datetime) -> dict[str, Any]:
+    # The lead is pinned (0): the plan starts at the clock, so runs are comparable.
+    summary = prewarm_cycle(at=clock, lead_seconds=0.0)
+    if not summary.predicted and clock != END:
+        raise RuntimeError(f"the cycle at {clock} predicted nothing: no new bucket came in")
+    return {
+        "seconds": round(summary.seconds, 2),
+        "steps": summary.step_seconds,
+        "actions": summary.actions,
+    }
+
+
+def _members(settings: Any) -> tuple[int, float]:
+    """How many members the pool holds and their resident memory (MB)."""
+    from flows.pool_admin import view_pool
+
+    pids = []
+    view = view_pool(settings)
+    for member in view.members:
+        pid = member.details.get("pid")
+        if pid:
+            pids.append(pid)
+    rss = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/statm").read_text().split()
+        except OSError:
+            continue
+        rss += int(fields[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    return len(view.members), round(rss, 1)
+
+
+def _growth_exponent(runs: list[dict[str, Any]]) -> float | None:
+    """Least-squares slope of log(cycle_s) on log(clients)."""
+    points = [(math.log(r["clients"]), math.log(r["cycle_s"])) for r in runs if r["cycle_s"] > 0]
+    if len(points) < 2:
+        return None
+    mean_x = statistics.fmean(x for x, _ in points)
+    mean_y = statistics.fmean(y for _, y in points)
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / sum(
+        (x - mean_x) ** 2 for x, _ in points
+    )
+    return round(slope, 3)
+
+
+if __name__ == "__main__":
+    main()
