@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint bench bench-ingest bench-train bench-accuracy bench-activation bench-fleet bench-planner bench-replay bench-soak bench-soak-docker bench-cycle screenshots clean-data
+.PHONY: install demo test lint bench bench-ingest bench-train bench-accuracy bench-activation bench-api bench-fleet bench-planner bench-replay bench-soak bench-soak-docker bench-cycle screenshots clean-data
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "prewarm needs Python 3.11, found " + sys.version' 
@@ -37,6 +37,10 @@ clean-data:
 
 bench-activation: $(STAMP)
 	$(BIN)/python bench/activation.py
+
+# The client API on 127.0.0.1 (its own small warehouse, process runtime; Docker when up).
+bench-api: $(STAMP)
+	$(BIN)/python bench/api.py
 
 # Three extra dockerds as three hosts (needs root, dockerd, ip, openssl, like tests/fleet),
 # then training on the shared control plane: Dask, MLflow and Prefect on PostgreSQL.

@@ -10,7 +10,9 @@ the cold start runs under the client's lock, re-lists the client's members, take
 became idle meanwhile, and creates a new one only below the limit. Concurrent cold starts
 of one client therefore coalesce: the second waits for the first (at most `wait_s`), then
 finds the members as they are now. Past the limit the request is refused
-(`ActivationRefused`), with how long until a lease ends; nothing is created.
+(`ActivationRefused`), with how long until a lease ends; nothing is created. A request
+never claims, without the lock, from a listing taken while a cold start held it: the member
+that cold start created is not leased until just before it lets go.
 """
 
 from __future__ import annotations
@@ -118,11 +120,17 @@ def activate_or_cold_start(
     Raises the runtime's errors (PrewarmRuntimeError and subclasses) as they come.
     """
     request = _Request(runtime, client_id, scope, leases, lease_seconds, read_routing, affinity_key)
-    claimed = _claim(request, members)
+    if cap is None:
+        claimed = _claim(request, members)
+        return claimed if claimed is not None else _cold_start(request, cold_start_inputs)
+    if members is None:
+        members = runtime.list({LABEL_MANAGED: "1", **scope, LABEL_CLIENT: client_id})
+    # Checked after the listing: a member it holds that a cold start of this client created
+    # may not be leased yet while that cold start holds the lock. Claimed here, it would
+    # serve two requests; the path below waits for the lock and lists again.
+    claimed = None if cap.lock.locked() else _claim(request, members)
     if claimed is not None:
         return claimed
-    if cap is None:
-        return _cold_start(request, cold_start_inputs)
     if not cap.lock.acquire(timeout=cap.wait_s):
         raise ActivationRefused(
             "refused (cold start busy)",

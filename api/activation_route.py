@@ -1,19 +1,24 @@
 """What POST /activate does between authentication and the answer: rate limit, runtime,
 mode, then a bounded activation (`api.activation`); every outcome, refusals included, is
-queued for `pool_events`."""
+queued for `pool_events`.
+
+Everything before the runtime call answers from memory on the event loop (the token
+bucket, the client's view: mode, planned members, routing, composite, host); only the
+runtime's own calls (list, lease, unpause; a cold start) run in a worker thread.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import replace
-from pathlib import Path
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import Header, status
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from api.activation import (
@@ -29,13 +34,12 @@ from api.models import (
     ColdStarted,
 )
 from api.rate import retry_after
+from api.views import ClientView
 from provisioning.runtime.base import LABEL_HOST, PrewarmRuntimeError, ms_since
 from provisioning.schema_model import SchemaError
 from provisioning.schema_render import render_container_config
 from warehouse.activations import Activation
-from warehouse.db import connect
 from warehouse.errors import WarehouseBusy
-from warehouse.plans import planned_host
 
 # Every module of the API logs as `api.app`, the name its records have always carried.
 log = logging.getLogger("api.app")
@@ -68,13 +72,13 @@ class Refusal(Exception):
         self.response = response
 
 
-def activate_for_request(
+async def activate_for_request(
     ctx: AppContext, client_id: str, started: float, affinity_key: str | None = None
 ) -> ActivationOutcome:
     """Rate limit, runtime, mode, then a bounded activation; `Refusal` for every "no".
 
-    Which warm member serves follows the client's routing section (`ctx.routing`, read only
-    when the client has a choice of members) and the request's `affinity_key`."""
+    Which warm member serves follows the client's routing section (from its view) and the
+    request's `affinity_key`."""
 
     def refuse(
         reason: str, status_code: int, detail: str, headers: Mapping[str, str] | None = None
@@ -100,15 +104,15 @@ def activate_for_request(
             {"Retry-After": retry_after(wait)},
         )
     try:
-        runtime = ctx.runtime()
-        terms = ctx.terms(client_id)
+        runtime = await ctx.runtime_soon()
+        view = await ctx.view(client_id)
     except HTTPException as error:
         detail = str(error.detail)
         raise refuse("failed (no runtime)", error.status_code, detail, error.headers) from error
     except (WarehouseBusy, WarehouseUnavailable) as error:
         log.warning("activation for %s: the warehouse is unavailable: %s", client_id, error)
         raise refuse("failed (warehouse busy)", 503, BUSY_DETAIL, RETRY) from error
-    if terms.mode == FORECAST_ONLY:
+    if view.terms.mode == FORECAST_ONLY:
         raise refuse(
             "refused (forecast-only)",
             409,
@@ -116,20 +120,21 @@ def activate_for_request(
             "for it, so there is nothing to activate and none is started.",
         )
     cap = ColdStartCap(
-        limit=terms.planned_members + ctx.burst_max,
+        limit=view.terms.planned_members + ctx.burst_max,
         wait_s=ctx.lock_wait_s,
         lock=ctx.client_locks.of(client_id),
     )
     try:
-        return activate_or_cold_start(
+        return await run_in_threadpool(
+            activate_or_cold_start,
             runtime,
             client_id,
             ctx.pool_scope,
-            lambda: _cold_start_inputs(ctx, client_id),
+            partial(_cold_start_inputs, view),
             ctx.leases,
             ctx.lease_seconds,
             cap=cap,
-            read_routing=lambda: ctx.routing(client_id),
+            read_routing=lambda: view.routing,
             affinity_key=affinity_key,
         )
     except ActivationRefused as refused:
@@ -137,9 +142,6 @@ def activate_for_request(
         raise refuse(
             refused.reason, 429, refused.detail, {"Retry-After": retry_after(refused.retry_after_s)}
         ) from refused
-    except (WarehouseBusy, WarehouseUnavailable) as error:
-        log.warning("activation for %s: the warehouse is unavailable: %s", client_id, error)
-        raise refuse("failed (warehouse busy)", 503, BUSY_DETAIL, RETRY) from error
     except (PrewarmRuntimeError, SchemaError) as error:
         log.warning("activation for %s failed: %s", client_id, error)
         refusal = refuse(
@@ -150,15 +152,9 @@ def activate_for_request(
         raise refusal from error
 
 
-def _cold_start_inputs(ctx: AppContext, client_id: str) -> tuple[dict[str, Any], str | None]:
+def _cold_start_inputs(view: ClientView) -> tuple[dict[str, Any], str | None]:
     # SchemaError propagates (not _composite's 409): on /activate, 409 means "cold-started".
-    config = render_container_config(ctx.warehouse(ctx.composite, client_id))
-    return config, ctx.warehouse(_planned_host, client_id)
-
-
-def _planned_host(path: Path, client_id: str, *, wait_s: float) -> str | None:
-    with connect(path, read_only=True, wait_s=wait_s) as con:
-        return planned_host(con, client_id)
+    return render_container_config(view.composite_or_raise()), view.planned_host
 
 
 def activation_response(outcome: ActivationOutcome) -> Activated | JSONResponse:
@@ -200,12 +196,3 @@ def record_outcome(
             created_at=member.created_at,
         )
     )
-
-
-async def recorded(ctx: AppContext, done: Future[bool]) -> None:
-    """After the response: wait (bounded, no thread held) until the row is written, so the
-    request cycle ends with its outcome in the warehouse when the warehouse allows."""
-    try:
-        await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(done)), ctx.lock_wait_s + 1.0)
-    except TimeoutError:
-        log.info("activation outcome still queued after the response (warehouse busy)")

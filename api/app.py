@@ -23,13 +23,27 @@ Security decisions:
   on 422; anything unexpected is logged with its traceback and answered with a generic
   500. Every SQL statement is parameterised (in `warehouse/`).
 
-Warehouse access: each request opens short-lived DuckDB connections (flows write the same
-file from other processes). Nothing queues behind one process-wide lock: reads run together
-and writes run together (`api.gate.ModeGate`: DuckDB refuses a read-only and a read-write
-connection to one file at once within a process), and each call waits at most
-`lock_wait_s`, gate and file lock together, before a 503 with Retry-After. Keys are checked
-against an in-memory snapshot of the live keys (`api.keys.KeyCache`), so a flood of bad
-keys is refused without opening the warehouse.
+The request path: nothing on it that can be done before it. A request answers from memory
+on the event loop: its key against the live keys (`api.keys`), its client's view
+(`api.views`: mode, planned members, host, composite, routing, the serialized `/profile`
+answer), both read once and stamped with the warehouse's version (`api.stamp`: a stat of
+the file and its write-ahead log per request). When another process (the cycle, the CLI)
+changed the warehouse, the first request after it reads them again, off the event loop, on
+one connection for all the clients waiting; this API's own changes (schema, attributes)
+do the same. Only the runtime's own calls (list, lease, unpause; a cold start) run in a
+worker thread. The activation outcome is queued for a background writer
+(`api.recorder`), which hands a batch to a child process (`api.outcome_writer`: DuckDB's
+open and checkpoint hold the GIL for tens of milliseconds) when the oldest queued outcome
+is `record_linger_s` (0.5 s) old, and everything queued on shutdown; a crash loses at most
+the outcomes of that last half second (never more than the queue's bound).
+The views are bounded (`max_clients`, least recently used dropped), the queue too
+(`max_queued_outcomes`: past it outcomes are refused, counted and logged).
+
+Warehouse access: DuckDB connections are short-lived (flows write the same file from other
+processes). Nothing queues behind one process-wide lock: reads run together and writes run
+together (`api.gate.ModeGate`: DuckDB refuses a read-only and a read-write connection to one
+file at once within a process), and each call waits at most `lock_wait_s`, gate and file
+lock together, before a 503 with Retry-After.
 
 Activation is bounded per client (`api.activation`): a per-key token bucket (429), no
 activation for a forecast-only client (409, nothing started), and at most the members the
@@ -45,14 +59,16 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
+from starlette.concurrency import run_in_threadpool
 
 from api.change_routes import changes_router
-from api.context import AppContext, context_of
+from api.context import RECORD_LINGER_S, AppContext, context_of
 from api.handlers import install_handlers
 from api.middleware import BodyLimit, CatchAll
 from api.models import Health
 from api.rate import TokenBuckets
 from api.routes import v1_router
+from api.views import DEFAULT_MAX_CLIENTS
 from provisioning.runtime.base import ContainerRuntime
 from provisioning.runtime.leases import LeaseBook, lease_book_path
 
@@ -64,8 +80,10 @@ DEFAULT_ACTIVATE_BURST = 20
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    app.state.prewarm.open()
     yield
-    app.state.prewarm.close()
+    # Off the event loop: the recorder's last write may wait for the warehouse.
+    await run_in_threadpool(app.state.prewarm.close)
 
 
 def create_app(
@@ -81,6 +99,9 @@ def create_app(
     activate_rate: float = DEFAULT_ACTIVATE_RATE,
     activate_burst: int = DEFAULT_ACTIVATE_BURST,
     allowed_images: Iterable[str] | None = None,
+    max_clients: int = DEFAULT_MAX_CLIENTS,
+    max_queued_outcomes: int = 10_000,
+    record_linger_s: float = RECORD_LINGER_S,
 ) -> FastAPI:
     """The API over `warehouse_path`; activation needs `runtime_factory` (built on first use).
 
@@ -90,7 +111,9 @@ def create_app(
     request for `lease_seconds` in `leases` (default: the pool's book beside the warehouse).
     A client holds at most its planned members plus `burst_max`; each key may activate
     `activate_rate` times a second, in bursts of up to `activate_burst`. A schema may name
-    only `allowed_images` (default: the worker image prewarm builds).
+    only `allowed_images` (default: the worker image prewarm builds). At most `max_clients`
+    client views are kept in memory and `max_queued_outcomes` outcomes wait to be written,
+    each written within `record_linger_s` (plus one write) while activations keep coming.
     """
     if leases is None:
         pool = dict(pool_scope).get("prewarm.pool", "default")
@@ -113,11 +136,14 @@ def create_app(
         burst_max,
         TokenBuckets(activate_rate, activate_burst),
         allowed_images,
+        max_clients=max_clients,
+        max_queued_outcomes=max_queued_outcomes,
+        record_linger_s=record_linger_s,
     )
 
     @app.get("/healthz", response_model=Health, summary="Liveness, and whether the warehouse opens")
-    def healthz(request: Request) -> Health:
-        return Health(status="ok", warehouse=context_of(request).warehouse_answers())
+    async def healthz(request: Request) -> Health:
+        return Health(status="ok", warehouse=await context_of(request).warehouse_answers_soon())
 
     app.include_router(v1_router())
     app.include_router(changes_router())

@@ -1,6 +1,6 @@
 """Authentication before anything about the request: every /v1 route is an
 `AuthenticatedRoute`, which checks the API key and the path's client before FastAPI reads
-or validates the body or the path."""
+or validates the body or the path, from the in-memory key snapshot (`api.keys`)."""
 
 from __future__ import annotations
 
@@ -44,15 +44,16 @@ def _unauthorized(detail: str) -> HTTPException:
     return HTTPException(status.HTTP_401_UNAUTHORIZED, detail, _WWW_AUTHENTICATE)
 
 
-def _authenticate(request: Request) -> str:
-    """The key's client id, when it may act on the path's client; 401 / 403 otherwise."""
+def _authenticate(request: Request, client_of: Callable[[str], str | None]) -> str:
+    """The key's client id, when it may act on the path's client; 401 / 403 otherwise.
+
+    `client_of`: the client of a well-formed key, None for a key that is not live."""
     key = _presented_key(request)
     parsed = parse_key(key)
     if parsed is None:
         log.info("rejected a malformed API key on %s", request.url.path)
         raise _unauthorized("Invalid API key.")
-    ctx = context_of(request)
-    client_id = ctx.keys.client_of(key, ctx.lock_wait_s)
+    client_id = client_of(key)
     if client_id is None:
         # The key id is the public half of a key: safe to log, useful to trace probing.
         log.info("rejected API key %s_%s (unknown, revoked or forged)", KEY_PREFIX, parsed[0])
@@ -70,14 +71,36 @@ def _authenticate(request: Request) -> str:
     return client_id
 
 
+class _NeedsReload(Exception):
+    """The key snapshot is not current: the check must run where it may wait (a thread)."""
+
+
 class AuthenticatedRoute(APIRoute):
-    """A route that authenticates before FastAPI reads or validates anything else."""
+    """A route that authenticates before FastAPI reads or validates anything else.
+
+    The key is checked on the event loop when the key snapshot is current (`api.keys`: the
+    common case, no I/O); only when it must be read again does the check move to a thread.
+    """
 
     def get_route_handler(self) -> Callable[[Request], Any]:
         handler = super().get_route_handler()
 
         async def authenticated(request: Request) -> Response:
-            await run_in_threadpool(_authenticate, request)
+            keys = context_of(request).keys
+
+            def from_memory(key: str) -> str | None:
+                known, client_id = keys.cached_client_of(key)
+                if not known:
+                    raise _NeedsReload
+                return client_id
+
+            try:
+                _authenticate(request, from_memory)
+            except _NeedsReload:
+                wait_s = context_of(request).lock_wait_s
+                await run_in_threadpool(
+                    _authenticate, request, lambda key: keys.client_of(key, wait_s)
+                )
             return await handler(request)
 
         return authenticated

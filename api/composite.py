@@ -22,7 +22,7 @@ import duckdb
 
 from core.errors import PrewarmError
 from provisioning.schema import anticipated_from_profile, compose_workload
-from provisioning.schema_checks import SchemaRejected, limits_from_inventory
+from provisioning.schema_checks import SchemaLimits, SchemaRejected, limits_from_inventory
 from provisioning.schema_model import ENV_PREFIX, Anticipated
 from warehouse.clients import read_client, read_client_extensions
 from warehouse.db import connect
@@ -88,14 +88,27 @@ def client_composite(
     SchemaRejected when one is unsafe (see `provisioning.schema_checks`).
     """
     with connect(warehouse_path, read_only=True, wait_s=wait_s) as con:
-        client = read_client(con, client_id)
-        if client is None:
-            raise PrewarmError(f"No client {client_id!r} in the warehouse.")
-        extensions = read_stored_extensions(con, client_id)
-        anticipated = client_anticipated(con, client_id)
-        size = client_size(con, client_id)
-        # The stored inventory's largest host (this machine when none is stored).
-        limits = limits_from_inventory(fetch_inventory(con), allowed_images)
+        return compose_client(con, client_id, deployment_limits(con, allowed_images))
+
+
+def deployment_limits(
+    con: duckdb.DuckDBPyConnection, allowed_images: Iterable[str] | None
+) -> SchemaLimits:
+    """What every composite is checked against: the stored inventory's largest host (this
+    machine when none is stored) and the image allow-list."""
+    return limits_from_inventory(fetch_inventory(con), allowed_images)
+
+
+def compose_client(
+    con: duckdb.DuckDBPyConnection, client_id: str, limits: SchemaLimits
+) -> dict[str, Any]:
+    """`client_composite` on an open connection, checked against `limits`."""
+    client = read_client(con, client_id)
+    if client is None:
+        raise PrewarmError(f"No client {client_id!r} in the warehouse.")
+    extensions = read_stored_extensions(con, client_id)
+    anticipated = client_anticipated(con, client_id)
+    size = client_size(con, client_id)
     composite = compose_workload(
         client_id, extensions, anticipated, client_base(client), limits=limits
     )

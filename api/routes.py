@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import math
 import time
-from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, BackgroundTasks, Request, Security
+from fastapi import APIRouter, Request, Response, Security
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader, HTTPBearer
@@ -20,31 +18,22 @@ from api.activation_route import (
     activate_for_request,
     activation_response,
     record_outcome,
-    recorded,
 )
 from api.auth import API_KEY_HEADER, AuthenticatedRoute
-from api.context import AppContext, context_of
+from api.context import context_of
 from api.models import (
     Activated,
     ColdStarted,
     Error,
     FeedbackIn,
     FeedbackOut,
-    Peak,
     Profile,
-    ProfileWindow,
-    ServiceNeed,
     ValidationFailed,
 )
-from core.times import aware_utc
-from core.vocabulary import METRICS
-from provisioning.schema import anticipated_services
-from provisioning.schema_checks import SchemaRejected
+from api.profile import profile_response as profile_response  # `prewarm profile --json`
 from provisioning.schema_model import Composite, SchemaError
 from warehouse.activations import Activation
-from warehouse.db import connect
 from warehouse.feedback import record_feedback
-from warehouse.predictions import read_latest_profile
 from warehouse.validation import CLIENT_ID_PATTERN
 
 ClientId = Annotated[
@@ -87,11 +76,10 @@ def v1_router() -> APIRouter:
     router = client_router(_AUTH_RESPONSES)
 
     @router.get("/profile", response_model=Profile, summary="The current predicted profile")
-    def get_profile(client_id: ClientId, request: Request) -> Profile:
+    async def get_profile(client_id: ClientId, request: Request) -> Response:
         """The windows of the client's latest prediction run (empty when never predicted)."""
-        ctx = context_of(request)
-        rows = ctx.warehouse(_read_profile, client_id)
-        return profile_response(client_id, rows, _declared_services(ctx, client_id) if rows else {})
+        view = await context_of(request).view(client_id)
+        return Response(view.profile_or_raise(), media_type="application/json")
 
     @router.get(
         "/schema",
@@ -99,9 +87,14 @@ def v1_router() -> APIRouter:
         summary="The composite workload schema",
         responses={409: {"model": Error, "description": "Stored extensions conflict."}},
     )
-    def get_schema(client_id: ClientId, request: Request) -> dict[str, Any]:
+    async def get_schema(client_id: ClientId, request: Request) -> dict[str, Any]:
         """base <- the client's extensions <- anticipated (what the applied plan gave)."""
-        return _composite(context_of(request), client_id)
+        view = await context_of(request).view(client_id)
+        try:
+            return view.composite_or_raise()
+        except SchemaError as error:
+            # The client's own stored extensions disagree: tell them which, it is their config.
+            raise HTTPException(409, f"The stored schema cannot be composed: {error}") from error
 
     @router.post(
         "/feedback",
@@ -142,10 +135,9 @@ def v1_router() -> APIRouter:
             503: {"model": Error, "description": "No runtime, or it failed; see the detail."},
         },
     )
-    def post_activate(
+    async def post_activate(
         client_id: ClientId,
         request: Request,
-        background: BackgroundTasks,
         affinity: AffinityKey = None,
     ) -> Activated | JSONResponse:
         """Activate the client's warmest member (shadow, else cold); with none, start one.
@@ -162,81 +154,13 @@ def v1_router() -> APIRouter:
         outcome: ActivationOutcome | Activation
         response: Activated | JSONResponse
         try:
-            outcome = activate_for_request(ctx, client_id, started, affinity)
+            outcome = await activate_for_request(ctx, client_id, started, affinity)
         except Refusal as refusal:
             outcome, response = refusal.activation, refusal.response
         else:
             response = activation_response(outcome)
-        background.add_task(recorded, ctx, record_outcome(ctx, client_id, outcome))
+        # Queued for the background writer: in `pool_events` within `record_linger_s`.
+        record_outcome(ctx, client_id, outcome)
         return response
 
     return router
-
-
-def _read_profile(path: Path, client_id: str, *, wait_s: float) -> list[dict[str, Any]]:
-    with connect(path, read_only=True, wait_s=wait_s) as con:
-        return read_latest_profile(con, client_id)
-
-
-def _declared_services(ctx: AppContext, client_id: str) -> dict[str, Any]:
-    """The services the client's composite declares; none when it cannot be composed (the
-    profile is still served; `GET /schema` says what is wrong)."""
-    try:
-        return dict(ctx.warehouse(ctx.composite, client_id).get("services") or {})
-    except (SchemaError, SchemaRejected):
-        return {}
-
-
-def profile_response(
-    client_id: str, rows: list[dict[str, Any]], services: dict[str, Any]
-) -> Profile:
-    """The profile as the API serves it (and `prewarm profile --json` prints it)."""
-    windows = [
-        ProfileWindow(
-            start=aware_utc(row["window_start"]),
-            end=aware_utc(row["window_end"]),
-            duration_minutes=float(row["duration_minutes"]),
-            peaks={
-                metric: Peak(
-                    p50=_finite(row.get(f"{metric}_p50")),
-                    p90=_finite(row.get(f"{metric}_p90")),
-                    confidence=_finite(row.get(f"{metric}_confidence")),
-                )
-                for metric in METRICS
-            },
-            p_active=_finite(row.get("p_active")),
-            confidence=float(row["confidence"]),
-            model_name=str(row["model_name"]),
-            model_version=str(row["model_version"]),
-            services={
-                name: ServiceNeed(**need)
-                for name, need in anticipated_services(
-                    services,
-                    {
-                        "concurrency": {
-                            "p50": _finite(row.get("concurrency_p50")),
-                            "p90": _finite(row.get("concurrency_p90")),
-                        }
-                    },
-                ).items()
-            },
-        )
-        for row in rows
-    ]
-    generated_at = aware_utc(rows[0]["generated_at"]) if rows else None
-    return Profile(client_id=client_id, generated_at=generated_at, windows=windows)
-
-
-def _composite(ctx: AppContext, client_id: str) -> dict[str, Any]:
-    try:
-        return ctx.warehouse(ctx.composite, client_id)
-    except SchemaError as error:
-        # The client's own stored extensions disagree: tell them which, it is their config.
-        raise HTTPException(409, f"The stored schema cannot be composed: {error}") from error
-
-
-def _finite(value: Any) -> float | None:
-    if value is None:
-        return None
-    number = float(value)
-    return number if math.isfinite(number) else None

@@ -8,9 +8,10 @@ new), with the reason saying so. A refused or failed request is an event too (`o
 no member, the reason saying why), so every request that reached activation leaves a row.
 
 `record_activations` writes a batch in one transaction: the API queues outcomes and writes
-them together (`api/recorder.py`), so a flood of requests costs a few warehouse writes, not
-one each. `read_activation_terms` is what the API checks before activating: the client's
-mode and how many members the newest applied plan gives it.
+them together (`api/recorder.py`, through `write_activations` on its own connection), so a
+flood of requests costs a few warehouse writes, not one each. `read_activation_terms`
+(`fetch_activation_terms` on an open connection) is what the API checks before activating:
+the client's mode and how many members the newest applied plan gives it.
 """
 
 from __future__ import annotations
@@ -75,7 +76,15 @@ def record_activations(
     """Record (activation, when it happened) pairs in one transaction, in order."""
     if not batch:
         return
-    with connect(path, wait_s=wait_s) as con, transaction(con):
+    with connect(path, wait_s=wait_s) as con:
+        write_activations(con, batch)
+
+
+def write_activations(
+    con: duckdb.DuckDBPyConnection, batch: Sequence[tuple[Activation, datetime]]
+) -> None:
+    """`record_activations` on an open read-write connection (one transaction)."""
+    with transaction(con):
         for activation, happened_at in batch:
             _record(con, activation, naive_utc(happened_at))
     log.debug("recorded %d activation(s)", len(batch))
@@ -86,15 +95,20 @@ def read_activation_terms(
 ) -> ActivationTerms:
     """The client's mode (provision when unknown) and its members in the newest applied plan."""
     with connect(path, read_only=True, wait_s=wait_s) as con:
-        row = fetch_one(
-            con,
-            f"""
-            SELECT (SELECT coalesce(max(mode), 'provision') FROM clients WHERE client_id = ?),
-                   (SELECT coalesce(sum(active + shadow + cold), 0) FROM plan_targets
-                    WHERE plan_id = ({LATEST_APPLIED_PLAN}) AND client_id = ?)
-            """,
-            [client_id, client_id],
-        )
+        return fetch_activation_terms(con, client_id)
+
+
+def fetch_activation_terms(con: duckdb.DuckDBPyConnection, client_id: str) -> ActivationTerms:
+    """`read_activation_terms` on an open connection."""
+    row = fetch_one(
+        con,
+        f"""
+        SELECT (SELECT coalesce(max(mode), 'provision') FROM clients WHERE client_id = ?),
+               (SELECT coalesce(sum(active + shadow + cold), 0) FROM plan_targets
+                WHERE plan_id = ({LATEST_APPLIED_PLAN}) AND client_id = ?)
+        """,
+        [client_id, client_id],
+    )
     assert row is not None  # scalar subqueries: always one row
     return ActivationTerms(mode=str(row[0]), planned_members=int(row[1]))
 

@@ -1,8 +1,9 @@
 """Helpers shared by the HTTP API tests: credentials, a feedback body, raw requests, row
-counts."""
+counts (and waiting for the ones written in the background)."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,15 @@ def feedback_body(**overrides: Any) -> dict[str, Any]:
 def count_rows(path: Path, table: str) -> int:
     with connect(path, read_only=True) as con:
         return int(fetch_value(con, f"SELECT count(*) FROM {table}") or 0)
+
+
+def wait_for_rows(path: Path, table: str, n: int, timeout_s: float = 5.0) -> int:
+    """The table's row count once it holds `n` rows, or when `timeout_s` is up: activation
+    outcomes are written in the background (`api.recorder`, within a second)."""
+    deadline = time.monotonic() + timeout_s
+    while (count := count_rows(path, table)) < n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return count
 
 
 def call_api(

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from provisioning.runtime.docker_runtime import DockerRuntime
 from provisioning.runtime.process_runtime import ProcessRuntime
 from provisioning.schema_render import render_container_config
 from tests.api.conftest import POOL_LABEL, World
-from tests.api.helpers import bearer, count_rows
+from tests.api.helpers import bearer, wait_for_rows
 from warehouse.db import connect, fetch_frame
 
 # --- activation ---------------------------------------------------------------------------
@@ -83,6 +82,7 @@ def test_activation_claims_the_shadow_then_cold_starts(
     assert started.labels[POOL_LABEL] == pool_scope[POOL_LABEL]
     assert started.details["cpu"] == 0.25 and started.details["memory_mb"] == 64
 
+    assert wait_for_rows(world.path, "pool_events", 2) == 2
     events, rows = _activation_rows(world.path)
     assert [(e["member_id"], e["action"], e["ok"], e["reason"]) for e in events] == [
         (shadow_id, "activate", True, "request: from shadow"),
@@ -142,6 +142,7 @@ def test_a_failed_cold_start_is_503_and_recorded(
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "5"
     assert "127.0.0.1" not in response.text
+    assert wait_for_rows(world.path, "pool_events", 1) == 1
     events, members = _activation_rows(world.path)
     assert [(e["action"], e["ok"], e["reason"]) for e in events] == [
         ("activate", False, "request: failed")
@@ -193,8 +194,5 @@ def test_activation_on_docker_leaves_the_container_running(
         assert container.attrs["State"]["Paused"] is False
         assert container.labels[POOL_LABEL] == pool_scope[POOL_LABEL]
         assert _answers(body["endpoint"])
-    deadline = time.monotonic() + 5
-    while count_rows(world.path, "pool_events") < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert count_rows(world.path, "pool_events") == 2
+    assert wait_for_rows(world.path, "pool_events", 2) == 2
     assert not math.isnan(warm.json()["activation_ms"])
