@@ -161,7 +161,7 @@ class ProcessRuntime:
 
     def list(self, labels: dict[str, str] | None = None) -> list[Member]:
         """Members whose labels (with the current tier) equal every given label."""
-        with self._pool() as pool:
+        with self._pool(read_only=True) as pool:
             members = [self._member(record) for record in pool.values()]
         return [m for m in members if matches_labels(m.labels, labels)]
 
@@ -200,16 +200,21 @@ class ProcessRuntime:
     # -- state file -------------------------------------------------------------------
 
     @contextmanager
-    def _pool(self) -> Iterator[dict[str, _Record]]:
-        """Load the pool under an exclusive lock, drop dead entries, save it back on exit."""
+    def _pool(self, read_only: bool = False) -> Iterator[dict[str, _Record]]:
+        """Load the pool under an exclusive lock, drop dead entries, save it back on exit.
+
+        `read_only` (a listing): saved only when dead entries were dropped, so the many
+        listings of an apply or of the API do not rewrite the whole file under the lock."""
         with locked(self.state_path):
-            pool = self._drop_dead(load_records(self.state_path))
+            loaded = load_records(self.state_path)
+            pool = self._drop_dead(loaded)
             try:
                 yield pool
             finally:
                 # Saved even when the body fails, so a worker spawned before the failure
                 # stays on record and can be released.
-                self._save(pool)
+                if not read_only or len(pool) != len(loaded):
+                    self._save(pool)
 
     def _save(self, pool: dict[str, _Record]) -> None:
         """Write the pool to the state file (every save, the spawn's too, goes through here)."""

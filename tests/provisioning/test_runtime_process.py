@@ -189,6 +189,16 @@ def test_entries_whose_process_died_are_dropped(
         restarted.activate(doomed.id)
 
 
+def test_a_listing_leaves_the_state_file_alone_when_nothing_died(
+    process_runtime: ProcessRuntime, make_spec: SpecMaker, process_state: Path, plan_id: str
+) -> None:
+    member = process_runtime.create(make_spec("shadow"))
+    before = process_state.stat().st_mtime_ns, process_state.read_bytes()
+    for _ in range(3):
+        assert [m.id for m in process_runtime.list({LABEL_PLAN: plan_id})] == [member.id]
+    assert (process_state.stat().st_mtime_ns, process_state.read_bytes()) == before
+
+
 def test_a_reused_pid_is_neither_trusted_nor_signalled(
     process_runtime: ProcessRuntime, make_spec: SpecMaker, process_state: Path
 ) -> None:
