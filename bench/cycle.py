@@ -9,7 +9,9 @@ flow. That state is built once and cached under bench/.cache/cycle/N<N>/ (git-ig
 it to rebuild; `--rebuild` does): training 1,000 clients takes minutes, 10,000 about an hour.
 Each run copies the cached warehouse and registry database (the artifacts are read in
 place: a cycle never writes them) and runs the real `prewarm-cycle` flow on the process
-runtime, with an inventory of `--hosts` hosts of 64 cores and 256 GiB each:
+runtime, with an inventory of `--hosts` hosts of 32 cores and `--host-memory-gb` each (2 x 64
+GiB: several hundred members; process members are real processes of ~15 MB each, so an
+inventory of thousands would exhaust this machine's 24 GiB):
 
   warm-up cycle   clock = the history's end: predicts every client, creates the pool
                   (reported as `first_cycle_s`, not in the median: a pool is created once).
@@ -54,7 +56,8 @@ CYCLES = 3
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, nargs="+", default=[1000, 3000, 10000])
-    parser.add_argument("--hosts", type=int, default=4, help="inventory hosts, 64 cores each")
+    parser.add_argument("--hosts", type=int, default=2, help="inventory hosts, 32 cores each")
+    parser.add_argument("--host-memory-gb", type=int, default=64, help="memory of each host")
     parser.add_argument("--workers", type=int, default=2, help="training workers (cache)")
     parser.add_argument("--rebuild", action="store_true", help="retrain the cached models")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -65,7 +68,7 @@ def main() -> None:
         os.environ["PREFECT_HOME"] = prefect_home  # one temporary Prefect API for all runs
         for clients in args.clients:
             cached = _cached_state(clients, args.workers, args.rebuild)
-            runs.append(_run(clients, cached, args.hosts))
+            runs.append(_run(clients, cached, args.hosts, args.host_memory_gb))
             print(json.dumps(runs[-1], indent=2), flush=True)
     result = {
         "runs": runs,
@@ -143,21 +146,21 @@ def _cached_state(clients: int, workers: int, rebuild: bool) -> Path:
     return home
 
 
-def _inventory(path: Path, hosts: int) -> Path:
+def _inventory(path: Path, hosts: int, memory_gb: int) -> Path:
     lines = []
     for i in range(hosts):
         lines += [
             "[[hosts]]",
             f'name = "bench-{i + 1}"',
-            "cpu_cores = 64",
-            "memory_mb = 262144",
+            "cpu_cores = 32",
+            f"memory_mb = {memory_gb * 1024}",
             "",
         ]
     path.write_text("\n".join(lines))
     return path
 
 
-def _run(clients: int, cached: Path, hosts: int) -> dict[str, Any]:
+def _run(clients: int, cached: Path, hosts: int, memory_gb: int) -> dict[str, Any]:
     """Copy the cached state, run the warm-up and the timed cycles, release the pool."""
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
         home = Path(tmp)
@@ -165,7 +168,7 @@ def _run(clients: int, cached: Path, hosts: int) -> dict[str, Any]:
         shutil.copy2(cached / "data" / "warehouse.duckdb", home / "data" / "warehouse.duckdb")
         shutil.copy2(cached / "mlflow.db", home / "mlflow.db")
         env = _environment(home, clients, cached / "artifacts")
-        env["PREWARM_INVENTORY_PATH"] = str(_inventory(home / "inventory.toml", hosts))
+        env["PREWARM_INVENTORY_PATH"] = str(_inventory(home / "inventory.toml", hosts, memory_gb))
         settings = _configure(env)
         from flows.cycle import prewarm_cycle
         from flows.pool_admin import release_everything
