@@ -41,6 +41,7 @@ from provisioning.runtime.base import (
     Member,
     probe_once,
 )
+from provisioning.runtime.docker_network import remove_unused_networks
 from provisioning.runtime.docker_runtime import DockerRuntime
 from provisioning.runtime.leases import LeaseBook
 from provisioning.runtime.process_runtime import ProcessRuntime
@@ -401,3 +402,20 @@ def test_docker_crash_midway_is_healed(
     assert Counter(_docker_pool(docker_client, plan_id).values()) == {"active": 2, "shadow": 1}
     assert set(healed.pool_members["host"]) == {"h1"}
     assert reconcile_once(docker_runtime, desired, specs, set(), plan_id, scope=scope).actions == []
+
+
+@pytest.mark.docker
+def test_docker_parallel_creates_share_the_members_network_they_race_to_make(
+    docker_runtime: DockerRuntime, docker_client: docker.DockerClient, plan_id: str
+) -> None:
+    # No members network yet (unless another member holds it): four creates at once each
+    # try to make it; dockerd gives it to one and refuses the others, which must carry on.
+    remove_unused_networks(docker_client)
+    scope = {LABEL_PLAN: plan_id}
+    specs = _specs("a", "b")
+    desired = _desired(("a", "shadow", 2, "h1"), ("b", "shadow", 2, "h1"))
+
+    result = reconcile_once(docker_runtime, desired, specs, set(), plan_id, scope=scope, parallel=4)
+
+    assert result.failed == 0, result.pool_events.filter(~pl.col("ok"))["error"].to_list()
+    assert Counter(_docker_pool(docker_client, plan_id).values()) == {"shadow": 4}
