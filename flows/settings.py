@@ -94,6 +94,12 @@ class Settings(BaseSettings):
         default=0.5, gt=0, description="drift when mean pinball / mean level exceeds this"
     )
     train_workers: int = Field(default=2, ge=1, description="clients fitted at once")
+    registry_keep: int = Field(
+        default=3,
+        ge=0,
+        description="a forecaster's newest versions kept besides its champion and challenger"
+        " (every training prunes the older ones)",
+    )
     dask_address: str | None = Field(
         default=None, description="run train-forecasters tasks on this Dask scheduler"
     )

@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any, cast
 
 import polars as pl
+from mlflow.exceptions import MlflowException
 from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture, as_completed
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner
@@ -48,10 +49,14 @@ from models.forecaster import (
 )
 from models.registry import (
     CHAMPION,
+    PruneReport,
     Registration,
     current_aliases,
     ensure_experiment,
+    exceedance_run_of,
     load_forecaster,
+    log_exceedance,
+    prune_registry,
 )
 from models.retraining import check_trigger
 from warehouse.clients import read_clients
@@ -79,6 +84,7 @@ class TrainSummary:
     fit_seconds: float = 0.0
     mlflow_seconds: float = 0.0
     wall_seconds: float = 0.0
+    pruned: PruneReport | None = None  # the retention run after registering
 
     @property
     def promoted(self) -> int:
@@ -112,12 +118,12 @@ def _client_dicts(clients: pl.DataFrame) -> dict[str, dict[str, Any]]:
 
 def _fit_exceedance(
     usage: pl.DataFrame, clients: pl.DataFrame, config: ForecastConfig, settings: Settings
-) -> Any:
-    """The shared P(concurrency >= k) classifier of a frequency group (None without
-    concurrency data)."""
+) -> str | None:
+    """Fit and store the shared P(concurrency >= k) classifier of a frequency group: the run
+    holding it (None without concurrency data)."""
     if "concurrency" not in usage.columns or not usage.get_column("concurrency").drop_nulls().len():
         return None
-    return fit_exceedance_model(
+    model = fit_exceedance_model(
         usage.select("client_id", "ts", "concurrency").drop_nulls(),
         ExceedanceConfig(
             freq_seconds=config.freq_seconds,
@@ -127,6 +133,7 @@ def _fit_exceedance(
         ),
         clients.select("client_id", "container_memory_mb"),
     )
+    return log_exceedance(model, settings.mlflow_tracking_uri, settings.mlflow_artifacts_dir)
 
 
 def _shared_exceedance(
@@ -136,9 +143,9 @@ def _shared_exceedance(
     config: ForecastConfig,
     settings: Settings,
     subset: bool,
-) -> tuple[Any, str]:
-    """The shared P(concurrency >= k) model for the clients of `group` (one frequency group),
-    and where it came from.
+) -> tuple[str | None, str]:
+    """The run holding the shared P(concurrency >= k) model for the clients of `group` (one
+    frequency group, stored once for all of them), and where it came from.
 
     A training of every client fits it on the group. A training of some clients (`subset`:
     say a drift retrain of one or two) would fit it on those alone and serve them badly: an
@@ -159,10 +166,16 @@ def _shared_exceedance(
         (cid for cid in group_ids if CHAMPION in aliases.get(cid, {})),
         key=lambda cid: (cid in training, cid),
     )
+    uri = settings.mlflow_tracking_uri
     for cid in champions[:EXCEEDANCE_CHAMPIONS_TRIED]:
-        loaded = load_forecaster(cid, settings.mlflow_tracking_uri)
-        if loaded is not None and getattr(loaded[0], "exceedance", None) is not None:
-            return loaded[0].exceedance, f"reused from forecaster-{cid} v{loaded[1]}"
+        loaded = load_forecaster(cid, uri)
+        if loaded is None or getattr(loaded[0], "exceedance", None) is None:
+            continue
+        # A champion registered before shared models were stored apart carries its own copy.
+        run_id = exceedance_run_of(cid, loaded[1], uri) or log_exceedance(
+            loaded[0].exceedance, uri, settings.mlflow_artifacts_dir
+        )
+        return run_id, f"reused from forecaster-{cid} v{loaded[1]}"
     whole = read_recent_usage(
         settings.warehouse_path, settings.train_history_days, sorted(group_ids)
     )
@@ -219,7 +232,7 @@ def _submit_group(
     histories = group.partition_by("client_id", as_dict=True, maintain_order=True)
     reasons = {cid: needs_fallback(h, config) for (cid,), h in histories.items()}
     group_clients = clients.filter(pl.col("client_id").is_in(list(reasons)))
-    exceedance, source = _shared_exceedance(group, clients, aliases, config, settings, subset)
+    exceedance_run, source = _shared_exceedance(group, clients, aliases, config, settings, subset)
     summary.exceedance_sources[config.freq_seconds] = source
 
     def submit(cid: str, global_model: GlobalForecaster | None) -> Any:
@@ -233,7 +246,7 @@ def _submit_group(
             global_model,
         )
         has_champion = CHAMPION in aliases.get(cid, {})
-        return train_client.submit(job, exceedance, has_champion, settings, summary.trigger)
+        return train_client.submit(job, exceedance_run, has_champion, settings, summary.trigger)
 
     futures = {submit(cid, None): cid for cid, why in reasons.items() if not why}
     if fallback := [cid for cid, why in reasons.items() if why]:
@@ -344,10 +357,11 @@ def train_forecasters(
         worker.wait()
     with warehouse_write():
         write_model_runs(path, _model_runs(summary, usage))
+    summary.pruned = _prune(settings, summary)
     summary.wall_seconds = time.perf_counter() - started
     logger.info(
         "trained %d clients (%s: %d promoted, %d on the global model, %d failed) in %.1f s;"
-        " shared exceedance model: %s",
+        " shared exceedance model: %s; %d old versions pruned",
         len(summary.registrations),
         trigger,
         summary.promoted,
@@ -355,8 +369,26 @@ def train_forecasters(
         len(summary.failures),
         summary.wall_seconds,
         summary.exceedance_sources or "none",
+        len(summary.pruned.pruned) if summary.pruned else 0,
     )
     return summary
+
+
+def _prune(settings: Settings, summary: TrainSummary) -> PruneReport | None:
+    """Retention for the models this run added versions to: their aliased versions and
+    newest PREWARM_REGISTRY_KEEP stay. A failure is only logged: the new versions are
+    registered either way, and the next run prunes again."""
+    if not summary.registrations:
+        return None
+    try:
+        return prune_registry(
+            settings.mlflow_tracking_uri,
+            settings.registry_keep,
+            clients=[r.client_id for r in summary.registrations],
+        )
+    except (PrewarmError, MlflowException, OSError) as error:
+        get_run_logger().warning("pruning old forecaster versions failed: %s", error)
+        return None
 
 
 def _model_runs(summary: TrainSummary, usage: pl.DataFrame) -> pl.DataFrame:

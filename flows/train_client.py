@@ -123,23 +123,31 @@ def start_worker(settings: Settings) -> int:
 @task(cache_policy=NONE)
 def train_client(
     job: ClientTraining,
-    exceedance: Any,
+    exceedance_run: str | None,
     has_champion: bool,
     settings: Settings,
     trigger: str = "schedule",
 ) -> ClientOutcome:
-    """Fit, score, gate and register one client's forecaster.
+    """Fit, score, gate and register one client's forecaster (`exceedance_run`: the run
+    holding its group's shared exceedance model, which the version names).
 
     Registration happens here, in the worker, right after the fit: the workers share the
     MLflow store (SQLite or a tracking server), so registrations run as parallel as fits.
     """
     fitted = fit_client(job)
-    if "concurrency" in fitted.forecaster.metrics:
-        fitted.forecaster.exceedance = exceedance
+    shared = exceedance_run if "concurrency" in fitted.forecaster.metrics else None
     # The global model's view of a client is fitted without the client's adjustments.
     weighting = describe_weighting(None if fitted.forecaster.fallback else job.adjustments)
     registration = register_client(
-        fitted, job.history, job.calendar, job.client, settings, has_champion, trigger, weighting
+        fitted,
+        job.history,
+        job.calendar,
+        job.client,
+        settings,
+        has_champion,
+        trigger,
+        weighting,
+        shared,
     )
     return ClientOutcome(
         job.client_id,
@@ -160,8 +168,10 @@ def register_client(
     has_champion: bool,
     trigger: str = "schedule",
     weighting: str = "none",
+    exceedance_run: str | None = None,
 ) -> Registration:
-    """Register the fitted forecaster; promote it past the champion only when it is better."""
+    """Register the fitted forecaster, naming the shared exceedance model stored in
+    `exceedance_run`; promote it past the champion only when it is better."""
     forecaster, score = fitted.forecaster, fitted.score
     champion_wmape = None
     current = (
@@ -186,6 +196,7 @@ def register_client(
         reason,
         settings.mlflow_tracking_uri,
         settings.mlflow_artifacts_dir,
+        exceedance_run,
     )
 
 

@@ -1,7 +1,8 @@
 """The `prewarm` command line: every user-facing action, each a thin call into a flow.
 
-`app` is assembled here from the command modules (`data`, `models`, `pools`, `clients`,
-`services`, `simulate`, `demo`); the order of registration is the order of `prewarm --help`.
+`app` is assembled here from the command modules (`data`, `models`, `registry`, `pools`,
+`clients`, `services`, `simulate`, `demo`); the order of registration is the order of
+`prewarm --help`.
 Commands import their flows lazily, so `--help` stays fast.
 """
 
@@ -11,7 +12,7 @@ import typer
 from pydantic import ValidationError
 
 from core.errors import PrewarmError
-from flows.cli import clients, data, demo, models, pools, services, simulate
+from flows.cli import clients, data, demo, models, pools, registry, services, simulate
 from flows.cli.common import console, errors
 
 __all__ = ["app", "console", "errors", "main"]
@@ -45,6 +46,7 @@ for _command in (
 # The old name of `score`, for operators' scripts: not listed, says it moved, then scores.
 app.command(hidden=True)(pools.reconcile)
 
+app.add_typer(registry.registry_app, name="registry")
 app.add_typer(clients.clients_app, name="clients")
 app.add_typer(clients.schema_app, name="schema")
 app.add_typer(pools.images_app, name="images")

@@ -32,10 +32,12 @@ Conventions:
 
 Layout: `config` (ExceedanceConfig), `grid` (usage densified per client), `features` (the
 model's inputs and training rows), `model` (fit and score), `newsvendor` (warm-pool
-decisions). Every name below is importable from `models.exceedance`; pickled models record
+decisions), `artifact` (the model as a compact file, stored once per training run). Every
+name below is importable from `models.exceedance`; pickled models record
 `models.exceedance.ExceedanceModel` (written before the split) and still load through it.
 """
 
+from models.exceedance.artifact import exceedance_from_bytes, exceedance_to_bytes
 from models.exceedance.config import ExceedanceConfig
 from models.exceedance.features import FEATURES
 from models.exceedance.model import (
@@ -58,6 +60,8 @@ __all__ = [
     "ExceedanceConfig",
     "ExceedanceModel",
     "critical_probability",
+    "exceedance_from_bytes",
+    "exceedance_to_bytes",
     "expected_cold_starts",
     "expected_idle",
     "fit_exceedance_model",

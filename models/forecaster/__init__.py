@@ -33,12 +33,13 @@ Modules: `config` (ForecastConfig, Adjustments), `slicing` (time slices, sampled
 `training` (boosters), `calibration` (shrink, conformal offsets, recalibration), `holdout`
 (the honest evaluation), `client_model` (a client's own model), `global_model` (the
 fallback), `reach` (a profile's far steps), `prediction` (forecasts from fitted models),
-`frames` (small shared helpers).
+`artifact` (a client's forecaster as a compact file), `frames` (small shared helpers).
 Everything public is importable from `models.forecaster`.
 """
 
 from __future__ import annotations
 
+from models.forecaster.artifact import forecaster_from_bytes, forecaster_to_bytes
 from models.forecaster.calibration import Calibration, MetricModel
 from models.forecaster.client_model import (
     ClientForecaster,
@@ -93,6 +94,8 @@ __all__ = [
     "fit_client_forecaster",
     "fit_global_forecaster",
     "forecast_latest",
+    "forecaster_from_bytes",
+    "forecaster_to_bytes",
     "forecast_origins",
     "min_fit_steps",
     "needs_fallback",

@@ -7,12 +7,14 @@ that horizon (`_horizon_scale`) so a leaf mixing near and far horizons suits eac
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import lightgbm as lgb
 import numpy as np
 import polars as pl
 
+from models.compact import compact_model_text
 from models.features import FeatureSpec, feature_matrix
 from models.forecaster.config import QUANTILES, Adjustments, ForecastConfig
 
@@ -32,11 +34,31 @@ class QuantileBoosters:
         model's boosters arrive once per client it serves), computed once per object."""
         cached = self.__dict__.get("_fingerprint")
         if cached is None:
-            digest = hashlib.sha256(repr(self.horizon_scale).encode())
-            for booster in self.boosters:
-                digest.update(booster.model_to_string().encode())
-            cached = self.__dict__["_fingerprint"] = digest.hexdigest()
+            texts = [booster.model_to_string() for booster in self.boosters]
+            cached = self.__dict__["_fingerprint"] = _digest(self.horizon_scale, texts)
         return cached
+
+    def model_texts(self) -> list[str]:
+        """The p10, p50 and p90 boosters as compact LightGBM model text (`models.compact`)."""
+        return [compact_model_text(b.model_to_string(num_iteration=-1)) for b in self.boosters]
+
+    @classmethod
+    def from_model_texts(
+        cls, texts: Sequence[str], horizon_scale: Sequence[float]
+    ) -> QuantileBoosters:
+        """Boosters rebuilt from `model_texts`; their fingerprint is that text's, so copies
+        read from the same files group together without serialising the boosters again."""
+        p10, p50, p90 = (lgb.Booster(model_str=text) for text in texts)
+        rebuilt = cls((p10, p50, p90), tuple(horizon_scale))
+        rebuilt.__dict__["_fingerprint"] = _digest(rebuilt.horizon_scale, texts)
+        return rebuilt
+
+
+def _digest(horizon_scale: tuple[float, ...], texts: Iterable[str]) -> str:
+    digest = hashlib.sha256(repr(horizon_scale).encode())
+    for text in texts:
+        digest.update(text.encode())
+    return digest.hexdigest()
 
 
 def _lgb_params(config: ForecastConfig) -> dict[str, object]:

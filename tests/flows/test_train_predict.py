@@ -20,6 +20,7 @@ from flows.predict import predict_profiles
 from flows.settings import Settings
 from flows.train import train_flow
 from models.profile import busy_thresholds, idle_floors
+from models.registry import load_forecaster_version
 from warehouse.db import connect, fetch_frame, fetch_value
 from warehouse.usage import read_recent_usage
 
@@ -133,6 +134,34 @@ def test_pyfunc_round_trip_gives_identical_forecasts(trained):
     from_example = pyfunc.predict(example)
     assert len(from_example) == 6 * 12
     assert from_example["ts"].min() > example["ts"].max()
+
+
+def test_a_version_is_a_compact_file_naming_the_shared_exceedance_model(trained_once, trained):
+    """Clients trained for real at the defaults (six metrics, a day's reach): each version's
+    files, plot included, stay under 300 KB; the exceedance model all of them use is stored
+    once, in a run of its own, and read once per process."""
+    client = _client(trained)
+    artifacts = trained_once / "artifacts"
+    shared_runs = set()
+    for model in client.search_registered_models():
+        version = client.get_model_version(model.name, "1")
+        folders = [
+            client.get_model_version_download_uri(model.name, "1"),
+            client.get_run(version.run_id).info.artifact_uri,
+        ]
+        files = [f for u in folders for f in Path(u.removeprefix("file://")).rglob("*")]
+        assert sum(f.stat().st_size for f in files if f.is_file()) < 300_000, model.name
+        names = {f.name for f in files}
+        assert "forecaster.json.gz" in names
+        assert not names & {"forecaster.pkl", "exceedance.json.gz"}
+        shared_runs.add(version.tags["exceedance_run_id"])
+    (shared,) = shared_runs  # every client has concurrency: one model, named by all
+    assert (artifacts / shared / "artifacts" / "exceedance" / "exceedance.json.gz").is_file()
+    loaded = [
+        load_forecaster_version(cid, "1", trained.mlflow_tracking_uri)
+        for cid in ("c0000", "c0001", "newbie")
+    ]
+    assert loaded[0].exceedance is loaded[1].exceedance is loaded[2].exceedance
 
 
 def test_promotion_gate_keeps_a_worse_challenger_out(trained, monkeypatch):
