@@ -109,9 +109,9 @@ def ensure_network(api: docker.APIClient, reach: Reach, seen: set[str], known: b
     except APIError as error:
         # Another create won the race (this prewarm's parallel apply, or another prewarm):
         # dockerd says 409, or 403 for the bridge interface it has just given the winner.
-        if error.status_code != _HTTP_CONFLICT and "already exists" not in str(error):
-            if not any(n.get("Name") == name for n in api.networks(names=[name])):
-                raise
+        lost_race = error.status_code == _HTTP_CONFLICT or "already exists" in str(error)
+        if not lost_race and not any(n.get("Name") == name for n in api.networks(names=[name])):
+            raise
     seen.add(name)
 
 
