@@ -43,6 +43,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import polars as pl
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 RESULTS = Path(__file__).parent / "results" / "cycle.json"
@@ -180,6 +182,7 @@ def _run(clients: int, cached: Path, hosts: int, memory_gb: int) -> dict[str, An
                 for k in range(1, CYCLES + 1)
             ]
             members, members_rss = _members(settings)
+            reasons = _reasons(settings)[1:]  # the timed cycles' (the warm-up's is all creates)
         finally:
             release_everything(settings)
     steps = {
@@ -197,6 +200,7 @@ def _run(clients: int, cached: Path, hosts: int, memory_gb: int) -> dict[str, An
         "first_cycle_steps": first["steps"],
         "actions": [c["actions"] for c in timed],
         "first_cycle_actions": first["actions"],
+        "reasons": reasons,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "members": members,
         "members_rss_mb": members_rss,
@@ -213,6 +217,25 @@ def _timed_cycle(prewarm_cycle: Any, clock: datetime) -> dict[str, Any]:
         "steps": summary.step_seconds,
         "actions": summary.actions,
     }
+
+
+def _reasons(settings: Any) -> list[dict[str, int]]:
+    """Each cycle's applied actions by why the reconciler took them ("release: scale down"),
+    in cycle order: what the churn is made of."""
+    from warehouse.db import connect, fetch_frame
+
+    with connect(settings.warehouse_path, read_only=True) as con:
+        rows = fetch_frame(
+            con,
+            "SELECT plan_id, action || ': ' || coalesce(reason, '') AS why, count(*) AS n,"
+            " min(happened_at) AS at FROM pool_events WHERE ok AND plan_id IS NOT NULL"
+            " GROUP BY plan_id, why",
+        )
+    order = rows.group_by("plan_id").agg(pl.col("at").min()).sort("at")["plan_id"]
+    return [
+        {r["why"]: r["n"] for r in rows.filter(pl.col("plan_id") == plan).sort("why").to_dicts()}
+        for plan in order
+    ]
 
 
 def _members(settings: Any) -> tuple[int, float]:

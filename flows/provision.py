@@ -40,7 +40,7 @@ from provisioning.apply import ApplyResult, members_frame, reconcile_once
 from provisioning.costs import CostModel, load_cost_model
 from provisioning.cycle_plan import CycleTiming, plan_cycle, planner_clients
 from provisioning.inventory import default_inventory, load_inventory
-from provisioning.member_size import member_sizes, upcoming
+from provisioning.member_size import member_sizes, resized_clients, upcoming
 from provisioning.planner import Plan
 from provisioning.runtime.base import LABEL_MANAGED, ContainerRuntime
 from provisioning.runtime.leases import LeaseBook, lease_book_path
@@ -53,7 +53,7 @@ from provisioning.toml_file import read_toml
 from warehouse.clients import read_clients, read_schema_extensions
 from warehouse.feeds import read_feed
 from warehouse.inventory import read_inventory, store_inventory
-from warehouse.plans import read_applied_sizes, read_recent_targets, write_plan
+from warehouse.plans import read_applied_sizes, read_recent_sizes, read_recent_targets, write_plan
 from warehouse.pools import read_pool, write_pool_state
 from warehouse.predictions import read_latest_forecasts
 from warehouse.usage import read_recent_usage
@@ -269,6 +269,9 @@ def make_plan(
     clients, quantiles, profiles = (f.filter(planned) for f in (clients, quantiles, profiles))
     timing = cycle_timing(settings)
     ahead = upcoming(profiles, *timing.reach(clock, lead_seconds))
+    # Plans by when they were applied (wall clock, the delay scaled to it): a change of
+    # clock between plans (the demo's, then a live feed's) holds too.
+    held_since = utc_now() - (clock - timing.hold_since(clock)) / clock_rate
     sizes = member_sizes(
         {client_id: (c["cpu"], c["memory_mb"]) for client_id, c in composites.items()},
         ahead,
@@ -276,12 +279,11 @@ def make_plan(
         max_memory_mb=limits.max_memory_mb,
         sizing={client_id: c.get("sizing") for client_id, c in composites.items()},
         current=read_applied_sizes(path),
+        settling=resized_clients(read_recent_sizes(path, held_since)),
     )
     sized = planner_clients(clients, sizes, ahead)
     current = _current_pool(settings)
-    # Plans by when they were applied (wall clock, the delay scaled to it): a change of
-    # clock between plans (the demo's, then a live feed's) holds too.
-    recent = read_recent_targets(path, utc_now() - (clock - timing.hold_since(clock)) / clock_rate)
+    recent = read_recent_targets(path, held_since)
     try:
         decided = plan_cycle(
             sized,

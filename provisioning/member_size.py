@@ -14,11 +14,15 @@ need moves past a rung, and every change replaces members (their config hash cha
 
 Sizes are sticky on top of that (`current`: the size the client's members have now): a
 member grows only once the predicted p90 itself outgrows it (its headroom used up), and
-shrinks only once the forecast asks for half its size or less; a client with no forecast
-window ahead keeps its size by the same rule. A need hovering at a rung's edge would
-otherwise replace the client's members back and forth, each replacement a release and a
-create (a contradiction, in the soak's words), and the extra costs little next to a cold
-start.
+shrinks only once the forecast asks for half its size or less, and not while its size is
+`settling` (it changed within the scale-down delay: the same stabilisation window as a
+release's). A client with no forecast window ahead keeps the size it has (its declared size
+only if it has none yet): windows entering and leaving the horizon would otherwise flip it
+between its declared and its forecast size every few cycles. A need hovering at a rung's
+edge, or a forecast that swings from cycle to cycle, would otherwise replace the client's
+members back and forth, each replacement a release and a create (a contradiction, in the
+soak's words; 15 % of the pool a cycle at 100 synthetic clients before these rules), and
+the extra costs little next to a cold start.
 
 The same function sizes the live loop's members (`flows.provision`) and the soak
 simulator's (`simulation.soak`), so the simulation plans what the loop would.
@@ -27,7 +31,7 @@ simulator's (`simulation.soak`), so the simulation plans what the loop would.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -165,11 +169,13 @@ def member_sizes(
     max_memory_mb: float,
     sizing: Mapping[str, Mapping[str, Any] | None] | None = None,
     current: Mapping[str, tuple[float, float]] | None = None,
+    settling: Collection[str] = (),
 ) -> dict[str, tuple[float, float]]:
     """Each client's member size (cpu, memory MB): its declared size, moved by the forecast
     of each resource it has one for (module doc) within the bounds of its schema's `sizing`
     (`from_forecast: false` keeps the declared size), sticky around `current` (module doc):
-    a client whose forecast has no window ahead for a while keeps its size too."""
+    a client whose forecast has no window ahead keeps its size, and one in `settling`
+    (resized within the scale-down delay: `resized_clients`) does not shrink."""
     peaks = {row["client_id"]: row for row in per_instance_peaks(profiles).iter_rows(named=True)}
     sized = {}
     for client_id, (cpu, memory) in declared.items():
@@ -180,9 +186,12 @@ def member_sizes(
         limit = SizeBounds.around(cpu, memory, given, max_cpu=max_cpu, max_memory_mb=max_memory_mb)
         peak = peaks.get(client_id, {})
         now_cpu, now_memory = (current or {}).get(client_id, (None, None))
+        may_shrink = client_id not in settling
         sized[client_id] = (
             _within(
-                _resource(cpu, peak.get("cpu"), peak.get("cpu_confidence"), now_cpu, CPU_BASE),
+                _resource(
+                    cpu, peak.get("cpu"), peak.get("cpu_confidence"), now_cpu, CPU_BASE, may_shrink
+                ),
                 limit.min_cpu,
                 limit.max_cpu,
             ),
@@ -193,6 +202,7 @@ def member_sizes(
                     peak.get("memory_confidence"),
                     now_memory,
                     MEMORY_BASE_MB,
+                    may_shrink,
                 ),
                 limit.min_memory_mb,
                 limit.max_memory_mb,
@@ -201,20 +211,41 @@ def member_sizes(
     return sized
 
 
+def resized_clients(sizes_by_plan: Sequence[Mapping[str, tuple[float, float]]]) -> set[str]:
+    """Clients whose member size is still settling, given each plan's sizes (client ->
+    size) in order from the one in force when the scale-down delay began: those sized
+    differently since, or sized for the first time since."""
+    if not sizes_by_plan:
+        return set()
+    first, *later = sizes_by_plan
+    return {
+        client_id
+        for sizes in later
+        for client_id, size in sizes.items()
+        if first.get(client_id) != size
+    }
+
+
 def _resource(
-    declared: float, need: float | None, confidence: float | None, now: float | None, base: float
+    declared: float,
+    need: float | None,
+    confidence: float | None,
+    now: float | None,
+    base: float,
+    may_shrink: bool,
 ) -> float:
-    """One resource's size: the need with its headroom on the ladder (the declared size
-    without a forecast of it), sticky around `now`."""
+    """One resource's size: the need with its headroom on the ladder, sticky around `now`;
+    without a forecast of it, the size it has (the declared one if none yet)."""
     if need is None or need <= 0:
-        return _sticky(declared, declared, now)
-    return _sticky(ladder_up(need * headroom(confidence), base), need, now)
+        return declared if now is None else now
+    return _sticky(ladder_up(need * headroom(confidence), base), need, now, may_shrink)
 
 
-def _sticky(wanted: float, need: float, now: float | None) -> float:
-    """The size `now` while it still holds the predicted `need` and `wanted` is more than
-    SHRINK_AT of it; else `wanted` (the need with its headroom, on the ladder)."""
-    if now is None or need > now or wanted <= now * SHRINK_AT:
+def _sticky(wanted: float, need: float, now: float | None, may_shrink: bool) -> float:
+    """The size `now` while it still holds the predicted `need` and either `wanted` is more
+    than SHRINK_AT of it or it may not shrink yet; else `wanted` (the need with its
+    headroom, on the ladder)."""
+    if now is None or need > now or (may_shrink and wanted <= now * SHRINK_AT):
         return wanted
     return now
 

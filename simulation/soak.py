@@ -40,7 +40,7 @@ import polars as pl
 from core.vocabulary import TierName
 from provisioning.costs import CostModel
 from provisioning.cycle_plan import CyclePlan, CycleTiming, plan_cycle, planner_clients
-from provisioning.member_size import member_sizes, upcoming
+from provisioning.member_size import member_sizes, resized_clients, upcoming
 from provisioning.reconciler import LABEL_CONFIG_HASH, Action, diff
 from provisioning.runtime.base import LABEL_HOST, Member
 from provisioning.schema_checks import limits_from_inventory
@@ -249,8 +249,10 @@ def _plan(
         max_cpu=limits.max_cpu,
         max_memory_mb=limits.max_memory_mb,
         current=pool.member_sizes,
+        settling=resized_clients(pool.sizes_since(since)),
     )
     pool.member_sizes = sized
+    pool.size_history.append((cycle.clock, sized))
     return plan_cycle(
         planner_clients(clients, sized, ahead),
         inventory,
@@ -282,9 +284,18 @@ class _SimPool:
         self.sizes = sizes
         # What the last plan sized members at (the live loop reads its last applied plan's).
         self.member_sizes: dict[str, tuple[float, float]] = {}
+        # Every plan's sizes by its clock: what tells a size still settling (as the live
+        # loop reads them from its applied plans).
+        self.size_history: list[tuple[datetime, dict[str, tuple[float, float]]]] = []
         self.events: list[dict] = []
         self._ids = itertools.count()
         self._epoch = datetime(1970, 1, 1)
+
+    def sizes_since(self, since: datetime) -> list[dict[str, tuple[float, float]]]:
+        """The sizes of the plan in force at `since` (none: {}) and of every plan after it,
+        as `warehouse.plans.read_recent_sizes` reads the live loop's."""
+        before = [sizes for at, sizes in self.size_history if at <= since][-1:] or [{}]
+        return before + [sizes for at, sizes in self.size_history if at > since]
 
     def specs(self) -> dict[str, dict]:
         return {

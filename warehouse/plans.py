@@ -132,6 +132,37 @@ def read_applied_sizes(path: Path) -> dict[str, tuple[float, float]]:
     }
 
 
+def read_recent_sizes(path: Path, since: datetime) -> list[dict[str, tuple[float, float]]]:
+    """Each client's member size (cpu, memory MB) in the plan in force at `since` (wall
+    clock; the newest applied by then: an empty dict when there was none) and in every plan
+    applied after it, a dict per plan in order: what tells a size still settling from one
+    that has held."""
+    with connect(path, read_only=True) as con:
+        rows = fetch_frame(
+            con,
+            """
+            WITH applied AS (SELECT plan_id, seq, recorded_at FROM plans WHERE NOT dry_run),
+            in_force AS (SELECT max(seq) AS seq FROM applied WHERE recorded_at <= ?)
+            SELECT p.seq, p.seq = (SELECT seq FROM in_force) AS in_force, a.client_id,
+                   any_value(a.config->>'cpu')::DOUBLE AS cpu,
+                   any_value(a.config->>'memory_mb')::DOUBLE AS memory_mb
+            FROM allocations a JOIN applied p USING (plan_id)
+            WHERE a.config IS NOT NULL
+              AND (p.recorded_at > ? OR p.seq = (SELECT seq FROM in_force))
+            GROUP BY p.seq, a.client_id
+            ORDER BY p.seq, a.client_id
+            """,
+            [since, since],
+        )
+    plans: dict[int, dict[str, tuple[float, float]]] = {}
+    if not rows.height or not rows.row(0, named=True)["in_force"]:
+        plans[0] = {}  # nothing was in force: every size since is new
+    for r in rows.iter_rows(named=True):
+        if r["cpu"] is not None and r["memory_mb"] is not None:
+            plans.setdefault(r["seq"], {})[r["client_id"]] = (r["cpu"], r["memory_mb"])
+    return list(plans.values())
+
+
 def read_recent_targets(path: Path, since: datetime) -> pl.DataFrame:
     """Per client and host, the most members any plan applied since `since` (wall clock)
     wanted (client_id, host, total): what scale-down stabilisation holds."""

@@ -106,3 +106,22 @@ def test_members_grow_when_predicted_memory_doubles(pool_settings):  # noqa: F81
     assert [_memory_limit_mb(m) for m in second] == [2 * small_mb] * 2  # the ladder scales
     assert summary.actions.get("create", 0) >= 2
     assert provision_pools().actions == {}
+
+
+def test_members_just_grown_are_not_shrunk_back_within_the_scale_down_delay(pool_settings):  # noqa: F811
+    """A forecast that swings back right after a resize would replace the members twice
+    (the churn of a loop left running): a size shrinks only once it held for the delay."""
+    declared = read_clients(pool_settings.warehouse_path).filter(pl.col("client_id") == BUSY)[
+        "container_memory_mb"
+    ][0]
+    _predict_memory(pool_settings, 2 * 0.8 * declared, minute=2)
+    provision_pools()
+    _predict_memory(pool_settings, 2 * 1.6 * declared, minute=3)
+    provision_pools()
+    grown = _busy_members(pool_settings)
+    assert len({_memory_limit_mb(m) for m in grown}) == 1
+
+    # A third of the grown size an instance: it would shrink, but it was resized just now.
+    _predict_memory(pool_settings, 2 * 0.5 * declared, minute=4)
+    assert provision_pools().actions == {}
+    assert {m.id for m in _busy_members(pool_settings)} == {m.id for m in grown}

@@ -10,7 +10,7 @@ from datetime import datetime
 import polars as pl
 import pytest
 
-from provisioning.member_size import ladder_up, member_sizes, upcoming
+from provisioning.member_size import ladder_up, member_sizes, resized_clients, upcoming
 from provisioning.schema_model import Sizing
 
 DECLARED = {"c1": (0.5, 512.0)}
@@ -136,3 +136,34 @@ def test_members_grow_once_outgrown_and_shrink_only_to_half_their_size_or_less()
     assert kept == 768.0  # 512 would do, but that is more than half of 768: kept
     shrunk = member_sizes(DECLARED, _profile(memory_p90=500.0), **HOST, current=now)["c1"][1]
     assert shrunk == 256.0  # 256 is a third of 768: shrinks
+
+
+def test_a_client_without_a_window_ahead_keeps_the_size_it_has():
+    # Windows entering and leaving the horizon flipped such a client between its declared
+    # size (0.5 cores here) and its forecast one every few cycles, replacing its members.
+    now = {"c1": (0.125, 1024.0)}
+    assert member_sizes(DECLARED, pl.DataFrame(), **HOST, current=now) == now
+    assert member_sizes(DECLARED, pl.DataFrame(), **HOST) == DECLARED  # nothing to keep yet
+    no_cpu = _profile(memory_p90=2000.0).with_columns(pl.lit(None).alias("cpu_cores_p90"))
+    assert member_sizes(DECLARED, no_cpu, **HOST, current=now)["c1"] == (0.125, 1024.0)
+
+
+def test_a_size_still_settling_grows_but_does_not_shrink():
+    now = {"c1": (0.5, 768.0)}
+    small = _profile(memory_p90=500.0)  # 256 MB an instance: a third of 768
+    assert member_sizes(DECLARED, small, **HOST, current=now, settling={"c1"})["c1"][1] == 768.0
+    assert member_sizes(DECLARED, small, **HOST, current=now, settling={"c2"})["c1"][1] == 256.0
+    big = _profile(memory_p90=2000.0)
+    assert member_sizes(DECLARED, big, **HOST, current=now, settling={"c1"})["c1"][1] == 1024.0
+
+
+def test_a_size_settles_once_it_has_held_since_the_plan_in_force_when_the_delay_began():
+    in_force = {"a": (0.5, 512.0), "b": (1.0, 256.0), "d": (1.0, 64.0)}
+    since = [
+        {"a": (0.5, 512.0), "b": (1.0, 512.0), "c": (2.0, 64.0)},
+        {"a": (0.5, 512.0), "b": (1.0, 256.0), "c": (2.0, 64.0)},
+    ]
+    # b was resized (and back), c sized for the first time; a held; d is no longer planned.
+    assert resized_clients([in_force, *since]) == {"b", "c"}
+    assert resized_clients([in_force]) == set()
+    assert resized_clients([]) == set()

@@ -4,7 +4,7 @@ applied plan by sequence, never by the data clock, never a dry run."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
@@ -16,6 +16,7 @@ from warehouse.plans import (
     planned_host,
     read_applied_config,
     read_applied_targets,
+    read_recent_sizes,
     read_recent_targets,
     write_plan,
 )
@@ -133,6 +134,25 @@ def test_the_latest_plan_is_the_newest_applied_one_by_sequence(warehouse_path: P
     assert capacity.select("client_id", "active").rows() == [("a", 2)]
     recent = read_recent_targets(warehouse_path, T0 - timedelta(days=1))
     assert sorted(recent.select("host", "total").rows()) == [("h-p-1", 1), ("h-p-2", 2)]
+
+
+def test_recent_sizes_are_those_of_each_applied_plan_since_a_moment(warehouse_path: Path):
+    """Per applied plan, each client's member size from its config, from the plan in force
+    at the moment on; dry runs do not count."""
+    sizes = {"p-1": (0.5, 512.0), "p-2": (1.0, 512.0), "p-3": (4.0, 4096.0)}
+    for plan_id, dry_run in (("p-1", False), ("p-2", False), ("p-3", True)):
+        cpu, memory = sizes[plan_id]
+        config = {"image": "img", "cpu": cpu, "memory_mb": memory}
+        write_plan(warehouse_path, _plan(plan_id, T0, 1), dry_run, {"a": config})
+    since = datetime.now(UTC).replace(tzinfo=None) - timedelta(hours=1)
+    # No plan was in force an hour ago: an empty one stands for it.
+    assert read_recent_sizes(warehouse_path, since) == [
+        {},
+        {"a": sizes["p-1"]},
+        {"a": sizes["p-2"]},
+    ]
+    # Since a moment after both: only the plan in force then.
+    assert read_recent_sizes(warehouse_path, since + timedelta(days=1)) == [{"a": sizes["p-2"]}]
 
 
 def test_old_prediction_runs_are_pruned_but_each_clients_latest_is_kept(warehouse_path):
