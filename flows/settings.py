@@ -168,6 +168,18 @@ class Settings(BaseSettings):
     activate_burst: int = Field(
         default=20, ge=1, description="activations one API key may make at once"
     )
+    api_max_clients: int = Field(
+        default=10_000,
+        ge=1,
+        le=1_000_000,
+        description="client views the API keeps in memory (least recently used dropped first)",
+    )
+    api_max_queued_outcomes: int = Field(
+        default=10_000,
+        ge=1,
+        le=1_000_000,
+        description="activation outcomes the API holds unwritten (then refused and counted)",
+    )
     allowed_images: str = Field(
         default="prewarm/worker:latest",  # the worker image prewarm builds (runtime/images.py)
         pattern=r"^\s*[^,\s]+(\s*,\s*[^,\s]+)*\s*$",

@@ -42,6 +42,8 @@ def api(
         activate_rate=settings.activate_rate,
         activate_burst=settings.activate_burst,
         allowed_images=settings.allowed_image_list,
+        max_clients=settings.api_max_clients,
+        max_queued_outcomes=settings.api_max_queued_outcomes,
     )
     serve(app_, host=host, port=port or settings.api_port)
 
