@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint bench bench-ingest bench-train bench-accuracy bench-activation bench-api bench-fleet bench-planner bench-replay bench-soak bench-soak-docker bench-cycle screenshots clean-data
+.PHONY: install demo test lint bench bench-ingest bench-train bench-accuracy bench-activation bench-runtime-pool bench-api bench-fleet bench-planner bench-replay bench-soak bench-soak-docker bench-cycle screenshots clean-data
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "prewarm needs Python 3.11, found " + sys.version' 
@@ -37,6 +37,12 @@ clean-data:
 
 bench-activation: $(STAMP)
 	$(BIN)/python bench/activation.py
+
+# One process-runtime call's cost at pool sizes 50 to 2,000; BASELINE=<git ref> measures that
+# ref's code in the same run (before/after ratios).
+BASELINE ?=
+bench-runtime-pool: $(STAMP)
+	$(BIN)/python bench/runtime_pool.py $(if $(BASELINE),--baseline $(BASELINE))
 
 # The client API on 127.0.0.1 (its own small warehouse, process runtime; Docker when up).
 bench-api: $(STAMP)

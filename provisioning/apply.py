@@ -15,8 +15,8 @@ of actions; `activate_one` serves the API's "a request arrived" path.
 
 **Parallel, bounded.** Within a phase, up to `parallel` actions run at once (runtime calls
 mostly wait: on dockerd, on a worker's first health answer); a phase ends before the next
-begins, so the order above holds, and the events keep the execution order. The process
-runtime serialises its own calls on its state file, so it gains nothing but loses nothing.
+begins, so the order above holds, and the events keep the execution order. Both runtimes
+gain: a process-runtime call locks its own member's record only.
 
 **Failures.** Each action's failure is caught, logged and recorded (`ok` false, `error`
 text) and the others continue: a half-applied pool is healed by the next run, because the

@@ -42,7 +42,7 @@ class _ProcStat:
 def _read_proc_stat(pid: int) -> _ProcStat | None:
     """State, start time and CPU seconds of a pid from /proc, or None if it is gone."""
     try:
-        text = Path(f"/proc/{pid}/stat").read_text()
+        text = _read_small(f"/proc/{pid}/stat").decode()
     except OSError:
         return None
     # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
@@ -51,9 +51,23 @@ def _read_proc_stat(pid: int) -> _ProcStat | None:
     return _ProcStat(fields[0], int(fields[19]), (utime + stime) / _CLOCK_TICKS)
 
 
+def _read_small(path: str) -> bytes:
+    """A small file's bytes in one read: without the buffered text layer, as a listing reads
+    two files a member (its record and its /proc stat)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, 65536)
+    finally:
+        os.close(fd)
+
+
 def _is_same_process(pid: int, start_ticks: int | None) -> bool:
     """True when `pid` is alive (not a zombie) and is the process started at `start_ticks`."""
-    stat = _read_proc_stat(pid)
+    return _is_alive_as(_read_proc_stat(pid), start_ticks)
+
+
+def _is_alive_as(stat: _ProcStat | None, start_ticks: int | None) -> bool:
+    """True when a /proc stat already read is of a live process started at `start_ticks`."""
     return stat is not None and stat.start_ticks == start_ticks and stat.state not in _DEAD_STATES
 
 

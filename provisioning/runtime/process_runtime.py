@@ -9,15 +9,23 @@ stopped before its interpreter starts would hold memory like a shadow, so we do 
 it is cold. Activating a cold member therefore spawns it.
 
 Workers run in their own session and process group (setsid), so they outlive the prewarm
-that started them. The pool is persisted in a JSON file guarded by an flock
-(`process_records.py`); a new ProcessRuntime on the same file (a restarted prewarm) finds
-its workers again, identified by pid *and* the process start time from /proc/<pid>/stat, so
-a recycled pid is never mistaken for a worker (`process_control.py`). Entries whose process
-is gone are dropped on every load, and a worker whose spawn was interrupted is stopped
-(`process_strays.py`). Each worker is spawned with RLIMIT_AS and RLIMIT_NPROC
-(`process_spawn.py`); CPU is recorded but not enforced. Each worker keeps its database in
-a directory of its own beside the state file (`<state>-data/<member>`), removed with the
-worker. Linux only (/proc).
+that started them. The pool is persisted one record file per member, each guarded by its
+own flock (`process_records.py`; a version-1 state file, the whole pool in one JSON, is
+migrated on first use: `process_state.py`). A call on a member locks, reads and writes that
+member alone, so its cost does not grow with the pool and calls on different members run at
+once, in threads or in prewarm processes sharing the state file. A call holds its member's
+lock from start to end, spawn and health wait included, so two calls on one member (an
+activation racing a release) run one after the other; a listing waits for no lock, and
+reports a member whose worker a call is still spawning as it was before that call.
+
+A new ProcessRuntime on the same file (a restarted prewarm) finds its workers again,
+identified by pid *and* the process start time from /proc/<pid>/stat, so a recycled pid is
+never mistaken for a worker (`process_control.py`). A record whose process is gone is
+dropped by the first call or listing that meets it, and a worker whose spawn was
+interrupted is stopped (`process_strays.py`). Each worker is spawned with RLIMIT_AS and
+RLIMIT_NPROC (`process_spawn.py`); CPU is recorded but not enforced. Each worker keeps its
+database in a directory of its own beside the state file (`<state>-data/<member>`), removed
+with the worker. Linux only (/proc).
 """
 
 from __future__ import annotations
@@ -31,11 +39,13 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from provisioning.runtime.base import (
+    LABEL_CLIENT,
     LABEL_TIER,
     ActivationTimeout,
     ContainerSpec,
@@ -54,7 +64,9 @@ from provisioning.runtime.base import (
 from provisioning.runtime.process_control import (
     _CLOCK_TICKS,
     _STOPPED_STATES,
+    _is_alive_as,
     _is_same_process,
+    _ProcStat,
     _read_proc_stat,
     _reap,
     _rss_mb,
@@ -62,15 +74,25 @@ from provisioning.runtime.process_control import (
     _terminate,
     _uptime_s,
 )
-from provisioning.runtime.process_records import _Record, load_records, locked, save_records
+from provisioning.runtime.process_records import MemberRecords, _Record, is_member_id, records_dir
 from provisioning.runtime.process_spawn import _limits_of, remove_data, spawn_worker
+from provisioning.runtime.process_state import prepare_state
 from provisioning.runtime.process_strays import stop_interrupted_spawn, stop_strays, stray_workers
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class _Seen:
+    """A record as a listing met it, with its worker's /proc stat read once."""
+
+    record: _Record
+    stat: _ProcStat | None
+    busy: bool  # a call holds the member's lock, so the record was left as it was
+
+
 class ProcessRuntime:
-    """ContainerRuntime over local worker processes, persisted in a JSON state file."""
+    """ContainerRuntime over local worker processes, persisted one record file per member."""
 
     name: RuntimeName = "process"
 
@@ -86,14 +108,17 @@ class ProcessRuntime:
         self.grace_s = grace_s
         self.health_timeout_s = health_timeout_s
         self.python = python
+        self.records = MemberRecords(records_dir(self.state_path))
         self.log_dir = self.state_path.with_name(self.state_path.stem + "-logs")
         self.data_dir = self.state_path.with_name(self.state_path.stem + "-data")
         self._cpu = CpuMeter()
+        self._prepared = False
 
     # -- the ContainerRuntime interface ------------------------------------------------
 
     def create(self, spec: ContainerSpec) -> Member:
         """Record a member; spawn it unless cold, and freeze it when shadow."""
+        self._ready()
         record = _Record(
             id=f"prewarm-{safe_name_part(spec.client_id)}-{uuid.uuid4().hex[:8]}",
             client_id=spec.client_id,
@@ -105,37 +130,35 @@ class ProcessRuntime:
             port=spec.port,
             created_at=utc_now().isoformat(),
         )
-        with self._pool() as pool:
-            pool[record.id] = record
+        with self.records.locked(record.id, new=True):
             try:
                 if spec.tier != "cold":
-                    self._start_healthy(record, pool)
+                    self._start_healthy(record, "create")
                 if spec.tier == "shadow":
                     self._freeze(record)
+                self._commit(record)
             except BaseException:
                 # The caller never learns the id of a failed create: leave nothing behind.
-                del pool[record.id]
                 self._stop(record)
+                self.records.discard(record.id)
                 raise
         log.info("created %s member %s for %s", spec.tier, record.id, spec.client_id)
         return self._member(record)
 
     def shadow(self, member_id: str) -> Member:
         """Freeze a member (spawning it first if it is cold)."""
-        with self._pool() as pool:
-            record = self._get(pool, member_id)
+        with self._claimed(member_id) as record:
             if record.pid is None:
-                self._start_healthy(record, pool)
+                self._start_healthy(record, "shadow")
             self._freeze(record)
         return self._member(record)
 
     def activate(self, member_id: str) -> tuple[Member, float]:
         """SIGCONT a shadow or spawn a cold member; ms until /health first answers."""
-        with self._pool() as pool:
-            record = self._get(pool, member_id)
+        with self._claimed(member_id) as record:
             from_tier = self._tier(record)
             started = time.perf_counter()
-            resume_ms, resumed_at = self._resume(record, from_tier, pool)
+            resume_ms, resumed_at = self._resume(record, from_tier)
             elapsed = ms_since(started)
             record.timings_ms = {
                 "resume": resume_ms,
@@ -148,31 +171,43 @@ class ProcessRuntime:
 
     def release(self, member_id: str) -> None:
         """Terminate and forget a member; a gone member is fine."""
-        with self._pool() as pool:
-            record = pool.get(member_id)
+        self._ready()
+        if not is_member_id(member_id):
+            return
+        with self.records.locked(member_id):
+            record = self._settled(member_id)
             if record is None:
                 return
             # Stopped before it is forgotten: an interrupted release leaves a record, not an
             # untracked process.
             self._stop(record)
-            del pool[member_id]
+            self.records.discard(member_id)
         self._cpu.forget(member_id)
         log.info("released %s", member_id)
 
     def list(self, labels: dict[str, str] | None = None) -> list[Member]:
         """Members whose labels (with the current tier) equal every given label."""
-        with self._pool(read_only=True) as pool:
-            members = [self._member(record) for record in pool.values()]
+        client = (labels or {}).get(LABEL_CLIENT)
+        # A member id starts with its client's name part: listing one client's members (what
+        # every activation through the API does) reads that client's records only.
+        prefix = f"prewarm-{safe_name_part(client)}-" if client is not None else ""
+        listed = (_as_listed(seen) for seen in self._survey(prefix))
+        members = [self._member(seen.record, seen.stat) for seen in listed if seen is not None]
         return [m for m in members if matches_labels(m.labels, labels)]
 
     def strays(self) -> dict[int, str]:
         """Workers of this state file that no record owns (pid -> member id): left running
         when a process was killed between spawning a worker and saving its record."""
-        marker = str(self.state_path.resolve())
-        with self._pool() as pool:
-            owned = {record.pid for record in pool.values() if record.pid is not None}
-            found = stray_workers(marker, owned)
-        return found
+        marker = self._marker()
+        # Workers first, records second: a worker's record is on disk before the worker
+        # exists, so every worker found now is on record when the records are read.
+        workers = stray_workers(marker, set())
+        seen = self._survey()
+        owned = {s.record.pid for s in seen if s.record.pid is not None}
+        spawning = {s.record.id for s in seen if s.busy}  # its pid may not be on record yet
+        # Looked for again: a worker released meanwhile is gone, its record with it.
+        found = stray_workers(marker, owned)
+        return {pid: m for pid, m in found.items() if pid in workers and m not in spawning}
 
     def sweep_strays(self) -> builtins.list[str]:
         """Stop every stray worker of this state file; return the member ids they served."""
@@ -180,10 +215,13 @@ class ProcessRuntime:
 
     def stats(self, member_id: str) -> dict[str, Any]:
         """CPU percent and resident memory from /proc (zeros for a cold member)."""
-        with self._pool() as pool:
-            record = self._get(pool, member_id)
-        tier = self._tier(record)
-        stat = _read_proc_stat(record.pid) if record.pid is not None else None
+        self._ready()
+        record = self.records.read(member_id) if is_member_id(member_id) else None
+        seen = self._look(record) if record is not None else None
+        if seen is None:
+            raise _not_found(member_id)
+        record, stat = seen.record, seen.stat
+        tier = _tier_of(record, stat)
         if record.pid is None or stat is None:
             return {"cpu_percent": 0.0, "memory_mb": 0.0, "tier": tier, "pid": None}
         cpu_percent = self._cpu.percent(
@@ -197,74 +235,133 @@ class ProcessRuntime:
             "pid": record.pid,
         }
 
-    # -- state file -------------------------------------------------------------------
+    # -- records ----------------------------------------------------------------------
+
+    def _ready(self) -> None:
+        """Migrate a version-1 state file the first time this runtime is used."""
+        if not self._prepared:
+            prepare_state(self.state_path, self.records)
+            self._prepared = True
+
+    def _marker(self) -> str:
+        """The state file as workers name it (`--state`)."""
+        return str(self.state_path.resolve())
 
     @contextmanager
-    def _pool(self, read_only: bool = False) -> Iterator[dict[str, _Record]]:
-        """Load the pool under an exclusive lock, drop dead entries, save it back on exit.
+    def _claimed(self, member_id: str) -> Iterator[_Record]:
+        """Hold one member's lock for a call, its record settled; saved back on the way out
+        even when the call fails, so a worker spawned before the failure stays on record.
 
-        `read_only` (a listing): saved only when dead entries were dropped, so the many
-        listings of an apply or of the API do not rewrite the whole file under the lock."""
-        with locked(self.state_path):
-            loaded = load_records(self.state_path)
-            pool = self._drop_dead(loaded)
+        Saved only when the call changed what the record is for (its process, endpoints,
+        files): a warm activation or a freeze changes nothing but the tier, which is read
+        from /proc, and the timings it returns, so it writes nothing (a file replaced per
+        activation costs more than the SIGCONT and health answer together)."""
+        self._ready()
+        if not is_member_id(member_id):
+            raise _not_found(member_id)
+        with self.records.locked(member_id):
+            record = self._settled(member_id)
+            if record is None:
+                raise _not_found(member_id)
+            before = _essence(record)
             try:
-                yield pool
+                yield record
             finally:
-                # Saved even when the body fails, so a worker spawned before the failure
-                # stays on record and can be released.
-                if not read_only or len(pool) != len(loaded):
-                    self._save(pool)
+                if record.spawning is not None or _essence(record) != before:
+                    self._commit(record)
 
-    def _save(self, pool: dict[str, _Record]) -> None:
-        """Write the pool to the state file (every save, the spawn's too, goes through here)."""
-        save_records(self.state_path, pool)
+    def _settled(self, member_id: str) -> _Record | None:
+        """The member's record, its lock held: None, with no file left, when it has none or
+        its worker died."""
+        record = self.records.read(member_id)
+        if record is None:
+            self.records.discard(member_id)  # the lock file this look created
+            return None
+        return self._settle(record)
 
-    def _drop_dead(self, pool: dict[str, _Record]) -> dict[str, _Record]:
-        kept = {}
-        for member_id, record in pool.items():
-            if record.pid is None and record.endpoint is not None:
-                stop_interrupted_spawn(str(self.state_path.resolve()), record, self.grace_s)
-            if record.pid is None or _is_same_process(record.pid, record.pid_start):
-                kept[member_id] = record
-                continue
+    def _settle(self, record: _Record) -> _Record | None:
+        """Catch a record whose lock we hold up with its worker: a spawn interrupted before
+        its pid was saved has its worker stopped and the member is cold; a worker that died
+        is dropped with its record (None); a call killed in its health wait leaves a worker
+        on record, kept like any other."""
+        unsettled = record.spawning is not None or _interrupted(record)
+        if _interrupted(record):
+            stop_interrupted_spawn(self._marker(), record, self.grace_s)
+        if record.pid is not None and not _is_same_process(record.pid, record.pid_start):
             log.warning(
                 "worker %s (pid %s) is gone; dropping it (its log, kept: %s)",
-                member_id,
+                record.id,
                 record.pid,
                 record.log_path,
             )
             _reap(record.pid, record.pid_start)
-        return kept
+            self.records.discard(record.id)
+            return None
+        if unsettled:
+            self._commit(record)
+        return record
+
+    def _survey(self, prefix: str = "") -> builtins.list[_Seen]:
+        """Every record whose id starts with `prefix`, as `_look` sees it."""
+        self._ready()
+        seen = (self._look(record) for record in self.records.read_all(prefix))
+        return [s for s in seen if s is not None]
+
+    def _look(self, record: _Record) -> _Seen | None:
+        """A record read without its lock, with its worker's stat. One whose worker died or
+        whose spawn is under way is settled if its lock is free (None once dropped), and
+        left as it is, busy, when a call holds the lock: that call is working on it."""
+        stat = _read_proc_stat(record.pid) if record.pid is not None else None
+        alive = record.pid is None or _is_alive_as(stat, record.pid_start)
+        if alive and record.spawning is None and not _interrupted(record):
+            return _Seen(record, stat, busy=False)
+        with self.records.try_locked(record.id) as mine:
+            if not mine:
+                return _Seen(record, stat, busy=True)
+            settled = self._settled(record.id)
+        if settled is None:
+            return None
+        pid = settled.pid
+        return _Seen(settled, _read_proc_stat(pid) if pid is not None else None, busy=False)
+
+    def _commit(self, record: _Record) -> None:
+        """Save a record at the end of a call: no spawn is under way any more."""
+        record.spawning = None
+        self._save(record)
+
+    def _save(self, record: _Record) -> None:
+        """Write a member's record (every save, the spawn's too, goes through here)."""
+        self.records.write(record)
 
     # -- processes --------------------------------------------------------------------
 
-    def _spawn(self, record: _Record, pool: dict[str, _Record]) -> None:
-        """Start the worker (see `spawn_worker`), saving the pool before and after."""
+    def _spawn(self, record: _Record, call: str) -> None:
+        """Start the worker (see `spawn_worker`), saving its record before and after."""
+        record.spawning = call
         spawn_worker(
             record,
             self.python,
             self.state_path,
             self.log_dir,
             self.data_dir,
-            lambda: self._save(pool),
+            lambda: self._save(record),
         )
 
-    def _start_healthy(self, record: _Record, pool: dict[str, _Record]) -> None:
+    def _start_healthy(self, record: _Record, call: str) -> None:
         """Spawn and wait for the first health answer (the worker is killed if none comes)."""
         started = time.perf_counter()
-        self._spawn(record, pool)
+        self._spawn(record, call)
         self._await_health(record, self._pending(record))
         record.timings_ms = {"spawn_to_healthy": ms_since(started)}
 
-    def _resume(self, record: _Record, tier: Tier, pool: dict[str, _Record]) -> tuple[float, float]:
+    def _resume(self, record: _Record, tier: Tier) -> tuple[float, float]:
         """Get the worker running and answering.
 
         Returns the resume step's duration in ms and the perf_counter instant it ended.
         """
         if tier == "cold":
             began = time.perf_counter()
-            self._spawn(record, pool)
+            self._spawn(record, "activate")
             spawned = time.perf_counter()
             self._await_health(record, self._pending(record))
             return (spawned - began) * 1000.0, spawned
@@ -272,8 +369,8 @@ class ProcessRuntime:
         pending = self._pending(record)
         began = time.perf_counter()
         if tier == "shadow" and record.pid is not None:
-            # Identity was verified when the pool was loaded, under the lock, just now; if it
-            # died since, the health wait below fails and says so.
+            # Identity was verified when the record was read, under its lock, just now; if
+            # it died since, the health wait below fails and says so.
             with suppress(ProcessLookupError):
                 os.kill(record.pid, signal.SIGCONT)
         resumed = time.perf_counter()
@@ -331,24 +428,15 @@ class ProcessRuntime:
 
     # -- views ------------------------------------------------------------------------
 
-    @staticmethod
-    def _get(pool: dict[str, _Record], member_id: str) -> _Record:
-        try:
-            return pool[member_id]
-        except KeyError:
-            raise MemberNotFound(f"no process-runtime member {member_id!r}") from None
-
-    @staticmethod
-    def _tier(record: _Record) -> Tier:
+    def _tier(self, record: _Record) -> Tier:
         """The true tier, from the process state rather than what we last recorded."""
-        if record.pid is None:
-            return "cold"
-        stat = _read_proc_stat(record.pid)
-        return "shadow" if stat is not None and stat.state in _STOPPED_STATES else "active"
+        return _tier_of(record, _read_proc_stat(record.pid) if record.pid is not None else None)
 
-    def _member(self, record: _Record) -> Member:
-        tier = self._tier(record)
-        stat = _read_proc_stat(record.pid) if record.pid is not None else None
+    def _member(self, record: _Record, stat: _ProcStat | None = None) -> Member:
+        """The member a record describes; `stat`: its worker's, when just read (else read)."""
+        if stat is None and record.pid is not None:
+            stat = _read_proc_stat(record.pid)
+        tier = _tier_of(record, stat)
         return Member(
             id=record.id,
             client_id=record.client_id,
@@ -370,3 +458,47 @@ class ProcessRuntime:
                 "timings_ms": dict(record.timings_ms),
             },
         )
+
+
+def _tier_of(record: _Record, stat: _ProcStat | None) -> Tier:
+    if record.pid is None:
+        return "cold"
+    return "shadow" if stat is not None and stat.state in _STOPPED_STATES else "active"
+
+
+def _essence(record: _Record) -> dict[str, Any]:
+    """What a record is for: all it holds but the tier label and the last call's timings."""
+    essence = asdict(record)
+    del essence["timings_ms"]
+    essence["labels"].pop(LABEL_TIER, None)
+    return essence
+
+
+def _interrupted(record: _Record) -> bool:
+    """An endpoint but no pid: the spawner saved the first but never the second."""
+    return record.pid is None and record.endpoint is not None
+
+
+def _as_listed(seen: _Seen) -> _Seen | None:
+    """How a listing reports a record: a member a call is spawning as it was before that
+    call (a create's: not yet there; an activation's or a shadow's: cold), and one whose
+    worker died while a call holds it (being released, or failing) not at all."""
+    record = seen.record
+    if not seen.busy:
+        return seen
+    if record.spawning is None or record.spawning == "create":
+        return None
+    cold = replace(
+        record,
+        pid=None,
+        pid_start=None,
+        endpoint=None,
+        log_path=None,
+        ports={},
+        labels={**record.labels, LABEL_TIER: "cold"},
+    )
+    return _Seen(cold, None, busy=True)
+
+
+def _not_found(member_id: str) -> MemberNotFound:
+    return MemberNotFound(f"no process-runtime member {member_id!r}")

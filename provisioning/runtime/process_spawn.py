@@ -5,10 +5,10 @@ on 127.0.0.1, in its own session and process group (setsid), so it outlives the 
 started it, with a clean environment like a container's and a directory of its own for its
 database. Members share the host's ports, so each port a member declares is mapped to a free
 one bound here and handed down (`--fd` for the first, the probed one; `--port-fd
-DECLARED=FD` for the others): the record keeps the mapping. A spawn is written to the state
-file (its endpoints, no pid yet) before the worker exists and again, with its pid, before
-waiting for its health (see `process_strays.py` for what a load does with a spawn that was
-interrupted in between).
+DECLARED=FD` for the others): the record keeps the mapping. A spawn is written to the
+member's record (its endpoints, no pid yet) before the worker exists and again, with its
+pid, before waiting for its health (see `process_strays.py` for what the next call or
+listing does with a spawn that was interrupted in between).
 
 Limits: each worker gets RLIMIT_AS (the spec's memory, at least what the interpreter needs)
 and RLIMIT_NPROC, set with prlimit right after the spawn, while the worker's interpreter is
@@ -72,7 +72,7 @@ def spawn_worker(
         record.endpoint = record.ports[str(first)]
         record.log_path = str(log_path)
         record.data_dir = str(data_dir / record.id)
-        save()  # endpoint without pid = "spawn under way" (see ProcessRuntime._drop_dead)
+        save()  # endpoint without pid = "spawn under way" (see ProcessRuntime._settle)
         handed = [f"{port}={sockets[port].fileno()}" for port in others]
         with open(log_path, "ab") as log_file:
             popen = subprocess.Popen(

@@ -1,10 +1,11 @@
 """Stray workers of a process-runtime state file: running, but owned by no record.
 
-Nothing is left running unowned: a spawn is written to the state file (its endpoint, no pid
-yet) before the worker exists and again, with its pid, before waiting for its health, so a
-prewarm killed (even with SIGKILL) in between leaves a record: the next load stops a worker
-whose spawn was interrupted (found by its `--member` argument) and keeps the member cold,
-and `--release-all` finds a worker recorded before its health answered. A worker is told
+Nothing is left running unowned: a spawn is written to the member's record (its endpoint, no
+pid yet) before the worker exists and again, with its pid, before waiting for its health, so
+a prewarm killed (even with SIGKILL) in between leaves a record: the next call or listing
+that meets it stops a worker whose spawn was interrupted (found by its `--member` argument)
+and keeps the member cold, and `--release-all` finds a worker recorded before its health
+answered. A worker is told
 apart by its arguments: `--state` (the resolved state file path, the `marker` below) and
 `--member`.
 """

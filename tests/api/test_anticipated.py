@@ -51,8 +51,7 @@ def _members_env(settings: Settings, client_id: str) -> list[dict[str, str]]:
     """The environment each of the client's live members was started with."""
     runtime = open_pool_runtime(settings)
     assert isinstance(runtime, ProcessRuntime)
-    state = json.loads(runtime.state_path.read_text())
-    return [m["env"] for m in state["members"] if m["client_id"] == client_id]
+    return [r.env for r in runtime.records.read_all() if r.client_id == client_id]
 
 
 def test_schema_serves_what_the_applied_plan_gave_the_members(settings: Settings) -> None:

@@ -29,6 +29,7 @@ from flows.runtime import open_pool_runtime
 from flows.settings import Settings
 from provisioning.apply import release_all
 from provisioning.runtime.base import LABEL_MANAGED
+from provisioning.runtime.process_records import MemberRecords, records_dir
 from provisioning.runtime.select import docker_unavailable_reason
 from warehouse.db import connect, fetch_frame, fetch_value
 from warehouse.predictions import write_predictions
@@ -246,10 +247,7 @@ def test_a_cycle_killed_mid_apply_is_healed_by_the_next(
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and child.poll() is None:
-            if (
-                state.exists()
-                and len(json.loads(state.read_text() or "{}").get("members", [])) >= 5
-            ):
+            if len(MemberRecords(records_dir(state)).read_all()) >= 5:
                 break
             time.sleep(0.01)
         assert child.poll() is None, "the cycle ended before it could be killed mid-apply"

@@ -183,30 +183,36 @@ def test_entries_whose_process_died_are_dropped(
     restarted = ProcessRuntime(process_state)
 
     assert [m.id for m in restarted.list({LABEL_PLAN: plan_id})] == [kept.id]
-    recorded = [m["id"] for m in json.loads(process_state.read_text())["members"]]
-    assert recorded == [kept.id]
+    assert [r.id for r in restarted.records.read_all()] == [kept.id]
     with pytest.raises(MemberNotFound):
         restarted.activate(doomed.id)
 
 
-def test_a_listing_leaves_the_state_file_alone_when_nothing_died(
+def test_a_listing_writes_nothing_when_nothing_died(
     process_runtime: ProcessRuntime, make_spec: SpecMaker, process_state: Path, plan_id: str
 ) -> None:
     member = process_runtime.create(make_spec("shadow"))
-    before = process_state.stat().st_mtime_ns, process_state.read_bytes()
+    cold = process_runtime.create(make_spec("cold"))
+
+    def files() -> dict[str, tuple[int, bytes]]:
+        paths = [process_state, *process_runtime.records.directory.iterdir()]
+        return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in paths}
+
+    before = files()
     for _ in range(3):
-        assert [m.id for m in process_runtime.list({LABEL_PLAN: plan_id})] == [member.id]
-    assert (process_state.stat().st_mtime_ns, process_state.read_bytes()) == before
+        assert {m.id for m in process_runtime.list({LABEL_PLAN: plan_id})} == {member.id, cold.id}
+    assert files() == before
 
 
 def test_a_reused_pid_is_neither_trusted_nor_signalled(
-    process_runtime: ProcessRuntime, make_spec: SpecMaker, process_state: Path
+    process_runtime: ProcessRuntime, make_spec: SpecMaker
 ) -> None:
     member = process_runtime.create(make_spec("active"))
     pid = member.details["pid"]
-    state = json.loads(process_state.read_text())
-    state["members"][0]["pid_start"] += 1  # as if the worker died and its pid was recycled
-    process_state.write_text(json.dumps(state))
+    record = process_runtime.records.read(member.id)
+    assert record is not None and record.pid_start is not None
+    record.pid_start += 1  # as if the worker died and its pid was recycled
+    process_runtime.records.write(record)
     try:
         assert process_runtime.list() == []
         process_runtime.release(member.id)

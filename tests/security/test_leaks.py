@@ -9,7 +9,6 @@ and the temporary Prefect server a flow command starts.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -17,6 +16,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 import httpx
@@ -24,6 +24,7 @@ import pytest
 
 from provisioning.apply import release_all
 from provisioning.runtime.base import ContainerSpec, probe_once
+from provisioning.runtime.process_records import MemberRecords, records_dir
 from provisioning.runtime.process_runtime import ProcessRuntime
 from provisioning.runtime.process_spawn import WORKER_MIN_AS_MB, WORKER_NPROC, WORKER_SCRIPT
 from tests.security.cli import PREWARM, isolated_env
@@ -43,10 +44,10 @@ CREATOR = textwrap.dedent(
     if die_on_pid_save:
         # SIGKILL at the worst instant: the worker runs, its pid is not yet on disk.
         save = ProcessRuntime._save
-        def dying_save(self, pool):
-            if any(record.pid is not None for record in pool.values()):
+        def dying_save(self, record):
+            if record.pid is not None:
                 os.kill(os.getpid(), signal.SIGKILL)
-            save(self, pool)
+            save(self, record)
         ProcessRuntime._save = dying_save
     runtime = ProcessRuntime(Path(state), python=python, health_timeout_s=120)
     runtime.create(ContainerSpec(
@@ -99,10 +100,7 @@ def _workers_of(state: Path) -> dict[int, str]:
 
 
 def _records(state: Path) -> list[dict]:
-    try:
-        return json.loads(state.read_text())["members"]
-    except (OSError, ValueError, KeyError):
-        return []
+    return [asdict(r) for r in MemberRecords(records_dir(state)).read_all()]
 
 
 @pytest.fixture
