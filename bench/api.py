@@ -18,12 +18,18 @@ directory, the API in its own process as `prewarm api` runs it (uvicorn, one wor
   apply step would (not timed: `rps` counts the rounds' time only). `--activate-requests` in
   all. **runtime_activation_ms** is the runtime's own share of those requests: the
   `activation_ms` each answer reports (the resume and the member's first health answer).
-  The details add the same rounds with the runtime called directly (no API), whose calls
-  wait for each other on the pool's state-file lock just the same.
+  The details add the same rounds with the runtime called directly (no API): what the
+  runtime costs at the same concurrency without the API.
 - **Docker** (when `docker info` answers and `--docker` is on): one caller, the same warm
   activation, and a cold start through the API (no member: 409 `cold-start`), against the
   runtime alone (unpause; create + start) on the same image: the paused-vs-cold ratio through
   the API and without it. Members carry a pool label of their own and are all removed.
+
+The process-runtime rounds (profile, health, warm activation) run twice: alone, then
+beside the real `prewarm-cycle` flow on `--cycle-clients` (100) cached synthetic clients
+running back to back in a process of its own (`bench/cycle.py --background`, its own
+warehouse and pool; the cache is built by training on first use), as the issue asks. The
+headline numbers are those beside the cycle; `alone` in the details.
 
 Latencies are measured by the caller from the request's first byte sent to the answer's
 last byte read; `rps` is requests over the wall time of the run. Targets from issue 16:
@@ -55,13 +61,20 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from provisioning.apply import release_all
-from provisioning.reconciler import build_spec
-from provisioning.runtime.base import ContainerRuntime
-from provisioning.runtime.leases import LeaseBook
-from provisioning.runtime.process_runtime import ProcessRuntime
-from warehouse.api_keys import issue_key
-from warehouse.db import connect
+# Run as a script, this file's folder comes first on sys.path, and this file would stand in
+# for the `api` package it measures. The checkout this file is in comes first instead, not
+# whichever one the environment installed: the API process (run from that folder) imports
+# it too, and both must share one runtime.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+
+from provisioning.apply import release_all  # noqa: E402
+from provisioning.reconciler import build_spec  # noqa: E402
+from provisioning.runtime.base import ContainerRuntime  # noqa: E402
+from provisioning.runtime.leases import LeaseBook  # noqa: E402
+from provisioning.runtime.process_runtime import ProcessRuntime  # noqa: E402
+from warehouse.api_keys import issue_key  # noqa: E402
+from warehouse.db import connect  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "api.json"
 POOL_LABEL = "prewarm.pool"
@@ -175,6 +188,7 @@ def serve(config: dict[str, Any]) -> Iterator[Server]:
     port = _free_port()
     process = subprocess.Popen(
         [sys.executable, "-c", SERVER, json.dumps({**config, "port": port})],
+        cwd=_HERE.parent,  # `-c` imports from the working folder first
     )
     try:
         deadline = time.monotonic() + 60
@@ -394,6 +408,7 @@ def bench_health(server: Server, total: int) -> Run:
 
 def run_process(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """Profile, health and warm activation on the process runtime; every member released."""
+    workdir.mkdir(parents=True, exist_ok=True)
     warehouse = workdir / "warehouse.duckdb"
     keys = build_warehouse(warehouse, args.clients)
     scope = {POOL_LABEL: f"bench-api-{uuid.uuid4().hex[:8]}"}
@@ -435,6 +450,33 @@ def run_process(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "runtime_alone": alone,
         "rows": {"activations_answered": answered, "activation_rows": recorded},
     }
+
+
+@contextlib.contextmanager
+def cycle_running(clients: int, workdir: Path) -> Iterator[Callable[[], int]]:
+    """The real `prewarm-cycle` flow on `clients` cached synthetic clients, back to back in
+    a process of its own (`bench/cycle.py --background`: its own warehouse and pool), for as
+    long as the block runs; yields a function counting the cycles finished so far."""
+    log = workdir / f"cycle-{clients}.log"
+    command = [sys.executable, str(Path(__file__).parent / "cycle.py"), "--clients", str(clients)]
+    with open(log, "w") as out:
+        cycle = subprocess.Popen([*command, "--background"], stdout=out, stderr=subprocess.STDOUT)
+
+    def finished() -> int:
+        return sum(line.startswith("cycle ") for line in log.read_text().splitlines())
+
+    try:
+        while "READY" not in log.read_text().splitlines():
+            if cycle.poll() is not None:
+                raise RuntimeError(f"the background cycle ended before it was ready: see {log}")
+            time.sleep(1.0)
+        yield finished
+    finally:
+        cycle.send_signal(signal.SIGTERM)
+        try:
+            cycle.wait(timeout=900)  # finishes the cycle under way, then releases its pool
+        except subprocess.TimeoutExpired:
+            cycle.kill()
 
 
 def run_docker(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -558,6 +600,13 @@ def main() -> None:
     parser.add_argument("--health-requests", type=int, default=200)
     parser.add_argument("--docker-requests", type=int, default=20)
     parser.add_argument("--docker", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument(
+        "--cycle-clients",
+        type=int,
+        default=100,
+        help="clients of the cycle run beside the measurement (bench/cycle.py's cache; "
+        "0: none). The process-runtime rounds run twice: alone, then beside the cycle",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     if args.clients < args.concurrency:
@@ -570,10 +619,20 @@ def main() -> None:
             f" {args.activate_requests} warm activations ...",
             flush=True,
         )
-        process = run_process(args, workdir)
+        quiet = process = run_process(args, workdir / "quiet")
+        cycles_during = 0
+        if args.cycle_clients > 0:
+            print(f"again, beside a cycle of {args.cycle_clients} clients ...", flush=True)
+            with cycle_running(args.cycle_clients, workdir) as finished:
+                before = finished()
+                process = run_process(args, workdir / "beside-a-cycle")
+                cycles_during = finished() - before
         docker_result = run_docker(args, workdir) if args.docker else {"available": False}
 
     profile, activate, health = process["profile"], process["activate"], process["health"]
+    for name, run in (("alone", quiet), ("beside the cycle", process)):
+        if not run["activate"].runtime_ms:
+            raise SystemExit(f"no warm activation succeeded {name}: {run['activate'].errors}")
     alone = process["runtime_alone"]
     runtime_p50 = statistics.median(activate.runtime_ms)
     results = {
@@ -582,7 +641,18 @@ def main() -> None:
         "runtime_activation_ms": {"p50": round(runtime_p50, 3)},
         "concurrency": args.concurrency,
     }
+    quiet_activate = quiet["activate"]
     details = {
+        # The rounds above ran beside a cycle of `cycle_clients` (0: alone); these alone.
+        "cycle_clients": args.cycle_clients,
+        "cycles_finished_during_the_rounds": cycles_during,
+        "alone": {
+            "activate_warm": summary(quiet_activate.ms, quiet_activate.wall_s),
+            "profile": summary(quiet["profile"].ms, quiet["profile"].wall_s),
+            "runtime_activation_ms": {
+                "p50": round(statistics.median(quiet_activate.runtime_ms), 3)
+            },
+        },
         "measured_at": datetime.now().isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "requests": {
@@ -597,8 +667,7 @@ def main() -> None:
         "activate_warm_over_runtime_p99_ms": round(
             results["activate_warm"]["p99_ms"] - percentile(activate.runtime_ms, 99), 3
         ),
-        # The runtime called directly, the same rounds at the same concurrency: its calls
-        # wait for each other on the pool's state-file lock, whoever makes them.
+        # The runtime called directly, the same rounds at the same concurrency.
         "runtime_alone_activate_call": summary(alone.ms, alone.wall_s),
         "runtime_alone_activation_ms_p50": round(statistics.median(alone.runtime_ms), 3),
         "errors": {
@@ -619,8 +688,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    # Run as a script, this file's folder comes first on sys.path, and this file would stand
-    # in for the `api` package it measures.
-    here = Path(__file__).resolve().parent
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
     main()

@@ -35,9 +35,11 @@ import os
 import platform
 import resource
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -63,7 +65,21 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="training workers (cache)")
     parser.add_argument("--rebuild", action="store_true", help="retrain the cached models")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--background",
+        action="store_true",
+        help="load for another benchmark: after the warm-up print READY, then run cycles "
+        "back to back until SIGTERM (one client count; nothing is written)",
+    )
     args = parser.parse_args()
+    if args.background:
+        if len(args.clients) != 1:
+            parser.error("--background takes one client count")
+        with tempfile.TemporaryDirectory() as prefect_home:
+            os.environ["PREFECT_HOME"] = prefect_home
+            cached = _cached_state(args.clients[0], args.workers, args.rebuild)
+            _run_until_stopped(args.clients[0], cached, args.hosts, args.host_memory_gb)
+        return
 
     runs = []
     with tempfile.TemporaryDirectory() as prefect_home:
@@ -205,6 +221,35 @@ def _run(clients: int, cached: Path, hosts: int, memory_gb: int) -> dict[str, An
         "members": members,
         "members_rss_mb": members_rss,
     }
+
+
+def _run_until_stopped(clients: int, cached: Path, hosts: int, memory_gb: int) -> None:
+    """The warm-up cycle, READY on stdout, then cycles 5 minutes of clock apart until
+    SIGTERM; the pool is released either way (a cycle under way is finished first)."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+        home = Path(tmp)
+        (home / "data").mkdir()
+        shutil.copy2(cached / "data" / "warehouse.duckdb", home / "data" / "warehouse.duckdb")
+        shutil.copy2(cached / "mlflow.db", home / "mlflow.db")
+        env = _environment(home, clients, cached / "artifacts")
+        env["PREWARM_POOL"] = f"bench-cycle-background-{clients}"
+        env["PREWARM_INVENTORY_PATH"] = str(_inventory(home / "inventory.toml", hosts, memory_gb))
+        settings = _configure(env)
+        from flows.cycle import prewarm_cycle
+        from flows.pool_admin import release_everything
+
+        try:
+            _timed_cycle(prewarm_cycle, END)
+            print("READY", flush=True)
+            k = 0
+            while not stop.is_set():
+                k += 1
+                done = _timed_cycle(prewarm_cycle, END + timedelta(seconds=INTERVAL_S * k))
+                print(f"cycle {k}: {done['seconds']} s", flush=True)
+        finally:
+            release_everything(settings)
 
 
 def _timed_cycle(prewarm_cycle: Any, clock: datetime) -> dict[str, Any]:
