@@ -33,7 +33,8 @@ Modules: `config` (ForecastConfig, Adjustments), `slicing` (time slices, sampled
 `training` (boosters), `calibration` (shrink, conformal offsets, recalibration), `holdout`
 (the honest evaluation), `client_model` (a client's own model), `global_model` (the
 fallback), `reach` (a profile's far steps), `prediction` (forecasts from fitted models),
-`artifact` (a client's forecaster as a compact file), `frames` (small shared helpers).
+`batch_scoring` (the latest origin of many clients scored at once), `artifact` (a client's
+forecaster as a compact file), `frames` (small shared helpers).
 Everything public is importable from `models.forecaster`.
 """
 

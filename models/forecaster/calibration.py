@@ -105,9 +105,8 @@ def _shrunk(raw: np.ndarray, shrink: np.ndarray) -> np.ndarray:
     return raw - ((1.0 - shrink) * raw[:, 1])[:, None]
 
 
-def _calibrated(raw: np.ndarray, calibration: Calibration, rows: pl.DataFrame) -> np.ndarray:
-    """Apply a calibration to raw (sorted) scaled-change quantiles of `rows`."""
-    horizons = rows.get_column("horizon").to_numpy()
+def _calibrated(raw: np.ndarray, calibration: Calibration, horizons: np.ndarray) -> np.ndarray:
+    """Apply a calibration to raw (sorted) scaled-change quantiles at `horizons`."""
     of = _bucket_of(
         horizons, calibration.first_step, calibration.horizon_steps, len(calibration.lower)
     )
@@ -126,6 +125,22 @@ def _to_values(
     return np.sort(np.maximum(values, 0.0), axis=1)
 
 
+@dataclass(frozen=True)
+class Outcomes:
+    """Earlier forecasts whose targets are known, as the recalibration reads them: raw
+    quantiles, horizon, origin step and target per row."""
+
+    raw: np.ndarray
+    horizon: np.ndarray
+    step: np.ndarray
+    target: np.ndarray
+
+    @classmethod
+    def of(cls, raw: np.ndarray, rows: pl.DataFrame) -> Outcomes:
+        columns = (rows.get_column(c).to_numpy() for c in ("horizon", "step", "target"))
+        return cls(raw, *columns)
+
+
 def _final_quantiles(
     model: MetricModel,
     rows: pl.DataFrame,
@@ -136,29 +151,40 @@ def _final_quantiles(
 ) -> np.ndarray:
     """Calibrated quantiles (scale units of change), widened by recent errors when known.
 
-    `recent` holds rows of earlier origins whose targets are known: for each origin of `rows`
-    the interval moves by `recalibration_weight` times the conformal offset measured on
-    those targets within the last `recalibration_days` up to that origin. `raw` may carry
-    the boosters' outputs for (rows, recent) when already computed.
+    `recent` holds rows of earlier origins whose targets are known (see `_recalibrated`).
+    `raw` may carry the boosters' outputs for (rows, recent) when already computed.
     """
-    horizons = rows.get_column("horizon").to_numpy()
-    raw_recent: np.ndarray | None
     if raw is None:
         raw_rows = _raw_quantiles(model.boosters, rows, spec)
         raw_recent = _raw_quantiles(model.boosters, recent, spec) if recent is not None else None
     else:
         raw_rows, raw_recent = raw
-    out = _calibrated(raw_rows, model.calibration, rows)
-    if recent is None or recent.height == 0 or config.recalibration_weight == 0:
+    known = None if recent is None or raw_recent is None else Outcomes.of(raw_recent, recent)
+    horizons, origins = (rows.get_column(c).to_numpy() for c in ("horizon", "step"))
+    return _recalibrated(model, config, raw_rows, horizons, origins, known)
+
+
+def _recalibrated(
+    model: MetricModel,
+    config: ForecastConfig,
+    raw: np.ndarray,
+    horizons: np.ndarray,
+    origins: np.ndarray,
+    recent: Outcomes | None,
+) -> np.ndarray:
+    """Calibrated quantiles of rows at `horizons` from origin steps `origins`, widened by
+    recent errors: for each origin the interval moves by `recalibration_weight` times the
+    conformal offset measured on the `recent` targets within the last `recalibration_days`
+    up to that origin."""
+    out = _calibrated(raw, model.calibration, horizons)
+    if recent is None or len(recent.target) == 0 or config.recalibration_weight == 0:
         return out
-    assert raw_recent is not None  # computed above whenever `recent` is given
-    rec_h = recent.get_column("horizon").to_numpy()
-    rec = _calibrated(raw_recent, model.calibration, recent)
+    rec_h = recent.horizon
+    rec = _calibrated(recent.raw, model.calibration, rec_h)
     unit = np.asarray(model.boosters.horizon_scale)
-    target = recent.get_column("target").to_numpy()
-    known_at = recent.get_column("step").to_numpy() + rec_h
-    origin = rows.get_column("step").to_numpy()
-    steps, at = np.unique(origin, return_inverse=True)
+    target = recent.target
+    known_at = recent.step + rec_h
+    steps, at = np.unique(origins, return_inverse=True)
     window = round(config.recalibration_days * config.steps_per_day)
     seen = (known_at[None, :] <= steps[:, None]) & (known_at[None, :] > steps[:, None] - window)
     tail = (1.0 + config.coverage_target) / 2.0

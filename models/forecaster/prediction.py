@@ -5,9 +5,8 @@ included (`forecast_latest`), with `FORECAST_SCHEMA` columns."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import polars as pl
@@ -17,16 +16,15 @@ from models.features import (
     FeatureSpec,
     assemble_rows,
     build_series,
-    client_codes,
-    feature_matrix,
     regular_grid,
     to_long,
     ts_of,
 )
-from models.forecaster.calibration import MetricModel, _final_quantiles, _to_values
+from models.forecaster.batch_scoring import Part, forecast_frame, score_far, score_near
+from models.forecaster.calibration import _final_quantiles, _to_values
 from models.forecaster.config import ForecastConfig
 from models.forecaster.frames import _scales, _step_of_datetime, client_frame
-from models.forecaster.training import _raw_quantiles
+from models.series_at import build_series_at
 
 if TYPE_CHECKING:
     from models.forecaster.client_model import ClientForecaster
@@ -41,6 +39,10 @@ FORECAST_SCHEMA: dict[str, pl.DataType] = {
     "p50": pl.Float64(),
     "p90": pl.Float64(),
 }
+
+
+# (client, origin steps, horizon steps: 1..n or those given, part) of `_origin_pairs`
+_Origins = tuple[str, list[int], int | tuple[int, ...], str]
 
 
 def _empty_forecast() -> pl.DataFrame:
@@ -79,10 +81,10 @@ def forecast_origins(
     scales = _prediction_scales(forecaster, long, steps[0])
     clients = client_frame(forecaster.client_id, forecaster.client)
     series = build_series(long, spec, scales, calendar, clients)
-    pairs = pl.concat(
+    pairs = _origin_pairs(
         [
-            _origin_pairs(forecaster.client_id, steps, horizon, "forecast"),
-            _origin_pairs(forecaster.client_id, recent, forecaster.config.horizon_steps, "recent"),
+            (forecaster.client_id, steps, horizon, "forecast"),
+            (forecaster.client_id, recent, forecaster.config.horizon_steps, "recent"),
         ]
     )
     rows = assemble_rows(series, pairs, spec).filter(pl.col("anchor").is_not_null())
@@ -103,6 +105,7 @@ def forecast_latest(
     forecasters: dict[str, ClientForecaster],
     histories: dict[str, pl.DataFrame],
     calendar: pl.DataFrame | None = None,
+    clients_per_pass: int = 500,
 ) -> pl.DataFrame:
     """Each client's forecast from the last bucket of its history, as `predict` gives it,
     followed by its profile's reach (every `profile_stride` steps past the horizon) when its
@@ -110,17 +113,22 @@ def forecast_latest(
 
     Clients whose forecasters share a configuration and feature spec shape (the global
     model's, or own models, whose specs differ only in the vocabularies of their own
-    attributes) get their features built in one pass, and boosters
-    shared by several clients (the global model's) score all their rows in one call; only
-    the per-client calibration runs client by client. Over the horizon, equal to calling
-    `predict` per client.
+    attributes) get their features built together, at just the steps their rows read
+    (`models.series_at`), `clients_per_pass` at a time (so memory stays bounded however
+    many clients there are), and boosters shared by several clients (the global model's)
+    score all their rows in one call (`batch_scoring`); only the per-client calibration runs
+    client by client. Over the horizon, equal to calling `predict` per client, bit for bit.
     """
     families: dict[tuple[ForecastConfig, FeatureSpec], list[ClientForecaster]] = {}
     for client_id, forecaster in forecasters.items():
         if client_id in histories:
             key = (forecaster.config, forecaster.feature_spec.shape)
             families.setdefault(key, []).append(forecaster)
-    frames = [_forecast_family(members, histories, calendar) for members in families.values()]
+    frames = [
+        _forecast_family(members[start : start + clients_per_pass], histories, calendar)
+        for members in families.values()
+        for start in range(0, len(members), clients_per_pass)
+    ]
     frames = [f for f in frames if f.height]
     if not frames:
         return _empty_forecast()
@@ -136,7 +144,8 @@ def _forecast_family(
     config, spec = members[0].config, members[0].feature_spec.shape
     freq, horizon = config.freq_seconds, config.horizon_steps
     furthest = horizon
-    tails, pairs, origins, attributes = [], [], [], []
+    tails, origins, attributes = [], [], []
+    pairs: list[_Origins] = []
     inputs: list[str] = []
     served: list[ClientForecaster] = []
     for forecaster in members:
@@ -153,11 +162,11 @@ def _forecast_family(
         )
         inputs += [*metrics, *(m for m in spec.cross_metrics if m in own.columns)]
         pairs += [
-            _origin_pairs(forecaster.client_id, [step], horizon, "forecast"),
-            _origin_pairs(forecaster.client_id, recent, horizon, "recent"),
+            (forecaster.client_id, [step], horizon, "forecast"),
+            (forecaster.client_id, recent, horizon, "recent"),
         ]
         if forecaster.reach:
-            pairs.append(_origin_pairs(forecaster.client_id, [step], config.reach_steps, "reach"))
+            pairs.append((forecaster.client_id, [step], config.reach_steps, "reach"))
             furthest = config.profile_steps
         origins.append((forecaster.client_id, step))
         attributes.append(client_frame(forecaster.client_id, forecaster.client))
@@ -172,181 +181,93 @@ def _forecast_family(
         extend_steps=furthest,
         missing_as=0.0,
     )
-    long = to_long(grid, inputs)
-    scales = _family_scales(served, long, origins)
+    scales = _family_scales(served, grid, inputs, origins)
     known = [a for a in attributes if a is not None]
     clients = pl.concat(known, how="vertical_relaxed") if known else None
-    series = _with_own_codes(build_series(long, spec, scales, calendar, clients), served, clients)
-    rows = assemble_rows(series, pl.concat(pairs), spec).filter(pl.col("anchor").is_not_null())
+    wanted = _origin_pairs(pairs)
+    series = build_series_at(grid, inputs, wanted, spec, scales, calendar, clients)
+    series = _with_own_codes(series, served, clients)
+    rows = assemble_rows(series, wanted, spec).filter(pl.col("anchor").is_not_null())
     rows = rows.filter((pl.col("part") != "recent") | pl.col("target").is_not_null())
-    frames = []
+    frames: list[pl.DataFrame | None] = []
     present = set(rows.get_column("client_id").unique().to_list())
+    parts = rows.partition_by("metric", "part", as_dict=True)
+    empty = rows.clear()
     for metric in dict.fromkeys(m for f in served for m in f.metrics):
         users = [f for f in served if metric in f.metrics and f.client_id in present]
         # Each part's model input is built once for all clients, each group takes its own:
         # a frame filtered, or a matrix built, per group would cost more with every client.
         now, past, far = (
-            _Part.of(rows, metric, part, spec) for part in ("forecast", "recent", "reach")
+            Part.of(parts.get((metric, part), empty), spec)
+            for part in ("forecast", "recent", "reach")
         )
-        for group in _by_boosters(users, metric, reach=False):
-            frames += _score_group(group, metric, now.take(group), past.take(group), spec, config)
-        for group in _by_boosters(users, metric, reach=True):
-            frames += _score_reach(group, metric, far.take(group), spec, config)
-    if not frames:
-        return _empty_forecast()
-    return pl.concat(frames)
+        frames += [
+            score_near(users, metric, now, past, config),
+            score_far(users, metric, far, config),
+        ]
+    scored = [f for f in frames if f is not None]
+    return pl.concat(scored) if scored else _empty_forecast()
 
 
 def _with_own_codes(
     series: pl.DataFrame, served: list[ClientForecaster], clients: pl.DataFrame | None
 ) -> pl.DataFrame:
     """`series` (built with the family's spec shape) with each client's attribute codes
-    under its own spec's vocabularies, as its model learnt them."""
-    by_spec: dict[FeatureSpec, list[str]] = {}
+    under its own spec's vocabularies, as its model learnt them: `client_codes` in plain
+    Python, since each own model has a spec of its own and a polars pass per spec cost more
+    than the rest of that client's features."""
+    rows_of = clients.iter_rows(named=True) if clients is not None else ()
+    known: dict[str, dict[str, Any]] = {r["client_id"]: r for r in rows_of}
+    rows = []
     for forecaster in served:
-        by_spec.setdefault(forecaster.feature_spec, []).append(forecaster.client_id)
-    codes = pl.concat(
-        client_codes(
-            pl.DataFrame({"client_id": ids}, schema={"client_id": pl.String}), spec, clients
-        )
-        for spec, ids in by_spec.items()
-    )
-    return series.drop(CLIENT_FEATURES).join(codes, on="client_id", how="left")
-
-
-@dataclass(frozen=True)
-class _Part:
-    """One metric's rows of one part (forecast, recent or reach) for every client, their
-    model input (`feature_matrix`) and each client's row positions."""
-
-    rows: pl.DataFrame
-    matrix: np.ndarray
-    at: dict[tuple[str], np.ndarray]
-
-    @classmethod
-    def of(cls, rows: pl.DataFrame, metric: str, part: str, spec: FeatureSpec) -> _Part:
-        mine = rows.filter((pl.col("metric") == metric) & (pl.col("part") == part))
-        return cls(mine, feature_matrix(mine, spec), _positions(mine))
-
-    def take(self, group: list[ClientForecaster]) -> tuple[pl.DataFrame, np.ndarray]:
-        """The rows of a group's clients, client after client, and their model input."""
-        none = np.zeros(0, np.int64)
-        at = np.concatenate([self.at.get((f.client_id,), none) for f in group])
-        return self.rows[at], self.matrix[at]
-
-
-def _by_boosters(
-    forecasters: list[ClientForecaster], metric: str, reach: bool
-) -> list[list[ClientForecaster]]:
-    """The forecasters with a model of `metric` (their reach's with `reach`), grouped by
-    the boosters they share.
-
-    A reach comes from the same fit as the horizon's boosters (a client's own, or the
-    global model's), so the horizon's fingerprint groups both: fingerprinting serialises
-    boosters, 8 s for the reach of 500 clients when they are first loaded.
-    """
-    groups: dict[str, list[ClientForecaster]] = {}
-    for forecaster in forecasters:
-        if _model(forecaster, metric, reach) is not None:
-            key = forecaster.models[metric].boosters.fingerprint()
-            groups.setdefault(key, []).append(forecaster)
-    return list(groups.values())
-
-
-def _model(forecaster: ClientForecaster, metric: str, reach: bool) -> MetricModel | None:
-    """The forecaster's model of `metric` over the horizon, or past it (`reach`)."""
-    models = (forecaster.reach or {}) if reach else forecaster.models
-    return models.get(metric)
+        attributes, spec = known.get(forecaster.client_id, {}), forecaster.feature_spec
+        vocabularies = {"tier": spec.tiers, "region": spec.regions, "service": spec.services}
+        codes = [
+            float(vocabulary.index(value))
+            if (value := attributes.get(name)) in vocabulary
+            else None
+            for name, vocabulary in vocabularies.items()
+        ]
+        sizes = [attributes.get("container_cpu"), attributes.get("container_memory_mb")]
+        rows.append((forecaster.client_id, *codes, *sizes))
+    schema = {"client_id": pl.String, **dict.fromkeys(CLIENT_FEATURES, pl.Float64)}
+    own = pl.DataFrame(rows, schema=schema, orient="row")
+    return series.drop(CLIENT_FEATURES).join(own, on="client_id", how="left")
 
 
 def _family_scales(
-    served: list[ClientForecaster], long: pl.DataFrame, origins: list[tuple[str, int]]
+    served: list[ClientForecaster],
+    grid: pl.DataFrame,
+    inputs: list[str],
+    origins: list[tuple[str, int]],
 ) -> pl.DataFrame:
-    """`_prediction_scales` of every served client at once."""
-    origin = pl.DataFrame(
-        origins, schema={"client_id": pl.String, "origin": pl.Int64}, orient="row"
-    )
-    observed = _scales(
-        long.join(origin, on="client_id").filter(pl.col("step") <= pl.col("origin")).drop("origin")
-    )
+    """`_prediction_scales` of every served client at once, for each of the `inputs`.
+
+    Own models store a scale for every metric they forecast, so the family's history is
+    only measured when some input lacks one (a cross metric not forecast, a global-model
+    client that joined later), and then over all of it, as it always was.
+    """
     stored = pl.DataFrame(
         [(f.client_id, m, model.scale) for f in served for m, model in f.models.items()],
         schema={"client_id": pl.String, "metric": pl.String, "stored": pl.Float64},
         orient="row",
     )
-    return observed.join(stored, on=["client_id", "metric"], how="left").select(
+    keys = pl.DataFrame(
+        [(f.client_id, m) for f in served for m in inputs],
+        schema={"client_id": pl.String, "metric": pl.String},
+        orient="row",
+    )
+    scales = keys.join(stored, on=["client_id", "metric"], how="left")
+    if scales.get_column("stored").null_count() == 0:
+        return scales.select("client_id", "metric", pl.col("stored").alias("scale"))
+    origin = pl.DataFrame(
+        origins, schema={"client_id": pl.String, "origin": pl.Int64}, orient="row"
+    )
+    long = to_long(grid, inputs).join(origin, on="client_id")
+    observed = _scales(long.filter(pl.col("step") <= pl.col("origin")).drop("origin"))
+    return scales.join(observed, on=["client_id", "metric"], how="left").select(
         "client_id", "metric", pl.coalesce("stored", "scale").alias("scale")
     )
-
-
-def _score_group(
-    group: list[ClientForecaster],
-    metric: str,
-    forecast: tuple[pl.DataFrame, np.ndarray],
-    past: tuple[pl.DataFrame, np.ndarray],
-    spec: FeatureSpec,
-    config: ForecastConfig,
-) -> list[pl.DataFrame]:
-    """One metric's forecasts for clients sharing boosters (`forecast` and `past`: their
-    rows of the forecast and of recent origins, with their model input): one booster call
-    for all rows, then each client's own calibration, recalibration and bias."""
-    (wanted, wanted_matrix), (recent, recent_matrix) = forecast, past
-    boosters = group[0].models[metric].boosters
-    raw_wanted = _raw_quantiles(boosters, wanted, spec, wanted_matrix)
-    raw_recent = _raw_quantiles(boosters, recent, spec, recent_matrix)
-    wanted_at = {cid: idx for (cid,), idx in _positions(wanted).items()}
-    recent_at = {cid: idx for (cid,), idx in _positions(recent).items()}
-    frames = []
-    for forecaster in group:
-        at = wanted_at.get(forecaster.client_id)
-        if at is None:
-            continue
-        mine = wanted[at]
-        back = recent_at.get(forecaster.client_id, np.zeros(0, np.int64))
-        model = forecaster.models[metric]
-        scaled = _final_quantiles(
-            model, mine, recent[back], spec, config, raw=(raw_wanted[at], raw_recent[back])
-        )
-        frames.append(_quantile_frame(mine, scaled, forecaster.bias.get(metric, 0.0)))
-    return frames
-
-
-def _score_reach(
-    group: list[ClientForecaster],
-    metric: str,
-    reach: tuple[pl.DataFrame, np.ndarray],
-    spec: FeatureSpec,
-    config: ForecastConfig,
-) -> list[pl.DataFrame]:
-    """One metric's forecasts past the horizon (`reach`: its clients' rows of the reach and
-    their model input) for clients sharing far boosters: one booster call, then each
-    client's calibration and bias (no recalibration: see `models.forecaster.reach`)."""
-    wanted, matrix = reach
-    members = {f.client_id: f for f in group}
-    models = {
-        cid: model for cid, f in members.items() if (model := _model(f, metric, True)) is not None
-    }
-    raw = _raw_quantiles(next(iter(models.values())).boosters, wanted, spec, matrix)
-    frames = []
-    for (client_id,), at in _positions(wanted).items():
-        forecaster, model = members[client_id], models[client_id]
-        mine = wanted[at]
-        scaled = _final_quantiles(model, mine, None, spec, config, raw=(raw[at], raw[:0]))
-        frames.append(_quantile_frame(mine, scaled, forecaster.bias.get(metric, 0.0)))
-    return frames
-
-
-def _positions(rows: pl.DataFrame) -> dict[tuple[str], np.ndarray]:
-    """Row positions of each client in `rows`, in order."""
-    if rows.height == 0:
-        return {}
-    indexed = rows.select("client_id").with_row_index("_pos")
-    return {
-        key: part.get_column("_pos").to_numpy().astype(np.int64)
-        for key, part in indexed.partition_by(
-            "client_id", as_dict=True, maintain_order=True
-        ).items()
-    }
 
 
 def _forecast_rows(
@@ -364,27 +285,29 @@ def _quantile_frame(rows: pl.DataFrame, scaled: np.ndarray, bias: float) -> pl.D
     values = _to_values(
         scaled, rows.get_column("anchor").to_numpy(), rows.get_column("scale").to_numpy(), bias
     )
-    return rows.select(
-        "client_id",
-        "metric",
-        pl.col("origin_ts").alias("origin"),
-        pl.col("target_ts").alias("ts"),
-        pl.col("horizon").cast(pl.Int32),
-        pl.Series("p10", values[:, 0]),
-        pl.Series("p50", values[:, 1]),
-        pl.Series("p90", values[:, 2]),
-    )
+    return forecast_frame(rows, values)
 
 
-def _origin_pairs(
-    client_id: str, steps: list[int], horizon: int | tuple[int, ...], part: str
-) -> pl.DataFrame:
-    """Every origin of `steps` with every horizon step: 1..horizon, or those given."""
-    horizons = np.arange(1, horizon + 1) if isinstance(horizon, int) else np.asarray(horizon)
+def _origin_pairs(origins: list[_Origins]) -> pl.DataFrame:
+    """Every origin with every horizon step, for each (client, origin steps, horizon, part)
+    of `origins`: steps 1..horizon, or those given. One frame for all: a frame per client
+    cost more than the rest of its rows' building."""
+    steps, horizons, counts = [], [], []
+    for _, origin_steps, horizon, _ in origins:
+        ahead = np.arange(1, horizon + 1) if isinstance(horizon, int) else np.asarray(horizon)
+        steps.append(np.repeat(np.asarray(origin_steps, dtype=np.int64), len(ahead)))
+        horizons.append(np.tile(ahead.astype(np.int32), len(origin_steps)))
+        counts.append(len(origin_steps) * len(ahead))
+    of = np.repeat(np.arange(len(origins)), counts)
     return pl.DataFrame(
-        {"client_id": client_id, "step": steps, "part": part},
-        schema={"client_id": pl.String, "step": pl.Int64, "part": pl.String},
-    ).join(pl.DataFrame({"horizon": horizons.astype(np.int32)}), how="cross")
+        {
+            "client_id": pl.Series([o[0] for o in origins], dtype=pl.String).gather(of),
+            "step": np.concatenate(steps),
+            "part": pl.Series([o[3] for o in origins], dtype=pl.String).gather(of),
+            "horizon": np.concatenate(horizons),
+        },
+        schema={"client_id": pl.String, "step": pl.Int64, "part": pl.String, "horizon": pl.Int32},
+    )
 
 
 def _recent_origins(steps: list[int], config: ForecastConfig) -> list[int]:

@@ -150,6 +150,10 @@ def _raw_quantiles(
         return np.zeros((0, 3))
     if matrix is None:
         matrix = feature_matrix(rows, spec)
+    return _raw_of_matrix(model, matrix, rows.get_column("horizon").to_numpy())
+
+
+def _raw_of_matrix(model: QuantileBoosters, matrix: np.ndarray, horizons: np.ndarray) -> np.ndarray:
+    """`_raw_quantiles` of model input rows at `horizons` (at least one row)."""
     raw = np.column_stack([b.predict(matrix, num_threads=1) for b in model.boosters])
-    horizons = rows.get_column("horizon").to_numpy()
     return np.sort(raw * np.asarray(model.horizon_scale)[horizons - 1, None], axis=1)
