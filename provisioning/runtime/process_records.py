@@ -71,45 +71,27 @@ def is_member_id(member_id: str) -> bool:
     return _MEMBER_ID.fullmatch(member_id) is not None
 
 
-class MemberRecords:
-    """The directory of per-member record files and their locks."""
+class MemberLocks:
+    """One directory of per-member files, each member with its own lock file `<id><suffix>`.
 
-    def __init__(self, directory: Path) -> None:
+    The locking half of the member records, shared with the lease book (`leases.py`, whose
+    lock file also holds the member's entry)."""
+
+    def __init__(self, directory: Path, suffix: str = ".lock") -> None:
         self.directory = directory
+        self.suffix = suffix
 
-    def read(self, member_id: str) -> _Record | None:
-        """The member's record, or None when there is none (or it cannot be read)."""
-        return _load(self.directory / f"{member_id}.json")
-
-    def read_all(self, prefix: str = "") -> list[_Record]:
-        """Every record whose member id starts with `prefix`, read without any lock."""
-        try:
-            names = [e.name for e in os.scandir(self.directory) if e.name.startswith(prefix)]
-        except FileNotFoundError:
-            return []
-        paths = (self.directory / name for name in sorted(names) if name.endswith(".json"))
-        return [record for record in map(_load, paths) if record is not None]
-
-    def write(self, record: _Record) -> None:
-        """Replace the member's record (a reader sees the old one or this one, whole)."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.directory / f"{record.id}.json"
-        tmp = path.with_name(path.name + ".tmp")  # one writer per member: it holds the lock
-        tmp.write_text(json.dumps(asdict(record), indent=1))
-        os.replace(tmp, path)
-
-    def discard(self, member_id: str) -> None:
-        """Delete the member's record and its lock file; only while holding that lock."""
-        (self.directory / f"{member_id}.json").unlink(missing_ok=True)
-        (self.directory / f"{member_id}.lock").unlink(missing_ok=True)
+    def remove(self, member_id: str) -> None:
+        """Delete the member's lock file; only while holding that lock."""
+        (self.directory / f"{member_id}{self.suffix}").unlink(missing_ok=True)
 
     @contextmanager
-    def locked(self, member_id: str, *, new: bool = False) -> Iterator[None]:
-        """Hold the member's lock, waiting for it. `new`: the member is being created, so its
-        lock file must not exist yet."""
+    def locked(self, member_id: str, *, new: bool = False) -> Iterator[int]:
+        """Hold the member's lock, waiting for it; yields the lock file, open for reading and
+        writing. `new`: the member is being created, so its lock file must not exist yet."""
         fd = self._acquire(member_id, new=new, wait=True)
         try:
-            yield
+            yield fd
         finally:
             os.close(fd)
 
@@ -127,11 +109,14 @@ class MemberRecords:
             os.close(fd)
 
     def _acquire(self, member_id: str, *, new: bool, wait: bool) -> int:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.directory / f"{member_id}.lock"
+        path = self.directory / f"{member_id}{self.suffix}"
         flags = os.O_RDWR | os.O_CREAT | (os.O_EXCL if new else 0)
         while True:
-            fd = os.open(path, flags, 0o644)
+            try:
+                fd = os.open(path, flags, 0o644)
+            except FileNotFoundError:  # the first member of the directory
+                self.directory.mkdir(parents=True, exist_ok=True)
+                fd = os.open(path, flags, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
                 if _names(path, fd):
@@ -140,6 +125,36 @@ class MemberRecords:
                 os.close(fd)
                 raise
             os.close(fd)  # released (and unlinked) while we waited: lock the current file
+
+
+class MemberRecords(MemberLocks):
+    """The directory of per-member record files and their locks."""
+
+    def read(self, member_id: str) -> _Record | None:
+        """The member's record, or None when there is none (or it cannot be read)."""
+        return _load(self.directory / f"{member_id}.json")
+
+    def read_all(self, prefix: str = "") -> list[_Record]:
+        """Every record whose member id starts with `prefix`, read without any lock."""
+        try:
+            names = [e.name for e in os.scandir(self.directory) if e.name.startswith(prefix)]
+        except FileNotFoundError:
+            return []
+        paths = (self.directory / name for name in sorted(names) if name.endswith(".json"))
+        return [record for record in map(_load, paths) if record is not None]
+
+    def discard(self, member_id: str) -> None:
+        """Delete the member's record and its lock file; only while holding that lock."""
+        (self.directory / f"{member_id}.json").unlink(missing_ok=True)
+        self.remove(member_id)
+
+    def write(self, record: _Record) -> None:
+        """Replace the member's record (a reader sees the old one or this one, whole)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"{record.id}.json"
+        tmp = path.with_name(path.name + ".tmp")  # one writer per member: it holds the lock
+        tmp.write_text(json.dumps(asdict(record), indent=1))
+        os.replace(tmp, path)
 
 
 def _names(path: Path, fd: int) -> bool:
