@@ -11,7 +11,7 @@ reaches the warehouse only with the next ingest).
 
 The book is one small file per member (`<id>.lease`: its lease end, reservation end and
 last use) in a directory beside the book's path (`leases-<pool>-members/` under the data
-directory), and that file is also the member's flock (`process_records.MemberLocks`, as the
+directory), and that file is also the member's flock (`member_files.MemberLocks`, as the
 process runtime's records): the API, a cycle's apply step and a soak's traffic driver all
 see the same leases. A change to a member locks that member alone, so changes to different
 members never wait for one another, and a call costs the same whatever the number of leases.
@@ -46,8 +46,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
-from provisioning.runtime.process_control import _read_small
-from provisioning.runtime.process_records import MemberLocks, is_member_id
+from provisioning.runtime.member_files import MemberLocks, is_member_id, read_small
 
 # A reservation outlives the runtime call it guards (a release takes well under a second);
 # after this it is dropped, so a crashed apply cannot reserve a member forever.
@@ -211,7 +210,7 @@ class LeaseBook:
         """The member's entry, read without its lock; None: no file, or none in it."""
         try:
             for _ in range(_READ_ATTEMPTS):
-                data = _read_small(str(self.directory / f"{member_id}{_SUFFIX}"))
+                data = read_small(str(self.directory / f"{member_id}{_SUFFIX}"))
                 entry = _decode(data)
                 if entry is not None or not data:
                     return entry

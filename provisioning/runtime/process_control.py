@@ -19,6 +19,8 @@ from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+from provisioning.runtime.member_files import read_small
+
 # Logs as the process runtime, the name its records have always carried.
 log = logging.getLogger("provisioning.runtime.process_runtime")
 
@@ -42,23 +44,13 @@ class _ProcStat:
 def _read_proc_stat(pid: int) -> _ProcStat | None:
     """State, start time and CPU seconds of a pid from /proc, or None if it is gone."""
     try:
-        text = _read_small(f"/proc/{pid}/stat").decode()
+        text = read_small(f"/proc/{pid}/stat").decode()
     except OSError:
         return None
     # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
     fields = text[text.rindex(")") + 2 :].split()
     utime, stime = int(fields[11]), int(fields[12])
     return _ProcStat(fields[0], int(fields[19]), (utime + stime) / _CLOCK_TICKS)
-
-
-def _read_small(path: str) -> bytes:
-    """A small file's bytes in one read: without the buffered text layer, as a listing reads
-    two files a member (its record and its /proc stat)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        return os.read(fd, 65536)
-    finally:
-        os.close(fd)
 
 
 def _is_same_process(pid: int, start_ticks: int | None) -> bool:

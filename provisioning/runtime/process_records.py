@@ -5,33 +5,22 @@ prewarm) finds its workers again, and so that several prewarms on one file (the 
 the API server) see each other's members. Each member is a file `<id>.json` in a directory
 beside the state file, written whole to a temporary file and renamed over the old one, so a
 reader without any lock sees the previous record or the next, never half of one; a call on a
-member locks that member's own `<id>.lock`, so a call costs the same whatever the pool's
-size and calls on different members never wait for one another.
-
-A release deletes the lock file while holding it; whoever was waiting for that lock then
-holds a lock on a file nobody else can open, so `locked` checks, once it has the lock, that
-the path still names the file it locked, and opens it again if not.
+member locks that member's own `<id>.lock` (`member_files.MemberLocks`), so a call costs
+the same whatever the pool's size and calls on different members never wait for one another.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
-import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from provisioning.runtime.process_control import _read_small
+from provisioning.runtime.member_files import MemberLocks, read_small
 
 # Logs as the process runtime, the name its records have always carried.
 log = logging.getLogger("provisioning.runtime.process_runtime")
-
-# Member ids are `prewarm-<client>-<hex>` (`safe_name_part`): anything else names no file.
-_MEMBER_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
 
 
 @dataclass
@@ -66,67 +55,6 @@ def records_dir(state_path: Path) -> Path:
     return state_path.with_name(state_path.stem + "-members")
 
 
-def is_member_id(member_id: str) -> bool:
-    """True when `member_id` can name a record file (no path separators, no dot files)."""
-    return _MEMBER_ID.fullmatch(member_id) is not None
-
-
-class MemberLocks:
-    """One directory of per-member files, each member with its own lock file `<id><suffix>`.
-
-    The locking half of the member records, shared with the lease book (`leases.py`, whose
-    lock file also holds the member's entry)."""
-
-    def __init__(self, directory: Path, suffix: str = ".lock") -> None:
-        self.directory = directory
-        self.suffix = suffix
-
-    def remove(self, member_id: str) -> None:
-        """Delete the member's lock file; only while holding that lock."""
-        (self.directory / f"{member_id}{self.suffix}").unlink(missing_ok=True)
-
-    @contextmanager
-    def locked(self, member_id: str, *, new: bool = False) -> Iterator[int]:
-        """Hold the member's lock, waiting for it; yields the lock file, open for reading and
-        writing. `new`: the member is being created, so its lock file must not exist yet."""
-        fd = self._acquire(member_id, new=new, wait=True)
-        try:
-            yield fd
-        finally:
-            os.close(fd)
-
-    @contextmanager
-    def try_locked(self, member_id: str) -> Iterator[bool]:
-        """Hold the member's lock if it is free now (True), else yield False at once."""
-        try:
-            fd = self._acquire(member_id, new=False, wait=False)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            os.close(fd)
-
-    def _acquire(self, member_id: str, *, new: bool, wait: bool) -> int:
-        path = self.directory / f"{member_id}{self.suffix}"
-        flags = os.O_RDWR | os.O_CREAT | (os.O_EXCL if new else 0)
-        while True:
-            try:
-                fd = os.open(path, flags, 0o644)
-            except FileNotFoundError:  # the first member of the directory
-                self.directory.mkdir(parents=True, exist_ok=True)
-                fd = os.open(path, flags, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-                if _names(path, fd):
-                    return fd
-            except BaseException:
-                os.close(fd)
-                raise
-            os.close(fd)  # released (and unlinked) while we waited: lock the current file
-
-
 class MemberRecords(MemberLocks):
     """The directory of per-member record files and their locks."""
 
@@ -157,17 +85,9 @@ class MemberRecords(MemberLocks):
         os.replace(tmp, path)
 
 
-def _names(path: Path, fd: int) -> bool:
-    """True when `path` is still the file open as `fd`."""
-    try:
-        return os.stat(path).st_ino == os.fstat(fd).st_ino
-    except FileNotFoundError:
-        return False
-
-
 def _load(path: Path) -> _Record | None:
     try:
-        data = _read_small(str(path))
+        data = read_small(str(path))
     except FileNotFoundError:  # released since it was listed
         return None
     try:

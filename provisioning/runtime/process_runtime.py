@@ -61,6 +61,7 @@ from provisioning.runtime.base import (
     utc_now,
     wait_until_answering,
 )
+from provisioning.runtime.member_files import is_member_id
 from provisioning.runtime.process_control import (
     _CLOCK_TICKS,
     _STOPPED_STATES,
@@ -74,7 +75,7 @@ from provisioning.runtime.process_control import (
     _terminate,
     _uptime_s,
 )
-from provisioning.runtime.process_records import MemberRecords, _Record, is_member_id, records_dir
+from provisioning.runtime.process_records import MemberRecords, _Record, records_dir
 from provisioning.runtime.process_spawn import _limits_of, remove_data, spawn_worker
 from provisioning.runtime.process_state import prepare_state
 from provisioning.runtime.process_strays import stop_interrupted_spawn, stop_strays, stray_workers
