@@ -29,6 +29,7 @@ they held). Every member is released at the end of a run, also on failure.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -41,6 +42,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -178,16 +180,27 @@ def _inventory(path: Path, hosts: int, memory_gb: int) -> Path:
     return path
 
 
-def _run(clients: int, cached: Path, hosts: int, memory_gb: int) -> dict[str, Any]:
-    """Copy the cached state, run the warm-up and the timed cycles, release the pool."""
+@contextlib.contextmanager
+def _copied_state(
+    clients: int, cached: Path, hosts: int, memory_gb: int, pool: str | None = None
+) -> Iterator[Any]:
+    """Settings over a temporary copy of the cached warehouse and registry database (the
+    artifacts are read in place: a cycle never writes them) and the bench inventory."""
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
         home = Path(tmp)
         (home / "data").mkdir()
         shutil.copy2(cached / "data" / "warehouse.duckdb", home / "data" / "warehouse.duckdb")
         shutil.copy2(cached / "mlflow.db", home / "mlflow.db")
         env = _environment(home, clients, cached / "artifacts")
+        if pool is not None:
+            env["PREWARM_POOL"] = pool
         env["PREWARM_INVENTORY_PATH"] = str(_inventory(home / "inventory.toml", hosts, memory_gb))
-        settings = _configure(env)
+        yield _configure(env)
+
+
+def _run(clients: int, cached: Path, hosts: int, memory_gb: int) -> dict[str, Any]:
+    """Copy the cached state, run the warm-up and the timed cycles, release the pool."""
+    with _copied_state(clients, cached, hosts, memory_gb) as settings:
         from flows.cycle import prewarm_cycle
         from flows.pool_admin import release_everything
 
@@ -225,18 +238,13 @@ def _run(clients: int, cached: Path, hosts: int, memory_gb: int) -> dict[str, An
 
 def _run_until_stopped(clients: int, cached: Path, hosts: int, memory_gb: int) -> None:
     """The warm-up cycle, READY on stdout, then cycles 5 minutes of clock apart until
-    SIGTERM; the pool is released either way (a cycle under way is finished first)."""
+    SIGTERM or until the process that started it is gone; the pool is released either way
+    (a cycle under way is finished first)."""
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
-        home = Path(tmp)
-        (home / "data").mkdir()
-        shutil.copy2(cached / "data" / "warehouse.duckdb", home / "data" / "warehouse.duckdb")
-        shutil.copy2(cached / "mlflow.db", home / "mlflow.db")
-        env = _environment(home, clients, cached / "artifacts")
-        env["PREWARM_POOL"] = f"bench-cycle-background-{clients}"
-        env["PREWARM_INVENTORY_PATH"] = str(_inventory(home / "inventory.toml", hosts, memory_gb))
-        settings = _configure(env)
+    parent = os.getppid()  # a benchmark killed with -9 sends no SIGTERM: its loss stops us too
+    pool = f"bench-cycle-background-{clients}"
+    with _copied_state(clients, cached, hosts, memory_gb, pool=pool) as settings:
         from flows.cycle import prewarm_cycle
         from flows.pool_admin import release_everything
 
@@ -244,7 +252,7 @@ def _run_until_stopped(clients: int, cached: Path, hosts: int, memory_gb: int) -
             _timed_cycle(prewarm_cycle, END)
             print("READY", flush=True)
             k = 0
-            while not stop.is_set():
+            while not stop.is_set() and os.getppid() == parent:
                 k += 1
                 done = _timed_cycle(prewarm_cycle, END + timedelta(seconds=INTERVAL_S * k))
                 print(f"cycle {k}: {done['seconds']} s", flush=True)
