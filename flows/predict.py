@@ -2,7 +2,9 @@
 
 No training here: each client's champion (or, before any champion exists, its latest
 challenger) predicts from its recent history. Loaded models are cached per process by
-version, so a served deployment running every few minutes pays MLflow's load cost once.
+version, so a served deployment running every few minutes pays MLflow's load cost once,
+and so are the recent origins they scored (`models.forecaster.scored_origins`): each run
+scores only the origins that came in since the last.
 
 One task per bucket width, not one per client: a Prefect task run costs tens of
 milliseconds of its own, more than a client's prediction (`models.prediction` does the
@@ -28,6 +30,7 @@ from core.times import utc_now
 from flows.locks import warehouse_write
 from flows.progress import tracker
 from flows.settings import Settings
+from models.forecaster.scored_origins import ScoredOrigins
 from models.prediction import Predictions, predict_clients
 from models.registry import CHALLENGER, CHAMPION, current_aliases, load_forecaster_version
 from warehouse.clients import read_clients
@@ -38,6 +41,8 @@ log = logging.getLogger(__name__)
 
 _CACHE: dict[str, tuple[str, Any]] = {}  # client -> (version, loaded forecaster)
 _CACHE_LOCK = threading.Lock()
+# Recent origins the cached forecasters scored: a run scores only the origins it adds.
+_SCORED = ScoredOrigins()
 
 
 @dataclass
@@ -94,7 +99,7 @@ def predict_group(
             loaded[client_id] = (forecaster, version)
         if bar:
             bar(done, len(models))
-    return predict_clients(histories, calendar, loaded, freq_seconds, generated_at)
+    return predict_clients(histories, calendar, loaded, freq_seconds, generated_at, _SCORED)
 
 
 @flow(name="predict-profiles")

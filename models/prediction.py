@@ -23,6 +23,7 @@ from typing import Any
 import polars as pl
 
 from models.forecaster import client_frame, forecast_latest
+from models.forecaster.scored_origins import ScoredOrigins
 from models.profile import build_profiles, demand_metric, idle_floors
 from models.registry import model_name
 
@@ -49,12 +50,15 @@ def predict_clients(
     forecasters: dict[str, tuple[Any, str]],
     freq_seconds: int,
     generated_at: datetime,
+    scored: ScoredOrigins | None = None,
 ) -> Predictions | None:
     """Forecasts, exceedance and profiles of clients of one bucket width.
 
     Args:
         histories: client -> its recent usage (the forecast starts after its last bucket).
         forecasters: client -> (loaded forecaster, registered version).
+        scored: recent origins remembered from earlier runs (`ScoredOrigins`), kept by a
+            caller that predicts the same loaded forecasters cycle after cycle.
     Returns None when no client could be predicted.
     """
     quality = []
@@ -74,7 +78,9 @@ def predict_clients(
     if not versions:
         return None
     stamp = pl.lit(generated_at).cast(pl.Datetime("us")).alias("generated_at")
-    latest = forecast_latest({c: f for c, (f, _) in forecasters.items()}, histories, calendar)
+    latest = forecast_latest(
+        {c: f for c, (f, _) in forecasters.items()}, histories, calendar, scored=scored
+    )
     forecast_rows = latest.with_columns(
         pl.col("client_id")
         .replace_strict({c: model_name(c) for c in versions}, return_dtype=pl.String)

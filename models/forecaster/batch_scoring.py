@@ -11,6 +11,7 @@ row on its own, so the values equal scoring each client alone, bit for bit.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -26,6 +27,13 @@ if TYPE_CHECKING:
     from models.forecaster.client_model import ClientForecaster
 
 _NONE = slice(0, 0)
+
+# (forecaster, metric, outcomes just scored) -> the outcomes its recalibration reads
+PastOutcomes = Callable[["ClientForecaster", str, Outcomes], Outcomes]
+
+
+def _as_scored(forecaster: ClientForecaster, metric: str, fresh: Outcomes) -> Outcomes:
+    return fresh
 
 
 @dataclass(frozen=True)
@@ -69,9 +77,11 @@ def score_near(
     now: Part,
     past: Part,
     config: ForecastConfig,
+    past_outcomes: PastOutcomes = _as_scored,
 ) -> pl.DataFrame | None:
     """One metric's forecasts over the horizon (`now`) for `users`, each recalibrated on
-    its errors at the recent origins (`past`); None when no user has rows."""
+    its errors at the recent origins: those of `past`, as `past_outcomes` completes them
+    with origins scored by earlier runs (`scored_origins`). None when no user has rows."""
     values = np.zeros((now.rows.height, 3))
     scored = np.zeros(now.rows.height, dtype=bool)
     for group in _by_boosters(users, metric, reach=False):
@@ -89,9 +99,10 @@ def score_near(
         later = sum(s.stop - s.start for s in near)
         for forecaster, s, b in zip(mine, near, back, strict=True):
             size, recent_size = s.stop - s.start, b.stop - b.start
-            recent = Outcomes(
+            fresh = Outcomes(
                 raw[later : later + recent_size], past.horizon[b], past.step[b], past.target[b]
             )
+            recent = past_outcomes(forecaster, metric, fresh)
             scaled = _recalibrated(
                 forecaster.models[metric],
                 config,

@@ -21,13 +21,14 @@ from models.features import (
     ts_of,
 )
 from models.forecaster.batch_scoring import Part, forecast_frame, score_far, score_near
-from models.forecaster.calibration import _final_quantiles, _to_values
+from models.forecaster.calibration import Outcomes, _final_quantiles, _to_values
 from models.forecaster.config import ForecastConfig
 from models.forecaster.frames import _scales, _step_of_datetime, client_frame
 from models.series_at import build_series_at
 
 if TYPE_CHECKING:
     from models.forecaster.client_model import ClientForecaster
+    from models.forecaster.scored_origins import ScoredOrigins
 
 FORECAST_SCHEMA: dict[str, pl.DataType] = {
     "client_id": pl.String(),
@@ -106,6 +107,7 @@ def forecast_latest(
     histories: dict[str, pl.DataFrame],
     calendar: pl.DataFrame | None = None,
     clients_per_pass: int = 500,
+    scored: ScoredOrigins | None = None,
 ) -> pl.DataFrame:
     """Each client's forecast from the last bucket of its history, as `predict` gives it,
     followed by its profile's reach (every `profile_stride` steps past the horizon) when its
@@ -117,7 +119,8 @@ def forecast_latest(
     (`models.series_at`), `clients_per_pass` at a time (so memory stays bounded however
     many clients there are), and boosters shared by several clients (the global model's)
     score all their rows in one call (`batch_scoring`); only the per-client calibration runs
-    client by client. Over the horizon, equal to calling `predict` per client, bit for bit.
+    client by client. Over the horizon, equal to calling `predict` per client, bit for bit,
+    unless `scored` remembers recent origins from earlier runs (see `scored_origins`).
     """
     families: dict[tuple[ForecastConfig, FeatureSpec], list[ClientForecaster]] = {}
     for client_id, forecaster in forecasters.items():
@@ -125,7 +128,7 @@ def forecast_latest(
             key = (forecaster.config, forecaster.feature_spec.shape)
             families.setdefault(key, []).append(forecaster)
     frames = [
-        _forecast_family(members[start : start + clients_per_pass], histories, calendar)
+        _forecast_family(members[start : start + clients_per_pass], histories, calendar, scored)
         for members in families.values()
         for start in range(0, len(members), clients_per_pass)
     ]
@@ -139,6 +142,7 @@ def _forecast_family(
     members: list[ClientForecaster],
     histories: dict[str, pl.DataFrame],
     calendar: pl.DataFrame | None,
+    scored: ScoredOrigins | None = None,
 ) -> pl.DataFrame:
     """`forecast_latest` for forecasters of one configuration and feature spec shape."""
     config, spec = members[0].config, members[0].feature_spec.shape
@@ -148,6 +152,8 @@ def _forecast_family(
     pairs: list[_Origins] = []
     inputs: list[str] = []
     served: list[ClientForecaster] = []
+    remembered: dict[str, list[int]] = {}  # recent origins of the clients `scored` keeps
+    unscored: dict[str, list[int]] = {}
     for forecaster in members:
         own = histories[forecaster.client_id].filter(pl.col("client_id") == forecaster.client_id)
         metrics = [m for m in forecaster.metrics if m in own.columns]
@@ -160,10 +166,15 @@ def _forecast_family(
         tails.append(
             own.filter((pl.col("ts") > since) & (pl.col("ts") <= ts_of(pl.lit(step), freq)))
         )
-        inputs += [*metrics, *(m for m in spec.cross_metrics if m in own.columns)]
+        mine = [*metrics, *(m for m in spec.cross_metrics if m in own.columns)]
+        inputs += mine
+        fresh = recent
+        if scored is not None and _scales_stored(forecaster, mine):
+            remembered[forecaster.client_id] = recent
+            fresh = unscored[forecaster.client_id] = scored.unscored(forecaster, recent)
         pairs += [
             (forecaster.client_id, [step], horizon, "forecast"),
-            (forecaster.client_id, recent, horizon, "recent"),
+            (forecaster.client_id, fresh, horizon, "recent"),
         ]
         if forecaster.reach:
             pairs.append((forecaster.client_id, [step], config.reach_steps, "reach"))
@@ -193,6 +204,12 @@ def _forecast_family(
     present = set(rows.get_column("client_id").unique().to_list())
     parts = rows.partition_by("metric", "part", as_dict=True)
     empty = rows.clear()
+
+    def past_outcomes(forecaster: ClientForecaster, metric: str, fresh: Outcomes) -> Outcomes:
+        if scored is None or forecaster.client_id not in remembered:
+            return fresh
+        return scored.outcomes(forecaster, metric, fresh, remembered[forecaster.client_id])
+
     for metric in dict.fromkeys(m for f in served for m in f.metrics):
         users = [f for f in served if metric in f.metrics and f.client_id in present]
         # Each part's model input is built once for all clients, each group takes its own:
@@ -202,11 +219,23 @@ def _forecast_family(
             for part in ("forecast", "recent", "reach")
         )
         frames += [
-            score_near(users, metric, now, past, config),
+            score_near(users, metric, now, past, config, past_outcomes),
             score_far(users, metric, far, config),
         ]
-    scored = [f for f in frames if f is not None]
-    return pl.concat(scored) if scored else _empty_forecast()
+    if scored is not None:
+        for forecaster in served:
+            if (cid := forecaster.client_id) in remembered:
+                scored.mark(forecaster, unscored[cid], remembered[cid])
+    done = [f for f in frames if f is not None]
+    return pl.concat(done) if done else _empty_forecast()
+
+
+def _scales_stored(forecaster: ClientForecaster, inputs: list[str]) -> bool:
+    """Whether every input's scale is the model's own, not measured on each run's history
+    (only then can an origin's scaled outcome be remembered: `scored_origins`)."""
+    return all(
+        (model := forecaster.models.get(m)) is not None and model.scale is not None for m in inputs
+    )
 
 
 def _with_own_codes(

@@ -1,0 +1,168 @@
+"""Recent origins remembered between prediction runs (`ScoredOrigins`): a run scores only the
+origins that came in since the last, its forecasts stay those of scoring every origin (bit
+for bit on a first run, within the rounding of rolling sums after), memory stays within the
+recalibration window, and nothing is remembered that could drift."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import numpy as np
+import polars as pl
+import pytest
+
+from models.features import step_of
+from models.forecaster import (
+    ForecastConfig,
+    fit_client_forecaster,
+    fit_global_forecaster,
+    forecast_latest,
+)
+from models.forecaster.calibration import Outcomes
+from models.forecaster.prediction import _recent_origins
+from models.forecaster.scored_origins import ScoredOrigins
+from warehouse.sources.synthetic import generate_synthetic
+
+END = datetime(2026, 1, 19)
+FREQ = 300
+CONFIG = ForecastConfig(n_estimators=15, tail_estimators=8, max_train_rows=800, max_eval_rows=600)
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return generate_synthetic(5, 9, END, seed=23)
+
+
+@pytest.fixture(scope="module")
+def fitted(batch):
+    """Two clients' own forecasters and a global-model client that joined after training
+    (its scales measured on each run's history)."""
+    usage = batch.rows
+    clients = batch.clients.drop("attributes")
+    attributes = {r["client_id"]: r for r in clients.iter_rows(named=True)}
+    forecasters = {
+        c: fit_client_forecaster(
+            usage.filter(pl.col("client_id") == c), CONFIG, batch.calendar, attributes[c]
+        )
+        for c in ("c0000", "c0001")
+    }
+    trained = usage.filter(pl.col("client_id") != "c0004")
+    model = fit_global_forecaster(trained, clients, batch.calendar, CONFIG, serve=["c0002"])
+    forecasters["c0004"] = model.for_client("c0004", attributes["c0004"], "test")
+    assert forecasters["c0004"].models["requests"].scale is None
+    return forecasters
+
+
+def _histories(batch, forecasters, back: int) -> dict[str, pl.DataFrame]:
+    """Each client's history up to `back` buckets before the batch's end."""
+    cut = batch.rows.filter(pl.col("ts") <= END - timedelta(seconds=FREQ * (back + 1)))
+    return {c: cut.filter(pl.col("client_id") == c) for c in forecasters}
+
+
+def _last_step(history: pl.DataFrame) -> int:
+    return int(history.select(step_of(pl.col("ts").max(), FREQ)).item())
+
+
+def test_a_first_run_forecasts_bit_for_bit_as_scoring_every_origin(batch, fitted):
+    histories = _histories(batch, fitted, back=20)
+    scored = ScoredOrigins()
+    assert forecast_latest(fitted, histories, batch.calendar, scored=scored).equals(
+        forecast_latest(fitted, histories, batch.calendar)
+    )
+    assert len(scored) == 2  # the own models' clients, not the global model's newcomer
+
+
+def test_later_runs_score_only_the_origins_that_came_in(batch, fitted):
+    scored = ScoredOrigins()
+    own = fitted["c0000"]
+    seen: set[int] = set()
+    for back in range(20, 11, -1):
+        histories = _histories(batch, fitted, back)
+        recent = _recent_origins([_last_step(histories["c0000"])], own.config)
+        # What has not been scored yet is what this run scores: the definition of the window.
+        assert scored.unscored(own, recent) == [o for o in recent if o not in seen]
+        forecast_latest(fitted, histories, batch.calendar, scored=scored)
+        seen |= set(recent)
+        assert scored.unscored(own, recent) == []
+    stride = recent[1] - recent[0]
+    assert stride > 1  # the stride's phases interleave: each is scored once, then remembered
+    newest = _recent_origins([_last_step(_histories(batch, fitted, 11)["c0000"])], own.config)
+    assert scored.unscored(own, newest) == [newest[-1]]
+
+
+def test_remembered_origins_forecast_as_scoring_every_origin(batch, fitted):
+    scored = ScoredOrigins()
+    for back in range(20, 9, -1):
+        histories = _histories(batch, fitted, back)
+        kept = forecast_latest(fitted, histories, batch.calendar, scored=scored)
+        every = forecast_latest(fitted, histories, batch.calendar)
+        assert kept.select("client_id", "metric", "ts").equals(
+            every.select("client_id", "metric", "ts")
+        )
+        a, b = (f.select("p10", "p50", "p90").to_numpy() for f in (kept, every))
+        # Only the last bits of remembered origins' features differ (their history window
+        # started earlier); through recalibration they move a forecast by far less than 1 %.
+        assert np.allclose(a, b, rtol=1e-2, atol=1e-9)
+        assert (a == b).all(axis=1).mean() >= 0.9
+
+
+def test_a_new_model_of_the_client_starts_afresh(batch, fitted):
+    scored = ScoredOrigins()
+    histories = _histories(batch, fitted, back=20)
+    forecast_latest(fitted, histories, batch.calendar, scored=scored)
+    own = fitted["c0000"]
+    recent = _recent_origins([_last_step(histories["c0000"])], own.config)
+    assert scored.unscored(own, recent) == []
+    retrained = fit_client_forecaster(
+        batch.rows.filter(pl.col("client_id") == "c0000"), CONFIG, batch.calendar
+    )
+    assert scored.unscored(retrained, recent) == recent
+
+
+def test_a_client_whose_scales_are_measured_each_run_is_never_remembered(batch, fitted):
+    scored = ScoredOrigins()
+    newcomer = fitted["c0004"]
+    for back in (20, 17):
+        histories = _histories(batch, fitted, back)
+        forecast_latest(fitted, histories, batch.calendar, scored=scored)
+    recent = _recent_origins([_last_step(histories["c0004"])], newcomer.config)
+    assert scored.unscored(newcomer, recent) == recent
+    assert len(scored) == 2
+
+
+def test_memory_stays_within_the_recalibration_window(batch, fitted):
+    scored = ScoredOrigins()
+    own = fitted["c0001"]
+    for back in range(40, -1, -4):
+        histories = _histories(batch, fitted, back)
+        forecast_latest(fitted, histories, batch.calendar, scored=scored)
+    recent = _recent_origins([_last_step(histories["c0001"])], own.config)
+    entry = scored._clients["c0001"]
+    assert min(entry.origins) >= recent[0]
+    assert len(entry.origins) <= recent[-1] - recent[0] + 1
+    for metric, outcomes in entry.outcomes.items():
+        assert outcomes.step.min() >= recent[0], metric
+        # one row per (origin, horizon): none counted twice
+        pairs = set(zip(outcomes.step.tolist(), outcomes.horizon.tolist(), strict=True))
+        assert len(pairs) == len(outcomes.step), metric
+
+
+def test_an_origin_scored_again_replaces_its_remembered_rows(fitted):
+    """A run that fails before marking its origins scores them again in the next run: their
+    rows must not be counted twice."""
+    scored = ScoredOrigins()
+    own = fitted["c0000"]
+
+    def rows(origins: list[int], value: float) -> Outcomes:
+        steps = np.repeat(np.asarray(origins, dtype=np.int64), 2)
+        return Outcomes(
+            np.full((len(steps), 3), value), np.tile([1, 2], len(origins)), steps, steps * 0.0
+        )
+
+    first = scored.outcomes(own, "requests", rows([10, 12], 1.0), wanted=[10, 12])
+    assert len(first.step) == 4
+    again = scored.outcomes(own, "requests", rows([12, 14], 2.0), wanted=[10, 12, 14])
+    assert sorted(again.step.tolist()) == [10, 10, 12, 12, 14, 14]
+    assert (again.raw[again.step == 12] == 2.0).all()
+    later = scored.outcomes(own, "requests", rows([16], 3.0), wanted=[14, 16])
+    assert sorted(later.step.tolist()) == [14, 14, 16, 16]
