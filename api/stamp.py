@@ -36,8 +36,7 @@ class WarehouseStamp:
     """A version number that grows whenever the warehouse files change (see module doc)."""
 
     def __init__(self, path: Path) -> None:
-        path = Path(path)
-        self._path = path
+        self._files = _files_of(Path(path))  # as strings once: stat'ed twice a request
         self._mutex = threading.Lock()  # held for comparisons only, never for I/O
         self._seen = self._signature()
         self._version = 0
@@ -75,16 +74,24 @@ class WarehouseStamp:
                 self._seen = after
 
     def _signature(self) -> Signature:
-        return warehouse_signature(self._path)
+        return _signature_of(self._files)
 
 
 def warehouse_signature(path: Path) -> Signature:
     """The warehouse file and its write-ahead log as `os.stat` sees them now."""
-    path = Path(path)
-    return _file_signature(path), _file_signature(path.with_name(path.name + ".wal"))
+    return _signature_of(_files_of(Path(path)))
 
 
-def _file_signature(path: Path) -> FileSignature:
+def _files_of(path: Path) -> tuple[str, str]:
+    """The warehouse file and its write-ahead log."""
+    return str(path), str(path.with_name(path.name + ".wal"))
+
+
+def _signature_of(files: tuple[str, str]) -> Signature:
+    return _file_signature(files[0]), _file_signature(files[1])
+
+
+def _file_signature(path: str) -> FileSignature:
     try:
         stat = os.stat(path)
     except FileNotFoundError:

@@ -39,7 +39,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -468,8 +468,11 @@ def _tier_of(record: _Record, stat: _ProcStat | None) -> Tier:
 
 
 def _essence(record: _Record) -> dict[str, Any]:
-    """What a record is for: all it holds but the tier label and the last call's timings."""
-    essence = asdict(record)
+    """What a record is for: all it holds but the tier label and the last call's timings.
+
+    Its dicts are copied (a call changes them in place), one level deep: they hold strings
+    only. Not `dataclasses.asdict`, whose deep copy cost ~0.1 ms a look, twice a call."""
+    essence = {name: dict(v) if isinstance(v, dict) else v for name, v in vars(record).items()}
     del essence["timings_ms"]
     essence["labels"].pop(LABEL_TIER, None)
     return essence

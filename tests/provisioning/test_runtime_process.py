@@ -103,6 +103,25 @@ def test_activating_a_cold_member_spawns_its_worker(
     assert b"GREETING=hi" in environ and f"PREWARM_MEMBER={cold.id}".encode() in environ
 
 
+def test_only_a_call_that_changes_the_worker_saves_the_record(
+    process_runtime: ProcessRuntime, make_spec: SpecMaker
+) -> None:
+    shadow = process_runtime.create(make_spec("shadow"))
+    cold = process_runtime.create(make_spec("cold"))
+
+    def saved(member_id: str) -> bytes:
+        return (process_runtime.records.directory / f"{member_id}.json").read_bytes()
+
+    before = saved(shadow.id)
+    process_runtime.activate(shadow.id)  # SIGCONT: tier and timings only
+    process_runtime.shadow(shadow.id)
+    assert saved(shadow.id) == before
+
+    member, _ = process_runtime.activate(cold.id)  # spawned: its process is on record
+    record = json.loads(saved(cold.id))
+    assert (record["pid"], record["endpoint"]) == (member.details["pid"], member.endpoint)
+
+
 def test_shadow_freezes_active_and_cold_members(
     process_runtime: ProcessRuntime, make_spec: SpecMaker
 ) -> None:
