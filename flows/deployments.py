@@ -12,8 +12,12 @@ a time (a concurrency limit of one that cancels a run due while another still ru
 of the cycle's own lock); a late cycle says so. There is no scheduled ingest of its own: the
 cycle ingests from the feed the warehouse follows, and nothing else writes usage.
 
-Each scheduled run executes in its own process; they share the warehouse file safely (see
-flows/locks.py). Run `python -m flows.deployments` against a Prefect server.
+The cycle's runs execute in this process, one after another (flows/cycle_runner.py), so
+prediction's caches (loaded forecasters, origins already scored: flows/predict.py) outlive a
+cycle: a fresh process per cycle would pay ~4x for its prediction. Prefect's Runner serves
+the others, each run in a process of its own: they are rare, and their memory goes back to
+the system when they end. All share the warehouse file safely (see flows/locks.py). Run
+`python -m flows.deployments` against a Prefect server.
 """
 
 from __future__ import annotations
@@ -24,9 +28,13 @@ from typing import Any
 from flows.settings import Settings
 
 DAILY_0200_UTC = "0 2 * * *"
+CYCLE = "prewarm-cycle"
+# A cycle still running at a stop gets this long (inside the 10 s `prewarm up` gives the
+# whole process before SIGKILL), then is reported crashed.
+STOP_GRACE_S = 5.0
 # (deployment name, schedule) as the UI and `prewarm up --check` show them.
 SCHEDULED: dict[str, str] = {
-    "prewarm-cycle": "every PREWARM_CYCLE",
+    CYCLE: "every PREWARM_CYCLE",
     "train-forecasters": "daily at 02:00 UTC",
 }
 ON_DEMAND: tuple[str, ...] = (
@@ -55,7 +63,7 @@ def build_deployments(settings: Settings) -> list[Any]:
     )
     return [
         prewarm_cycle.to_deployment(
-            name="prewarm-cycle",
+            name=CYCLE,
             interval=timedelta(seconds=settings.cycle_seconds),
             tags=tags,
             concurrency_limit=one_at_a_time,
@@ -96,16 +104,30 @@ def build_deployments(settings: Settings) -> list[Any]:
 
 
 def main() -> None:
-    """Serve every deployment until interrupted."""
-    from prefect import serve
+    """Run the cycle's scheduled runs here and serve the other deployments until stopped."""
+    from prefect import get_client, serve
 
+    from flows.cycle import prewarm_cycle
+    from flows.cycle_runner import InProcessRunner
     from flows.logs import hide_expected_tracebacks
     from flows.settings import configure_environment
 
     settings = Settings()
     configure_environment(settings)
     hide_expected_tracebacks()
-    serve(*build_deployments(settings), limit=4)
+    deployments = build_deployments(settings)
+    cycle = next(d for d in deployments if d.name == CYCLE)
+    # Registered with its schedule and limit, but not served: the Runner would run it too.
+    cycle_id = cycle.apply()
+    runner = InProcessRunner(prewarm_cycle, cycle_id)
+    runner.start()
+    try:
+        serve(*(d for d in deployments if d is not cycle), limit=4)
+    finally:
+        runner.stop(STOP_GRACE_S)
+        # As `serve` does for the schedules it served: no runs pile up while nobody runs them.
+        with get_client(sync_client=True) as client:
+            client.pause_deployment(cycle_id)
 
 
 if __name__ == "__main__":
