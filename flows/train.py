@@ -2,10 +2,10 @@
 
 Clients fan out as Prefect tasks on a local process pool (feature building holds the GIL, so
 threads would not use both cores) or, when PREWARM_DASK_ADDRESS is set, on that Dask cluster.
-Each task fits, scores, plots, gates and registers one client: the workers share the MLflow
-store, so registrations run as parallel as fits. Every version is tagged with why it was
-trained (`trigger`) and how its recent rows were weighted (`weighting`), as is its
-`model_runs` row.
+Each task fits, scores, plots, gates and registers a batch of clients, one after another:
+the workers share the MLflow store, so registrations run as parallel as fits. Every version
+is tagged with why it was trained (`trigger`) and how its recent rows were weighted
+(`weighting`), as is its `model_runs` row.
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ from flows.locks import warehouse_write
 from flows.progress import tracker
 from flows.settings import Settings, parse_freq_any
 from flows.train_client import (
+    ClientFailure,
     ClientTraining,
     start_worker,
-    train_client,
+    train_clients,
 )
 from models.evaluation import WindowScore
 from models.exceedance import ExceedanceConfig, fit_exceedance_model
@@ -67,6 +68,10 @@ from warehouse.usage import read_calendar, read_recent_usage
 GLOBAL_MODEL_CLIENTS = 40  # clients the global fallback model learns from, at most
 EXCEEDANCE_TRAINING_ROWS = 200_000  # (client, origin, horizon, level) rows, sampled
 EXCEEDANCE_CHAMPIONS_TRIED = 3  # champions loaded to find a shared model to reuse, at most
+CLIENTS_PER_TASK = 8  # at most: see train_clients for what a task costs
+# At least this many tasks per worker while clients last: the last tasks to finish leave the
+# other workers idle for less than a task's worth of clients.
+TASKS_PER_WORKER = 4
 
 
 @dataclass
@@ -222,8 +227,9 @@ def _submit_group(
     settings: Settings,
     summary: TrainSummary,
     subset: bool,
-) -> dict[Any, str]:
-    """Submit one `train_client` task per client of a frequency group: future -> client id.
+) -> dict[Any, list[str]]:
+    """Submit `train_clients` tasks for the clients of a frequency group, in batches
+    (`_batches`): future -> its client ids.
 
     Clients with a model of their own start at once; the global fallback is fitted here
     meanwhile (this process only waits on the workers), then its clients follow. Tasks may
@@ -235,24 +241,36 @@ def _submit_group(
     exceedance_run, source = _shared_exceedance(group, clients, aliases, config, settings, subset)
     summary.exceedance_sources[config.freq_seconds] = source
 
-    def submit(cid: str, global_model: GlobalForecaster | None) -> Any:
-        job = ClientTraining(
-            cid,
-            histories[(cid,)],
-            calendar,
-            attributes.get(cid),
-            config,
-            adjustments.get(cid),
-            global_model,
-        )
-        has_champion = CHAMPION in aliases.get(cid, {})
-        return train_client.submit(job, exceedance_run, has_champion, settings, summary.trigger)
+    def submit(batch: list[str], global_model: GlobalForecaster | None) -> Any:
+        jobs = [
+            ClientTraining(
+                cid,
+                histories[(cid,)],
+                calendar,
+                attributes.get(cid),
+                config,
+                adjustments.get(cid),
+                global_model,
+            )
+            for cid in batch
+        ]
+        champions = {cid for cid in batch if CHAMPION in aliases.get(cid, {})}
+        return train_clients.submit(jobs, champions, exceedance_run, settings, summary.trigger)
 
-    futures = {submit(cid, None): cid for cid, why in reasons.items() if not why}
+    own = [cid for cid, why in reasons.items() if not why]
+    futures = {submit(batch, None): batch for batch in _batches(own, settings.train_workers)}
     if fallback := [cid for cid, why in reasons.items() if why]:
         global_model = _fit_global(group, group_clients, calendar, config, reasons)
-        futures |= {submit(cid, global_model): cid for cid in fallback}
+        batches = _batches(fallback, settings.train_workers)
+        futures |= {submit(batch, global_model): batch for batch in batches}
     return futures
+
+
+def _batches(client_ids: list[str], workers: int) -> list[list[str]]:
+    """`client_ids` in one batch a task: at most CLIENTS_PER_TASK, and small enough to give
+    each worker TASKS_PER_WORKER of them."""
+    size = max(1, min(CLIENTS_PER_TASK, len(client_ids) // (workers * TASKS_PER_WORKER)))
+    return [client_ids[start : start + size] for start in range(0, len(client_ids), size)]
 
 
 def train_flow(settings: Settings) -> Any:
@@ -335,23 +353,27 @@ def train_forecasters(
             subset=client_ids is not None,
         )
         for future in as_completed(list(futures)):
-            cid = futures[future]
-            done += 1
-            if progress:
-                progress(done, total)
             try:
-                outcome = future.result()
-            except Exception as error:  # one client's failure must not stop the others
-                summary.failures[cid] = f"{type(error).__name__}: {error}"
-                logger.warning("client %s: training failed: %s", cid, error)
-                continue
-            summary.fit_seconds += outcome.fit_seconds
-            summary.scores[cid] = outcome.score
-            summary.weightings[cid] = outcome.weighting
-            if outcome.fallback:
-                summary.fallbacks[cid] = outcome.fallback
-            summary.registrations.append(outcome.registration)
-            summary.mlflow_seconds += outcome.registration.mlflow_seconds
+                outcomes = future.result()
+            except Exception as error:  # a task that died (its worker, say) fails its clients
+                failure = f"{type(error).__name__}: {error}"
+                outcomes = [ClientFailure(cid, failure) for cid in futures[future]]
+            for outcome in outcomes:
+                done += 1
+                if progress:
+                    progress(done, total)
+                cid = outcome.client_id
+                if isinstance(outcome, ClientFailure):
+                    summary.failures[cid] = outcome.error
+                    logger.warning("client %s: training failed: %s", cid, outcome.error)
+                    continue
+                summary.fit_seconds += outcome.fit_seconds
+                summary.scores[cid] = outcome.score
+                summary.weightings[cid] = outcome.weighting
+                if outcome.fallback:
+                    summary.fallbacks[cid] = outcome.fallback
+                summary.registrations.append(outcome.registration)
+                summary.mlflow_seconds += outcome.registration.mlflow_seconds
 
     for worker in workers:
         worker.wait()

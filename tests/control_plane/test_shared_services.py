@@ -85,10 +85,10 @@ def test_every_client_is_registered_on_the_tracking_server_and_its_postgres(
 
 
 def test_clients_trained_on_the_dask_workers(trained: Trained):
-    # The worker processes (their shared log) ran one training task per client, not this
-    # machine's process pool.
+    # The worker processes (their shared log) ran the training tasks, not this machine's
+    # process pool: one a client, since so few clients go one to a batch (flows.train._batches).
     finished = re.findall(
-        r"Task run 'train_client-\w+' - Finished in state Completed", trained.train_log
+        r"Task run 'train_clients-\w+' - Finished in state Completed", trained.train_log
     )
     assert len(finished) == len(CLIENTS)
 
@@ -107,7 +107,7 @@ def test_runs_are_recorded_by_the_postgres_backed_prefect_server(
         control_plane,
         "prefect",
         "SELECT count(*) FROM task_run"
-        " WHERE name LIKE 'train_client-%' AND state_type = 'COMPLETED'",
+        " WHERE name LIKE 'train_clients-%' AND state_type = 'COMPLETED'",
     )
     assert tasks == [(len(CLIENTS),)]
 
