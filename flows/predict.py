@@ -39,10 +39,14 @@ from warehouse.usage import read_calendar, read_recent_usage
 
 log = logging.getLogger(__name__)
 
+# Both bounded by PREWARM_PREDICT_CACHE_CLIENTS, keeping the first clients they meet: a
+# cycle predicts every client in the same order, so evicting the least recent would miss
+# on every client once the bound is below the client count.
 _CACHE: dict[str, tuple[str, Any]] = {}  # client -> (version, loaded forecaster)
 _CACHE_LOCK = threading.Lock()
 # Recent origins the cached forecasters scored: a run scores only the origins it adds.
 _SCORED = ScoredOrigins()
+_FULL_SAID = threading.Event()  # the cache being full is said once per process
 
 
 @dataclass
@@ -56,10 +60,12 @@ class PredictSummary:
     seconds: float = 0.0
 
 
-def _forecaster(client_id: str, alias: str, version: str, tracking_uri: str) -> Any:
-    """The client's model at `version`, loaded once per process; one version per client is
-    kept (a retrained client's older one is dropped), so the cache stays as big as the
-    client count however long the process runs."""
+def _forecaster(
+    client_id: str, alias: str, version: str, tracking_uri: str, max_clients: int
+) -> Any:
+    """The client's model at `version`, loaded once per process for the first
+    `max_clients` clients (later ones load it every run); one version per client is kept (a
+    retrained client's older one is dropped)."""
     with _CACHE_LOCK:
         cached = _CACHE.get(client_id)
         if cached is not None and cached[0] == version:
@@ -76,7 +82,15 @@ def _forecaster(client_id: str, alias: str, version: str, tracking_uri: str) -> 
         )
         return None
     with _CACHE_LOCK:
-        _CACHE[client_id] = (version, loaded)
+        if client_id in _CACHE or len(_CACHE) < max_clients:
+            _CACHE[client_id] = (version, loaded)
+        elif not _FULL_SAID.is_set():
+            _FULL_SAID.set()
+            log.warning(
+                "prediction keeps %d clients' models in memory (PREWARM_PREDICT_CACHE_CLIENTS,"
+                " ~1.8 MB each); the others load theirs every run",
+                max_clients,
+            )
     return loaded
 
 
@@ -88,13 +102,16 @@ def predict_group(
     tracking_uri: str,
     freq_seconds: int,
     generated_at: datetime,
+    cache_clients: int,
 ) -> Predictions | None:
     """Forecasts, exceedance and profiles of clients of one bucket width, each from its
-    registered model (`models`: client -> (alias, version))."""
+    registered model (`models`: client -> (alias, version)); the first `cache_clients`
+    clients' models and scored origins are kept for the next run in this process."""
+    _SCORED.max_clients = cache_clients
     loaded = {}
     bar = tracker("Loading forecasters")
     for done, (client_id, (alias, version)) in enumerate(models.items(), start=1):
-        forecaster = _forecaster(client_id, alias, version, tracking_uri)
+        forecaster = _forecaster(client_id, alias, version, tracking_uri, cache_clients)
         if forecaster is not None:
             loaded[client_id] = (forecaster, version)
         if bar:
@@ -138,7 +155,13 @@ def predict_and_write(settings: Settings, client_ids: list[str] | None = None) -
         if not models:
             continue
         predicted = predict_group(
-            histories, calendar, models, settings.mlflow_tracking_uri, int(freq), generated_at
+            histories,
+            calendar,
+            models,
+            settings.mlflow_tracking_uri,
+            int(freq),
+            generated_at,
+            settings.predict_cache_clients,
         )
         if predicted is None:
             continue

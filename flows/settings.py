@@ -174,6 +174,13 @@ class Settings(BaseSettings):
         le=1_000_000,
         description="client views the API keeps in memory (least recently used dropped first)",
     )
+    predict_cache_clients: int = Field(
+        default=3_000,
+        ge=0,
+        le=1_000_000,
+        description="clients whose loaded models and scored origins a process keeps between"
+        " predictions (~1.8 MB each; the rest load every run)",
+    )
     api_max_queued_outcomes: int = Field(
         default=10_000,
         ge=1,

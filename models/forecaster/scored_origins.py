@@ -18,8 +18,11 @@ global-model client that joined after training) are never remembered: their scal
 outcomes would drift with it.
 
 Bounded: a client keeps the origins from its window's start on (two interleaved strides'
-worth at most, about 150 origins of 12 rows per metric: ~170 KB a client at six metrics),
-one entry per client predicted, replaced with its model.
+worth at most, about 150 origins of 12 rows per metric: ~450 KB a client at six metrics,
+measured), one entry per client, replaced with its model, for at most `max_clients`
+clients: the first ones seen are kept and later ones are scored in full every run (a
+cycle predicts every client in the same order, so evicting the least recent would miss on
+every client once the cache is too small).
 """
 
 from __future__ import annotations
@@ -48,7 +51,8 @@ class _Remembered:
 class ScoredOrigins:
     """Outcomes of recent origins per client, for `forecast_latest(..., scored=...)`."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_clients: int = 1_000_000) -> None:
+        self.max_clients = max_clients
         self._clients: dict[str, _Remembered] = {}
         self._lock = threading.Lock()  # runs may overlap in one process (served flows)
 
@@ -69,6 +73,8 @@ class ScoredOrigins:
         """The outcomes at the `wanted` origins of one metric: those remembered and the
         `fresh` ones just scored (which are remembered from now on)."""
         entry = self._entry(forecaster)
+        if entry is None:  # full: scored in full every run
+            return _where(fresh, np.isin(fresh.step, wanted))
         first = min(wanted, default=0)
         kept = entry.outcomes.get(metric)
         if kept is not None:
@@ -82,12 +88,17 @@ class ScoredOrigins:
         """Mark `origins` scored (with or without rows: a missing target stays missing) and
         forget those before the window's start, the first of `wanted`."""
         entry = self._entry(forecaster)
-        first = min(wanted, default=0)
-        entry.origins = {o for o in entry.origins if o >= first} | set(origins)
+        if entry is not None:
+            first = min(wanted, default=0)
+            entry.origins = {o for o in entry.origins if o >= first} | set(origins)
 
-    def _entry(self, forecaster: ClientForecaster) -> _Remembered:
+    def _entry(self, forecaster: ClientForecaster) -> _Remembered | None:
+        """The client's entry for this forecaster (a new one replaces another model's);
+        None when the client has none and `max_clients` are kept already."""
         with self._lock:
             entry = self._clients.get(forecaster.client_id)
+            if entry is None and len(self._clients) >= self.max_clients:
+                return None
             if entry is None or entry.forecaster is not forecaster:
                 entry = self._clients[forecaster.client_id] = _Remembered(forecaster)
             return entry

@@ -166,3 +166,23 @@ def test_an_origin_scored_again_replaces_its_remembered_rows(fitted):
     assert (again.raw[again.step == 12] == 2.0).all()
     later = scored.outcomes(own, "requests", rows([16], 3.0), wanted=[14, 16])
     assert sorted(later.step.tolist()) == [14, 14, 16, 16]
+
+
+def test_past_max_clients_later_clients_are_scored_in_full_every_run(batch, fitted):
+    scored = ScoredOrigins(max_clients=1)
+    for back in range(20, 14, -1):
+        histories = _histories(batch, fitted, back)
+        kept = forecast_latest(fitted, histories, batch.calendar, scored=scored)
+        assert np.allclose(
+            kept.select("p10", "p50", "p90").to_numpy(),
+            forecast_latest(fitted, histories, batch.calendar)
+            .select("p10", "p50", "p90")
+            .to_numpy(),
+            rtol=1e-2,
+            atol=1e-9,
+        )
+    assert len(scored) == 1
+    first, second = fitted["c0000"], fitted["c0001"]
+    recent = _recent_origins([_last_step(histories["c0000"])], first.config)
+    assert scored.unscored(first, recent) == []  # the first client met is kept
+    assert scored.unscored(second, recent) == recent  # the other is not remembered
