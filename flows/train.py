@@ -356,8 +356,7 @@ def train_forecasters(
             try:
                 outcomes = future.result()
             except Exception as error:  # a task that died (its worker, say) fails its clients
-                failure = f"{type(error).__name__}: {error}"
-                outcomes = [ClientFailure(cid, failure) for cid in futures[future]]
+                outcomes = [ClientFailure.of(cid, error) for cid in futures[future]]
             for outcome in outcomes:
                 done += 1
                 if progress:

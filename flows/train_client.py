@@ -84,6 +84,10 @@ class ClientFailure:
     client_id: str
     error: str  # "<exception type>: <message>"
 
+    @classmethod
+    def of(cls, client_id: str, error: Exception) -> ClientFailure:
+        return cls(client_id, f"{type(error).__name__}: {error}")
+
 
 def fit_client(job: ClientTraining) -> FittedClient:
     """Fit one client's forecaster (its own, or its view of the global model) and score it
@@ -150,7 +154,7 @@ def train_clients(
             results.append(train_client(job, exceedance_run, has_champion, settings, trigger))
         except Exception as error:  # one client's failure must not stop the others
             get_run_logger().warning("client %s: training failed", job.client_id, exc_info=True)
-            results.append(ClientFailure(job.client_id, f"{type(error).__name__}: {error}"))
+            results.append(ClientFailure.of(job.client_id, error))
     return results
 
 

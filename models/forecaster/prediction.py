@@ -153,7 +153,6 @@ def _forecast_family(
     inputs: list[str] = []
     served: list[ClientForecaster] = []
     remembered: dict[str, list[int]] = {}  # recent origins of the clients `scored` keeps
-    unscored: dict[str, list[int]] = {}
     for forecaster in members:
         own = histories[forecaster.client_id].filter(pl.col("client_id") == forecaster.client_id)
         metrics = [m for m in forecaster.metrics if m in own.columns]
@@ -171,7 +170,7 @@ def _forecast_family(
         fresh = recent
         if scored is not None and _scales_stored(forecaster, mine):
             remembered[forecaster.client_id] = recent
-            fresh = unscored[forecaster.client_id] = scored.unscored(forecaster, recent)
+            fresh = scored.unscored(forecaster, recent)
         pairs += [
             (forecaster.client_id, [step], horizon, "forecast"),
             (forecaster.client_id, fresh, horizon, "recent"),
@@ -224,8 +223,8 @@ def _forecast_family(
         ]
     if scored is not None:
         for forecaster in served:
-            if (cid := forecaster.client_id) in remembered:
-                scored.mark(forecaster, unscored[cid], remembered[cid])
+            if forecaster.client_id in remembered:
+                scored.mark(forecaster, remembered[forecaster.client_id])
     done = [f for f in frames if f is not None]
     return pl.concat(done) if done else _empty_forecast()
 

@@ -84,13 +84,14 @@ class ScoredOrigins:
         entry.outcomes[metric] = fresh
         return _where(fresh, np.isin(fresh.step, wanted))
 
-    def mark(self, forecaster: ClientForecaster, origins: list[int], wanted: list[int]) -> None:
-        """Mark `origins` scored (with or without rows: a missing target stays missing) and
-        forget those before the window's start, the first of `wanted`."""
+    def mark(self, forecaster: ClientForecaster, wanted: list[int]) -> None:
+        """Mark the `wanted` origins scored, once a run has scored those it had not (with
+        or without rows: a missing target stays missing), and forget those before the
+        window's start, the first of them."""
         entry = self._entry(forecaster)
         if entry is not None:
             first = min(wanted, default=0)
-            entry.origins = {o for o in entry.origins if o >= first} | set(origins)
+            entry.origins = {o for o in entry.origins if o >= first} | set(wanted)
 
     def _entry(self, forecaster: ClientForecaster) -> _Remembered | None:
         """The client's entry for this forecaster (a new one replaces another model's);

@@ -8,7 +8,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from uuid import UUID, uuid4
 
@@ -115,41 +116,40 @@ def test_only_the_newest_due_run_runs_and_older_ones_are_cancelled_as_late(
     assert runner.run_due() is None
 
 
-def test_a_stop_waits_briefly_then_reports_the_run_in_progress_crashed(prefect_harness: None):
+@contextmanager
+def _blocked_run() -> Iterator[tuple[InProcessRunner, UUID]]:
+    """A runner and its run of `blocked_cycle`, running; afterwards the run is let go to
+    its end (under `prewarm up` the process would end instead) and the runner stopped."""
     deployment = _deploy(blocked_cycle)
     runner = InProcessRunner(blocked_cycle, deployment, poll_seconds=0.2)
     runner.start()
     run = _schedule(deployment, -1)
     try:
         assert _wait_for(run, StateType.RUNNING).is_running()
-        started = time.monotonic()
-        runner.stop(grace_s=0.5)
-        assert time.monotonic() - started < 5
-        state = _state(run)
-        assert state.is_crashed() and "stopped during this run" in (state.message or "")
+        yield runner, run
     finally:
-        # Under `prewarm up` the process ends now; this one lives on: let the run end.
         _release.set()
         runner.stop(grace_s=30)
     assert not runner.is_alive()
 
 
+def test_a_stop_waits_briefly_then_reports_the_run_in_progress_crashed(prefect_harness: None):
+    with _blocked_run() as (runner, run):
+        started = time.monotonic()
+        runner.stop(grace_s=0.5)
+        assert time.monotonic() - started < 5
+        state = _state(run)
+        assert state.is_crashed() and "stopped during this run" in (state.message or "")
+
+
 def test_a_run_cancelled_from_the_ui_ends_its_steps_and_is_recorded_cancelled(
     prefect_harness: None,
 ):
-    deployment = _deploy(blocked_cycle)
-    runner = InProcessRunner(blocked_cycle, deployment, poll_seconds=0.2)
-    runner.start()
-    run = _schedule(deployment, -1)
-    try:
-        assert _wait_for(run, StateType.RUNNING).is_running()
+    with _blocked_run() as (_, run):
         with get_client(sync_client=True) as client:
             client.set_flow_run_state(run, Cancelling())  # what the UI's Cancel does
         _release.set()  # the run cannot be killed: it goes on to its end
         state = _wait_for(run, StateType.CANCELLED)
-    finally:
-        _release.set()
-        runner.stop(grace_s=10)
     assert state.is_cancelled() and "ran to its end" in (state.message or "")
 
 
