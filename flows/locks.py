@@ -1,6 +1,7 @@
 """One writer at a time: a Prefect global concurrency limit around warehouse writes.
 
-DuckDB lets one process write a file at a time, and served deployments run as separate
+DuckDB lets one process write a file at a time, and the cycle (in the deployment server's
+process), the other served deployments (a process per run) and the API are separate
 processes. Writes are short and `warehouse.db.connect` already waits (bounded) for a held
 lock; under `prewarm up` the limit below also queues writers in Prefect, where the UI shows
 who waits. Without a Prefect server holding the limit (one-off CLI runs), it is a no-op and
