@@ -20,6 +20,9 @@ def replay_metrics(trace: Trace, warm: np.ndarray, warmup: int) -> dict[str, flo
     p75_function_cold_pct and zero_cold_share are over functions with at least one
     invocation in those minutes; the percentile interpolates linearly (numpy's default).
     scale_out_cold_starts are those of minutes that had some instance warm, but too few.
+    seen_cold_functions counts functions active in the warmup and cold at least once
+    after it: a function silent in the warmup gives a per-function policy nothing to go on
+    (see `silent_warmup_floor`), one seen there does.
     """
     need = trace.need[:, warmup:]
     held = warm[:, warmup:]
@@ -28,6 +31,7 @@ def replay_metrics(trace: Trace, warm: np.ndarray, warmup: int) -> dict[str, flo
     cold = cold_cells.sum(axis=1)
     idle = (np.maximum(held - need, 0).sum(axis=1) * trace.memory_mb).sum()
     called = invocations > 0
+    seen = trace.invocations[:, :warmup].sum(axis=1) > 0
     cold_pct = 100.0 * cold[called] / invocations[called]
     total = float(invocations.sum())
     return {
@@ -38,6 +42,27 @@ def replay_metrics(trace: Trace, warm: np.ndarray, warmup: int) -> dict[str, flo
         "zero_cold_share": float(np.mean(cold[called] == 0)) if called.any() else math.nan,
         "idle_mb_minutes": float(idle),
         "scale_out_cold_starts": float(cold_cells[held > 0].sum()),
+        "seen_cold_functions": int(((cold > 0) & seen).sum()),
+    }
+
+
+def silent_warmup_floor(trace: Trace, warmup: int) -> dict[str, float]:
+    """The cold starts a policy that warms nothing without history cannot avoid.
+
+    A function with no invocation in the warmup minutes has no history of its own: its
+    first call after the warmup is cold for such a policy, need[first call] instances.
+    (A policy may still hold never-seen functions warm blindly, at an idle cost, and so go
+    under this floor.)
+    """
+    after = trace.need[:, warmup:]
+    silent = (trace.invocations[:, :warmup].sum(axis=1) == 0) & (after.sum(axis=1) > 0)
+    first = np.argmax(after[silent] > 0, axis=1)
+    cold = float(after[silent][np.arange(first.size), first].sum())
+    total = float(trace.invocations[:, warmup:].sum())
+    return {
+        "silent_functions": int(silent.sum()),
+        "cold_starts": cold,
+        "cold_start_per_invocation": cold / total if total else math.nan,
     }
 
 

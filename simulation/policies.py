@@ -28,11 +28,13 @@ BASELINES: tuple[str, ...] = (
     "oracle",
 )
 # From well below keep-alive 10's idle to twice it on the Azure sample; dense around
-# 100..1000, where the curve passes hybrid_histogram's idle and half of it.
+# 30..1000, where the curve passes hybrid_histogram's idle, half of it and a third of it.
 DEFAULT_RATIOS: tuple[float, ...] = (
     3.0,
     10.0,
     30.0,
+    50.0,
+    70.0,
     100.0,
     200.0,
     300.0,

@@ -77,5 +77,9 @@ class ExceedanceConfig:
         return self.window_steps(3_600)
 
     @property
+    def long_steps(self) -> int:
+        return self.window_steps(4 * 3_600)
+
+    @property
     def day_steps(self) -> int:
         return self.window_steps(86_400)

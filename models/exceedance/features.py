@@ -36,13 +36,16 @@ FEATURES: tuple[str, ...] = (
     "need_max_mid",
     "need_mean_mid",
     "need_max_all",
+    "need_max_long",
     "level_over_last",
     "level_over_max_mid",
+    "level_over_max_long",
     # idle gaps (idle buckets between two active buckets)
     "idle_run",
     "gap_count",
     "gap_mean",
     "gap_last",
+    "gap_p05",
     "gap_p50",
     "gap_p90",
     "gap_max",
@@ -167,10 +170,12 @@ def _need_features(
     rolled = series.select(
         short=pl.col("x").rolling_max(config.short_steps, min_samples=1).over("c"),
         mid=pl.col("x").rolling_max(config.mid_steps, min_samples=1).over("c"),
+        long=pl.col("x").rolling_max(config.long_steps, min_samples=1).over("c"),
         all=pl.col("x").cum_max().over("c"),
     )
     last = need[origin]
     max_mid = rolled["mid"].to_numpy()[origin]
+    max_long = rolled["long"].to_numpy()[origin]
     return {
         "active_mid": _window_share(active, origin, start, config.mid_steps),
         "active_all": _window_share(active, origin, start, None),
@@ -179,9 +184,11 @@ def _need_features(
         "need_max_mid": max_mid,
         "need_mean_mid": _window_share(total, origin, start, config.mid_steps),
         "need_max_all": rolled["all"].to_numpy()[origin],
+        "need_max_long": max_long,
         # trees split on one feature at a time: give them the distance to the level directly
         "level_over_last": level - last,
         "level_over_max_mid": level - max_mid,
+        "level_over_max_long": level - max_long,
     }
 
 
@@ -236,6 +243,7 @@ def _gap_features(
         "gap_count": count,
         "gap_mean": mean,
         "gap_last": np.where(count > 0, gaps[np.maximum(last, 0)], np.nan),
+        "gap_p05": recent_quantile(0.05),
         "gap_p50": recent_quantile(0.5),
         "gap_p90": recent_quantile(0.9),
         "gap_max": recent_quantile(1.0),
@@ -244,7 +252,7 @@ def _gap_features(
 
 
 _GAP_FEATURES: tuple[str, ...]
-_GAP_FEATURES = ("idle_run", "gap_count", "gap_mean", "gap_last", "gap_p50", "gap_p90")
+_GAP_FEATURES = ("idle_run", "gap_count", "gap_mean", "gap_last", "gap_p05", "gap_p50", "gap_p90")
 _GAP_FEATURES += ("gap_max", "gap_hazard")
 
 

@@ -75,6 +75,23 @@ class ExceedanceModel:
             self._booster = lgb.Booster(model_str=self.booster_string)
         return self._booster
 
+    def _columns(self) -> list[int] | slice:
+        """Where the booster's features are in FEATURES.
+
+        A model registered before features were added was trained on fewer columns, in
+        their order then; it must keep scoring until the next training replaces it.
+        """
+        names = self.booster.feature_name()
+        if names == list(FEATURES):
+            return slice(None)
+        unknown = sorted(set(names) - set(FEATURES))
+        if unknown:
+            raise ValueError(
+                f"this exceedance model needs features this version does not compute: "
+                f"{', '.join(unknown)}; retrain it (prewarm train)"
+            )
+        return [FEATURES.index(name) for name in names]
+
     def predict(
         self,
         history: pl.DataFrame,
@@ -131,6 +148,7 @@ class ExceedanceModel:
     ) -> np.ndarray:
         """Calibrated, level-monotone P for rows ordered origin, horizon, level."""
         x = _features(grid, self.config, *_expand(origins, n_h, n_k), memory)
+        x = x[:, self._columns()]
         # A dense matrix without pred_contrib predicts a dense array (LightGBM types predict
         # as any of its return kinds, sparse ones included).
         raw = cast(np.ndarray, self.booster.predict(x, num_threads=self.config.num_threads))

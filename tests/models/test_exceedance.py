@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 from datetime import datetime, timedelta
 
+import lightgbm as lgb
 import numpy as np
 import polars as pl
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from models.exceedance import (
     FEATURES,
     ExceedanceConfig,
+    ExceedanceModel,
     critical_probability,
     expected_cold_starts,
     expected_idle,
@@ -89,11 +91,13 @@ def test_features_match_a_hand_count():
     assert at_end["gap_count"] == 3.0
     assert at_end["gap_mean"] == pytest.approx(5 / 3)
     assert at_end["gap_last"] == 0.0
+    assert at_end["gap_p05"] == 0.0
     assert at_end["gap_p50"] == 2.0
     assert at_end["gap_max"] == 3.0
     assert at_end["gap_hazard"] == pytest.approx(1 / 3)  # one gap of 0 among three >= 0
     assert at_end["need_last"] == 1.0
     assert at_end["need_max_all"] == 2.0
+    assert at_end["need_max_long"] == 2.0  # the 4-hour window is the whole history here
     assert at_end["history_steps"] == 10.0
     assert at_end["hour"] == 0.0
     assert at_end["weekday"] == 0.0  # Monday
@@ -112,6 +116,60 @@ def test_features_match_a_hand_count():
     assert early["ts"] == T0 + timedelta(minutes=5)
     # two steps ahead from minute 4: a call by minute 6 would close a gap of at most 1
     assert _row(features, 4, 2, 1)["gap_hazard"] == 0.0
+
+
+def test_the_long_window_remembers_a_peak_for_four_hours():
+    # a need of 3 at minute 10, 1 every other minute: the hybrid policy's 4-hour keep-alive
+    # would still hold 3 instances two hours later, which the 1-hour window has forgotten
+    need = [1.0] * 300
+    need[10] = 3.0
+    config = ExceedanceConfig(freq_seconds=60, horizon_steps=1, max_level=3)
+    features = origin_features(_usage({"a": need}), _origins([("a", 150), ("a", 260)]), config)
+    two_hours_on = _row(features, 150, 1, 3)
+    assert two_hours_on["need_max_mid"] == 1.0
+    assert two_hours_on["need_max_long"] == 3.0
+    assert two_hours_on["level_over_max_long"] == 0.0
+    past_it = _row(features, 260, 1, 3)  # minute 10 is 250 minutes back: out of the window
+    assert past_it["need_max_long"] == 1.0
+    assert past_it["level_over_max_long"] == 2.0
+
+
+def test_a_model_trained_on_fewer_features_still_scores(synthetic, model):
+    # a model registered before features were added: its booster names fewer columns
+    older = [name for name in FEATURES if name not in {"gap_p05", "need_max_long"}]
+    rows = origin_features(synthetic, _origins_of(synthetic), model.config)
+    x = rows.select(older).to_numpy()
+    label = (rows["need_max_all"].to_numpy() >= rows["level"].to_numpy()).astype(float)
+    booster = lgb.train(
+        {"objective": "binary", "verbose": -1, "num_threads": 1},
+        lgb.Dataset(x, label=label, feature_name=older),
+        num_boost_round=5,
+    )
+    old_model = ExceedanceModel(model.config, booster.model_to_string())
+
+    scored = old_model.score_origins(synthetic, _origins_of(synthetic))
+    raw = booster.predict(x)
+    keep = model.config.negative_keep
+    expected = np.minimum.accumulate(
+        np.clip(keep * raw / (keep * raw + 1 - raw), 0, 1).reshape(-1, model.config.max_level),
+        axis=1,
+    ).ravel()
+    assert scored.height == rows.height
+    assert np.allclose(scored["p_exceed"].to_numpy(), expected)
+
+    renamed = booster.model_to_string().replace("gap_hazard", "gap_hazard_v9")
+    with pytest.raises(ValueError, match="gap_hazard_v9.*retrain"):
+        ExceedanceModel(model.config, renamed).score_origins(synthetic, _origins_of(synthetic))
+
+
+def _origins_of(usage: pl.DataFrame) -> pl.DataFrame:
+    """Each client's tenth and last buckets as origins."""
+    return (
+        usage.sort("client_id", "ts")
+        .group_by("client_id", maintain_order=True)
+        .agg(pl.col("ts").gather([9, -1]).alias("origin"))
+        .explode("origin")
+    )
 
 
 def test_idle_run_and_hazard_while_idle():

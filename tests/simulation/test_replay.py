@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from simulation.metrics import replay_metrics, with_idle_ratio
+from simulation.metrics import replay_metrics, silent_warmup_floor, with_idle_ratio
 from simulation.policies import (
     resolve_policies,
     warm_fixed_keepalive,
@@ -268,6 +268,7 @@ def test_metrics_percentile_zero_share_and_idle_ratio(tmp_path: Path) -> None:
     assert metrics["zero_cold_share"] == 0.5  # 3 of the 6 called functions
     assert metrics["idle_mb_minutes"] == 768.0  # 256 + 512
     assert metrics["scale_out_cold_starts"] == 1.0  # d: 4 warm, 5 needed; e's was from 0
+    assert metrics["seen_cold_functions"] == 0  # no warmup: no function has a history
     # against a reference idle of 1536: 768 / 1536
     ratio = with_idle_ratio({"x": metrics}, 1536.0)["x"]["idle_vs_fixed10"]
     assert ratio == 0.5
@@ -284,6 +285,21 @@ def test_metrics_skip_the_warmup_minutes(tmp_path: Path) -> None:
     assert metrics["idle_mb_minutes"] == 100.0
     assert metrics["p75_function_cold_pct"] == 100.0
     assert metrics["zero_cold_share"] == 0.0
+    assert metrics["seen_cold_functions"] == 1  # a was called in the warmup
+
+
+def test_the_silent_warmup_floor(tmp_path: Path) -> None:
+    # every invocation lasts a minute (write_trace's default): need = invocations
+    counts = {
+        "a": [1, 0, 0, 0, 2],  # seen in the warmup: no floor
+        "b": [0, 0, 0, 0, 0],  # never called
+        "c": [0, 0, 0, 9, 1],  # silent in the warmup: its first call after it needs 9
+        "d": [0, 0, 1, 0, 1],  # silent in the warmup: its first call needs 1
+    }
+    floor = silent_warmup_floor(load_trace(write_trace(tmp_path, counts)), warmup=2)
+    assert floor["silent_functions"] == 2
+    assert floor["cold_starts"] == 10.0
+    assert floor["cold_start_per_invocation"] == pytest.approx(10 / 14)  # 2 + 10 + 2 calls
 
 
 # --- no look-ahead ------------------------------------------------------------------------
