@@ -32,9 +32,11 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import polars as pl
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_client, get_run_logger, task
+from prefect import runtime as prefect_runtime
 from prefect.cache_policies import NONE
 
 from core.errors import PrewarmError
@@ -89,6 +91,7 @@ class CycleSummary:
     notes: list[str] = field(default_factory=list)
     step_seconds: dict[str, float] = field(default_factory=dict)  # where the time went
     churn_per_hour: int = 0  # members created + released by the controller, last hour
+    cancelled_before: str | None = None  # the step a cancel from the UI stopped it at
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -199,6 +202,9 @@ def prewarm_cycle(
             )
         try:
             _run(settings, followed, clock, summary, started, lead_seconds)
+            if summary.cancelled_before is not None:
+                _finish_cancelled(settings, summary, started)
+                return summary
         except BaseException as error:
             summary.seconds = time.perf_counter() - started
             with warehouse_write():
@@ -252,6 +258,43 @@ def score(settings: Settings) -> tuple[pl.DataFrame, pl.DataFrame]:
     return scored, drift
 
 
+def _cancel_requested() -> bool:
+    """Whether this cycle's flow run was cancelled (from the UI or the API) since it started.
+
+    Under `prewarm up` the cycle runs in the deployment server's own process
+    (`flows.cycle_runner`), which a cancel cannot kill: the cycle asks before the steps
+    that change what is deployed, and stops there. An API that does not answer is no
+    reason to stop a cycle: it goes on.
+    """
+    run_id = prefect_runtime.flow_run.id
+    if run_id is None:  # the steps called outside a flow run (tests)
+        return False
+    try:
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(UUID(run_id)).state
+    except Exception as error:  # noqa: BLE001 - any API failure means "not cancelled"
+        log.warning("could not read whether this cycle was cancelled (%s); going on", error)
+        return False
+    return state is not None and state.is_cancelling()
+
+
+def _finish_cancelled(settings: Settings, summary: CycleSummary, started: float) -> None:
+    """The cycle row of a cycle stopped by a cancel: nothing after its step was done."""
+    summary.seconds = time.perf_counter() - started
+    message = f"cancelled before {summary.cancelled_before}: no plan recorded or applied"
+    with warehouse_write():
+        finish_cycle(
+            settings.warehouse_path,
+            summary.cycle_id,
+            "cancelled",
+            message,
+            seconds=summary.seconds,
+            ingested_rows=summary.ingested_rows,
+            predicted=summary.predicted,
+        )
+    get_run_logger().warning("cycle %s %s", summary.cycle_id, message)
+
+
 def _run(
     settings: Settings,
     feed: Feed,
@@ -268,6 +311,9 @@ def _run(
         summary.ingested_rows = int(ingested.rows_loaded)
         summary.notes.extend(ingested.notes)
     step("ingest")
+    if _cancel_requested():
+        summary.cancelled_before = "predict"
+        return
     with shared_connection(path):
         mark = watermark(path)
         due, models = _prediction_due(settings, mark)
@@ -276,6 +322,9 @@ def _run(
         predict_and_write(settings)
     summary.predicted = due
     step("predict")
+    if _cancel_requested():
+        summary.cancelled_before = "plan"
+        return
     with warehouse_session(path):
         summary.lead_s = (
             expected_lead_seconds(settings, feed) if lead_seconds is None else lead_seconds

@@ -12,7 +12,8 @@ thread, with Prefect's own engine: the UI shows each run, its state and logs as 
 - A run is claimed by proposing Pending, as the Runner does, so the deployment's
   concurrency limit applies; a refused claim is left to the server's verdict.
 - A cancel from the UI cannot kill a run that shares this process (nor can the server stop
-  its tasks): the run does its bounded steps to the end, then is recorded as cancelled.
+  its tasks): the cycle asks before the steps that change what is deployed and stops there
+  (`flows.cycle`), a step under way runs to its end; the run is then recorded as cancelled.
 - `stop()`: no new claims; a run in progress gets a grace period to finish, then is
   reported crashed and abandoned with the process.
 - An API error is logged and the next poll, an interval later, tries again.
@@ -126,7 +127,7 @@ class InProcessRunner:
                 # run is over when the engine returns (the server refused its Completed).
                 client.set_flow_run_state(
                     flow_run.id,
-                    Cancelled(message="Cancelled after it ran to its end (runs in-process)."),
+                    Cancelled(message="Cancelled: the cycle stopped at its next step."),
                 )
 
 

@@ -18,10 +18,15 @@ import time
 import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
+from uuid import UUID
 
 import polars as pl
 import pytest
+from prefect import get_client
+from prefect import runtime as prefect_runtime
+from prefect.states import Cancelling
 
+import flows.cycle as cycle_module
 from core.times import utc_now
 from flows.cycle import CycleBusy, prewarm_cycle
 from flows.ingest import ingest_usage
@@ -178,6 +183,36 @@ def test_a_cycle_ingests_predicts_plans_and_applies_on_one_watermark(world, tmp_
     # The next cycle takes no file twice.
     again = prewarm_cycle()
     assert again.ingested_rows == 0 and again.watermark == summary.watermark
+
+
+def test_a_cycle_cancelled_during_prediction_stops_before_its_plan(world, monkeypatch):
+    """Under `prewarm up` a cancel cannot kill the cycle (it shares the server's process):
+    the cycle asks before planning and stops there, nothing planned or applied."""
+    predict = cycle_module.predict_and_write
+
+    def cancelled_meanwhile(settings: Settings) -> None:
+        predict(settings)
+        with get_client(sync_client=True) as client:  # what the UI's Cancel does
+            client.set_flow_run_state(UUID(prefect_runtime.flow_run.id), Cancelling())
+
+    monkeypatch.setattr(cycle_module, "predict_and_write", cancelled_meanwhile)
+    summary = prewarm_cycle()
+
+    assert summary.cancelled_before == "plan" and summary.predicted
+    assert summary.plan_id is None and summary.actions == dict.fromkeys(summary.actions, 0)
+    assert _pool(world) == {}
+    with connect(world.warehouse_path, read_only=True) as con:
+        cycle = fetch_frame(con, "SELECT status, error, predicted FROM cycles")
+        plans = fetch_value(con, "SELECT count(*) FROM plans")
+    assert cycle.rows() == [
+        ("cancelled", "cancelled before plan: no plan recorded or applied", True)
+    ]
+    assert plans == 0
+
+    monkeypatch.setattr(cycle_module, "predict_and_write", predict)
+    after = prewarm_cycle()  # the next cycle is not held back by the cancelled one
+    assert after.cancelled_before is None and after.actions["create"] == sum(_pool(world).values())
+    assert sum(_pool(world).values()) >= 3
 
 
 def test_overlapping_cycles_are_refused_at_once(world):

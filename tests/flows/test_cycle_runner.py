@@ -150,7 +150,7 @@ def test_a_run_cancelled_from_the_ui_ends_its_steps_and_is_recorded_cancelled(
             client.set_flow_run_state(run, Cancelling())  # what the UI's Cancel does
         _release.set()  # the run cannot be killed: it goes on to its end
         state = _wait_for(run, StateType.CANCELLED)
-    assert state.is_cancelled() and "ran to its end" in (state.message or "")
+    assert state.is_cancelled() and "stopped at its next step" in (state.message or "")
 
 
 def test_an_idle_loop_stops_at_once_and_claims_nothing_after(prefect_harness: None):
