@@ -15,7 +15,8 @@ thread, with Prefect's own engine: the UI shows each run, its state and logs as 
   its tasks): the cycle asks before the steps that change what is deployed and stops there
   (`flows.cycle`), a step under way runs to its end; the run is then recorded as cancelled.
 - `stop()`: no new claims; a run in progress gets a grace period to finish, then is
-  reported crashed and abandoned with the process.
+  reported crashed and abandoned with the process. A server killed outright cannot say so:
+  the next one's `start()` reports the runs it left Pending or Running as crashed.
 - An API error is logged and the next poll, an interval later, tries again.
 """
 
@@ -28,6 +29,14 @@ from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from prefect import get_client
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterId,
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import StateType
 from prefect.exceptions import Abort
 from prefect.flow_engine import run_flow
 from prefect.logging import get_logger
@@ -44,6 +53,7 @@ if TYPE_CHECKING:
 log = get_logger("cycle-runner")
 
 LATE = "late: a newer cycle was due"
+ORPHANED = "The deployment server ended during this run (found at its next start)."
 
 
 class InProcessRunner:
@@ -61,7 +71,12 @@ class InProcessRunner:
         self._context = contextvars.copy_context()
 
     def start(self) -> None:
-        """Start polling in a daemon thread."""
+        """Report runs a previous server left unfinished as crashed, then poll in a daemon
+        thread."""
+        try:
+            self.crash_orphans()
+        except Exception:  # the API may still be starting: those runs wait for the next start
+            log.exception("could not look for runs a previous server left unfinished")
         log.info(
             "deployment %s: polling every %g s, its runs execute in this process",
             self.deployment_id,
@@ -81,6 +96,30 @@ class InProcessRunner:
                 client.set_flow_run_state(
                     abandoned, Crashed(message="The deployment server stopped during this run.")
                 )
+
+    def crash_orphans(self) -> list[UUID]:
+        """Report this deployment's runs still Pending or Running as crashed: their ids.
+
+        Only this runner executes the deployment's runs, and a new one has not claimed any:
+        such runs belong to a server that ended without its stop (killed, or its machine
+        restarted). Left as they are, the UI shows them running for ever, and a claimed one
+        may hold the deployment's only concurrency slot until its lease expires.
+        """
+        with get_client(sync_client=True) as client:
+            unfinished = client.read_flow_runs(
+                deployment_filter=DeploymentFilter(
+                    id=DeploymentFilterId(any_=[self.deployment_id])
+                ),
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(
+                        type=FlowRunFilterStateType(any_=[StateType.PENDING, StateType.RUNNING])
+                    )
+                ),
+            )
+            for run in unfinished:
+                client.set_flow_run_state(run.id, Crashed(message=ORPHANED))
+                log.warning("flow run %s (%s): %s", run.name, run.id, ORPHANED)
+        return [run.id for run in unfinished]
 
     def is_alive(self) -> bool:
         return self._thread.is_alive()

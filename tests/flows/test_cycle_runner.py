@@ -21,9 +21,9 @@ from prefect.client.schemas.objects import (
     StateType,
 )
 from prefect.settings import PREFECT_API_URL, temporary_settings
-from prefect.states import Cancelling, Scheduled, State
+from prefect.states import Cancelling, Pending, Running, Scheduled, State
 
-from flows.cycle_runner import LATE, InProcessRunner
+from flows.cycle_runner import LATE, ORPHANED, InProcessRunner
 
 _cache: dict[str, int] = {}  # a process-lifetime cache, like prediction's loaded models
 _seen: list[tuple[int, int]] = []  # (pid, cache entries found) per run
@@ -151,6 +151,34 @@ def test_a_run_cancelled_from_the_ui_ends_its_steps_and_is_recorded_cancelled(
         _release.set()  # the run cannot be killed: it goes on to its end
         state = _wait_for(run, StateType.CANCELLED)
     assert state.is_cancelled() and "stopped at its next step" in (state.message or "")
+
+
+def test_runs_a_killed_server_left_unfinished_are_reported_crashed_at_the_next_start(
+    prefect_harness: None,
+):
+    deployment = _deploy(stand_in_cycle)
+    running, claimed = _schedule(deployment, -60), _schedule(deployment, -30)
+    with get_client(sync_client=True) as client:  # where a kill -9 leaves them
+        client.set_flow_run_state(running, Running(), force=True)
+        client.set_flow_run_state(claimed, Pending(), force=True)
+    other = _deploy(stand_in_cycle)
+    elsewhere = _schedule(other, -60)
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(elsewhere, Running(), force=True)
+    due = _schedule(deployment, -1, label="due")
+    runner = InProcessRunner(stand_in_cycle, deployment, poll_seconds=0.2)
+
+    runner.start()
+    try:
+        assert _wait_for(due, StateType.COMPLETED).is_completed()  # and polling goes on
+    finally:
+        runner.stop(grace_s=10)
+
+    for run in (running, claimed):
+        state = _state(run)
+        assert (state.type, state.message) == (StateType.CRASHED, ORPHANED)
+    assert _state(elsewhere).is_running()  # another deployment's run is not this runner's
+    assert runner.crash_orphans() == []
 
 
 def test_an_idle_loop_stops_at_once_and_claims_nothing_after(prefect_harness: None):
