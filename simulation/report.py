@@ -14,6 +14,7 @@ TABLE_HEADER = [
     "cold/inv",
     "p75 fn cold %",
     "zero-cold fns",
+    "seen fns cold",
     "idle MB-min",
     "idle vs KA10",
 ]
@@ -31,6 +32,7 @@ def render_table(result: dict[str, Any]) -> list[list[str]]:
                 f"{m['cold_start_per_invocation']:.5f}",
                 f"{m['p75_function_cold_pct']:.2f}",
                 f"{m['zero_cold_share']:.1%}",
+                f"{m['seen_cold_functions']}",
                 f"{m['idle_mb_minutes']:,.0f}",
                 f"{m['idle_vs_fixed10']:.3f}",
             ]

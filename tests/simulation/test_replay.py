@@ -407,6 +407,9 @@ def test_table_and_plot(tmp_path: Path) -> None:
     assert table[0][0] == "policy"
     assert [r[0] for r in table[1:]] == ["fixed_keepalive_10", "oracle"]
     assert table[1][2] == "3"  # cold starts
+    # f was called in the warmup (minute 1), then cold at minute 20; never under the oracle
+    seen_cold = table[0].index("seen fns cold")
+    assert (table[1][seen_cold], table[2][seen_cold]) == ("1", "0")
     assert table[1][-1] == "1.000"
     # the curve: two prewarm points (plotted from a hand-made result)
     for name, x, y in (("prewarm@10", 5.0, 0.3), ("prewarm@100", 1.0, 0.6)):
