@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -180,7 +181,8 @@ import json, sys, time
 from pathlib import Path
 from provisioning.runtime.leases import LeaseBook
 
-book, go, rounds, size = LeaseBook(Path(sys.argv[1])), Path(sys.argv[2]), *map(int, sys.argv[3:])
+book, go, rounds, size = LeaseBook(Path(sys.argv[1])), Path(sys.argv[2]), *map(int, sys.argv[3:5])
+(go.parent / f"ready-{sys.argv[5]}").touch()
 while not go.exists():
     time.sleep(0.001)
 won = []
@@ -198,13 +200,18 @@ def test_processes_claiming_the_same_candidates_never_get_the_same_member(tmp_pa
     claimers = [
         subprocess.Popen(
             [sys.executable, "-c", textwrap.dedent(_CLAIMER)]
-            + [str(tmp_path / "leases.json"), str(go), str(rounds), str(size)],
+            + [str(tmp_path / "leases.json"), str(go), str(rounds), str(size), str(n)],
             stdout=subprocess.PIPE,
             env=env,
             cwd=REPO,
         )
-        for _ in range(3)
+        for n in range(3)
     ]
+    # Start them together: on a busy machine one interpreter can be ready, and done with
+    # every round, before the others have imported anything; then nothing raced.
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.glob("ready-*"))) < len(claimers) and time.monotonic() < deadline:
+        time.sleep(0.01)
     go.touch()
     won = [json.loads(c.communicate(timeout=120)[0]) for c in claimers]
     assert all(c.returncode == 0 for c in claimers)
