@@ -72,26 +72,28 @@ def test_concurrent_key_checks_share_one_reload(world: FloodWorld) -> None:
 
 def test_the_gate_lets_one_mode_in_together_and_bounds_the_other() -> None:
     gate = ModeGate()
-    inside = threading.Barrier(3, timeout=5)
+    all_in = threading.Event()
+    inside = threading.Barrier(3, action=all_in.set, timeout=5)
 
     def read() -> None:
         with gate.hold(False, time.monotonic() + 5):
             inside.wait()  # all three readers are in at once, or this times out
-            time.sleep(0.3)
+            time.sleep(1.5)
 
     readers = [threading.Thread(target=read) for _ in range(3)]
     for reader in readers:
         reader.start()
-    time.sleep(0.1)
+    assert all_in.wait(5)  # (not a sleep: on a busy machine threads start late)
     started = time.monotonic()
     with pytest.raises(WarehouseBusy), gate.hold(True, time.monotonic() + 0.05):
         pass
-    assert time.monotonic() - started < 0.2  # the writer gave up at its deadline
+    # the writer gave up at its deadline, long before the readers' 1.5 s were over
+    assert time.monotonic() - started < 1.0
     with gate.hold(True, time.monotonic() + 5):  # and gets in once the readers are done
         waited = time.monotonic() - started
     for reader in readers:
         reader.join()
-    assert 0.1 < waited < 1.0
+    assert 1.0 < waited < 3.0
 
 
 def test_token_buckets_refill_at_their_rate() -> None:
