@@ -102,4 +102,7 @@ def _print_demo_summary(settings: Settings, summary: Any, seconds: float) -> Non
         "select * from v_upcoming_windows limit 10",
     ):
         console.print(f'  prewarm sql "{query}"')
-    console.print("Watch it run: prewarm up (Prefect UI :4200, MLflow UI :5000, API :8000)")
+    console.print(
+        f"Watch it run: prewarm up (Prefect UI :{settings.prefect_port}, "
+        f"MLflow UI :{settings.mlflow_port}, API :{settings.api_port})"
+    )

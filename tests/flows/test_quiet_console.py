@@ -44,6 +44,10 @@ def test_demo_prints_bars_and_summary_and_logs_the_rest(tmp_path):
         "PREWARM_MLFLOW_ARTIFACTS_DIR": str(tmp_path / "artifacts"),
         "PREWARM_RUNTIME": "process",
         "PREFECT_HOME": str(tmp_path / "data" / "prefect"),
+        # the closing hint names the ports `prewarm up` will use
+        "PREWARM_PREFECT_PORT": "4123",
+        "PREWARM_MLFLOW_PORT": "5123",
+        "PREWARM_API_PORT": "8123",
     }
     env.pop("PREFECT_API_URL", None)
     try:
@@ -64,6 +68,7 @@ def test_demo_prints_bars_and_summary_and_logs_the_rest(tmp_path):
     for noise in ("CloudPickle", "Successfully registered", "Downloading artifacts", "INFO"):
         assert noise not in console
     assert "prewarm demo (" in console and "3 trained" in console
+    assert "Prefect UI :4123, MLflow UI :5123, API :8123" in console
     logged = (tmp_path / "data" / "logs" / "demo.log").read_text()
     assert logged.count("Successfully registered model") == 3
     assert "CloudPickle" in logged
