@@ -140,7 +140,9 @@ def services(settings: Settings) -> list[Service]:
             ],
             f"http://{HOST}:{settings.mlflow_port}/health",
             logs / "mlflow.log",
-            env,
+            # MLflow 3 starts a job runner and seven huey consumers (~2 GB of RSS together,
+            # measured) for its GenAI jobs; prewarm runs none of them.
+            {**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         ),
         *ours,
     ]

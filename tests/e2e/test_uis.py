@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from flows import stack
@@ -154,6 +155,21 @@ def test_mlflow_ui_shows_forecasters_with_a_champion(running_stack, browser, sho
     assert "@ champion" in row or "@ challenger" in row, row
     assert "@ champion" in body  # at least one model made it past the promotion gate
     _screenshot(page, shots / "mlflow-models.png")
+
+
+def test_the_mlflow_server_runs_without_its_job_consumers(running_stack):
+    """MLflow 3's GenAI job runner and its huey consumers cost ~2 GB of RSS and serve
+    nothing prewarm does: the stack's MLflow server starts without them, and still serves
+    the registry (the test above)."""
+    port = str(running_stack.mlflow_port)
+    (server,) = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if "server" in (cmd := p.info["cmdline"] or []) and port in cmd and "mlflow" in cmd[1]
+    ]
+    descendants = [" ".join(child.cmdline()) for child in server.children(recursive=True)]
+    assert descendants  # its web workers
+    assert not [c for c in descendants if "huey" in c or "_job_runner" in c], descendants
 
 
 def _run_deployment(settings: Settings, name: str, timeout_s: float = 300.0) -> dict:
