@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 
-from simulation.metrics import silent_warmup_floor
 from simulation.policies import PREWARM_PREFIX
 from simulation.prewarm_policy import PrewarmSettings
 from simulation.replay import run_replay
@@ -212,8 +211,6 @@ def main() -> None:
     print(markdown(render_table(result)))
 
     result["need_model_check"] = check
-    trace = load_trace(args.trace)
-    result["silent_warmup_floor"] = silent_warmup_floor(trace, args.warmup)
     if "hybrid_histogram" in result["policies"]:
         result["target"] = assess_target(result)
         print("\n".join(_verdict(result["target"])))

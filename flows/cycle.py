@@ -278,6 +278,13 @@ def _cancel_requested() -> bool:
     return state is not None and state.is_cancelling()
 
 
+def _stopped_by_cancel(summary: CycleSummary, before: str) -> bool:
+    """True, with the step it stops before noted in `summary`, when the run was cancelled."""
+    if _cancel_requested():
+        summary.cancelled_before = before
+    return summary.cancelled_before is not None
+
+
 def _finish_cancelled(settings: Settings, summary: CycleSummary, started: float) -> None:
     """The cycle row of a cycle stopped by a cancel: nothing after its step was done."""
     summary.seconds = time.perf_counter() - started
@@ -311,8 +318,7 @@ def _run(
         summary.ingested_rows = int(ingested.rows_loaded)
         summary.notes.extend(ingested.notes)
     step("ingest")
-    if _cancel_requested():
-        summary.cancelled_before = "predict"
+    if _stopped_by_cancel(summary, before="predict"):
         return
     with shared_connection(path):
         mark = watermark(path)
@@ -322,8 +328,7 @@ def _run(
         predict_and_write(settings)
     summary.predicted = due
     step("predict")
-    if _cancel_requested():
-        summary.cancelled_before = "plan"
+    if _stopped_by_cancel(summary, before="plan"):
         return
     with warehouse_session(path):
         summary.lead_s = (

@@ -31,7 +31,7 @@ def replay_metrics(trace: Trace, warm: np.ndarray, warmup: int) -> dict[str, flo
     cold = cold_cells.sum(axis=1)
     idle = (np.maximum(held - need, 0).sum(axis=1) * trace.memory_mb).sum()
     called = invocations > 0
-    seen = trace.invocations[:, :warmup].sum(axis=1) > 0
+    seen = seen_in_warmup(trace, warmup)
     cold_pct = 100.0 * cold[called] / invocations[called]
     total = float(invocations.sum())
     return {
@@ -46,6 +46,11 @@ def replay_metrics(trace: Trace, warm: np.ndarray, warmup: int) -> dict[str, flo
     }
 
 
+def seen_in_warmup(trace: Trace, warmup: int) -> np.ndarray:
+    """Per function: called at least once in the warmup minutes."""
+    return trace.invocations[:, :warmup].sum(axis=1) > 0
+
+
 def silent_warmup_floor(trace: Trace, warmup: int) -> dict[str, float]:
     """The cold starts a policy that warms nothing without history cannot avoid.
 
@@ -55,7 +60,7 @@ def silent_warmup_floor(trace: Trace, warmup: int) -> dict[str, float]:
     under this floor.)
     """
     after = trace.need[:, warmup:]
-    silent = (trace.invocations[:, :warmup].sum(axis=1) == 0) & (after.sum(axis=1) > 0)
+    silent = ~seen_in_warmup(trace, warmup) & (after.sum(axis=1) > 0)
     first = np.argmax(after[silent] > 0, axis=1)
     cold = float(after[silent][np.arange(first.size), first].sum())
     total = float(trace.invocations[:, warmup:].sum())

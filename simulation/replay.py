@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from simulation.metrics import replay_metrics, with_idle_ratio
+from simulation.metrics import replay_metrics, silent_warmup_floor, with_idle_ratio
 from simulation.policies import (
     BASELINES,
     PREWARM_PREFIX,
@@ -65,7 +65,8 @@ def replay_trace(
     settings: PrewarmSettings | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Replay every policy on a loaded trace: metrics per policy and the run's settings."""
+    """Replay every policy on a loaded trace: metrics per policy, the silent-warmup floor
+    (`simulation.metrics.silent_warmup_floor`) and the run's settings."""
     if not 0 <= warmup < trace.minutes:
         raise ValueError(f"warmup must be in 0..{trace.minutes - 1} minutes, got {warmup}")
     started = time.perf_counter()
@@ -95,6 +96,7 @@ def replay_trace(
     metrics = {name: replay_metrics(trace, w, warmup) for name, w in warm.items()}
     return {
         "policies": with_idle_ratio(_ordered(metrics), reference_idle),
+        "silent_warmup_floor": silent_warmup_floor(trace, warmup),
         "settings": {
             "warmup": warmup,
             "replayed_minutes": trace.minutes - warmup,

@@ -402,6 +402,7 @@ def test_table_and_plot(tmp_path: Path) -> None:
     write_trace(tmp_path / "t", {"f": sparse(25, KEEPALIVE_CALLS)})
     result = run_replay(tmp_path / "t", warmup=2, policies=["fixed_keepalive_10", "oracle"])
     assert result["settings"]["warmup"] == 2
+    assert result["silent_warmup_floor"]["silent_functions"] == 0  # f is called at minute 1
     assert result["settings"]["runtime_s"] >= 0
     table = render_table(result)
     assert table[0][0] == "policy"
