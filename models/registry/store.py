@@ -10,8 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import sqlalchemy as sa
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from mlflow.store.model_registry.dbmodels.models import (
+    SqlRegisteredModel,
+    SqlRegisteredModelAlias,
+)
+from mlflow.utils.workspace_utils import DEFAULT_WORKSPACE_NAME
 from sqlalchemy.exc import SQLAlchemyError
 
 from core.errors import PrewarmError
@@ -156,15 +162,54 @@ def current_aliases(tracking_uri: str, models_expected: bool = False) -> dict[st
     empty answer would silently leave every client without a forecast.
     """
     with LOCK, readable_registry(tracking_uri, models_expected) as path:
-        client = mlflow_client(tracking_uri)
-        models = all_pages(
-            lambda token: client.search_registered_models(max_results=1000, page_token=token)
-        )
-    aliases = {
+        if is_server(tracking_uri) or (path is not None and _sqlite_file_problem(path)):
+            # A server is only reachable through its API; a new SQLite file gets MLflow's
+            # tables from the API's first call.
+            aliases = _aliases_through_api(tracking_uri)
+        else:
+            aliases = _aliases_in_database(tracking_uri)
+    if models_expected and not aliases:
+        raise RegistryUnavailable(path or tracking_uri, "holds no registered forecaster")
+    return aliases
+
+
+def _aliases_through_api(tracking_uri: str) -> dict[str, dict[str, str]]:
+    client = mlflow_client(tracking_uri)
+    models = all_pages(
+        lambda token: client.search_registered_models(max_results=1000, page_token=token)
+    )
+    return {
         m.name.removeprefix(PREFIX): {alias: str(v) for alias, v in (m.aliases or {}).items()}
         for m in models
         if m.name.startswith(PREFIX)
     }
-    if models_expected and not aliases:
-        raise RegistryUnavailable(path or tracking_uri, "holds no registered forecaster")
-    return aliases
+
+
+def _aliases_in_database(tracking_uri: str) -> dict[str, dict[str, str]]:
+    """`_aliases_through_api`'s answer in one query on MLflow's own mapped tables.
+
+    The cycle asks every 5 minutes whether a model changed; the API loads each registered
+    model with its tags and latest versions through the ORM: 1.3-1.7 s at 1,000 clients,
+    linear in them, where this query takes ~10 ms. Only the default workspace holds models
+    (prewarm runs MLflow single-tenant).
+    """
+    models, aliases = SqlRegisteredModel, SqlRegisteredModelAlias
+    query: Any = (
+        sa.select(models.name, aliases.alias, aliases.version)
+        .outerjoin(aliases, (aliases.name == models.name) & (aliases.workspace == models.workspace))
+        .where(models.workspace == DEFAULT_WORKSPACE_NAME)
+    )
+    # NullPool: a connection per call, so a registry file replaced on disk is read anew.
+    engine = sa.create_engine(tracking_uri, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(query).all()
+    finally:
+        engine.dispose()
+    found: dict[str, dict[str, str]] = {}
+    for name, alias, version in rows:
+        if name.startswith(PREFIX):
+            mine = found.setdefault(name.removeprefix(PREFIX), {})
+            if alias is not None:
+                mine[alias] = str(version)
+    return found

@@ -33,6 +33,7 @@ from models.registry import (
     shared_runs_to_remove,
     versions_to_prune,
 )
+from models.registry import store as store_module
 from warehouse.sources.synthetic import generate_synthetic
 
 END = datetime(2026, 1, 19)
@@ -263,6 +264,35 @@ def test_prune_deletes_exactly_the_old_unaliased_versions_and_their_files(
 
 def dirs_run(client: MlflowClient, version: str) -> str:
     return client.get_model_version("forecaster-c0000", version).run_id
+
+
+def test_aliases_are_read_in_one_query_as_the_api_gives_them(tmp_path):
+    """The cycle reads every forecaster's aliases every 5 minutes: one query on MLflow's
+    tables, the same answer as its API (models without aliases included, other models
+    left out), and a registry file replaced on disk is read anew."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    for name in ("forecaster-c1", "forecaster-c2", "someone-else"):
+        client.create_registered_model(name)
+    for _ in range(3):
+        client.create_model_version("forecaster-c1", source=str(tmp_path / "model"))
+    client.create_model_version("someone-else", source=str(tmp_path / "model"))
+    client.set_registered_model_alias("forecaster-c1", "champion", "1")
+    client.set_registered_model_alias("forecaster-c1", "challenger", "3")
+    client.set_registered_model_alias("someone-else", "champion", "1")
+
+    expected = {"c1": {"champion": "1", "challenger": "3"}, "c2": {}}
+    assert current_aliases(uri) == expected
+    assert store_module._aliases_through_api(uri) == expected
+
+    client.delete_registered_model_alias("forecaster-c1", "challenger")
+    client.set_registered_model_alias("forecaster-c1", "champion", "2")
+    assert current_aliases(uri) == {"c1": {"champion": "2"}, "c2": {}}
+
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    MlflowClient(tracking_uri=other, registry_uri=other).create_registered_model("forecaster-c9")
+    (tmp_path / "other.db").replace(tmp_path / "mlflow.db")
+    assert current_aliases(uri) == {"c9": {}}
 
 
 def test_prune_refuses_a_registry_that_is_not_there_and_deletes_nothing(tmp_path):
