@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint bench bench-ingest bench-train bench-accuracy bench-activation bench-runtime-pool bench-api bench-fleet bench-planner bench-replay bench-soak bench-soak-docker bench-cycle screenshots clean-data
+.PHONY: install demo test lint bench bench-ingest bench-train bench-accuracy bench-activation bench-runtime-pool bench-api bench-fleet bench-planner bench-replay bench-soak bench-soak-docker bench-cycle bench-warehouse-age screenshots clean-data
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "prewarm needs Python 3.11, found " + sys.version' 
@@ -43,6 +43,10 @@ bench-activation: $(STAMP)
 BASELINE ?=
 bench-runtime-pool: $(STAMP)
 	$(BIN)/python bench/runtime_pool.py $(if $(BASELINE),--baseline $(BASELINE))
+
+# The cycle's reads of prediction runs as a warehouse ages to its 2-day retention.
+bench-warehouse-age: $(STAMP)
+	$(BIN)/python bench/warehouse_age.py $(if $(BASELINE),--baseline $(BASELINE))
 
 # The client API on 127.0.0.1 (its own small warehouse, process runtime; Docker when up).
 bench-api: $(STAMP)
