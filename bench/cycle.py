@@ -68,6 +68,14 @@ def main() -> None:
     parser.add_argument("--rebuild", action="store_true", help="retrain the cached models")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
+        "--aged-runs",
+        type=int,
+        default=0,
+        help="age each copied warehouse first: this many prediction runs retained, every "
+        "bucket before the newest scored (576: a served warehouse at the 2-day retention; "
+        "see bench/warehouse_age.py)",
+    )
+    parser.add_argument(
         "--background",
         action="store_true",
         help="load for another benchmark: after the warm-up print READY, then run cycles "
@@ -88,7 +96,7 @@ def main() -> None:
         os.environ["PREFECT_HOME"] = prefect_home  # one temporary Prefect API for all runs
         for clients in args.clients:
             cached = _cached_state(clients, args.workers, args.rebuild)
-            runs.append(_run(clients, cached, args.hosts, args.host_memory_gb))
+            runs.append(_run(clients, cached, args.hosts, args.host_memory_gb, args.aged_runs))
             print(json.dumps(runs[-1], indent=2), flush=True)
     result = {
         "runs": runs,
@@ -182,15 +190,28 @@ def _inventory(path: Path, hosts: int, memory_gb: int) -> Path:
 
 @contextlib.contextmanager
 def _copied_state(
-    clients: int, cached: Path, hosts: int, memory_gb: int, pool: str | None = None
+    clients: int,
+    cached: Path,
+    hosts: int,
+    memory_gb: int,
+    pool: str | None = None,
+    aged_runs: int = 0,
 ) -> Iterator[Any]:
     """Settings over a temporary copy of the cached warehouse and registry database (the
-    artifacts are read in place: a cycle never writes them) and the bench inventory."""
+    artifacts are read in place: a cycle never writes them) and the bench inventory; the
+    copy aged by `aged_runs` prediction runs (`warehouse_age.age_to`)."""
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
         home = Path(tmp)
         (home / "data").mkdir()
         shutil.copy2(cached / "data" / "warehouse.duckdb", home / "data" / "warehouse.duckdb")
         shutil.copy2(cached / "mlflow.db", home / "mlflow.db")
+        if aged_runs:
+            from warehouse_age import age_to
+
+            from core.times import utc_now
+
+            warehouse = home / "data" / "warehouse.duckdb"
+            age_to(warehouse, aged_runs, 0, END - timedelta(seconds=INTERVAL_S), utc_now())
         env = _environment(home, clients, cached / "artifacts")
         if pool is not None:
             env["PREWARM_POOL"] = pool
@@ -198,9 +219,11 @@ def _copied_state(
         yield _configure(env)
 
 
-def _run(clients: int, cached: Path, hosts: int, memory_gb: int) -> dict[str, Any]:
+def _run(
+    clients: int, cached: Path, hosts: int, memory_gb: int, aged_runs: int = 0
+) -> dict[str, Any]:
     """Copy the cached state, run the warm-up and the timed cycles, release the pool."""
-    with _copied_state(clients, cached, hosts, memory_gb) as settings:
+    with _copied_state(clients, cached, hosts, memory_gb, aged_runs=aged_runs) as settings:
         from flows.cycle import prewarm_cycle
         from flows.pool_admin import release_everything
 
@@ -221,6 +244,7 @@ def _run(clients: int, cached: Path, hosts: int, memory_gb: int) -> dict[str, An
     cycle_s = round(statistics.median(c["seconds"] for c in timed), 2)
     return {
         "clients": clients,
+        "aged_runs": aged_runs,
         "cycle_s": cycle_s,
         "steps": steps,
         "ratio_to_interval": round(cycle_s / INTERVAL_S, 3),

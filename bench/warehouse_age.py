@@ -56,15 +56,24 @@ def build_warehouse(path: Path, clients: int, days: int) -> datetime:
     return newest
 
 
-def age_to(path: Path, runs: int, aged: int, newest: datetime) -> int:
+def age_to(
+    path: Path, runs: int, aged: int, newest: datetime, issued: datetime | None = None
+) -> int:
     """Add prediction runs `aged`..`runs - 1` back from the newest bucket (run k's origin
-    is k + 1 buckets before it) and score their buckets; returns the forecast rows."""
+    is k + 1 buckets before it) and score their buckets; returns the forecast rows. Runs
+    are issued a minute after their origin, or 5 minutes apart before `issued` (the wall
+    clock a served cycle prunes them by)."""
     import duckdb
 
     from core.vocabulary import METRICS
 
     metrics = ", ".join(f"'{m}'" for m in METRICS)
     origin = f"TIMESTAMP '{newest}' - INTERVAL 5 MINUTE * (r.range + 1)"
+    generated = (
+        f"{origin} + INTERVAL 1 MINUTE"
+        if issued is None
+        else f"TIMESTAMP '{issued}' - INTERVAL 5 MINUTE * (r.range + 1)"
+    )
     runs_sql = f"range({aged}, {runs}) r"
     clients = "(SELECT client_id FROM clients) c"
     with duckdb.connect(str(path)) as con:
@@ -73,7 +82,7 @@ def age_to(path: Path, runs: int, aged: int, newest: datetime) -> int:
             INSERT INTO forecasts
             SELECT c.client_id, m.metric, {origin}, {origin} + INTERVAL 5 MINUTE * h.range,
                    h.range::INTEGER, random(), 1 + random(), 2 + random(),
-                   'forecaster-' || c.client_id, '1', {origin} + INTERVAL 1 MINUTE
+                   'forecaster-' || c.client_id, '1', {generated}
             FROM {runs_sql}, {clients}, (SELECT unnest([{metrics}]) AS metric) m,
                  range(1, 21) h
             ORDER BY r.range DESC
@@ -84,7 +93,7 @@ def age_to(path: Path, runs: int, aged: int, newest: datetime) -> int:
             INSERT INTO forecast_exceedance
                 (client_id, origin, ts, horizon, level, p_exceed, model_version, generated_at)
             SELECT c.client_id, {origin}, {origin} + INTERVAL 5 MINUTE * h.range,
-                   h.range::INTEGER, 1.0, random(), '1', {origin} + INTERVAL 1 MINUTE
+                   h.range::INTEGER, 1.0, random(), '1', {generated}
             FROM {runs_sql}, {clients}, range(1, 13) h
             ORDER BY r.range DESC
             """
