@@ -61,6 +61,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import polars as pl
+
 # Run as a script, this file's folder comes first on sys.path, and this file would stand in
 # for the `api` package it measures. The checkout this file is in comes first instead, not
 # whichever one the environment installed: the API process (run from that folder) imports
@@ -75,6 +77,7 @@ from provisioning.runtime.leases import LeaseBook  # noqa: E402
 from provisioning.runtime.process_runtime import ProcessRuntime  # noqa: E402
 from warehouse.api_keys import issue_key  # noqa: E402
 from warehouse.db import connect  # noqa: E402
+from warehouse.predictions import record_latest_runs  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "api.json"
 POOL_LABEL = "prewarm.pool"
@@ -133,6 +136,9 @@ def build_warehouse(path: Path, n_clients: int) -> dict[str, str]:
                     + [0.7, 0.75, 0.6, 0.9, None, 0.4]
                 )
         con.executemany(f"INSERT INTO profiles VALUES ({', '.join('?' * 28)})", profile_rows)
+        record_latest_runs(
+            con, [pl.DataFrame({"client_id": clients, "generated_at": [now] * n_clients})]
+        )
         extension = {"name": "cache", "precedence": 10, "workload": {"cache": {"ttl_seconds": 600}}}
         con.executemany(
             "INSERT INTO client_schema_extensions VALUES (?, 'cache', 10, ?::JSON, ?)",

@@ -211,7 +211,9 @@ def _copied_state(
             from core.times import utc_now
 
             warehouse = home / "data" / "warehouse.duckdb"
-            age_to(warehouse, aged_runs, 0, END - timedelta(seconds=INTERVAL_S), utc_now())
+            newest = END - timedelta(seconds=INTERVAL_S)
+            # No aged plans: their sizes would be the recent ones the first cycles size by.
+            age_to(warehouse, aged_runs, 0, newest, utc_now(), plans=False)
         env = _environment(home, clients, cached / "artifacts")
         if pool is not None:
             env["PREWARM_POOL"] = pool

@@ -1,23 +1,29 @@
-"""Warehouse-age benchmark: what the cycle's reads of prediction runs cost as runs pile up.
+"""Warehouse-age benchmark: what the cycle's reads of its own history cost as it piles up.
 
 Run with `make bench-warehouse-age` (or `python bench/warehouse_age.py --clients 1000
---runs 4,96,288,576 --baseline REF`). Writes bench/results/warehouse_age.json.
+--runs 4,96,288,576,2016 --baseline REF`). Writes bench/results/warehouse_age.json.
 
-`make bench-cycle` times cycles on a warehouse that is four cycles old. A served warehouse
-keeps every prediction run of its retention (`PREWARM_PREDICTION_RETENTION`, 2 days: 576
-runs of 5 minutes, 118 forecast rows a client each), so a read that scans every run costs
-more every cycle until the retention's end. Here a warehouse of `--clients` synthetic
-clients x 14 days is aged to each `--runs` count: that many prediction runs, one every 5
-minutes up to the newest bucket (forecasts of 6 metrics x 20 steps, exceedance of 12 steps a
-client and run; values random, shapes those of real runs), and every bucket before the
-newest scored. Then each code version (this checkout: `after`; `--baseline REF`: `before`),
-each in a fresh interpreter, times the cycle's reads of those tables, median of 3:
+`make bench-cycle` times cycles on a warehouse four cycles old. A served warehouse keeps
+every prediction run of its retention (`PREWARM_PREDICTION_RETENTION`, 2 days: 576 runs of
+5 minutes, 118 forecast rows a client each) and the cycle's history (plans, scores: 7 days
+since `PREWARM_HISTORY_RETENTION`, for ever before), so a read that scans all of it costs
+more every cycle. Here a warehouse of `--clients` synthetic clients x 14 days is aged to
+each `--runs` count of cycles, one every 5 minutes up to the newest bucket: their prediction
+runs (at most the 576 the prediction retention keeps; forecasts of 6 metrics x 20 steps,
+exceedance of 12 steps a client and run; values random, shapes those of real runs), every
+bucket before the newest scored, and an applied plan a cycle (12 windows of a member a
+client, with its config). Then each code version (this checkout: `after`; `--baseline REF`:
+`before`), each in a fresh interpreter, times the cycle's reads of those tables, median of 3:
 
   read_unscored           scoring: the buckets waiting, with their latest forecast
+  read_planned_capacity   scoring: the members the plans held for those buckets
+  read_score_history      drift detection: the recent scores
   read_latest_forecasts   planning: every client's newest run
+  read_recent_sizes       planning: the member sizes of the plans in the scale-down delay
+  api_views_50            the API: 50 clients' views (profile, composite, plan terms), as
+                          it re-reads each client's on its first request after a cycle
 
-`growth` is each read's time at the most runs over its time at the fewest, per version.
-"""
+`growth` is each read's time at the most runs over its time at the fewest, per version."""
 
 from __future__ import annotations
 
@@ -40,7 +46,16 @@ RESULTS = Path(__file__).parent / "results" / "warehouse_age.json"
 REPO = Path(__file__).resolve().parent.parent
 END = datetime(2026, 1, 19)
 STEP = timedelta(minutes=5)
-READS = ("read_unscored", "read_latest_forecasts")
+READS = (
+    "read_unscored",
+    "read_latest_forecasts",
+    "read_planned_capacity",
+    "read_score_history",
+    "read_recent_sizes",
+    "api_views_50",
+)
+PREDICTION_RUNS = 576  # PREWARM_PREDICTION_RETENTION (2 days) of 5-minute cycles
+VIEWED = [f"c{i:04d}" for i in range(0, 1000, 20)]  # 50 clients' API views
 
 
 def build_warehouse(path: Path, clients: int, days: int) -> datetime:
@@ -57,12 +72,19 @@ def build_warehouse(path: Path, clients: int, days: int) -> datetime:
 
 
 def age_to(
-    path: Path, runs: int, aged: int, newest: datetime, issued: datetime | None = None
+    path: Path,
+    runs: int,
+    aged: int,
+    newest: datetime,
+    issued: datetime | None = None,
+    plans: bool = True,
 ) -> int:
-    """Add prediction runs `aged`..`runs - 1` back from the newest bucket (run k's origin
-    is k + 1 buckets before it) and score their buckets; returns the forecast rows. Runs
-    are issued a minute after their origin, or 5 minutes apart before `issued` (the wall
-    clock a served cycle prunes them by)."""
+    """Add cycles `aged`..`runs - 1` back from the newest bucket (cycle k's origin is k + 1
+    buckets before it): their prediction runs (up to the prediction retention's
+    `PREDICTION_RUNS`), their scored buckets and, with `plans`, their applied plans (12
+    windows a client, its member's config; sequence numbers below any real plan's).
+    Returns the forecast rows. Runs are issued a minute after their origin, or 5 minutes
+    apart before `issued` (the wall clock a served cycle prunes them by)."""
     import duckdb
 
     from core.vocabulary import METRICS
@@ -74,7 +96,8 @@ def age_to(
         if issued is None
         else f"TIMESTAMP '{issued}' - INTERVAL 5 MINUTE * (r.range + 1)"
     )
-    runs_sql = f"range({aged}, {runs}) r"
+    runs_sql = f"range({min(aged, PREDICTION_RUNS)}, {min(runs, PREDICTION_RUNS)}) r"
+    history_sql = f"range({aged}, {runs}) r"
     clients = "(SELECT client_id FROM clients) c"
     with duckdb.connect(str(path)) as con:
         con.execute(
@@ -101,26 +124,101 @@ def age_to(
         con.execute(
             f"""
             INSERT INTO forecast_scores (client_id, window_start, window_end, metric, actual,
-                                         scored_at)
+                                         covered, pinball, scored_at)
             SELECT c.client_id, {origin}, {origin} + INTERVAL 5 MINUTE, m.metric, 1.0,
-                   {origin} + INTERVAL 5 MINUTE
-            FROM {runs_sql}, {clients}, (SELECT unnest([{metrics}]) AS metric) m
+                   random() < 0.8, random(), {generated} + INTERVAL 5 MINUTE
+            FROM {history_sql}, {clients}, (SELECT unnest([{metrics}]) AS metric) m
             ORDER BY r.range DESC
             """
         )
+        if plans:
+            _age_plans(con, history_sql, origin, generated)
+        _record_latest_runs(con)
         row = con.execute("SELECT count(*) FROM forecasts").fetchone()
     return int(row[0]) if row else 0
 
 
+def _record_latest_runs(con: Any) -> None:
+    """Each client's newest run as prediction records it, where this version keeps it."""
+    if con.execute("SELECT 1 FROM duckdb_tables() WHERE table_name = 'latest_runs'").fetchone():
+        con.execute(
+            """
+            INSERT INTO latest_runs SELECT client_id, max(generated_at) FROM forecasts GROUP BY 1
+            ON CONFLICT (client_id) DO UPDATE
+            SET generated_at = greatest(latest_runs.generated_at, excluded.generated_at)
+            """
+        )
+
+
+def _age_plans(con: Any, history_sql: str, origin: str, generated: str) -> None:
+    """One applied plan a cycle: 12 windows of one shadow member a client, as the planner
+    records them, with the rendered config sizing reads."""
+    plan = "'aged-' || r.range::VARCHAR"
+    con.execute(
+        f"""
+        INSERT INTO plans (plan_id, created_at, first_window, tick_seconds, windows,
+                           buffer_seconds, dry_run, totals, seq, recorded_at)
+        SELECT {plan}, {origin}, {origin}, 300, 12, 0, false, '{{}}', -1 - r.range, {generated}
+        FROM {history_sql} ORDER BY r.range DESC
+        """
+    )
+    con.execute(
+        f"""
+        INSERT INTO allocations (plan_id, client_id, window_start, window_end, tier, count,
+                                 host, mode, expected_cost, expected_cold_starts, priority,
+                                 config)
+        SELECT {plan}, c.client_id, {origin} + INTERVAL 5 MINUTE * w.range,
+               {origin} + INTERVAL 5 MINUTE * (w.range + 1), 'shadow', 1, 'h', 'provision',
+               random(), random(), 1, '{{"cpu": 0.5, "memory_mb": 512, "cache": "lru"}}'
+        FROM {history_sql}, (SELECT client_id FROM clients) c, range(12) w
+        ORDER BY r.range DESC
+        """
+    )
+    con.execute(
+        f"""
+        INSERT INTO plan_targets
+        SELECT {plan}, c.client_id, 'h', 0, 1, 0, 1, 0, NULL
+        FROM {history_sql}, (SELECT client_id FROM clients) c ORDER BY r.range DESC
+        """
+    )
+
+
 def measure(path: Path, repeats: int) -> dict[str, Any]:
     """Each read's median seconds and rows, in this interpreter's prewarm."""
+    # bench/ comes first on a script's sys.path, and its api.py would stand in for the
+    # `api` package measured here.
+    here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
+    import inspect
+
+    import duckdb
+
     import warehouse
+    from api.views import read_client_views
+    from warehouse import scores
+    from warehouse.plans import read_recent_sizes
     from warehouse.predictions import read_latest_forecasts
     from warehouse.scores import read_unscored
 
+    with duckdb.connect(str(path), read_only=True) as con:
+        row = con.execute("SELECT max(ts), now()::TIMESTAMP FROM usage").fetchone()
+    newest, issued = row if row else (None, None)
+    # Each version's own signature: the bounded reads take what bounds them.
+    read_planned_capacity: Any = scores.read_planned_capacity
+    read_score_history: Any = scores.read_score_history
+    bounded = "since" in inspect.signature(read_planned_capacity).parameters
     calls = {
         "read_unscored": lambda: read_unscored(path).height,
         "read_latest_forecasts": lambda: sum(f.height for f in read_latest_forecasts(path)),
+        "read_planned_capacity": lambda: (
+            (read_planned_capacity(path, newest) if bounded else read_planned_capacity(path)).height
+        ),
+        "read_score_history": lambda: (
+            (read_score_history(path, 36) if bounded else read_score_history(path)).height
+        ),
+        "read_recent_sizes": lambda: len(read_recent_sizes(path, issued - timedelta(minutes=10))),
+        # What the API re-reads for each client after a cycle changed the warehouse.
+        "api_views_50": lambda: len(read_client_views(path, VIEWED, None)),
     }
     result: dict[str, Any] = {"imported": str(Path(warehouse.__file__).resolve().parent.parent)}
     for name, call in calls.items():

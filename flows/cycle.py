@@ -53,6 +53,7 @@ from models.registry import current_aliases
 from warehouse.cycles import churn_last_hour, finish_cycle, last_prediction, start_cycle
 from warehouse.db import shared_connection
 from warehouse.feeds import Feed, feed_clock, follow_feed, parse_feed, read_feed, watermark
+from warehouse.history import prune_history
 from warehouse.inventory import read_host_placement
 from warehouse.predictions import prune_predictions
 
@@ -245,16 +246,21 @@ class _StepTimer:
 
 @task(cache_policy=NONE)
 def score(settings: Settings) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Score the buckets that arrived, record drift, prune old prediction runs: one task
-    (each task run costs a cycle tens of milliseconds of its own)."""
+    """Score the buckets that arrived, record drift, prune old prediction runs and history:
+    one task (each task run costs a cycle tens of milliseconds of its own)."""
     now = utc_now()
     scored = score_buckets.fn(settings, now)
     drift = record_drift.fn(settings, now)
     before = now - timedelta(seconds=settings.prediction_retention_seconds)
+    history_before = now - timedelta(seconds=settings.history_retention_seconds)
     with warehouse_write():
         pruned = prune_predictions(settings.warehouse_path, before)
+        history = prune_history(settings.warehouse_path, history_before)
     if pruned:
         log.info("pruned %d prediction rows generated before %s", pruned, before)
+    if history:
+        rows = ", ".join(f"{n} {table}" for table, n in history.items())
+        log.info("pruned history recorded before %s: %s rows", history_before, rows)
     return scored, drift
 
 

@@ -14,7 +14,7 @@ import polars as pl
 
 from models.profile import DEMAND_METRICS, demand_metric
 from warehouse.db import connect, fetch_frame
-from warehouse.predictions import read_latest_profile
+from warehouse.predictions import latest_run, read_latest_profile
 
 BAR_WIDTH = 40
 MAX_ROWS = 24
@@ -39,9 +39,8 @@ def read_profile_view(path: Path, client_id: str) -> ProfileView:
             con,
             "SELECT metric, ts, p50, p90 FROM forecasts WHERE client_id = ?"
             f" AND metric IN ({', '.join('?' for _ in DEMAND_METRICS)})"
-            " AND generated_at = (SELECT max(generated_at) FROM forecasts WHERE client_id = ?)"
-            " ORDER BY ts",
-            [client_id, *DEMAND_METRICS, client_id],
+            " AND generated_at = ? ORDER BY ts",
+            [client_id, *DEMAND_METRICS, latest_run(con, client_id)],
         )
     if forecasts.height == 0:
         return ProfileView(windows, DEMAND_METRICS[0], forecasts.drop("metric"))

@@ -99,7 +99,9 @@ def score_buckets(settings: Settings, scored_at: datetime) -> pl.DataFrame:
     outcomes = None
     if demand.height:
         demand = _with_previous_need(settings, demand).join(clients, on="client_id", how="left")
-        demand = _with_capacity(demand, read_planned_capacity(path))
+        # polars types min() as any scalar; that of a `ts` column is a datetime.
+        since = cast(datetime, demand.get_column("ts").min())
+        demand = _with_capacity(demand, read_planned_capacity(path, since))
         frames = [
             pool_outcomes(group, _costs(settings), int(freq))
             for (freq,), group in demand.group_by("freq_seconds")
@@ -285,7 +287,8 @@ def record_drift(settings: Settings, now: datetime) -> pl.DataFrame:
         min_coverage=settings.drift_min_coverage,
         max_relative_pinball=settings.drift_max_relative_pinball,
     )
-    drift = detect_drift(read_score_history(path), feedback, thresholds)
+    history = read_score_history(path, thresholds.lookback_windows)
+    drift = detect_drift(history, feedback, thresholds)
     state = read_open_drift(path)
     fresh = drift.filter(~pl.col("client_id").is_in(state.get_column("client_id").to_list()))
     if fresh.height:

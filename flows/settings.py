@@ -156,6 +156,11 @@ class Settings(BaseSettings):
     prediction_retention: str = Field(
         default="2d", description="prediction runs older than this are pruned (latest kept)"
     )
+    history_retention: str = Field(
+        default="7d",
+        description="plans, scores, member observations and pool events recorded longer ago "
+        "than this are pruned (the newest applied plan and each client's newest score kept)",
+    )
     cycle_history_cycles: int = Field(
         default=5, ge=1, description="recent cycles whose durations predict the next one's"
     )
@@ -220,6 +225,7 @@ class Settings(BaseSettings):
         "retrain_cooldown",
         "activation_lease",
         "prediction_retention",
+        "history_retention",
         "profile_step",
     )
     @classmethod
@@ -281,6 +287,10 @@ class Settings(BaseSettings):
     @property
     def prediction_retention_seconds(self) -> int:
         return parse_freq_any(self.prediction_retention)
+
+    @property
+    def history_retention_seconds(self) -> int:
+        return parse_freq_any(self.history_retention)
 
     @property
     def activation_lease_seconds(self) -> int:

@@ -24,12 +24,34 @@ def write_predictions(
     profiles: pl.DataFrame,
     exceedance: pl.DataFrame | None = None,
 ) -> None:
-    """Append one prediction run (forecasts, exceedance, profiles) in a single transaction."""
+    """Append one prediction run (forecasts, exceedance, profiles) and record it as its
+    clients' latest (`latest_runs`), in a single transaction."""
     with connect(path) as con, transaction(con):
         insert_frame(con, "forecasts", forecasts, columns=_FORECAST_COLUMNS)
         if exceedance is not None:
             insert_frame(con, "forecast_exceedance", exceedance, columns=_EXCEEDANCE_COLUMNS)
         insert_frame(con, "profiles", profiles)
+        frames = [f for f in (forecasts, exceedance, profiles) if f is not None and f.height]
+        record_latest_runs(con, [f.select("client_id", "generated_at") for f in frames])
+
+
+def record_latest_runs(con: duckdb.DuckDBPyConnection, runs: list[pl.DataFrame]) -> None:
+    """Record each client's newest `generated_at` among `runs` (client_id, generated_at
+    frames) as its latest run, unless it has a newer one already."""
+    if not runs:
+        return
+    newest = pl.concat(runs).group_by("client_id").agg(pl.col("generated_at").max())
+    con.register("new_runs", newest.to_arrow())
+    try:
+        con.execute(
+            """
+            INSERT INTO latest_runs SELECT client_id, generated_at FROM new_runs
+            ON CONFLICT (client_id) DO UPDATE
+            SET generated_at = greatest(latest_runs.generated_at, excluded.generated_at)
+            """
+        )
+    finally:
+        con.unregister("new_runs")
 
 
 def write_model_runs(path: Path, runs: pl.DataFrame) -> None:
@@ -55,8 +77,9 @@ def prune_predictions(path: Path, before: datetime) -> int:
                     con,
                     f"""
                     DELETE FROM {table} t WHERE t.generated_at < ?
-                      AND t.generated_at < (
-                          SELECT max(generated_at) FROM {table} l WHERE l.client_id = t.client_id
+                      AND NOT EXISTS (
+                          SELECT 1 FROM latest_runs l
+                          WHERE l.client_id = t.client_id AND l.generated_at = t.generated_at
                       )
                     """,
                     [before],
@@ -66,62 +89,64 @@ def prune_predictions(path: Path, before: datetime) -> int:
     return deleted
 
 
-# Each client's newest prediction run. Profiles and exceedance rows are taken from that run
-# only: a run that found no demand window writes no profile, and an older run's window
-# must not stand in for it (a stale window, with its confidence, would keep warming a
-# client the newest forecast calls idle).
-_LATEST_RUN = """
-    WITH latest AS (
-        SELECT client_id, max(generated_at) AS generated_at FROM (
-            SELECT client_id, generated_at FROM forecasts
-            UNION ALL SELECT client_id, generated_at FROM forecast_exceedance
-            UNION ALL SELECT client_id, generated_at FROM profiles
-        ) GROUP BY client_id
-    )
-"""
+# Each client's newest prediction run (`latest_runs`). Profiles and exceedance rows are
+# taken from that run only: a run that found no demand window writes no profile, and an
+# older run's window must not stand in for it (a stale window, with its confidence, would
+# keep warming a client the newest forecast calls idle). `generated_at >= ?` (the oldest
+# latest run) lets DuckDB skip the row groups of older runs without reading them.
+_OF_LATEST_RUN = "JOIN latest_runs USING (client_id, generated_at) WHERE generated_at >= ?"
 
 
 def read_latest_forecasts(path: Path) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """Each client's latest prediction run: concurrency quantiles, exceedance, profiles."""
     with connect(path, read_only=True) as con:
+        oldest = fetch_value(con, "SELECT min(generated_at) FROM latest_runs")
         quantiles = fetch_frame(
             con,
-            _LATEST_RUN
-            + """
+            f"""
             SELECT f.client_id, f.metric, f.origin, f.ts, f.p10, f.p50, f.p90
-            FROM forecasts f JOIN latest USING (client_id, generated_at)
+            FROM forecasts f {_OF_LATEST_RUN}
             QUALIFY f.origin = max(f.origin) OVER (PARTITION BY f.client_id)
             """,
+            [oldest],
         )
         exceedance = fetch_frame(
             con,
-            _LATEST_RUN
-            + """
+            f"""
             SELECT e.client_id, e.origin, e.ts, e.level, e.p_exceed
-            FROM forecast_exceedance e JOIN latest USING (client_id, generated_at)
+            FROM forecast_exceedance e {_OF_LATEST_RUN}
             """,
+            [oldest],
         )
         profiles = fetch_frame(
             con,
-            _LATEST_RUN
-            + """
-            SELECT p.* FROM profiles p JOIN latest USING (client_id, generated_at)
+            f"""
+            SELECT p.* FROM profiles p {_OF_LATEST_RUN}
             ORDER BY p.client_id, p.window_start
             """,
+            [oldest],
         )
     return quantiles, exceedance, profiles
+
+
+def latest_run(con: duckdb.DuckDBPyConnection, client_id: str) -> datetime | None:
+    """When the client's latest prediction run was generated (None: never predicted)."""
+    value: datetime | None = fetch_value(
+        con, "SELECT generated_at FROM latest_runs WHERE client_id = ?", [client_id]
+    )
+    return value
 
 
 def read_latest_profile(con: duckdb.DuckDBPyConnection, client_id: str) -> list[dict[str, Any]]:
     """The client's `profiles` rows of its latest prediction run, by window start (none when
     that run found no demand window: an older run's window is not current)."""
+    generated_at = latest_run(con, client_id)
+    if generated_at is None:
+        return []
     frame = fetch_frame(
         con,
-        "SELECT * FROM profiles WHERE client_id = ? AND generated_at = (SELECT max(g) FROM ("
-        " SELECT max(generated_at) AS g FROM forecasts WHERE client_id = ?"
-        " UNION ALL SELECT max(generated_at) FROM profiles WHERE client_id = ?))"
-        " ORDER BY window_start",
-        [client_id, client_id, client_id],
+        "SELECT * FROM profiles WHERE client_id = ? AND generated_at = ? ORDER BY window_start",
+        [client_id, generated_at],
     )
     return list(frame.iter_rows(named=True))
 

@@ -72,8 +72,7 @@ GROUP BY ALL;
 -- Demand windows ahead: the latest predicted profile of each client, from the data's clock.
 CREATE OR REPLACE VIEW v_upcoming_windows AS
 WITH latest AS (
-    SELECT * FROM profiles
-    QUALIFY generated_at = max(generated_at) OVER (PARTITION BY client_id)
+    SELECT * FROM profiles JOIN latest_runs USING (client_id, generated_at)
 ),
 clock AS (SELECT max(ts) AS now FROM usage)
 SELECT

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import polars as pl
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -30,6 +31,7 @@ from provisioning.runtime.docker_runtime import DockerRuntime
 from provisioning.runtime.process_runtime import ProcessRuntime
 from warehouse.api_keys import issue_key
 from warehouse.db import connect
+from warehouse.predictions import record_latest_runs
 
 POOL_LABEL = "prewarm.pool"
 # Latest prediction run of `a`: two windows, the earlier one drives `anticipated`.
@@ -103,6 +105,10 @@ def build_warehouse(path: Path) -> World:
             _profile_row(GENERATED_AT, WINDOW_1, 1.0),
         ]
         con.executemany(f"INSERT INTO profiles VALUES ({', '.join('?' * 28)})", rows)
+        runs = pl.DataFrame(
+            {"client_id": [r[0] for r in rows], "generated_at": [r[1] for r in rows]}
+        )
+        record_latest_runs(con, [runs])
         con.execute(
             "INSERT INTO client_schema_extensions VALUES ('a', ?, 10, ?::JSON, ?)",
             [BIG_CACHE["name"], json.dumps(BIG_CACHE), GENERATED_AT],

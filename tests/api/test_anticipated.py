@@ -12,6 +12,7 @@ import json
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 
+import polars as pl
 import pytest
 from fastapi.testclient import TestClient
 
@@ -25,6 +26,7 @@ from provisioning.runtime.process_runtime import ProcessRuntime
 from tests.flows.test_provision_flow import END, seeded_pool
 from warehouse.api_keys import issue_key
 from warehouse.db import connect
+from warehouse.predictions import record_latest_runs
 
 # The stamp `_seed_forecasts` gives its run: a profile belongs to the run it shares it with.
 RUN = datetime(2026, 1, 19, 0, 1)
@@ -43,6 +45,7 @@ def settings(prefect_harness, data_dir, monkeypatch) -> Iterator[Settings]:
             " model_version) VALUES ('c0000', ?, ?, ?, ?, 360, 5.0, 7.6, 1.0, 'forecaster-x', '1')",
             [RUN, END - timedelta(minutes=5), *WINDOW],
         )
+        record_latest_runs(con, [pl.DataFrame({"client_id": ["c0000"], "generated_at": [RUN]})])
     yield settings
     release_all(open_pool_runtime(settings), settings.pool_scope)
 

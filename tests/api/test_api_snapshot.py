@@ -134,6 +134,10 @@ def test_a_new_profile_and_extension_from_another_process_are_served_next(
                 " TIMESTAMP '2024-05-02 12:00:00', TIMESTAMP '2024-05-02 13:00:00',"
                 " TIMESTAMP '2024-05-02 14:00:00', 60, 1.0, 2.0, 0.5, 'lightgbm-quantile', '8')"
             )
+            con.execute(
+                "UPDATE latest_runs SET generated_at = TIMESTAMP '2024-05-02 12:00:00'"
+                " WHERE client_id = 'a'"
+            )
             document = {
                 "name": "small-cache",
                 "precedence": 50,

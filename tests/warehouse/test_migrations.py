@@ -1,5 +1,6 @@
 """Upgrading a warehouse made by an older prewarm: 0007 renames `reconciliations` (scoring
-against what happened) to `forecast_scores`, and its `reconciled_at` to `scored_at`."""
+against what happened) to `forecast_scores`, and its `reconciled_at` to `scored_at`; 0011
+records each client's newest prediction run in `latest_runs`."""
 
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ def _old_warehouse(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     before_rename = every[: [version for version, _ in every].index(RENAME)]
     # The views of then: today's, over the old names, without those of later tables.
     statements = db._views_sql().split(";")
-    old_views = ";".join(v for v in statements if "host_status" not in v)
+    old_views = ";".join(v for v in statements if "host_status" not in v and "latest_runs" not in v)
     old_views = old_views.replace("forecast_scores", "reconciliations").replace(
         "scored_at", "reconciled_at"
     )
@@ -110,3 +111,47 @@ def test_0007_moves_every_scored_row_to_forecast_scores(tmp_path, monkeypatch):
     with connect(path) as con:
         assert fetch_value(con, "SELECT count(*) FROM forecast_scores") == 1
         assert db.migrate(con) == []
+
+
+LATEST_RUNS = "0011_latest_runs"
+
+
+def test_0011_records_each_clients_newest_run_from_the_runs_kept(tmp_path, monkeypatch):
+    """a's newest run wrote only exceedance (no forecast row survived); b has forecasts of
+    two runs and a profile of the older; c was never predicted."""
+    path = tmp_path / "warehouse.duckdb"
+    every = db._migration_files()
+    before = every[: [version for version, _ in every].index(LATEST_RUNS)]
+    statements = db._views_sql().split(";")
+    with monkeypatch.context() as old:
+        old.setattr(db, "_migration_files", lambda: before)
+        old.setattr(
+            db, "_views_sql", lambda: ";".join(v for v in statements if "latest_runs" not in v)
+        )
+        with connect(path) as con:
+            for client, at in (("a", 1), ("b", 1), ("b", 3)):
+                con.execute(
+                    "INSERT INTO forecasts VALUES"
+                    " (?, 'concurrency', ?, ?, 1, 0, 1, 2, 'm', '1', ?)",
+                    [client, SCORED_AT, SCORED_AT, datetime(2026, 1, 5, at)],
+                )
+            con.execute(
+                "INSERT INTO forecast_exceedance (client_id, origin, ts, horizon, level, p_exceed,"
+                " model_version, generated_at) VALUES ('a', ?, ?, 1, 1, 0.5, '1', ?)",
+                [SCORED_AT, SCORED_AT, datetime(2026, 1, 5, 4)],
+            )
+            con.execute(
+                "INSERT INTO profiles (client_id, generated_at, origin, window_start, window_end,"
+                " duration_minutes, confidence, model_name, model_version)"
+                " VALUES ('b', ?, ?, ?, ?, 5, 0.5, 'm', '1')",
+                [datetime(2026, 1, 5, 1), SCORED_AT, SCORED_AT, SCORED_AT],
+            )
+            assert LATEST_RUNS not in _versions(con)
+
+    with connect(path, read_only=True) as con:
+        assert con.execute("SELECT * FROM latest_runs ORDER BY 1").fetchall() == [
+            ("a", datetime(2026, 1, 5, 4)),
+            ("b", datetime(2026, 1, 5, 3)),
+        ]
+        # b's newest run found no window: its older profile is not upcoming.
+        assert fetch_value(con, "SELECT count(*) FROM v_upcoming_windows") == 0

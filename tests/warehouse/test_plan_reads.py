@@ -20,7 +20,13 @@ from warehouse.plans import (
     read_recent_targets,
     write_plan,
 )
-from warehouse.predictions import read_latest_forecasts
+from warehouse.predictions import (
+    latest_run,
+    read_latest_forecasts,
+    read_latest_profile,
+    record_latest_runs,
+    write_predictions,
+)
 from warehouse.scores import read_planned_capacity
 
 T0 = datetime(2026, 1, 19, 12, 0)
@@ -49,6 +55,7 @@ def test_a_run_without_a_demand_window_is_not_shadowed_by_an_older_window(wareho
         forecasts = pl.DataFrame([_forecast_row(early), _forecast_row(late)])
         con.register("f", forecasts.to_arrow())
         con.execute("INSERT INTO forecasts SELECT * FROM f")
+        record_latest_runs(con, [forecasts.select("client_id", "generated_at")])
         con.execute(
             "INSERT INTO profiles (client_id, generated_at, origin, window_start, window_end,"
             " duration_minutes, confidence, model_name, model_version)"
@@ -130,8 +137,10 @@ def test_the_latest_plan_is_the_newest_applied_one_by_sequence(warehouse_path: P
     assert (plan_id, targets.get_column("active").to_list()) == ("p-2", [2])
     assert configs == {"a": {"image": "img-p-2"}}
     assert read_activation_terms(warehouse_path, "a").planned_members == 2
-    capacity = read_planned_capacity(warehouse_path)
+    capacity = read_planned_capacity(warehouse_path, since=T0)
     assert capacity.select("client_id", "active").rows() == [("a", 2)]
+    # Scoring buckets from the window's end on reads no window of it.
+    assert read_planned_capacity(warehouse_path, since=T0 + timedelta(minutes=5)).height == 0
     recent = read_recent_targets(warehouse_path, T0 - timedelta(days=1))
     assert sorted(recent.select("host", "total").rows()) == [("h-p-1", 1), ("h-p-2", 2)]
 
@@ -163,6 +172,7 @@ def test_old_prediction_runs_are_pruned_but_each_clients_latest_is_kept(warehous
     with connect(warehouse_path) as con:
         con.register("f", pl.DataFrame(rows).to_arrow())
         con.execute("INSERT INTO forecasts SELECT * FROM f")
+        record_latest_runs(con, [pl.DataFrame(rows).select("client_id", "generated_at")])
     from warehouse.predictions import prune_predictions
 
     assert prune_predictions(warehouse_path, T0 + timedelta(days=2)) == 2
@@ -171,3 +181,42 @@ def test_old_prediction_runs_are_pruned_but_each_clients_latest_is_kept(warehous
     # a keeps only its newest run; b's only run is its current forecast, however old
     assert kept == [("a", runs[2]), ("b", T0)]
     assert prune_predictions(warehouse_path, T0 + timedelta(days=2)) == 0  # converged
+
+
+def test_prediction_records_each_clients_latest_run_with_it(warehouse_path: Path):
+    """`write_predictions` keeps `latest_runs` (what every "latest run" read looks up): the
+    newest run's profile is served, a run that found no window serves none, and a run
+    written late with an older stamp does not take the place of a newer one."""
+    early, late = T0, T0 + timedelta(minutes=5)
+    profile = pl.DataFrame(
+        {
+            "client_id": ["a"],
+            "generated_at": [early],
+            "origin": [T0],
+            "window_start": [T0 + timedelta(minutes=5)],
+            "window_end": [T0 + timedelta(minutes=10)],
+            "duration_minutes": [5.0],
+            "confidence": [0.9],
+            "model_name": ["forecaster-a"],
+            "model_version": ["1"],
+        }
+    )
+    write_predictions(warehouse_path, pl.DataFrame([_forecast_row(early)]), profile)
+    with connect(warehouse_path, read_only=True) as con:
+        assert [r["confidence"] for r in read_latest_profile(con, "a")] == [0.9]
+        assert read_latest_profile(con, "b") == []  # never predicted
+
+    newest = pl.DataFrame([{**_forecast_row(late), "p50": 2.0}])
+    write_predictions(warehouse_path, newest, profile.clear())
+    older = early - timedelta(hours=1)
+    write_predictions(  # an older run written late: not the latest
+        warehouse_path,
+        pl.DataFrame([_forecast_row(older)]),
+        profile.with_columns(pl.lit(older).alias("generated_at")),
+    )
+    with connect(warehouse_path, read_only=True) as con:
+        assert read_latest_profile(con, "a") == []
+        assert latest_run(con, "a") == late
+    quantiles, _, profiles = read_latest_forecasts(warehouse_path)
+    assert profiles.height == 0
+    assert quantiles.rows() == [("a", "concurrency", T0, T0 + timedelta(minutes=5), 0.0, 2.0, 0.0)]

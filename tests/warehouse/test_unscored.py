@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from warehouse.db import connect
-from warehouse.scores import read_unscored
+from warehouse.scores import read_score_history, read_unscored
 
 T0 = datetime(2026, 1, 19, 12, 0)
 BUCKET = timedelta(minutes=5)
@@ -70,4 +70,29 @@ def test_each_waiting_bucket_comes_with_its_latest_forecast(warehouse_path: Path
         ("a", _bucket(3), _bucket(4), _bucket(2), 43.0, 3.0),
         ("a", _bucket(4), _bucket(5), _bucket(2), 44.0, 4.0),
         ("b", _bucket(1), _bucket(2), _bucket(0), 5.0, 7.0),
+    ]
+
+
+def test_drift_reads_only_each_series_newest_lookback(warehouse_path: Path):
+    """`read_score_history` gives each client and metric its newest `lookback` buckets
+    with a coverage (what drift detection judges), not every score ever recorded."""
+    with connect(warehouse_path) as con:
+        for k in range(10):
+            for metric in ("requests", "cpu_cores"):
+                covered = None if (metric == "cpu_cores" and k >= 8) else k % 2 == 0
+                con.execute(
+                    "INSERT INTO forecast_scores (client_id, window_start, window_end, metric,"
+                    " actual, covered, scored_at) VALUES ('a', ?, ?, ?, ?, ?, ?)",
+                    [_bucket(k), _bucket(k + 1), metric, float(k), covered, _bucket(k + 1)],
+                )
+
+    history = read_score_history(warehouse_path, lookback_windows=3).sort("metric", "window_start")
+
+    assert history.select("metric", "actual").rows() == [
+        ("cpu_cores", 5.0),
+        ("cpu_cores", 6.0),
+        ("cpu_cores", 7.0),  # 8 and 9 have no coverage
+        ("requests", 7.0),
+        ("requests", 8.0),
+        ("requests", 9.0),
     ]
