@@ -193,9 +193,16 @@ def checkout(ref: str, into: Path) -> Path:
 
 def run_measure(code: Path, state: Path, samples: int, rounds: int) -> dict[str, Any]:
     """`measure` in a fresh interpreter that imports prewarm from `code`."""
+    args = ["--measure", str(state), "--samples", str(samples), "--rounds", str(rounds)]
+    return measure_in(Path(__file__), code, args)
+
+
+def measure_in(script: Path, code: Path, args: list[str]) -> dict[str, Any]:
+    """The JSON a benchmark `script` prints last when run with `args` in a fresh
+    interpreter importing prewarm from `code` (a checkout of another version); the result
+    names the folder it imported prewarm from (`imported`), which must be `code`."""
     done = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--measure", str(state)]
-        + ["--samples", str(samples), "--rounds", str(rounds)],
+        [sys.executable, str(script.resolve()), *args],
         cwd=code,
         env={**os.environ, "PYTHONPATH": str(code)},
         capture_output=True,

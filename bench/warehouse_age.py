@@ -32,7 +32,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,7 +39,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from runtime_pool import checkout  # bench/ is the script's directory
+from runtime_pool import checkout, measure_in  # bench/ is the script's directory
 
 RESULTS = Path(__file__).parent / "results" / "warehouse_age.json"
 REPO = Path(__file__).resolve().parent.parent
@@ -139,15 +138,12 @@ def age_to(
 
 
 def _record_latest_runs(con: Any) -> None:
-    """Each client's newest run as prediction records it, where this version keeps it."""
-    if con.execute("SELECT 1 FROM duckdb_tables() WHERE table_name = 'latest_runs'").fetchone():
-        con.execute(
-            """
-            INSERT INTO latest_runs SELECT client_id, max(generated_at) FROM forecasts GROUP BY 1
-            ON CONFLICT (client_id) DO UPDATE
-            SET generated_at = greatest(latest_runs.generated_at, excluded.generated_at)
-            """
-        )
+    """Each client's newest run, recorded as prediction records it."""
+    from warehouse.db import fetch_frame
+    from warehouse.predictions import record_latest_runs
+
+    newest = "SELECT client_id, max(generated_at) AS generated_at FROM forecasts GROUP BY 1"
+    record_latest_runs(con, [fetch_frame(con, newest)])
 
 
 def _age_plans(con: Any, history_sql: str, origin: str, generated: str) -> None:
@@ -233,21 +229,7 @@ def measure(path: Path, repeats: int) -> dict[str, Any]:
 
 def run_measure(code: Path, path: Path, repeats: int) -> dict[str, Any]:
     """`measure` in a fresh interpreter that imports prewarm from `code`."""
-    done = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--measure", str(path)]
-        + ["--repeats", str(repeats)],
-        cwd=code,
-        env={**os.environ, "PYTHONPATH": str(code)},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"measuring {code} failed:\n{done.stderr}")
-    result: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
-    if Path(result.pop("imported")) != code.resolve():
-        raise RuntimeError(f"measured other code than {code}")
-    return result
+    return measure_in(Path(__file__), code, ["--measure", str(path), "--repeats", str(repeats)])
 
 
 def main() -> None:
