@@ -49,6 +49,7 @@ from flows.predict import predict_and_write
 from flows.provision import PlannedPool, action_counts, apply_targets, make_plan, record_plan
 from flows.scoring import record_drift, score_buckets
 from flows.settings import Settings
+from flows.task_inputs import unwalked
 from models.registry import current_aliases
 from warehouse.cycles import churn_last_hour, finish_cycle, last_prediction, start_cycle
 from warehouse.db import shared_connection
@@ -351,7 +352,7 @@ def _run(
     summary.plan_id = planned.plan.plan_id
     summary.first_window = planned.span[0].isoformat()
     step("plan")
-    summary.runtime, result = apply_targets(settings, planned)
+    summary.runtime, result = apply_targets(settings, unwalked(planned))
     step("apply")
     summary.actions = action_counts(result.pool_events)
     summary.failed_actions = result.failed

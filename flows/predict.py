@@ -30,6 +30,7 @@ from core.times import utc_now
 from flows.locks import warehouse_write
 from flows.progress import tracker
 from flows.settings import Settings
+from flows.task_inputs import unwalked
 from models.forecaster.scored_origins import ScoredOrigins
 from models.prediction import Predictions, predict_clients
 from models.registry import CHALLENGER, CHAMPION, current_aliases, load_forecaster_version
@@ -155,9 +156,9 @@ def predict_and_write(settings: Settings, client_ids: list[str] | None = None) -
         if not models:
             continue
         predicted = predict_group(
-            histories,
+            unwalked(histories),
             calendar,
-            models,
+            unwalked(models),
             settings.mlflow_tracking_uri,
             int(freq),
             generated_at,

@@ -36,6 +36,7 @@ from flows.locks import warehouse_write
 from flows.progress import tracker
 from flows.runtime import bound_runtime, open_pool_runtime, open_runtime_named
 from flows.settings import Settings
+from flows.task_inputs import unwalked
 from provisioning.apply import ApplyResult, members_frame, reconcile_once
 from provisioning.costs import CostModel, load_cost_model
 from provisioning.cycle_plan import CycleTiming, plan_cycle, planner_clients
@@ -415,7 +416,7 @@ def provision_pools(dry_run: bool = False, at: datetime | None = None) -> Provis
         logger.info("dry run: plan %s recorded, runtime untouched", plan.plan_id)
         publish_plan(summary, plan.desired)
         return summary
-    runtime_name, result = apply_targets(settings, planned)
+    runtime_name, result = apply_targets(settings, unwalked(planned))
     summary.runtime = runtime_name
     summary.drained = len(result.drained)
     events = result.pool_events

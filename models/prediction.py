@@ -15,7 +15,6 @@ every metric would be five times the rows each run writes, and every scoring run
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -69,7 +68,7 @@ def predict_clients(
         versions[client_id] = version
         quality.append(_quality(client_id, forecaster.holdout))
         if forecaster.exceedance is not None:
-            key = _exceedance_key(forecaster.exceedance)
+            key = forecaster.exceedance.fingerprint()
             entry = shared.setdefault(key, (forecaster.exceedance, [], []))
             entry[1].append(client_id)
             attributes = client_frame(client_id, forecaster.client)
@@ -118,11 +117,6 @@ def _kept_forecasts(forecasts: pl.DataFrame, forecasters: dict[str, Any]) -> pl.
         (pl.col("horizon") <= client.replace_strict(horizon, return_dtype=pl.Int32))
         | (pl.col("metric") == client.replace_strict(demand, return_dtype=pl.String))
     )
-
-
-def _exceedance_key(exceedance: Any) -> str:
-    """Identity of a shared exceedance model (clients' copies of one model compare equal)."""
-    return hashlib.sha256(exceedance.booster_string.encode()).hexdigest()
 
 
 def _score_exceedance(

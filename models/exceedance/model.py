@@ -8,6 +8,7 @@ undoing the negative down-sampling and forcing p_exceed non-increasing in level.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from typing import Any, cast
 
@@ -66,7 +67,18 @@ class ExceedanceModel:
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_booster"] = None
+        state.pop("_fingerprint", None)
         return state
+
+    def fingerprint(self) -> str:
+        """Identity of the model's booster: equal for copies loaded apart (each client's
+        forecaster carries one), hashed once per object: a cycle asks for every client's."""
+        cached = self.__dict__.get("_fingerprint")
+        if cached is None:
+            cached = self.__dict__["_fingerprint"] = hashlib.sha256(
+                self.booster_string.encode()
+            ).hexdigest()
+        return cached
 
     @property
     def booster(self) -> lgb.Booster:

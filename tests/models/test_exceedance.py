@@ -301,6 +301,15 @@ def test_pickle_round_trip_predicts_identically(synthetic, model):
     assert again.predict(synthetic).equals(model.predict(synthetic))
 
 
+def test_copies_share_a_fingerprint_and_other_boosters_do_not(model):
+    first = model.fingerprint()
+    copy = pickle.loads(pickle.dumps(model))
+    assert "_fingerprint" not in copy.__dict__  # not stored: a cache, not the model
+    assert copy.fingerprint() == first and len(first) == 64
+    other = ExceedanceModel(model.config, model.booster_string.replace("tree", "tree ", 1))
+    assert other.fingerprint() != first
+
+
 def test_bad_usage_is_refused():
     config = ExceedanceConfig(60)
     usage = _usage({"a": [1, 0, 1]})
