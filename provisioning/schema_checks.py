@@ -22,9 +22,12 @@ on the composite, so the CLI, the API and the flows all refuse the same document
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -252,9 +255,42 @@ def check_workload(
 def check_composite(
     composite: Mapping[str, Any], source: str, limits: SchemaLimits | None = None
 ) -> None:
-    """The composed document: the raw-document bounds and the workload checks, at '$'."""
+    """The composed document: the raw-document bounds and the workload checks, at '$'.
+
+    A composite that passed under the same limits passes again without a second walk: a
+    cycle checks every client's composite three times (static, composed with its
+    anticipated section, rendered), and the static ones stay the same cycle after cycle
+    (measured at 1,000 clients: 1.3 s of a 3.6-s plan). Only passes are remembered, by the
+    digest of the composite's `repr` (which tells 1 from "1" and 1.0, a tuple from a list,
+    unlike JSON), at most _PASSED_MAX of them, the least recently seen forgotten first.
+    """
+    key = _composite_key(composite, limits)
+    with _PASSED_LOCK:
+        if key is not None and key in _PASSED:
+            _PASSED.move_to_end(key)
+            return
     check_document(composite, source)
     check_workload(composite, source, "$", limits)
+    if key is not None:
+        with _PASSED_LOCK:
+            _PASSED[key] = None
+            if len(_PASSED) > _PASSED_MAX:
+                _PASSED.popitem(last=False)
+
+
+_PASSED: OrderedDict[bytes, None] = OrderedDict()
+_PASSED_MAX = 100_000  # 2 composites a client a cycle change; ~12 MB when full
+_PASSED_LOCK = threading.Lock()
+
+
+def _composite_key(composite: Mapping[str, Any], limits: SchemaLimits | None) -> bytes | None:
+    """The digest a passed composite is remembered by; None for a document too deep to
+    `repr` (checked in full: the walk names what is wrong)."""
+    try:
+        text = f"{type(composite).__name__}|{limits!r}|{composite!r}"
+    except RecursionError:
+        return None
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
 
 
 def env_name_problem(name: str) -> str | None:

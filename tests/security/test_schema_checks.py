@@ -86,6 +86,35 @@ def test_render_refuses_a_composite_built_elsewhere():
         render_container_config(composite)
 
 
+def test_a_passed_composite_is_not_walked_again_and_refusals_are_never_remembered(monkeypatch):
+    from provisioning import schema_checks
+
+    walks = []
+    walk = schema_checks.check_document
+    monkeypatch.setattr(schema_checks, "check_document", lambda d, s: walks.append(1) or walk(d, s))
+    composite = compose_workload("acme", [extension("ok", {"env": {"MOTD": "hi"}})], limits=LIMITS)
+    walks.clear()
+    schema_checks.check_composite(composite, "again", LIMITS)
+    schema_checks.check_composite(dict(composite), "a copy", LIMITS)
+    assert walks == []  # passed before, under these limits: not walked again
+    # Stricter limits are checked afresh, and refuse.
+    strict = schema_checks.SchemaLimits(("other/image:1",), 16.0, 65536.0)
+    for _ in range(2):
+        with pytest.raises(SchemaRejected, match="not an allowed image"):
+            schema_checks.check_composite(composite, "strict", strict)
+    assert len(walks) == 2
+    # A refused document is refused every time, with its message.
+    bad = {**composite, "env": {"LD_PRELOAD": "/tmp/x.so"}}
+    for _ in range(2):
+        with pytest.raises(SchemaRejected, match=r"\$\.env\.LD_PRELOAD: denied"):
+            schema_checks.check_composite(bad, "bad", LIMITS)
+    # What JSON would write alike is told apart: a key 1 is not the key "1" that passed.
+    passed = {**composite, "routing": {"weights": {"1": 1.0}}}
+    schema_checks.check_composite(passed, "passed", LIMITS)
+    with pytest.raises(SchemaRejected, match="a key is integer, not a string"):
+        schema_checks.check_composite({**composite, "routing": {"weights": {1: 1.0}}}, "x", LIMITS)
+
+
 def test_a_deep_document_is_refused_before_it_is_parsed():
     check_json_text("[" * MAX_DEPTH + "]" * MAX_DEPTH, "f.json")  # at the limit: fine
     with pytest.raises(SchemaRejected, match=r"f.json is refused: \$: nested deeper than 8"):
