@@ -162,10 +162,11 @@ def _age_plans(con: Any, history_sql: str, origin: str, generated: str) -> None:
         f"""
         INSERT INTO allocations (plan_id, client_id, window_start, window_end, tier, count,
                                  host, mode, expected_cost, expected_cold_starts, priority,
-                                 config)
+                                 config, member_cpu, member_memory_mb)
         SELECT {plan}, c.client_id, {origin} + INTERVAL 5 MINUTE * w.range,
                {origin} + INTERVAL 5 MINUTE * (w.range + 1), 'shadow', 1, 'h', 'provision',
-               random(), random(), 1, '{{"cpu": 0.5, "memory_mb": 512, "cache": "lru"}}'
+               random(), random(), 1, '{{"cpu": 0.5, "memory_mb": 512, "cache": "lru"}}',
+               0.5, 512
         FROM {history_sql}, (SELECT client_id FROM clients) c, range(12) w
         ORDER BY r.range DESC
         """

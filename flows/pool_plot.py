@@ -85,8 +85,8 @@ def read_sized_events(warehouse: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
             """
             WITH sizes AS (
                 SELECT plan_id, client_id,
-                       max(CAST(config->>'cpu' AS DOUBLE)) AS cpu,
-                       max(CAST(config->>'memory_mb' AS DOUBLE)) AS memory_mb
+                       max(member_cpu) AS cpu,
+                       max(member_memory_mb) AS memory_mb
                 FROM allocations WHERE config IS NOT NULL
                 GROUP BY plan_id, client_id
             ),

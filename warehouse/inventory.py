@@ -62,8 +62,8 @@ def read_host_usage(path: Path) -> pl.DataFrame:
             f"""
             WITH sizes AS (
                 SELECT client_id,
-                       max(CAST(config->>'cpu' AS DOUBLE)) AS cpu,
-                       max(CAST(config->>'memory_mb' AS DOUBLE)) AS memory_mb
+                       max(member_cpu) AS cpu,
+                       max(member_memory_mb) AS memory_mb
                 FROM allocations
                 WHERE plan_id = ({LATEST_APPLIED_PLAN}) AND config IS NOT NULL
                 GROUP BY client_id

@@ -34,14 +34,21 @@ def write_plan(
 ) -> int:
     """Record a plan (totals, desired pool with each client's container config, unserved, and
     the targets apply makes true); return its sequence number."""
+    client = pl.col("client_id")
     allocations = plan.desired.with_columns(
-        pl.col("client_id")
-        .replace_strict(
+        client.replace_strict(
             {cid: json.dumps(cfg) for cid, cfg in configs.items()},
             default=None,
             return_dtype=pl.String,
-        )
-        .alias("config")
+        ).alias("config"),
+        *(
+            client.replace_strict(
+                {cid: _number(cfg.get(key)) for cid, cfg in configs.items()},
+                default=None,
+                return_dtype=pl.Float64,
+            ).alias(f"member_{key}")
+            for key in ("cpu", "memory_mb")
+        ),
     )
     with connect(path) as con, transaction(con):
         seq = int(fetch_value(con, "SELECT coalesce(max(seq), 0) + 1 FROM plans") or 1)
@@ -70,6 +77,11 @@ def write_plan(
                 con, "plan_targets", targets.with_columns(pl.lit(plan.plan_id).alias("plan_id"))
             )
     return seq
+
+
+def _number(value: Any) -> float | None:
+    """A config's size field as `(config->>'cpu')::DOUBLE` reads it (None when absent)."""
+    return float(value) if value is not None else None
 
 
 def latest_applied_plan(con: duckdb.DuckDBPyConnection) -> str | None:
@@ -118,8 +130,8 @@ def read_applied_sizes(path: Path) -> dict[str, tuple[float, float]]:
         rows = fetch_frame(
             con,
             f"""
-            SELECT client_id, any_value(config->>'cpu')::DOUBLE AS cpu,
-                   any_value(config->>'memory_mb')::DOUBLE AS memory_mb
+            SELECT client_id, any_value(member_cpu) AS cpu,
+                   any_value(member_memory_mb) AS memory_mb
             FROM allocations
             WHERE plan_id = ({LATEST_APPLIED_PLAN}) AND config IS NOT NULL
             GROUP BY client_id
@@ -144,8 +156,8 @@ def read_recent_sizes(path: Path, since: datetime) -> list[dict[str, tuple[float
             WITH applied AS (SELECT plan_id, seq, recorded_at FROM plans WHERE NOT dry_run),
             in_force AS (SELECT max(seq) AS seq FROM applied WHERE recorded_at <= ?)
             SELECT p.seq, p.seq = (SELECT seq FROM in_force) AS in_force, a.client_id,
-                   any_value(a.config->>'cpu')::DOUBLE AS cpu,
-                   any_value(a.config->>'memory_mb')::DOUBLE AS memory_mb
+                   any_value(a.member_cpu) AS cpu,
+                   any_value(a.member_memory_mb) AS memory_mb
             FROM allocations a JOIN applied p USING (plan_id)
             WHERE a.config IS NOT NULL
               AND (p.recorded_at > ? OR p.seq = (SELECT seq FROM in_force))

@@ -87,8 +87,17 @@ def test_no_events_no_lines():
 
 def _allocation(con, plan_id, client_id, cpu, memory_mb):
     con.execute(
-        "INSERT INTO allocations VALUES (?, ?, ?, ?, 'shadow', 1, 'a', 'provision', 0, 0, 0, ?)",
-        [plan_id, client_id, T[0], T[5], json.dumps({"cpu": cpu, "memory_mb": memory_mb})],
+        "INSERT INTO allocations VALUES"
+        " (?, ?, ?, ?, 'shadow', 1, 'a', 'provision', 0, 0, 0, ?, ?, ?)",
+        [
+            plan_id,
+            client_id,
+            T[0],
+            T[5],
+            json.dumps({"cpu": cpu, "memory_mb": memory_mb}),
+            cpu,
+            memory_mb,
+        ],
     )
 
 

@@ -1,6 +1,7 @@
 """Upgrading a warehouse made by an older prewarm: 0007 renames `reconciliations` (scoring
 against what happened) to `forecast_scores`, and its `reconciled_at` to `scored_at`; 0011
-records each client's newest prediction run in `latest_runs`."""
+records each client's newest prediction run in `latest_runs`; 0012 copies each
+allocation's member size out of its config."""
 
 from __future__ import annotations
 
@@ -155,3 +156,46 @@ def test_0011_records_each_clients_newest_run_from_the_runs_kept(tmp_path, monke
         ]
         # b's newest run found no window: its older profile is not upcoming.
         assert fetch_value(con, "SELECT count(*) FROM v_upcoming_windows") == 0
+
+
+SIZES = "0012_allocation_sizes"
+
+
+def test_0012_copies_each_allocations_member_size_out_of_its_config(tmp_path, monkeypatch):
+    """Sizing reads `member_cpu` and `member_memory_mb`: an older warehouse's allocations get
+    them from their configs (rows without a config keep none), and the plan's readers give
+    the same sizes as before."""
+    from warehouse.plans import read_applied_sizes, read_recent_sizes
+
+    path = tmp_path / "warehouse.duckdb"
+    every = db._migration_files()
+    before = every[: [version for version, _ in every].index(SIZES)]
+    at = datetime(2026, 1, 5)
+    with monkeypatch.context() as old:
+        old.setattr(db, "_migration_files", lambda: before)
+        with connect(path) as con:
+            con.execute(
+                "INSERT INTO plans (plan_id, created_at, first_window, tick_seconds, windows,"
+                " buffer_seconds, dry_run, totals, seq, recorded_at)"
+                " VALUES ('p', ?, ?, 300, 1, 0, false, '{}', 1, ?)",
+                [at, at, at],
+            )
+            for client, config in (
+                ("a", '{"cpu": 1.5, "memory_mb": 768, "env": {}}'),
+                ("b", '{"cpu": 2, "memory_mb": 1024}'),
+                ("c", None),
+            ):
+                con.execute(
+                    "INSERT INTO allocations VALUES"
+                    " ('p', ?, ?, ?, 'shadow', 1, 'h', 'provision', 0, 0, 1, ?::JSON)",
+                    [client, at, at, config],
+                )
+            assert SIZES not in _versions(con)
+
+    with connect(path, read_only=True) as con:
+        rows = con.execute(
+            "SELECT client_id, member_cpu, member_memory_mb FROM allocations ORDER BY 1"
+        ).fetchall()
+    assert rows == [("a", 1.5, 768.0), ("b", 2.0, 1024.0), ("c", None, None)]
+    assert read_applied_sizes(path) == {"a": (1.5, 768.0), "b": (2.0, 1024.0)}
+    assert read_recent_sizes(path, at) == [{"a": (1.5, 768.0), "b": (2.0, 1024.0)}]
