@@ -54,13 +54,16 @@ from models.registry import current_aliases
 from warehouse.cycles import churn_last_hour, finish_cycle, last_prediction, start_cycle
 from warehouse.db import shared_connection
 from warehouse.feeds import Feed, feed_clock, follow_feed, parse_feed, read_feed, watermark
-from warehouse.history import prune_history
+from warehouse.history import prune_due, prune_history, record_prune
 from warehouse.inventory import read_host_placement
 from warehouse.predictions import prune_predictions
 
 log = logging.getLogger(__name__)
 
 ACTION_KINDS = ("create", "release", "pause", "unpause", "start")
+# Old prediction runs and history are pruned at most this often (retentions are days: a row
+# outlives its retention by an hour at most), not every cycle: a prune scans the tables.
+PRUNE_EVERY = timedelta(hours=1)
 
 
 class CycleBusy(PrewarmError):
@@ -247,16 +250,21 @@ class _StepTimer:
 
 @task(cache_policy=NONE)
 def score(settings: Settings) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Score the buckets that arrived, record drift, prune old prediction runs and history:
-    one task (each task run costs a cycle tens of milliseconds of its own)."""
+    """Score the buckets that arrived, record drift, and once every PRUNE_EVERY prune old
+    prediction runs and history: one task (each task run costs a cycle tens of
+    milliseconds of its own)."""
     now = utc_now()
     scored = score_buckets.fn(settings, now)
     drift = record_drift.fn(settings, now)
+    path = settings.warehouse_path
+    if not prune_due(path, now, PRUNE_EVERY):
+        return scored, drift
     before = now - timedelta(seconds=settings.prediction_retention_seconds)
     history_before = now - timedelta(seconds=settings.history_retention_seconds)
     with warehouse_write():
-        pruned = prune_predictions(settings.warehouse_path, before)
-        history = prune_history(settings.warehouse_path, history_before)
+        pruned = prune_predictions(path, before)
+        history = prune_history(path, history_before)
+        record_prune(path, now)
     if pruned:
         log.info("pruned %d prediction rows generated before %s", pruned, before)
     if history:

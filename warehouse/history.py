@@ -12,7 +12,7 @@ the rows were recorded by, never the data clock (a replayed history is months ol
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from warehouse.db import connect, fetch_value, transaction
@@ -57,3 +57,21 @@ def prune_history(path: Path, before: datetime) -> dict[str, int]:
                 deleted[table] = rows
         con.execute("DROP TABLE old_plans")
     return deleted
+
+
+def prune_due(path: Path, now: datetime, every: timedelta) -> bool:
+    """Whether the last prune (`prunes`, wall clock) was `every` or longer before `now`, or
+    never happened, or is dated after `now` (the clock was set back: prune, and start over)."""
+    with connect(path, read_only=True) as con:
+        last = fetch_value(con, "SELECT pruned_at FROM prunes WHERE name = 'history'")
+    return last is None or not last <= now < last + every
+
+
+def record_prune(path: Path, now: datetime) -> None:
+    """Note that the history was pruned at `now` (see `prune_due`)."""
+    with connect(path) as con:
+        con.execute(
+            "INSERT INTO prunes VALUES ('history', ?)"
+            " ON CONFLICT (name) DO UPDATE SET pruned_at = excluded.pruned_at",
+            [now],
+        )

@@ -137,3 +137,23 @@ def test_the_newest_applied_plan_stays_however_old(warehouse_path):
     assert _ids(warehouse_path, "SELECT plan_id FROM plans") == [("applied",)]
     assert _ids(warehouse_path, LATEST_APPLIED_PLAN) == [("applied",)]
     assert _ids(warehouse_path, "SELECT plan_id FROM allocations") == [("applied",)]
+
+
+def test_a_prune_is_due_once_an_hour_on_the_wall_clock(warehouse_path):
+    from warehouse.history import prune_due, record_prune
+
+    hour = timedelta(hours=1)
+    with connect(warehouse_path):
+        pass  # a warehouse never pruned
+    assert prune_due(warehouse_path, NOW, hour)
+    record_prune(warehouse_path, NOW)
+    assert not prune_due(warehouse_path, NOW, hour)
+    assert not prune_due(warehouse_path, NOW + timedelta(minutes=59), hour)
+    assert prune_due(warehouse_path, NOW + hour, hour)
+    # A clock set back (the last prune dated in the future) prunes and starts over.
+    assert prune_due(warehouse_path, NOW - timedelta(minutes=5), hour)
+    record_prune(warehouse_path, NOW - timedelta(minutes=5))
+    assert not prune_due(warehouse_path, NOW, hour)
+    with connect(warehouse_path, read_only=True) as con:
+        rows = fetch_frame(con, "SELECT * FROM prunes").rows()
+    assert rows == [("history", NOW - timedelta(minutes=5))]  # one row, rewritten
