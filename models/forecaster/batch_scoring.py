@@ -19,7 +19,13 @@ import numpy as np
 import polars as pl
 
 from models.features import FeatureSpec, feature_matrix
-from models.forecaster.calibration import MetricModel, Outcomes, _recalibrated, _to_values
+from models.forecaster.calibration import (
+    MetricModel,
+    Outcomes,
+    RecentErrors,
+    _recalibrated,
+    _to_values,
+)
 from models.forecaster.config import ForecastConfig
 from models.forecaster.training import _raw_of_matrix
 
@@ -28,12 +34,12 @@ if TYPE_CHECKING:
 
 _NONE = slice(0, 0)
 
-# (forecaster, metric, outcomes just scored) -> the outcomes its recalibration reads
-PastOutcomes = Callable[["ClientForecaster", str, Outcomes], Outcomes]
+# (forecaster, metric, outcomes just scored) -> the errors its recalibration reads
+PastErrors = Callable[["ClientForecaster", str, Outcomes], RecentErrors]
 
 
-def _as_scored(forecaster: ClientForecaster, metric: str, fresh: Outcomes) -> Outcomes:
-    return fresh
+def _as_scored(forecaster: ClientForecaster, metric: str, fresh: Outcomes) -> RecentErrors:
+    return RecentErrors.of(forecaster.models[metric], fresh)
 
 
 @dataclass(frozen=True)
@@ -77,10 +83,10 @@ def score_near(
     now: Part,
     past: Part,
     config: ForecastConfig,
-    past_outcomes: PastOutcomes = _as_scored,
+    past_errors: PastErrors = _as_scored,
 ) -> pl.DataFrame | None:
     """One metric's forecasts over the horizon (`now`) for `users`, each recalibrated on
-    its errors at the recent origins: those of `past`, as `past_outcomes` completes them
+    its errors at the recent origins: those of `past`, as `past_errors` completes them
     with origins scored by earlier runs (`scored_origins`). None when no user has rows."""
     values = np.zeros((now.rows.height, 3))
     scored = np.zeros(now.rows.height, dtype=bool)
@@ -102,7 +108,7 @@ def score_near(
             fresh = Outcomes(
                 raw[later : later + recent_size], past.horizon[b], past.step[b], past.target[b]
             )
-            recent = past_outcomes(forecaster, metric, fresh)
+            recent = past_errors(forecaster, metric, fresh)
             scaled = _recalibrated(
                 forecaster.models[metric],
                 config,

@@ -141,6 +141,32 @@ class Outcomes:
         return cls(raw, *columns)
 
 
+@dataclass(frozen=True)
+class RecentErrors:
+    """What the recalibration reads of earlier forecasts whose targets are known, per row:
+    the origin step, the step its target was known at, and how far the target fell below
+    the calibrated p10 (`low`) and above the calibrated p90 (`high`), in units of the typical
+    change at its horizon. A row's errors depend on its model alone, so a caller that keeps
+    them between runs (`scored_origins`) computes each once."""
+
+    step: np.ndarray
+    known_at: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+
+    @classmethod
+    def of(cls, model: MetricModel, outcomes: Outcomes) -> RecentErrors:
+        horizon, target = outcomes.horizon, outcomes.target
+        calibrated = _calibrated(outcomes.raw, model.calibration, horizon)
+        unit = np.asarray(model.boosters.horizon_scale)[horizon - 1]
+        return cls(
+            outcomes.step,
+            outcomes.step + horizon,
+            (calibrated[:, 0] - target) / unit,
+            (target - calibrated[:, 2]) / unit,
+        )
+
+
 def _final_quantiles(
     model: MetricModel,
     rows: pl.DataFrame,
@@ -159,7 +185,11 @@ def _final_quantiles(
         raw_recent = _raw_quantiles(model.boosters, recent, spec) if recent is not None else None
     else:
         raw_rows, raw_recent = raw
-    known = None if recent is None or raw_recent is None else Outcomes.of(raw_recent, recent)
+    known = (
+        None
+        if recent is None or raw_recent is None
+        else RecentErrors.of(model, Outcomes.of(raw_recent, recent))
+    )
     horizons, origins = (rows.get_column(c).to_numpy() for c in ("horizon", "step"))
     return _recalibrated(model, config, raw_rows, horizons, origins, known)
 
@@ -170,26 +200,23 @@ def _recalibrated(
     raw: np.ndarray,
     horizons: np.ndarray,
     origins: np.ndarray,
-    recent: Outcomes | None,
+    recent: RecentErrors | None,
 ) -> np.ndarray:
     """Calibrated quantiles of rows at `horizons` from origin steps `origins`, widened by
     recent errors: for each origin the interval moves by `recalibration_weight` times the
     conformal offset measured on the `recent` targets within the last `recalibration_days`
     up to that origin."""
     out = _calibrated(raw, model.calibration, horizons)
-    if recent is None or len(recent.target) == 0 or config.recalibration_weight == 0:
+    if recent is None or len(recent.low) == 0 or config.recalibration_weight == 0:
         return out
-    rec_h = recent.horizon
-    rec = _calibrated(recent.raw, model.calibration, rec_h)
     unit = np.asarray(model.boosters.horizon_scale)
-    target = recent.target
-    known_at = recent.step + rec_h
+    known_at = recent.known_at
     steps, at = np.unique(origins, return_inverse=True)
     window = round(config.recalibration_days * config.steps_per_day)
     seen = (known_at[None, :] <= steps[:, None]) & (known_at[None, :] > steps[:, None] - window)
     tail = (1.0 + config.coverage_target) / 2.0
-    low = _masked_quantile((rec[:, 0] - target) / unit[rec_h - 1], seen, tail)
-    high = _masked_quantile((target - rec[:, 2]) / unit[rec_h - 1], seen, tail)
+    low = _masked_quantile(recent.low, seen, tail)
+    high = _masked_quantile(recent.high, seen, tail)
     widen = config.recalibration_weight * unit[horizons - 1]
     out[:, 0] -= widen * low[at]
     out[:, 2] += widen * high[at]

@@ -21,7 +21,7 @@ from models.features import (
     ts_of,
 )
 from models.forecaster.batch_scoring import Part, forecast_frame, score_far, score_near
-from models.forecaster.calibration import Outcomes, _final_quantiles, _to_values
+from models.forecaster.calibration import Outcomes, RecentErrors, _final_quantiles, _to_values
 from models.forecaster.config import ForecastConfig
 from models.forecaster.frames import _scales, _step_of_datetime, client_frame
 from models.series_at import build_series_at
@@ -204,10 +204,10 @@ def _forecast_family(
     parts = rows.partition_by("metric", "part", as_dict=True)
     empty = rows.clear()
 
-    def past_outcomes(forecaster: ClientForecaster, metric: str, fresh: Outcomes) -> Outcomes:
+    def past_errors(forecaster: ClientForecaster, metric: str, fresh: Outcomes) -> RecentErrors:
         if scored is None or forecaster.client_id not in remembered:
-            return fresh
-        return scored.outcomes(forecaster, metric, fresh, remembered[forecaster.client_id])
+            return RecentErrors.of(forecaster.models[metric], fresh)
+        return scored.errors(forecaster, metric, fresh, remembered[forecaster.client_id])
 
     for metric in dict.fromkeys(m for f in served for m in f.metrics):
         users = [f for f in served if metric in f.metrics and f.client_id in present]
@@ -218,7 +218,7 @@ def _forecast_family(
             for part in ("forecast", "recent", "reach")
         )
         frames += [
-            score_near(users, metric, now, past, config, past_outcomes),
+            score_near(users, metric, now, past, config, past_errors),
             score_far(users, metric, far, config),
         ]
     if scored is not None:

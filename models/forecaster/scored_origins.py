@@ -2,9 +2,12 @@
 
 Each run recalibrates a client's horizon on its model's errors at the recent origins of the
 last `recalibration_days` (`_recent_origins`): about 80 origins of 12 steps, 94 % of the rows
-a run scores, of which a five-minute cycle adds one. `ScoredOrigins` keeps each origin's raw
-quantiles and target once scored, so a run builds features and scores boosters only at the
-origins it has not seen (measured: 40 % of a run's CPU at 100 clients).
+a run scores, of which a five-minute cycle adds one. `ScoredOrigins` keeps each origin's
+errors once scored (`RecentErrors`: how far each target fell outside the calibrated
+interval, which depends on the model alone), so a run builds features, scores boosters and
+calibrates only at the origins it has not seen (measured: 40 % of a run's CPU at 100
+clients for the features and boosters; calibrating every remembered row again each run was
+another 8 % at 1,000 clients).
 
 What changes against scoring every origin each run: a remembered origin keeps the outcome it
 had when first scored. Its features came from the history window of that run; the window of
@@ -18,8 +21,8 @@ global-model client that joined after training) are never remembered: their scal
 outcomes would drift with it.
 
 Bounded: a client keeps the origins from its window's start on (two interleaved strides'
-worth at most, about 150 origins of 12 rows per metric: ~450 KB a client at six metrics,
-measured), one entry per client, replaced with its model, for at most `max_clients`
+worth at most, about 150 origins of 12 rows per metric, four numbers a row: ~350 KB a
+client at six metrics), one entry per client, replaced with its model, for at most `max_clients`
 clients: the first ones seen are kept and later ones are scored in full every run (a
 cycle predicts every client in the same order, so evicting the least recent would miss on
 every client once the cache is too small).
@@ -33,7 +36,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from models.forecaster.calibration import Outcomes
+from models.forecaster.calibration import Outcomes, RecentErrors
 
 if TYPE_CHECKING:
     from models.forecaster.client_model import ClientForecaster
@@ -45,7 +48,7 @@ class _Remembered:
 
     forecaster: ClientForecaster
     origins: set[int] = field(default_factory=set)
-    outcomes: dict[str, Outcomes] = field(default_factory=dict)  # per metric
+    errors: dict[str, RecentErrors] = field(default_factory=dict)  # per metric
 
 
 class ScoredOrigins:
@@ -67,22 +70,23 @@ class ScoredOrigins:
             return origins
         return [o for o in origins if o not in entry.origins]
 
-    def outcomes(
+    def errors(
         self, forecaster: ClientForecaster, metric: str, fresh: Outcomes, wanted: list[int]
-    ) -> Outcomes:
-        """The outcomes at the `wanted` origins of one metric: those remembered and the
-        `fresh` ones just scored (which are remembered from now on)."""
+    ) -> RecentErrors:
+        """The recalibration's errors at the `wanted` origins of one metric: those
+        remembered and those of the `fresh` outcomes just scored (remembered from now on)."""
+        new = RecentErrors.of(forecaster.models[metric], fresh)
         entry = self._entry(forecaster)
         if entry is None:  # full: scored in full every run
-            return _where(fresh, np.isin(fresh.step, wanted))
+            return _where(new, np.isin(new.step, wanted))
         first = min(wanted, default=0)
-        kept = entry.outcomes.get(metric)
+        kept = entry.errors.get(metric)
         if kept is not None:
             # An origin scored again (a run that failed before `mark`) keeps its fresh rows.
-            stale = (kept.step < first) | np.isin(kept.step, fresh.step)
-            fresh = _joined(_where(kept, ~stale), fresh)
-        entry.outcomes[metric] = fresh
-        return _where(fresh, np.isin(fresh.step, wanted))
+            stale = (kept.step < first) | np.isin(kept.step, new.step)
+            new = _joined(_where(kept, ~stale), new)
+        entry.errors[metric] = new
+        return _where(new, np.isin(new.step, wanted))
 
     def mark(self, forecaster: ClientForecaster, wanted: list[int]) -> None:
         """Mark the `wanted` origins scored, once a run has scored those it had not (with
@@ -105,16 +109,15 @@ class ScoredOrigins:
             return entry
 
 
-def _where(outcomes: Outcomes, mask: np.ndarray) -> Outcomes:
-    return Outcomes(
-        outcomes.raw[mask], outcomes.horizon[mask], outcomes.step[mask], outcomes.target[mask]
-    )
+def _where(errors: RecentErrors, mask: np.ndarray) -> RecentErrors:
+    e = errors
+    return RecentErrors(e.step[mask], e.known_at[mask], e.low[mask], e.high[mask])
 
 
-def _joined(a: Outcomes, b: Outcomes) -> Outcomes:
-    return Outcomes(
-        np.concatenate([a.raw, b.raw]),
-        np.concatenate([a.horizon, b.horizon]),
+def _joined(a: RecentErrors, b: RecentErrors) -> RecentErrors:
+    return RecentErrors(
         np.concatenate([a.step, b.step]),
-        np.concatenate([a.target, b.target]),
+        np.concatenate([a.known_at, b.known_at]),
+        np.concatenate([a.low, b.low]),
+        np.concatenate([a.high, b.high]),
     )

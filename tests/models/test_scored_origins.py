@@ -18,7 +18,7 @@ from models.forecaster import (
     fit_global_forecaster,
     forecast_latest,
 )
-from models.forecaster.calibration import Outcomes
+from models.forecaster.calibration import Outcomes, RecentErrors
 from models.forecaster.prediction import _recent_origins
 from models.forecaster.scored_origins import ScoredOrigins
 from warehouse.sources.synthetic import generate_synthetic
@@ -140,11 +140,11 @@ def test_memory_stays_within_the_recalibration_window(batch, fitted):
     entry = scored._clients["c0001"]
     assert min(entry.origins) >= recent[0]
     assert len(entry.origins) <= recent[-1] - recent[0] + 1
-    for metric, outcomes in entry.outcomes.items():
-        assert outcomes.step.min() >= recent[0], metric
+    for metric, errors in entry.errors.items():
+        assert errors.step.min() >= recent[0], metric
         # one row per (origin, horizon): none counted twice
-        pairs = set(zip(outcomes.step.tolist(), outcomes.horizon.tolist(), strict=True))
-        assert len(pairs) == len(outcomes.step), metric
+        pairs = set(zip(errors.step.tolist(), errors.known_at.tolist(), strict=True))
+        assert len(pairs) == len(errors.step), metric
 
 
 def test_an_origin_scored_again_replaces_its_remembered_rows(fitted):
@@ -159,12 +159,15 @@ def test_an_origin_scored_again_replaces_its_remembered_rows(fitted):
             np.full((len(steps), 3), value), np.tile([1, 2], len(origins)), steps, steps * 0.0
         )
 
-    first = scored.outcomes(own, "requests", rows([10, 12], 1.0), wanted=[10, 12])
+    first = scored.errors(own, "requests", rows([10, 12], 1.0), wanted=[10, 12])
     assert len(first.step) == 4
-    again = scored.outcomes(own, "requests", rows([12, 14], 2.0), wanted=[10, 12, 14])
+    again = scored.errors(own, "requests", rows([12, 14], 2.0), wanted=[10, 12, 14])
     assert sorted(again.step.tolist()) == [10, 10, 12, 12, 14, 14]
-    assert (again.raw[again.step == 12] == 2.0).all()
-    later = scored.outcomes(own, "requests", rows([16], 3.0), wanted=[14, 16])
+    # the origin scored again has the errors of its second scoring, not the first
+    second = RecentErrors.of(own.models["requests"], rows([12], 2.0))
+    np.testing.assert_array_equal(again.low[again.step == 12], second.low)
+    assert not np.array_equal(again.low[again.step == 12], first.low[first.step == 12])
+    later = scored.errors(own, "requests", rows([16], 3.0), wanted=[14, 16])
     assert sorted(later.step.tolist()) == [14, 14, 16, 16]
 
 
