@@ -262,7 +262,8 @@ def check_composite(
     anticipated section, rendered), and the static ones stay the same cycle after cycle
     (measured at 1,000 clients: 1.3 s of a 3.6-s plan). Only passes are remembered, by the
     digest of the composite's `repr` (which tells 1 from "1" and 1.0, a tuple from a list,
-    unlike JSON), at most _PASSED_MAX of them, the least recently seen forgotten first.
+    unlike JSON) and the limits, at most _PASSED_MAX of them, the least recently seen
+    forgotten first.
     """
     key = _composite_key(composite, limits)
     with _PASSED_LOCK:
@@ -271,11 +272,17 @@ def check_composite(
             return
     check_document(composite, source)
     check_workload(composite, source, "$", limits)
-    if key is not None:
-        with _PASSED_LOCK:
-            _PASSED[key] = None
-            if len(_PASSED) > _PASSED_MAX:
-                _PASSED.popitem(last=False)
+    if key is None:
+        return
+    # Without limits the checks are a subset: what passed with them passes without (the
+    # render's own check of a composite the plan composed).
+    without = _composite_key(composite, None) if limits is not None else None
+    with _PASSED_LOCK:
+        for passed in (key, without):
+            if passed is not None:
+                _PASSED[passed] = None
+        while len(_PASSED) > _PASSED_MAX:
+            _PASSED.popitem(last=False)
 
 
 _PASSED: OrderedDict[bytes, None] = OrderedDict()
@@ -284,11 +291,14 @@ _PASSED_LOCK = threading.Lock()
 
 
 def _composite_key(composite: Mapping[str, Any], limits: SchemaLimits | None) -> bytes | None:
-    """The digest a passed composite is remembered by; None for a document too deep to
-    `repr` (checked in full: the walk names what is wrong)."""
+    """The digest a passed composite is remembered by: its top-level keys sorted (the plan
+    composes them in one order, the render dumps them in another); None for a document with
+    a key that is not a string or too deep to `repr` (checked in full: the walk names what
+    is wrong)."""
     try:
-        text = f"{type(composite).__name__}|{limits!r}|{composite!r}"
-    except RecursionError:
+        items = sorted(composite.items())
+        text = f"{type(composite).__name__}|{limits!r}|{items!r}"
+    except (TypeError, RecursionError):
         return None
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
 

@@ -96,6 +96,8 @@ def test_a_passed_composite_is_not_walked_again_and_refusals_are_never_remembere
     walks.clear()
     schema_checks.check_composite(composite, "again", LIMITS)
     schema_checks.check_composite(dict(composite), "a copy", LIMITS)
+    schema_checks.check_composite(composite, "rendered", None)  # no limits: a subset
+    schema_checks.check_composite(dict(reversed(composite.items())), "reordered", None)
     assert walks == []  # passed before, under these limits: not walked again
     # Stricter limits are checked afresh, and refuse.
     strict = schema_checks.SchemaLimits(("other/image:1",), 16.0, 65536.0)
@@ -113,6 +115,8 @@ def test_a_passed_composite_is_not_walked_again_and_refusals_are_never_remembere
     schema_checks.check_composite(passed, "passed", LIMITS)
     with pytest.raises(SchemaRejected, match="a key is integer, not a string"):
         schema_checks.check_composite({**composite, "routing": {"weights": {1: 1.0}}}, "x", LIMITS)
+    with pytest.raises(SchemaRejected, match=r"\$: a key is integer, not a string"):
+        schema_checks.check_composite({**composite, 1: "x"}, "top", LIMITS)
 
 
 def test_a_deep_document_is_refused_before_it_is_parsed():
