@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -172,18 +173,28 @@ def test_the_mlflow_server_runs_without_its_job_consumers(running_stack):
     assert not [c for c in descendants if "huey" in c or "_job_runner" in c], descendants
 
 
+def _prefect(method: str, url: str, **kwargs: Any) -> httpx.Response:
+    """A Prefect API call, retried while the server answers 503: its SQLite database is busy
+    (under the whole suite's load; Prefect's own client retries these the same way)."""
+    for _ in range(10):
+        response = httpx.request(method, url, timeout=10, **kwargs)
+        if response.status_code != 503:
+            break
+        time.sleep(1.0)
+    response.raise_for_status()
+    return response
+
+
 def _run_deployment(settings: Settings, name: str, timeout_s: float = 300.0) -> dict:
     """Start a run of a served deployment through the Prefect API; its final state."""
     api = stack.prefect_api_url(settings)
-    found = httpx.post(
-        f"{api}/deployments/filter", json={"deployments": {"name": {"any_": [name]}}}, timeout=10
-    ).json()
+    wanted = {"deployments": {"name": {"any_": [name]}}}
+    found = _prefect("POST", f"{api}/deployments/filter", json=wanted).json()
     assert found, f"no deployment {name}"
-    run = httpx.post(f"{api}/deployments/{found[0]['id']}/create_flow_run", json={}, timeout=10)
-    run.raise_for_status()
+    run = _prefect("POST", f"{api}/deployments/{found[0]['id']}/create_flow_run", json={})
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        state = httpx.get(f"{api}/flow_runs/{run.json()['id']}", timeout=10).json()["state"]
+        state = _prefect("GET", f"{api}/flow_runs/{run.json()['id']}").json()["state"]
         if state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
             return state
         time.sleep(1.0)
