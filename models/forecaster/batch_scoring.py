@@ -38,7 +38,8 @@ _NONE = slice(0, 0)
 PastErrors = Callable[["ClientForecaster", str, Outcomes], RecentErrors]
 
 
-def _as_scored(forecaster: ClientForecaster, metric: str, fresh: Outcomes) -> RecentErrors:
+def fresh_errors(forecaster: ClientForecaster, metric: str, fresh: Outcomes) -> RecentErrors:
+    """The errors of outcomes just scored, with nothing remembered from earlier runs."""
     return RecentErrors.of(forecaster.models[metric], fresh)
 
 
@@ -83,7 +84,7 @@ def score_near(
     now: Part,
     past: Part,
     config: ForecastConfig,
-    past_errors: PastErrors = _as_scored,
+    past_errors: PastErrors = fresh_errors,
 ) -> pl.DataFrame | None:
     """One metric's forecasts over the horizon (`now`) for `users`, each recalibrated on
     its errors at the recent origins: those of `past`, as `past_errors` completes them

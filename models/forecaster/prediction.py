@@ -20,7 +20,13 @@ from models.features import (
     to_long,
     ts_of,
 )
-from models.forecaster.batch_scoring import Part, forecast_frame, score_far, score_near
+from models.forecaster.batch_scoring import (
+    Part,
+    forecast_frame,
+    fresh_errors,
+    score_far,
+    score_near,
+)
 from models.forecaster.calibration import Outcomes, RecentErrors, _final_quantiles, _to_values
 from models.forecaster.config import ForecastConfig
 from models.forecaster.frames import _scales, _step_of_datetime, client_frame
@@ -206,7 +212,7 @@ def _forecast_family(
 
     def past_errors(forecaster: ClientForecaster, metric: str, fresh: Outcomes) -> RecentErrors:
         if scored is None or forecaster.client_id not in remembered:
-            return RecentErrors.of(forecaster.models[metric], fresh)
+            return fresh_errors(forecaster, metric, fresh)
         return scored.errors(forecaster, metric, fresh, remembered[forecaster.client_id])
 
     for metric in dict.fromkeys(m for f in served for m in f.metrics):
