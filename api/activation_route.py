@@ -10,6 +10,7 @@ runtime's own calls (list, lease, unpause; a cold start) run in a worker thread.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import replace
@@ -49,13 +50,15 @@ FORECAST_ONLY = "forecast-only"
 AFFINITY_HEADER = "X-Prewarm-Affinity"
 # A key is hashed, never stored or echoed: bounded so a request cannot make hashing costly,
 # printable ASCII without edge spaces so every HTTP stack passes it on unchanged.
+AFFINITY_MAX_LENGTH = 128
+AFFINITY_PATTERN = r"^[!-~]([ -~]*[!-~])?$"
 AffinityKey = Annotated[
     str | None,
     Header(
         alias=AFFINITY_HEADER,
         min_length=1,
-        max_length=128,
-        pattern=r"^[!-~]([ -~]*[!-~])?$",
+        max_length=AFFINITY_MAX_LENGTH,
+        pattern=AFFINITY_PATTERN,
         description="Keeps requests with one key on one member (or host) when the client's "
         "schema asks for routing affinity (`routing.affinity`: session or host); 1-128 "
         "printable ASCII characters. Ignored otherwise.",
@@ -150,6 +153,24 @@ async def activate_for_request(
         # The row keeps the cause (for the operator); the answer does not.
         refusal.activation = replace(refusal.activation, error=f"{type(error).__name__}: {error}")
         raise refusal from error
+
+
+async def answer_activation(
+    ctx: AppContext, client_id: str, affinity_key: str | None
+) -> Activated | JSONResponse:
+    """POST /activate once the request is authenticated and valid: the answer, its outcome
+    queued for `pool_events` (written within `record_linger_s`)."""
+    started = time.perf_counter()
+    outcome: ActivationOutcome | Activation
+    response: Activated | JSONResponse
+    try:
+        outcome = await activate_for_request(ctx, client_id, started, affinity_key)
+    except Refusal as refusal:
+        outcome, response = refusal.activation, refusal.response
+    else:
+        response = activation_response(outcome)
+    record_outcome(ctx, client_id, outcome)
+    return response
 
 
 def _cold_start_inputs(view: ClientView) -> tuple[dict[str, Any], str | None]:

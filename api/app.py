@@ -6,8 +6,8 @@ runtime; `flows/` owns settings and passes them in. OpenAPI is served at /openap
 
 This module assembles the app; the pieces live beside it: `api.context` (the state the
 routes share, warehouse access), `api.auth` (API keys), `api.middleware` (body cap,
-catch-all 500), `api.handlers` (error answers), `api.routes` (the /v1 routes) and
-`api.activation_route` (what POST /activate does).
+catch-all 500), `api.handlers` (error answers), `api.routes` (the /v1 routes),
+`api.activation_route` (what POST /activate does) and `api.activate_asgi` (where).
 
 Security decisions:
 
@@ -31,7 +31,9 @@ the file and its write-ahead log per request). When another process (the cycle, 
 changed the warehouse, the first request after it reads them again, off the event loop, on
 one connection for all the clients waiting; this API's own changes (schema, attributes)
 do the same. Only the runtime's own calls (list, lease, unpause; a cold start) run in a
-worker thread. The activation outcome is queued for a background writer
+worker thread. POST /activate is answered before the router (`api.activate_asgi`: the same
+code and checks as its route, without FastAPI's routing and dependency solving). The
+activation outcome is queued for a background writer
 (`api.recorder`), which hands a batch to a child process (`api.outcome_writer`: DuckDB's
 open and checkpoint hold the GIL for tens of milliseconds) when the oldest queued outcome
 is `record_linger_s` (0.5 s) old, and everything queued on shutdown; a crash loses at most
@@ -61,6 +63,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from starlette.concurrency import run_in_threadpool
 
+from api.activate_asgi import ActivateAsgi
 from api.change_routes import changes_router
 from api.context import RECORD_LINGER_S, AppContext, context_of
 from api.handlers import install_handlers
@@ -148,6 +151,8 @@ def create_app(
     app.include_router(v1_router())
     app.include_router(changes_router())
     install_handlers(app)
+    # Inside the body cap and the catch-all, before the router (see `api.activate_asgi`).
+    app.add_middleware(ActivateAsgi, api=app)
     # Added last = outermost: errors anywhere inside, the body limit included, are caught.
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.add_middleware(CatchAll)

@@ -75,6 +75,24 @@ class _NeedsReload(Exception):
     """The key snapshot is not current: the check must run where it may wait (a thread)."""
 
 
+def authenticated_from_memory(request: Request) -> bool:
+    """Authenticate against the key snapshot in memory (401 / 403 as `HTTPException`); False,
+    having decided nothing, when the snapshot must be read again first."""
+    keys = context_of(request).keys
+
+    def from_memory(key: str) -> str | None:
+        known, client_id = keys.cached_client_of(key)
+        if not known:
+            raise _NeedsReload
+        return client_id
+
+    try:
+        _authenticate(request, from_memory)
+    except _NeedsReload:
+        return False
+    return True
+
+
 class AuthenticatedRoute(APIRoute):
     """A route that authenticates before FastAPI reads or validates anything else.
 
@@ -86,20 +104,10 @@ class AuthenticatedRoute(APIRoute):
         handler = super().get_route_handler()
 
         async def authenticated(request: Request) -> Response:
-            keys = context_of(request).keys
-
-            def from_memory(key: str) -> str | None:
-                known, client_id = keys.cached_client_of(key)
-                if not known:
-                    raise _NeedsReload
-                return client_id
-
-            try:
-                _authenticate(request, from_memory)
-            except _NeedsReload:
-                wait_s = context_of(request).lock_wait_s
+            if not authenticated_from_memory(request):
+                ctx = context_of(request)
                 await run_in_threadpool(
-                    _authenticate, request, lambda key: keys.client_of(key, wait_s)
+                    _authenticate, request, lambda key: ctx.keys.client_of(key, ctx.lock_wait_s)
                 )
             return await handler(request)
 

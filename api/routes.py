@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Request, Response, Security
@@ -11,14 +10,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader, HTTPBearer
 from starlette.exceptions import HTTPException
 
-from api.activation import ActivationOutcome
-from api.activation_route import (
-    AffinityKey,
-    Refusal,
-    activate_for_request,
-    activation_response,
-    record_outcome,
-)
+from api.activation_route import AffinityKey, answer_activation
 from api.auth import API_KEY_HEADER, AuthenticatedRoute
 from api.context import context_of
 from api.models import (
@@ -32,7 +24,6 @@ from api.models import (
 )
 from api.profile import profile_response as profile_response  # `prewarm profile --json`
 from provisioning.schema_model import Composite, SchemaError
-from warehouse.activations import Activation
 from warehouse.feedback import record_feedback
 from warehouse.validation import CLIENT_ID_PATTERN
 
@@ -149,18 +140,6 @@ def v1_router() -> APIRouter:
         client's schema `routing` chooses: its weights per host, and its affinity with the
         `X-Prewarm-Affinity` key (a member shared with the key's other requests).
         """
-        ctx = context_of(request)
-        started = time.perf_counter()
-        outcome: ActivationOutcome | Activation
-        response: Activated | JSONResponse
-        try:
-            outcome = await activate_for_request(ctx, client_id, started, affinity)
-        except Refusal as refusal:
-            outcome, response = refusal.activation, refusal.response
-        else:
-            response = activation_response(outcome)
-        # Queued for the background writer: in `pool_events` within `record_linger_s`.
-        record_outcome(ctx, client_id, outcome)
-        return response
+        return await answer_activation(context_of(request), client_id, affinity)
 
     return router
