@@ -29,7 +29,9 @@ The process-runtime rounds (profile, health, warm activation) run twice: alone, 
 beside the real `prewarm-cycle` flow on `--cycle-clients` (100) cached synthetic clients
 running back to back in a process of its own (`bench/cycle.py --background`, its own
 warehouse and pool; the cache is built by training on first use), as the issue asks. The
-headline numbers are those beside the cycle; `alone` in the details.
+headline numbers are those beside the cycle; `alone` in the details. After each server's
+clean stop, every activation it answered must have its `pool_events` row, or the benchmark
+fails.
 
 Latencies are measured by the caller from the request's first byte sent to the answer's
 last byte read; `rps` is requests over the wall time of the run. Targets from issue 16:
@@ -639,6 +641,10 @@ def main() -> None:
     for name, run in (("alone", quiet), ("beside the cycle", process)):
         if not run["activate"].runtime_ms:
             raise SystemExit(f"no warm activation succeeded {name}: {run['activate'].errors}")
+        rows = run["rows"]
+        if rows["activation_rows"] != rows["activations_answered"]:
+            # Every answered activation has its row after a clean stop: a loss is a bug.
+            raise SystemExit(f"activation outcomes lost {name}: {rows}")
     alone = process["runtime_alone"]
     runtime_p50 = statistics.median(activate.runtime_ms)
     results = {
