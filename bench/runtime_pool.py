@@ -14,6 +14,9 @@ version's own state file) measures, on members it creates with real workers:
   create_shadow    spawn, first health answer, SIGSTOP
   activate_warm    SIGCONT to the first health answer, one caller (the call's wall time)
   stats, list      one member's; every member (the whole pool)
+  list_client      the members of one client (this process's `2 x samples`): what every
+                   activation through the API lists first; `_settled`: the same once the
+                   pool has not changed for a second (as between two apply steps)
   release_cold     forget a record; release_shadow: terminate the worker too
   activate_8       8 callers at once, each warm-activating a member of its own, round after
                    round (p50 and p99 over every activation)
@@ -61,7 +64,7 @@ def percentile(samples: list[float], q: float) -> float:
 
 def measure(state: Path, samples: int, rounds: int) -> dict[str, Any]:
     """Time each call on members this process creates in the pool of `state`."""
-    from provisioning.runtime.base import ContainerSpec
+    from provisioning.runtime.base import LABEL_CLIENT, ContainerSpec
     from provisioning.runtime.process_runtime import ProcessRuntime
 
     runtime = ProcessRuntime(state, grace_s=0.5)
@@ -85,6 +88,13 @@ def measure(state: Path, samples: int, rounds: int) -> dict[str, Any]:
         timed("stats", runtime.stats, member.id)
     for _ in range(3):
         timed("list", runtime.list)
+    # What every activation through the API lists first: right after this process's
+    # members were created, then with the pool unchanged for a second (between applies).
+    for _ in range(samples):
+        timed("list_client", runtime.list, {LABEL_CLIENT: "bench"})
+    time.sleep(1.1)
+    for _ in range(samples):
+        timed("list_client_settled", runtime.list, {LABEL_CLIENT: "bench"})
     together = _activate_together(runtime, [m.id for m in shadows[:CALLERS]], rounds)
     for member in cold:
         timed("release_cold", runtime.release, member.id)

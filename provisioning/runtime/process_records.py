@@ -11,9 +11,11 @@ the same whatever the pool's size and calls on different members never wait for 
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -55,21 +57,59 @@ def records_dir(state_path: Path) -> Path:
     return state_path.with_name(state_path.stem + "-members")
 
 
+# A directory's mtime comes from a coarse clock: a change in the same tick as the one before
+# it can leave the mtime as it was. So the names of a directory are kept only if it had not
+# changed for this long when they were read (git's "racily clean" rule); until then, every
+# listing reads the directory again.
+_SETTLED_NS = 1_000_000_000
+
+
+@dataclass(frozen=True)
+class _Listing:
+    """A settled directory's file names, sorted, and the directory they were read from."""
+
+    signature: tuple[int, int]  # (inode, mtime ns), taken before the names were read
+    names: list[str]
+
+
 class MemberRecords(MemberLocks):
     """The directory of per-member record files and their locks."""
+
+    _listing: _Listing | None = None
 
     def read(self, member_id: str) -> _Record | None:
         """The member's record, or None when there is none (or it cannot be read)."""
         return _load(self.directory / f"{member_id}.json")
 
     def read_all(self, prefix: str = "") -> list[_Record]:
-        """Every record whose member id starts with `prefix`, read without any lock."""
+        """Every record whose member id starts with `prefix`, read without any lock.
+
+        The directory's names are kept until it changes (its mtime): an API activation lists
+        its client's records, and reading the whole directory cost ~0.5 us a member of the
+        pool (1.6 ms at 2,000 members) for the few of one client."""
+        paths = (self.directory / name for name in self._names(prefix) if name.endswith(".json"))
+        return [record for record in map(_load, paths) if record is not None]
+
+    def _names(self, prefix: str) -> list[str]:
+        """The directory's file names that start with `prefix`, sorted."""
         try:
-            names = [e.name for e in os.scandir(self.directory) if e.name.startswith(prefix)]
+            stat = os.stat(self.directory)
+            signature = (stat.st_ino, stat.st_mtime_ns)
+            listing = self._listing
+            if listing is None or listing.signature != signature:
+                if time.time_ns() - stat.st_mtime_ns < _SETTLED_NS:
+                    return sorted(
+                        e.name for e in os.scandir(self.directory) if e.name.startswith(prefix)
+                    )
+                listing = _Listing(signature, sorted(e.name for e in os.scandir(self.directory)))
+                self._listing = listing  # one assignment: safe across threads
         except FileNotFoundError:
             return []
-        paths = (self.directory / name for name in sorted(names) if name.endswith(".json"))
-        return [record for record in map(_load, paths) if record is not None]
+        names = listing.names
+        first = end = bisect.bisect_left(names, prefix)
+        while end < len(names) and names[end].startswith(prefix):
+            end += 1
+        return names[first:end]
 
     def discard(self, member_id: str) -> None:
         """Delete the member's record and its lock file; only while holding that lock."""
