@@ -480,7 +480,7 @@ def cycle_running(clients: int, workdir: Path) -> Iterator[Callable[[], int]]:
             time.sleep(1.0)
         yield finished
     finally:
-        cycle.send_signal(signal.SIGTERM)
+        cycle.send_signal(signal.SIGUSR1)  # not SIGTERM: Prefect's handler may take it
         try:
             cycle.wait(timeout=900)  # finishes the cycle under way, then releases its pool
         except subprocess.TimeoutExpired:
