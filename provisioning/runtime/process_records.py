@@ -59,9 +59,9 @@ def records_dir(state_path: Path) -> Path:
 
 # A directory's mtime comes from a coarse clock: a change in the same tick as the one before
 # it can leave the mtime as it was. So the names of a directory are kept only if it had not
-# changed for this long when they were read (git's "racily clean" rule); until then, every
-# listing reads the directory again.
-_SETTLED_NS = 1_000_000_000
+# changed for longer than the coarsest tick (FAT's 2 s) when they were read (git's "racily
+# clean" rule); until then, every listing reads the directory again.
+_SETTLED_NS = 3_000_000_000
 
 
 @dataclass(frozen=True)
