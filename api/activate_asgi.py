@@ -36,12 +36,10 @@ from api.activation_route import (
 from api.auth import authenticated_from_memory
 from api.context import context_of
 from api.models import Activated
-from warehouse.validation import CLIENT_ID_PATTERN
+from warehouse.validation import is_client_id
 
 # The route's path, as Starlette compiles `/v1/clients/{client_id}/activate`.
 _ROUTE = re.compile(r"^/v1/clients/(?P<client_id>[^/]+)/activate$")
-_CLIENT_ID = re.compile(CLIENT_ID_PATTERN)
-_CLIENT_ID_MAX_LENGTH = 128  # routes.ClientId
 _AFFINITY = re.compile(AFFINITY_PATTERN)
 
 
@@ -65,7 +63,9 @@ class ActivateAsgi:
                 await self.app(scope, receive, send)  # the key snapshot must be read again
                 return
             affinity = request.headers.get(AFFINITY_HEADER)
-            if not (_valid_client_id(client_id) and _valid_affinity(affinity)):
+            # The route's own checks: its client id pattern (at most 128 characters), and
+            # the affinity header's.
+            if not (is_client_id(client_id) and _valid_affinity(affinity)):
                 await self.app(scope, receive, send)  # the route's 422, naming the field
                 return
             answer = await answer_activation(context_of(request), client_id, affinity)
@@ -77,10 +77,6 @@ class ActivateAsgi:
         else:
             response = _as_response(answer)
         await response(scope, receive, send)
-
-
-def _valid_client_id(client_id: str) -> bool:
-    return len(client_id) <= _CLIENT_ID_MAX_LENGTH and _CLIENT_ID.match(client_id) is not None
 
 
 def _valid_affinity(affinity: str | None) -> bool:

@@ -98,6 +98,7 @@ class MemberRecords(MemberLocks):
             listing = self._listing
             if listing is None or listing.signature != signature:
                 if time.time_ns() - stat.st_mtime_ns < _SETTLED_NS:
+                    # Not kept, so not sorted whole: filtering while reading costs less.
                     return sorted(
                         e.name for e in os.scandir(self.directory) if e.name.startswith(prefix)
                     )

@@ -11,6 +11,10 @@ from typing import Any
 import httpx
 from fastapi.testclient import TestClient
 
+from api.composite import client_composite
+from provisioning.reconciler import build_spec
+from provisioning.runtime.base import ContainerRuntime
+from provisioning.schema_render import render_container_config
 from warehouse.db import connect, fetch_value
 
 MALFORMED_JSON = b'{"score": 3, "window_start": '
@@ -59,3 +63,9 @@ def call_api(
         headers = {**(headers or {}), "Content-Type": "application/json"}
         return client.request(method, path, headers=headers, content=body)
     return client.request(method, path, headers=headers, json=body)
+
+
+def shadow_member(runtime: ContainerRuntime, path: Path, scope: dict[str, str]) -> str:
+    """A shadow member of client `a` (its rendered config, host h1) in `scope`; its id."""
+    config = render_container_config(client_composite(path, "a"))
+    return runtime.create(build_spec("a", "shadow", "h1", config, "test-plan", labels=scope)).id

@@ -13,13 +13,10 @@ from fastapi.testclient import TestClient
 
 import api.routes
 from api.activate_asgi import ActivateAsgi
-from api.composite import client_composite
 from provisioning.apply import release_all
-from provisioning.reconciler import build_spec
 from provisioning.runtime.process_runtime import ProcessRuntime
-from provisioning.schema_render import render_container_config
 from tests.api.conftest import World
-from tests.api.helpers import WELL_FORMED_UNKNOWN_KEY, bearer, wait_for_rows
+from tests.api.helpers import WELL_FORMED_UNKNOWN_KEY, bearer, shadow_member, wait_for_rows
 from warehouse.api_keys import issue_key
 
 ACTIVATE_A = "/v1/clients/a/activate"
@@ -42,11 +39,6 @@ def route_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 def _without_fast_path(app: FastAPI) -> FastAPI:
     app.user_middleware = [m for m in app.user_middleware if m.cls is not ActivateAsgi]
     return app
-
-
-def _shadow(runtime: ProcessRuntime, world: World, scope: dict[str, str]) -> str:
-    config = render_container_config(client_composite(world.path, "a"))
-    return runtime.create(build_spec("a", "shadow", "h1", config, "test-plan", labels=scope)).id
 
 
 def _outcomes(client: TestClient, world: World) -> list[httpx.Response]:
@@ -86,7 +78,7 @@ def test_every_outcome_is_answered_as_the_route_answers_it(
     for name in ("route", "fast"):
         runtime = ProcessRuntime(tmp_path / f"{name}-pool.json", grace_s=0.5)
         try:
-            shadow = _shadow(runtime, world, pool_scope)
+            shadow = shadow_member(runtime, world.path, pool_scope)
             # Two activations in a burst, then the third is refused: the rate limit answers.
             app = make_app(runtime, activate_rate=0.001, activate_burst=2)
             with TestClient(app if name == "fast" else _without_fast_path(app)) as client:

@@ -15,8 +15,6 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from api.composite import client_composite
-from provisioning.reconciler import build_spec
 from provisioning.runtime.base import (
     ActivationTimeout,
     ContainerRuntime,
@@ -27,18 +25,11 @@ from provisioning.runtime.base import (
 )
 from provisioning.runtime.docker_runtime import DockerRuntime
 from provisioning.runtime.process_runtime import ProcessRuntime
-from provisioning.schema_render import render_container_config
 from tests.api.conftest import POOL_LABEL, World
-from tests.api.helpers import bearer, wait_for_rows
+from tests.api.helpers import bearer, shadow_member, wait_for_rows
 from warehouse.db import connect, fetch_frame
 
 # --- activation ---------------------------------------------------------------------------
-
-
-def _shadow_member(runtime: ContainerRuntime, world: World, scope: dict[str, str]) -> str:
-    config = render_container_config(client_composite(world.path, "a"))
-    spec = build_spec("a", "shadow", "h1", config, "test-plan", labels=scope)
-    return runtime.create(spec).id
 
 
 def _answers(endpoint: str) -> bool:
@@ -58,7 +49,7 @@ def test_activation_claims_the_shadow_then_cold_starts(
     process_runtime: ProcessRuntime,
     pool_scope: dict[str, str],
 ) -> None:
-    shadow_id = _shadow_member(process_runtime, world, pool_scope)
+    shadow_id = shadow_member(process_runtime, world.path, pool_scope)
 
     warm = client.post("/v1/clients/a/activate", headers=bearer(world.key_a))
 
@@ -179,7 +170,7 @@ def test_activation_on_docker_leaves_the_container_running(
     pool_scope: dict[str, str],
 ) -> None:
     client = TestClient(make_app(docker_runtime))
-    shadow_id = _shadow_member(docker_runtime, world, pool_scope)
+    shadow_id = shadow_member(docker_runtime, world.path, pool_scope)
     assert docker_client.containers.get(shadow_id).status == "paused"
 
     warm = client.post("/v1/clients/a/activate", headers=bearer(world.key_a))
