@@ -24,13 +24,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from provisioning.apply import activate_one
+from provisioning.apply import activate_one, route_candidates
 from provisioning.reconciler import build_spec
 from provisioning.runtime.base import (
     LABEL_CLIENT,
     LABEL_MANAGED,
     LABEL_PLAN,
     ContainerRuntime,
+    LoopActivation,
     Member,
     Tier,
     ms_since,
@@ -154,6 +155,60 @@ def activate_or_cold_start(
         return _cold_start(request, cold_start_inputs)
     finally:
         cap.lock.release()
+
+
+async def claim_warm_on_loop(
+    runtime: ContainerRuntime,
+    client_id: str,
+    scope: Mapping[str, str],
+    leases: LeaseBook,
+    lease_seconds: float,
+    *,
+    cap: ColdStartCap,
+    read_routing: Callable[[], Routing] | None = None,
+    affinity_key: str | None = None,
+) -> ActivationOutcome | None:
+    """The usual request served on the event loop, with no worker thread: the client's
+    first candidate (its routing's choice) is an active member (no runtime call), or a
+    shadow its runtime resumes on the loop (`LoopActivation`: the process runtime).
+
+    None, with no lease left taken, for everything else: a runtime without a loop path
+    (Docker), no idle member, a cold or busy member, a cold start of this client under way.
+    `activate_or_cold_start` then serves the request in a thread, as it always did. The
+    listing and the lease are a few small files read and written at once; the one wait, the
+    member's health answer, is awaited."""
+    if not isinstance(runtime, LoopActivation):
+        return None
+    members = runtime.list_on_loop({LABEL_MANAGED: "1", **scope, LABEL_CLIENT: client_id})
+    if cap.lock.locked():  # after the listing, for the reason `activate_or_cold_start` says
+        return None
+    candidates = route_candidates(
+        runtime,
+        client_id,
+        leases,
+        lease_seconds,
+        members=members,
+        read_routing=read_routing,
+        affinity_key=affinity_key,
+    )
+    taken = candidates.take()
+    if taken is None:
+        return None
+    member, joined = taken
+    if member.tier == "active":
+        log.info("claimed active %s for %s", member.id, client_id)
+        return ActivationOutcome(member, 0.0, cold_start=False, tier_before="active")
+    activated = None
+    if member.tier == "shadow":
+        try:
+            activated = await runtime.activate_on_loop(member.id)
+        except BaseException:
+            candidates.give_back(member.id, joined)
+            raise
+    if activated is None:
+        candidates.give_back(member.id, joined)
+        return None
+    return ActivationOutcome(activated[0], activated[1], cold_start=False, tier_before="shadow")
 
 
 @dataclass(frozen=True)

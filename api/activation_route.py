@@ -3,8 +3,10 @@ mode, then a bounded activation (`api.activation`); every outcome, refusals incl
 queued for `pool_events`.
 
 Everything before the runtime call answers from memory on the event loop (the token
-bucket, the client's view: mode, planned members, routing, composite, host); only the
-runtime's own calls (list, lease, unpause; a cold start) run in a worker thread.
+bucket, the client's view: mode, planned members, routing, composite, host). The usual
+warm claim stays on the loop too (`claim_warm_on_loop`: an idle active member, or a shadow
+the process runtime resumes with its health answer awaited); the rest of the runtime's
+work (Docker's calls, a cold member, a busy one, a cold start) runs in a worker thread.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from api.activation import (
     ActivationRefused,
     ColdStartCap,
     activate_or_cold_start,
+    claim_warm_on_loop,
 )
 from api.context import BUSY_DETAIL, RETRY, AppContext, WarehouseUnavailable
 from api.middleware import error_response
@@ -37,7 +40,7 @@ from api.models import (
 from api.rate import retry_after
 from api.views import ClientView
 from provisioning.runtime.base import LABEL_HOST, PrewarmRuntimeError, ms_since
-from provisioning.schema_model import SchemaError
+from provisioning.schema_model import Routing, SchemaError
 from provisioning.schema_render import render_container_config
 from warehouse.activations import Activation
 from warehouse.errors import WarehouseBusy
@@ -127,7 +130,23 @@ async def activate_for_request(
         wait_s=ctx.lock_wait_s,
         lock=ctx.client_locks.of(client_id),
     )
+
+    def read_routing() -> Routing:  # read only when the client has members to choose from
+        return view.routing
+
     try:
+        on_loop = await claim_warm_on_loop(
+            runtime,
+            client_id,
+            ctx.pool_scope,
+            ctx.leases,
+            ctx.lease_seconds,
+            cap=cap,
+            read_routing=read_routing,
+            affinity_key=affinity_key,
+        )
+        if on_loop is not None:
+            return on_loop
         return await run_in_threadpool(
             activate_or_cold_start,
             runtime,
@@ -137,7 +156,7 @@ async def activate_for_request(
             ctx.leases,
             ctx.lease_seconds,
             cap=cap,
-            read_routing=lambda: view.routing,
+            read_routing=read_routing,
             affinity_key=affinity_key,
         )
     except ActivationRefused as refused:

@@ -262,40 +262,91 @@ def activate_one(
     has two members or more, as only then is there a choice. Without it, ties go by member
     id. `rng`: the weighted pick's randomness (tests seed one).
     """
-    if members is None:
-        members = runtime.list({**_selector(scope), LABEL_CLIENT: client_id})
-    listed = [m for m in members if m.client_id == client_id]
-    by_id = {m.id: m for m in listed}
-    routing = read_routing() if read_routing is not None and len(listed) > 1 else Routing()
-    route = route_request(listed, routing, client_id, affinity_key, rng)
-    remaining = [m.id for m in route.members]
-    while remaining:
-        member_id, joined = _take(leases, remaining, lease_seconds, route.shared)
-        if member_id is None:
-            break
-        remaining = remaining[remaining.index(member_id) + 1 :]
-        member = by_id[member_id]
+    candidates = route_candidates(
+        runtime,
+        client_id,
+        leases,
+        lease_seconds,
+        scope=scope,
+        members=members,
+        read_routing=read_routing,
+        affinity_key=affinity_key,
+        rng=rng,
+    )
+    while (taken := candidates.take()) is not None:
+        member, joined = taken
         if member.tier == "active":
             how = "joined busy" if joined else "claimed idle"
-            log.info("%s active %s for %s", how, member_id, client_id)
+            log.info("%s active %s for %s", how, member.id, client_id)
             return member, 0.0, "active"
         try:
-            activated, ms = runtime.activate(member_id)
+            activated, ms = runtime.activate(member.id)
         except MemberNotFound:
-            leases.end(member_id)
-            log.info("member %s vanished before activation; trying the next", member_id)
+            leases.end(member.id)
+            log.info("member %s vanished before activation; trying the next", member.id)
             continue
         except RuntimeUnavailable as error:  # its host's engine went away since the listing
-            _give_back(leases, member_id, joined)
-            log.warning("member %s is unreachable (%s); trying the next", member_id, error)
+            candidates.give_back(member.id, joined)
+            log.warning("member %s is unreachable (%s); trying the next", member.id, error)
             continue
         except BaseException:
-            _give_back(leases, member_id, joined)
+            candidates.give_back(member.id, joined)
             raise
-        log.info("activated %s %s for %s in %.1f ms", member.tier, member_id, client_id, ms)
+        log.info("activated %s %s for %s in %.1f ms", member.tier, member.id, client_id, ms)
         return activated, ms, member.tier
     log.info("no idle member for %s: the caller cold-starts", client_id)
     return None
+
+
+class Candidates:
+    """One request's members in the order its route tries them, leased one at a time."""
+
+    def __init__(
+        self, members: list[Member], shared: bool, leases: LeaseBook, lease_seconds: float
+    ) -> None:
+        self._by_id = {m.id: m for m in members}
+        self._remaining = [m.id for m in members]
+        self._shared = shared
+        self._leases = leases
+        self._lease_seconds = lease_seconds
+
+    def take(self) -> tuple[Member, bool] | None:
+        """The next candidate idle now (with `shared`: not being released or paused), its
+        lease taken, and whether another request held it (joined); None when none is left."""
+        if not self._remaining:
+            return None
+        member_id, joined = _take(self._leases, self._remaining, self._lease_seconds, self._shared)
+        if member_id is None:
+            self._remaining = []
+            return None
+        self._remaining = self._remaining[self._remaining.index(member_id) + 1 :]
+        return self._by_id[member_id], joined
+
+    def give_back(self, member_id: str, joined: bool) -> None:
+        """End the lease `take` gave; a joined one is the other request's to end."""
+        if not joined:
+            self._leases.end(member_id)
+
+
+def route_candidates(
+    runtime: ContainerRuntime,
+    client_id: str,
+    leases: LeaseBook,
+    lease_seconds: float,
+    *,
+    scope: Mapping[str, str] | None = None,
+    members: Iterable[Member] | None = None,
+    read_routing: Callable[[], Routing] | None = None,
+    affinity_key: str | None = None,
+    rng: random.Random | None = None,
+) -> Candidates:
+    """The client's members as its routing orders them for one request (`activate_one`)."""
+    if members is None:
+        members = runtime.list({**_selector(scope), LABEL_CLIENT: client_id})
+    listed = [m for m in members if m.client_id == client_id]
+    routing = read_routing() if read_routing is not None and len(listed) > 1 else Routing()
+    route = route_request(listed, routing, client_id, affinity_key, rng)
+    return Candidates(list(route.members), route.shared, leases, lease_seconds)
 
 
 def members_frame(members: Iterable[Member], plan_id: str) -> pl.DataFrame:
@@ -330,12 +381,6 @@ def _take(
         taken = leases.share(candidates, seconds)
         return taken if taken is not None else (None, False)
     return leases.claim(candidates, seconds), False
-
-
-def _give_back(leases: LeaseBook, member_id: str, joined: bool) -> None:
-    """End the lease this request took; a joined one is the other request's to end."""
-    if not joined:
-        leases.end(member_id)
 
 
 def _phase(action: Action) -> int:

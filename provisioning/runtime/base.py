@@ -31,7 +31,7 @@ HEALTH_PATH = "/health"
 CONNECT_TIMEOUT_S = 0.05
 # A health answer is a status line, a few headers and a short body; past this much it is
 # not one (and a server that never stops sending cannot keep the caller).
-_MAX_ANSWER_BYTES = 16384
+MAX_ANSWER_BYTES = 16384
 
 # Labels carried by every prewarm-managed member. `prewarm.tier` on a Docker container is the
 # tier at creation (Docker labels are immutable); runtimes report the *current* tier, derived
@@ -167,6 +167,23 @@ class ContainerRuntime(Protocol):
         ...
 
 
+@runtime_checkable
+class LoopActivation(Protocol):
+    """A runtime that can serve the usual warm activation on an asyncio event loop without
+    ever blocking it (the process runtime); anything it cannot do so, it declines, and the
+    caller makes the `ContainerRuntime` call in a thread."""
+
+    def list_on_loop(self, labels: dict[str, str]) -> list[Member]:
+        """`list` that waits for nothing: a member needing a call's lock to be caught up
+        with its process is reported as a listing does while a call holds that lock."""
+        ...
+
+    async def activate_on_loop(self, member_id: str) -> tuple[Member, float] | None:
+        """`activate` of a shadow, its health answer awaited on the loop; None, with
+        nothing done, when that is not possible without waiting."""
+        ...
+
+
 def utc_now() -> datetime:
     """Timezone-aware now in UTC."""
     return datetime.now(UTC)
@@ -218,9 +235,7 @@ class PendingRequest:
         self._sock = socket.create_connection((host, port), min(connect_timeout_s, timeout_s))
         try:
             self._sock.settimeout(timeout_s)
-            authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # IPv6 bracketed
-            request = f"GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
-            self._sock.sendall(request.encode("ascii"))
+            self._sock.sendall(health_request(host, port, path))
         except BaseException:
             self._sock.close()
             raise
@@ -239,13 +254,24 @@ class PendingRequest:
         self._sock.close()
 
 
+def health_request(host: str, port: int, path: str = HEALTH_PATH) -> bytes:
+    """The bytes of a GET that asks the server to close the connection once it answered."""
+    authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # IPv6 bracketed
+    return f"GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n".encode()
+
+
 def _answer_status(sock: socket.socket) -> int | None:
     """The status code of the HTTP answer on `sock` (None: not one), read to its end: the
     request asked the server to close once it answered, so it never meets a closed socket."""
     answer = bytearray()
-    while len(answer) <= _MAX_ANSWER_BYTES and (chunk := sock.recv(_MAX_ANSWER_BYTES)):
+    while len(answer) <= MAX_ANSWER_BYTES and (chunk := sock.recv(MAX_ANSWER_BYTES)):
         answer += chunk
-    status_line = bytes(answer).split(b"\r\n", 1)[0].split()
+    return answer_status(bytes(answer))
+
+
+def answer_status(answer: bytes) -> int | None:
+    """The status code an HTTP answer starts with; None when it is not one."""
+    status_line = answer.split(b"\r\n", 1)[0].split()
     if len(status_line) < 2 or not status_line[0].startswith(b"HTTP/"):
         return None
     return int(status_line[1]) if status_line[1].isdigit() else None

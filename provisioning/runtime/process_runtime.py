@@ -30,6 +30,7 @@ with the worker. Linux only (/proc).
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import logging
 import os
@@ -37,7 +38,7 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -61,6 +62,7 @@ from provisioning.runtime.base import (
     utc_now,
     wait_until_answering,
 )
+from provisioning.runtime.loop_health import LoopPendingRequest
 from provisioning.runtime.member_files import is_member_id
 from provisioning.runtime.process_control import (
     _CLOCK_TICKS,
@@ -188,13 +190,60 @@ class ProcessRuntime:
 
     def list(self, labels: dict[str, str] | None = None) -> list[Member]:
         """Members whose labels (with the current tier) equal every given label."""
-        client = (labels or {}).get(LABEL_CLIENT)
-        # A member id starts with its client's name part: listing one client's members (what
-        # every activation through the API does) reads that client's records only.
-        prefix = f"prewarm-{safe_name_part(client)}-" if client is not None else ""
-        listed = (_as_listed(seen) for seen in self._survey(prefix))
-        members = [self._member(seen.record, seen.stat) for seen in listed if seen is not None]
-        return [m for m in members if matches_labels(m.labels, labels)]
+        return self._list(labels, settle=True)
+
+    # -- the LoopActivation interface (what the API does on its event loop) -------------
+
+    def list_on_loop(self, labels: dict[str, str]) -> builtins.list[Member]:
+        """`list` without settling: a record whose worker died or whose spawn was
+        interrupted is reported as while a call holds its lock (`_as_listed`), and left
+        for the next call to catch up, as that can wait seconds for a worker to stop."""
+        return self._list(labels, settle=False)
+
+    async def activate_on_loop(self, member_id: str) -> tuple[Member, float] | None:
+        """`activate` of a shadow, without blocking the running loop: its lock taken only if
+        free now, the health request sent before SIGCONT (as `activate` does), its answer
+        awaited. None, with nothing done, when the member's lock is held, its record needs
+        settling, it is not a healthy-looking shadow, or its endpoint takes no connection
+        now: the caller then calls `activate` in a thread. When no answer comes, the rest is
+        `activate`'s, in a thread: poll, then stop the worker and raise ActivationTimeout."""
+        if not is_member_id(member_id):
+            return None
+        with self.records.try_locked(member_id) as mine:
+            if not mine:
+                return None
+            record = self.records.read(member_id)
+            if record is None:
+                self.records.discard(member_id)  # the lock file this look created
+                return None
+            if record.spawning is not None or record.endpoint is None:
+                return None
+            stat = _read_proc_stat(record.pid) if record.pid is not None else None
+            if record.pid is None or not _is_alive_as(stat, record.pid_start):
+                return None
+            if _tier_of(record, stat) != "shadow":
+                return None
+            started = time.perf_counter()
+            pending = await LoopPendingRequest.send(record.endpoint)
+            if pending is None:
+                return None
+            began = time.perf_counter()
+            with suppress(ProcessLookupError):  # identity checked just now, under the lock
+                os.kill(record.pid, signal.SIGCONT)
+            resumed = time.perf_counter()
+            if not await pending.answered_ok(self.health_timeout_s):
+                # In a thread, under this lock: it must not end before the thread does.
+                await _to_the_end(asyncio.to_thread(self._health_or_stop, record))
+            elapsed = ms_since(started)
+            record.timings_ms = {
+                "resume": (resumed - began) * 1000.0,
+                "resume_returned": (resumed - started) * 1000.0,
+                "first_answer": elapsed,
+            }
+            record.labels[LABEL_TIER] = "active"
+            member = self._member(record)
+        log.info("activated %s from shadow in %.1f ms (on the loop)", member_id, elapsed)
+        return member, elapsed
 
     def strays(self) -> dict[int, str]:
         """Workers of this state file that no record owns (pid -> member id): left running
@@ -264,12 +313,19 @@ class ProcessRuntime:
             record = self._settled(member_id)
             if record is None:
                 raise _not_found(member_id)
-            before = _essence(record)
-            try:
+            with self._saving(record):
                 yield record
-            finally:
-                if record.spawning is not None or _essence(record) != before:
-                    self._commit(record)
+
+    @contextmanager
+    def _saving(self, record: _Record) -> Iterator[None]:
+        """Save a record whose lock is held on the way out, if the call changed what it is
+        for or left a spawn on record (`_claimed`)."""
+        before = _essence(record)
+        try:
+            yield
+        finally:
+            if record.spawning is not None or _essence(record) != before:
+                self._commit(record)
 
     def _settled(self, member_id: str) -> _Record | None:
         """The member's record, its lock held: None, with no file left, when it has none or
@@ -302,20 +358,32 @@ class ProcessRuntime:
             self._commit(record)
         return record
 
-    def _survey(self, prefix: str = "") -> builtins.list[_Seen]:
+    def _list(self, labels: dict[str, str] | None, *, settle: bool) -> builtins.list[Member]:
+        client = (labels or {}).get(LABEL_CLIENT)
+        # A member id starts with its client's name part: listing one client's members (what
+        # every activation through the API does) reads that client's records only.
+        prefix = f"prewarm-{safe_name_part(client)}-" if client is not None else ""
+        listed = (_as_listed(seen) for seen in self._survey(prefix, settle=settle))
+        members = [self._member(seen.record, seen.stat) for seen in listed if seen is not None]
+        return [m for m in members if matches_labels(m.labels, labels)]
+
+    def _survey(self, prefix: str = "", *, settle: bool = True) -> builtins.list[_Seen]:
         """Every record whose id starts with `prefix`, as `_look` sees it."""
         self._ready()
-        seen = (self._look(record) for record in self.records.read_all(prefix))
+        seen = (self._look(record, settle) for record in self.records.read_all(prefix))
         return [s for s in seen if s is not None]
 
-    def _look(self, record: _Record) -> _Seen | None:
+    def _look(self, record: _Record, settle: bool = True) -> _Seen | None:
         """A record read without its lock, with its worker's stat. One whose worker died or
         whose spawn is under way is settled if its lock is free (None once dropped), and
-        left as it is, busy, when a call holds the lock: that call is working on it."""
+        left as it is, busy, when a call holds the lock (that call is working on it) or
+        when not to `settle`."""
         stat = _read_proc_stat(record.pid) if record.pid is not None else None
         alive = record.pid is None or _is_alive_as(stat, record.pid_start)
         if alive and record.spawning is None and not _interrupted(record):
             return _Seen(record, stat, busy=False)
+        if not settle:
+            return _Seen(record, stat, busy=True)
         with self.records.try_locked(record.id) as mine:
             if not mine:
                 return _Seen(record, stat, busy=True)
@@ -400,6 +468,12 @@ class ProcessRuntime:
             self._stop(record, keep_log=True)
             raise ActivationTimeout(f"{error} (worker log: {log_path})") from error
 
+    def _health_or_stop(self, record: _Record) -> None:
+        """`_await_health` by polling, for a resumed worker whose pending request went
+        unanswered, its record saved if the worker is stopped (lock held by the caller)."""
+        with self._saving(record):
+            self._await_health(record, None)
+
     def _freeze(self, record: _Record, timeout_s: float = 2.0) -> None:
         """SIGSTOP the worker and wait until the kernel reports it stopped."""
         if record.pid is None:
@@ -459,6 +533,18 @@ class ProcessRuntime:
                 "timings_ms": dict(record.timings_ms),
             },
         )
+
+
+async def _to_the_end(work: Awaitable[None]) -> None:
+    """Await `work` to its end even when the caller is cancelled meanwhile (the cancel is
+    raised once it has ended)."""
+    task = asyncio.ensure_future(work)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with suppress(Exception):
+            await task
+        raise
 
 
 def _tier_of(record: _Record, stat: _ProcStat | None) -> Tier:

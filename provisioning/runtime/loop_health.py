@@ -1,0 +1,81 @@
+"""`PendingRequest` on an asyncio event loop, for a caller that must never block its loop
+(the API resuming a shadow member while it serves other requests).
+
+The same trick: the request is sent before the member is resumed (the kernel completes the
+handshake and buffers it while the server is frozen), and its answer awaited. The socket is
+non-blocking, so waiting for the answer costs the loop nothing, and no worker thread is
+handed the request: that hand-off alone cost the API ~0.4 ms of CPU an activation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+
+from provisioning.runtime.base import (
+    CONNECT_TIMEOUT_S,
+    HEALTH_PATH,
+    MAX_ANSWER_BYTES,
+    _split_endpoint,
+    answer_status,
+    health_request,
+)
+
+
+class LoopPendingRequest:
+    """A health request sent on the running loop, its answer awaited by `answered_ok`."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    @classmethod
+    async def send(
+        cls,
+        endpoint: str,
+        path: str = HEALTH_PATH,
+        connect_timeout_s: float = CONNECT_TIMEOUT_S,
+    ) -> LoopPendingRequest | None:
+        """Connect and send; None, with nothing left open, when the endpoint's host is a
+        name (resolving it could block the loop) or it takes no connection within
+        `connect_timeout_s`: the caller then does without (polls, in a thread)."""
+        host, port = _split_endpoint(endpoint)
+        try:
+            family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+        except ValueError:
+            return None
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            loop = asyncio.get_running_loop()
+            async with asyncio.timeout(connect_timeout_s):
+                await loop.sock_connect(sock, (host, port))
+                await loop.sock_sendall(sock, health_request(host, port, path))
+        except (OSError, TimeoutError):
+            sock.close()
+            return None
+        except BaseException:
+            sock.close()
+            raise
+        return cls(sock)
+
+    async def answered_ok(self, timeout_s: float) -> bool:
+        """Await the answer, at most `timeout_s`; True on HTTP 200, False on any error,
+        other status or silence. The socket is closed either way."""
+        loop = asyncio.get_running_loop()
+        answer = bytearray()
+        try:
+            async with asyncio.timeout(timeout_s):
+                while len(answer) <= MAX_ANSWER_BYTES and (
+                    chunk := await loop.sock_recv(self._sock, MAX_ANSWER_BYTES)
+                ):
+                    answer += chunk
+        except (OSError, TimeoutError):
+            return False
+        finally:
+            self._sock.close()
+        return answer_status(bytes(answer)) == 200
+
+    def close(self) -> None:
+        """Drop the request unanswered."""
+        self._sock.close()
