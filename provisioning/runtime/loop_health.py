@@ -10,7 +10,9 @@ handed the request: that hand-off alone cost the API ~0.4 ms of CPU an activatio
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
+import os
 import socket
 
 from provisioning.runtime.base import (
@@ -44,13 +46,15 @@ class LoopPendingRequest:
             family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
         except ValueError:
             return None
+        request = health_request(host, port, path)
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setblocking(False)
-            loop = asyncio.get_running_loop()
-            async with asyncio.timeout(connect_timeout_s):
-                await loop.sock_connect(sock, (host, port))
-                await loop.sock_sendall(sock, health_request(host, port, path))
+            if not _sent_at_once(sock, (host, port), request):
+                loop = asyncio.get_running_loop()
+                async with asyncio.timeout(connect_timeout_s):
+                    await loop.sock_connect(sock, (host, port))
+                    await loop.sock_sendall(sock, request)
         except (OSError, TimeoutError):
             sock.close()
             return None
@@ -79,3 +83,22 @@ class LoopPendingRequest:
     def close(self) -> None:
         """Drop the request unanswered."""
         self._sock.close()
+
+
+def _sent_at_once(sock: socket.socket, address: tuple[str, int], request: bytes) -> bool:
+    """Connect and send without the loop, when the kernel allows it at once: True once
+    sent; False when the connection is still being made (the caller awaits it).
+
+    A non-blocking connect says "in progress" even to a local address, whose handshake the
+    kernel has in fact completed within the call; the send then goes through. Awaiting the
+    connect instead costs a turn of the loop and twice the CPU (~0.1 ms against ~0.05)."""
+    error = sock.connect_ex(address)
+    if error not in (0, errno.EINPROGRESS):
+        raise OSError(error, os.strerror(error))
+    try:
+        sent = sock.send(request)
+    except BlockingIOError:
+        return False
+    if sent != len(request):
+        raise OSError(errno.EMSGSIZE, "a health request did not fit a fresh socket's buffer")
+    return True

@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from provisioning.runtime.member_files import MemberLocks, read_small
@@ -62,6 +62,10 @@ def records_dir(state_path: Path) -> Path:
 # changed for longer than the coarsest tick (FAT's 2 s) when they were read (git's "racily
 # clean" rule); until then, every listing reads the directory again.
 _SETTLED_NS = 3_000_000_000
+# Parsed records kept (by the same rule, per file): an activation reads its member's record
+# twice (listing, then the call), and parsing one costs more than the rest of the reads.
+# At most this many (~1-2 KB each); past it, all are dropped and kept again as read.
+_MAX_PARSED = 20_000
 
 
 @dataclass(frozen=True)
@@ -77,9 +81,14 @@ class MemberRecords(MemberLocks):
 
     _listing: _Listing | None = None
 
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        # file name -> ((inode, mtime ns, size) when read, the record parsed)
+        self._parsed: dict[str, tuple[tuple[int, int, int], _Record]] = {}
+
     def read(self, member_id: str) -> _Record | None:
         """The member's record, or None when there is none (or it cannot be read)."""
-        return _load(self.directory / f"{member_id}.json")
+        return self._read(f"{member_id}.json")
 
     def read_all(self, prefix: str = "") -> list[_Record]:
         """Every record whose member id starts with `prefix`, read without any lock.
@@ -87,8 +96,31 @@ class MemberRecords(MemberLocks):
         The directory's names are kept until it changes (its mtime): an API activation lists
         its client's records, and reading the whole directory cost ~0.5 us a member of the
         pool (1.6 ms at 2,000 members) for the few of one client."""
-        paths = (self.directory / name for name in self._names(prefix) if name.endswith(".json"))
-        return [record for record in map(_load, paths) if record is not None]
+        names = (name for name in self._names(prefix) if name.endswith(".json"))
+        return [record for record in map(self._read, names) if record is not None]
+
+    def _read(self, name: str) -> _Record | None:
+        """The record in file `name`, parsed again only when the file changed (a copy: the
+        caller may change it). A record is written whole to a new file renamed into place,
+        so a change is a new (inode, mtime, size); one kept was read at least `_SETTLED_NS`
+        after it was written, so a later write cannot share its mtime tick."""
+        path = f"{self.directory}/{name}"
+        try:
+            stat = os.stat(path)
+        except FileNotFoundError:  # released since it was listed
+            self._parsed.pop(name, None)
+            return None
+        signature = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        kept = self._parsed.get(name)
+        if kept is not None and kept[0] == signature:
+            return _copy(kept[1])
+        record = _load(path)
+        if record is not None and time.time_ns() - stat.st_mtime_ns >= _SETTLED_NS:
+            if len(self._parsed) >= _MAX_PARSED:
+                self._parsed = {}
+            # Read after the stat: at worst newer than its signature, never older.
+            self._parsed[name] = (signature, _copy(record))
+        return record
 
     def _names(self, prefix: str) -> list[str]:
         """The directory's file names that start with `prefix`, sorted."""
@@ -115,6 +147,7 @@ class MemberRecords(MemberLocks):
     def discard(self, member_id: str) -> None:
         """Delete the member's record and its lock file; only while holding that lock."""
         (self.directory / f"{member_id}.json").unlink(missing_ok=True)
+        self._parsed.pop(f"{member_id}.json", None)
         self.remove(member_id)
 
     def write(self, record: _Record) -> None:
@@ -126,9 +159,20 @@ class MemberRecords(MemberLocks):
         os.replace(tmp, path)
 
 
-def _load(path: Path) -> _Record | None:
+def _copy(record: _Record) -> _Record:
+    """A record whose dicts (all the mutable parts it has) are its own."""
+    return replace(
+        record,
+        labels=dict(record.labels),
+        env=dict(record.env),
+        timings_ms=dict(record.timings_ms),
+        ports=dict(record.ports),
+    )
+
+
+def _load(path: str) -> _Record | None:
     try:
-        data = read_small(str(path))
+        data = read_small(path)
     except FileNotFoundError:  # released since it was listed
         return None
     try:

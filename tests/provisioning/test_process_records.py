@@ -90,3 +90,78 @@ def test_a_settled_directory_is_read_once_until_it_changes(
 def test_a_directory_not_there_lists_nothing(tmp_path: Path) -> None:
     records = MemberRecords(tmp_path / "never-made")
     assert _ids(records) == [] and _ids(records, "prewarm-a-") == []
+
+
+@pytest.fixture
+def parses(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """The record files parsed (every `_load` while the test runs)."""
+    parsed: list[str] = []
+    load = process_records._load
+
+    def counted(path: str) -> _Record | None:
+        parsed.append(Path(path).name)
+        return load(path)
+
+    monkeypatch.setattr(process_records, "_load", counted)
+    yield parsed
+
+
+def _settle(records: MemberRecords, member_id: str) -> None:
+    past = time.time() - 10  # written 10 s ago
+    os.utime(records.directory / f"{member_id}.json", (past, past))
+
+
+def test_a_settled_record_is_parsed_once_until_it_is_written_again(
+    tmp_path: Path, parses: list[str]
+) -> None:
+    records = MemberRecords(tmp_path / "members")
+    records.write(_record("prewarm-a-01", "a"))
+    _settle(records, "prewarm-a-01")
+
+    first = records.read("prewarm-a-01")
+    assert first is not None and first.pid is None
+    assert _ids(records, "prewarm-a-") == ["prewarm-a-01"]
+    assert records.read("prewarm-a-01") == first
+    assert parses == ["prewarm-a-01.json"]
+
+    # Written by another process (its own MemberRecords), the way every write is made.
+    changed = _record("prewarm-a-01", "a")
+    changed.pid = 4242
+    MemberRecords(records.directory).write(changed)
+
+    again = records.read("prewarm-a-01")
+    assert again is not None and again.pid == 4242
+    assert len(parses) == 2
+    # Just written: not settled, so parsed on every read until it has.
+    assert records.read("prewarm-a-01") == again and len(parses) == 3
+
+
+def test_a_kept_record_is_handed_out_as_a_copy(tmp_path: Path) -> None:
+    records = MemberRecords(tmp_path / "members")
+    records.write(_record("prewarm-a-01", "a"))
+    _settle(records, "prewarm-a-01")
+
+    assert records.read("prewarm-a-01") is not None  # parsed, and kept
+    mine = records.read("prewarm-a-01")  # from memory
+    assert mine is not None
+    mine.labels["prewarm.tier"] = "active"
+    mine.timings_ms["first_answer"] = 1.0
+    mine.pid = 7
+
+    fresh = records.read("prewarm-a-01")
+    assert fresh is not None
+    assert (fresh.labels, fresh.timings_ms, fresh.pid) == ({}, {}, None)
+
+
+def test_a_record_released_elsewhere_is_not_read_from_memory(tmp_path: Path) -> None:
+    records = MemberRecords(tmp_path / "members")
+    records.write(_record("prewarm-a-01", "a"))
+    _settle(records, "prewarm-a-01")
+    assert records.read("prewarm-a-01") is not None
+
+    other = MemberRecords(records.directory)
+    with other.locked("prewarm-a-01"):
+        other.discard("prewarm-a-01")
+
+    assert records.read("prewarm-a-01") is None
+    assert _ids(records) == []
