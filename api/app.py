@@ -56,11 +56,13 @@ through `api.recorder.ActivationRecorder`, in batches off the request path.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
+from fastapi.telemetry import TelemetryConfig
 from starlette.concurrency import run_in_threadpool
 
 from api.activate_asgi import ActivateAsgi
@@ -128,6 +130,7 @@ def create_app(
         summary="Predicted resource profiles, composite schemas, feedback and activation.",
         docs_url="/docs",
         openapi_url="/openapi.json",
+        telemetry=_native_telemetry(),
     )
     app.state.prewarm = AppContext(
         warehouse_path,
@@ -157,3 +160,13 @@ def create_app(
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.add_middleware(CatchAll)
     return app
+
+
+def _native_telemetry() -> TelemetryConfig | None:
+    """FastAPI's own OpenTelemetry: as FastAPI sets it up when the environment configures
+    OpenTelemetry (any `OTEL_` variable, or `FASTAPI_OTEL_AUTO_CONFIGURE`), else off. On,
+    FastAPI asks on every request whether a provider has been set up since: three
+    environment lookups, ~50 us, 5 % of a warm activation's CPU, for nothing when none is."""
+    if any(name.startswith(("OTEL_", "FASTAPI_OTEL_")) for name in os.environ):
+        return None
+    return {"tracing": False, "metrics": False, "logs": False}
