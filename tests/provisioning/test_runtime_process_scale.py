@@ -239,8 +239,8 @@ def _count_record_io(
     touched: dict[str, list[str]] = {"read": [], "written": [], "listed": []}
     load, write, read_all = records._load, runtime.records.write, runtime.records.read_all
 
-    def counted_load(path: Path) -> _Record | None:
-        touched["read"].append(path.stem)
+    def counted_load(path: str) -> _Record | None:
+        touched["read"].append(Path(path).stem)
         return load(path)
 
     def counted_write(record: _Record) -> None:
