@@ -266,6 +266,11 @@ def _run_until_stopped(clients: int, cached: Path, hosts: int, memory_gb: int) -
     """The warm-up cycle, READY on stdout, then cycles 5 minutes of clock apart until
     SIGUSR1 (or SIGTERM) or until the process that started it is gone; the pool is released
     either way (a cycle under way is finished first)."""
+    # At the priority `prewarm up` runs its flows at: below the API the benchmark measures.
+    from flows.deployments import run_as_batch
+    from flows.settings import Settings
+
+    run_as_batch(Settings().batch_nice)
     stop = threading.Event()
     # SIGUSR1 is what a benchmark sends: a SIGTERM arriving while a flow runs goes to
     # Prefect's own handler instead of this one, and may be lost (seen once in five runs).

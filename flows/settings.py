@@ -120,6 +120,13 @@ class Settings(BaseSettings):
     prefect_port: int = Field(default=4200, ge=1, le=65535, description="prewarm up: Prefect")
     mlflow_port: int = Field(default=5000, ge=1, le=65535, description="prewarm up: MLflow UI")
     api_port: int = Field(default=8000, ge=1, le=65535, description="prewarm up / api: the API")
+    batch_nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="prewarm up: the niceness its flows (cycle, training, ingest) run at, so "
+        "the client API gets the CPU first on a shared host (0: the API's own priority)",
+    )
     pool: str = Field(
         default="default",
         pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$",

@@ -1,0 +1,48 @@
+"""The flows `prewarm up` serves run as batch work: below the client API's CPU priority."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+BASE = os.getpriority(os.PRIO_PROCESS, 0)  # what the probe starts from (the suite's own)
+
+# Prints the niceness of the process after each call, then that of a thread started after.
+PROBE = """
+import os, threading
+from flows.deployments import run_as_batch
+for nice in map(int, os.environ["NICES"].split()):
+    run_as_batch(nice)
+    print(os.getpriority(os.PRIO_PROCESS, 0))
+seen = []
+thread = threading.Thread(target=lambda: seen.append(os.getpriority(os.PRIO_PROCESS, 0)))
+thread.start(); thread.join()
+print(seen[0])
+"""
+
+
+def _niceness_after(*nices: int) -> list[int]:
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE],
+        env={"NICES": " ".join(map(str, nices)), "PATH": "/usr/bin:/bin"},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return [int(line) for line in done.stdout.split()]
+
+
+def test_flows_run_at_the_batch_niceness_and_their_threads_too() -> None:
+    assert BASE <= 10, f"the suite itself runs at niceness {BASE}"
+    assert _niceness_after(10) == [10, 10]
+
+
+def test_the_niceness_is_only_ever_lowered_never_raised() -> None:
+    assert BASE <= 12, f"the suite itself runs at niceness {BASE}"
+    # A second, smaller value (a priority raise) is ignored; 0 leaves the process as it was.
+    assert _niceness_after(0, 12, 5) == [BASE, 12, 12, 12]
