@@ -47,6 +47,7 @@ from provisioning.runtime.leases import LeaseBook
 from provisioning.runtime.process_runtime import ProcessRuntime
 from provisioning.schema import compose_workload
 from provisioning.schema_render import render_container_config
+from tests.provisioning.processes import kernel_state
 
 SpecMaker = Callable[..., ContainerSpec]
 FROZEN_PROBE_S = 0.2
@@ -68,14 +69,6 @@ def _desired(*rows: tuple[str, str, int, str]) -> pl.DataFrame:
 
 def _tier_counts(members: list[Member]) -> Counter[tuple[str, str]]:
     return Counter((m.client_id, m.tier) for m in members)
-
-
-def _process_state(pid: int) -> str | None:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return None
-    return text[text.rindex(")") + 2]
 
 
 DESIRED = _desired(
@@ -142,7 +135,7 @@ def test_reconcile_creates_the_desired_pool_and_a_second_run_changes_nothing(
         if member.tier == "active":
             assert probe_once(member.endpoint, FROZEN_PROBE_S), member
         elif member.tier == "shadow":
-            assert _process_state(pid) == "T"
+            assert kernel_state(pid) == "T"
             assert not probe_once(member.endpoint, FROZEN_PROBE_S), "a frozen worker answered"
         else:
             assert pid is None and member.endpoint is None
@@ -166,7 +159,7 @@ def test_an_orphan_with_our_labels_is_released(
     ]
     assert result.pool_events["ok"].to_list() == [True]
     assert orphan.id not in {m.id for m in process_runtime.list()}
-    assert _process_state(orphan.details["pid"]) is None
+    assert kernel_state(orphan.details["pid"]) is None
     assert "ghost" not in set(result.pool_members["client_id"])
 
 

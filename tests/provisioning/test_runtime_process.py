@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,22 +24,10 @@ from provisioning.runtime.base import (
 )
 from provisioning.runtime.process_runtime import ProcessRuntime
 from provisioning.runtime.process_spawn import WORKER_SCRIPT
+from tests.provisioning.processes import kernel_state, running, wait_until
 
 SpecMaker = Callable[..., ContainerSpec]
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _process_state(pid: int) -> str | None:
-    """The kernel's state letter for a pid (R, S, T, Z...), or None once it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return None
-    return text[text.rindex(")") + 2]
-
-
-def _running(pid: int) -> bool:
-    return _process_state(pid) not in (None, "Z", "X")
 
 
 def test_create_puts_each_tier_in_its_process_state(
@@ -51,7 +38,7 @@ def test_create_puts_each_tier_in_its_process_state(
     active = process_runtime.create(make_spec("active"))
 
     assert (cold.tier, cold.endpoint, cold.details["pid"]) == ("cold", None, None)
-    assert shadow.tier == "shadow" and _process_state(shadow.details["pid"]) == "T"
+    assert shadow.tier == "shadow" and kernel_state(shadow.details["pid"]) == "T"
     assert active.tier == "active" and probe_once(active.endpoint, 2.0)
     assert {m.runtime for m in (cold, shadow, active)} == {"process"}
     assert isinstance(process_runtime, ContainerRuntime)
@@ -86,7 +73,7 @@ def test_stopped_worker_answers_only_once_activated(
     member, ms = process_runtime.activate(shadow.id)
     assert ms > 0
     assert member.tier == "active" and member.endpoint == shadow.endpoint
-    assert _process_state(member.details["pid"]) in ("S", "R")
+    assert kernel_state(member.details["pid"]) in ("S", "R")
     assert probe_once(member.endpoint, 2.0)
     assert member.details["timings_ms"]["first_answer"] == ms
 
@@ -129,7 +116,7 @@ def test_shadow_freezes_active_and_cold_members(
     cold = process_runtime.create(make_spec("cold"))
 
     for member in (process_runtime.shadow(active.id), process_runtime.shadow(cold.id)):
-        assert member.tier == "shadow" and _process_state(member.details["pid"]) == "T"
+        assert member.tier == "shadow" and kernel_state(member.details["pid"]) == "T"
     assert process_runtime.shadow(active.id).details["pid"] == active.details["pid"]
 
 
@@ -144,7 +131,7 @@ def test_release_leaves_no_process_and_is_idempotent(
     process_runtime.release(members[0].id)
     process_runtime.release("prewarm-never-existed")
 
-    assert [pid for pid in pids if _process_state(pid) is not None] == []  # reaped, not zombies
+    assert [pid for pid in pids if kernel_state(pid) is not None] == []  # reaped, not zombies
     assert process_runtime.list({LABEL_PLAN: plan_id}) == []
 
 
@@ -188,7 +175,7 @@ print(json.dumps({{t: rt.create(spec(t)).id for t in ("shadow", "active", "cold"
         for member in runtime.list({LABEL_PLAN: plan_id}):
             runtime.release(member.id)
     # Not our children: init (or the sandbox's pid 1) reaps them; they must not run on.
-    assert not any(_running(pid) for pid in pids)
+    assert not any(running(pid) for pid in pids)
 
 
 def test_entries_whose_process_died_are_dropped(
@@ -197,7 +184,7 @@ def test_entries_whose_process_died_are_dropped(
     doomed = process_runtime.create(make_spec("active"))
     kept = process_runtime.create(make_spec("shadow"))
     os.kill(doomed.details["pid"], signal.SIGKILL)
-    _wait_until(lambda: not _running(doomed.details["pid"]))
+    wait_until(lambda: not running(doomed.details["pid"]))
 
     restarted = ProcessRuntime(process_state)
 
@@ -235,7 +222,7 @@ def test_a_reused_pid_is_neither_trusted_nor_signalled(
     try:
         assert process_runtime.list() == []
         process_runtime.release(member.id)
-        assert _running(pid)  # the stranger holding the pid was left alone
+        assert running(pid)  # the stranger holding the pid was left alone
     finally:
         os.kill(pid, signal.SIGKILL)  # dropped from the pool, so the fixture cannot reach it
         os.waitpid(pid, 0)
@@ -270,7 +257,7 @@ def test_worker_script_runs_standalone_despite_the_sibling_select_module(tmp_pat
         [sys.executable, str(WORKER_SCRIPT), "--port", str(port)], cwd=tmp_path
     )
     try:
-        assert _wait_until(lambda: probe_once(f"http://127.0.0.1:{port}", 0.5), timeout_s=10)
+        assert wait_until(lambda: probe_once(f"http://127.0.0.1:{port}", 0.5), timeout_s=10)
     finally:
         worker.terminate()
         worker.wait(timeout=5)
@@ -283,12 +270,3 @@ def test_select_runtime_gives_processes_on_request(tmp_path: Path) -> None:
     assert runtime.state_path == tmp_path / "process-pool.json"
     with pytest.raises(ValueError, match="auto, docker or process"):
         select_runtime("kubernetes", tmp_path)  # type: ignore[arg-type]
-
-
-def _wait_until(condition: Callable[[], bool], timeout_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
-    return True

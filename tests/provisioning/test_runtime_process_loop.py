@@ -20,20 +20,14 @@ from provisioning.runtime.base import (
     ActivationTimeout,
     ContainerSpec,
     LoopActivation,
+    Member,
     probe_once,
 )
 from provisioning.runtime.loop_health import LoopPendingRequest
 from provisioning.runtime.process_runtime import ProcessRuntime
+from tests.provisioning.processes import kernel_state, wait_until
 
 SpecMaker = Callable[..., ContainerSpec]
-
-
-def _process_state(pid: int) -> str | None:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return None
-    return text[text.rindex(")") + 2]
 
 
 def _record_file(runtime: ProcessRuntime, member_id: str) -> Path:
@@ -69,7 +63,7 @@ def test_a_shadow_is_resumed_on_the_loop_and_its_record_left_as_it_was(
     assert served is not None
     member, ms = served
     assert member.id == shadow.id and member.tier == "active" and ms > 0
-    assert _process_state(member.details["pid"]) in ("R", "S")
+    assert kernel_state(member.details["pid"]) in ("R", "S")
     assert member.endpoint is not None and probe_once(member.endpoint, 2.0)
     timings = member.details["timings_ms"]
     assert timings["first_answer"] == ms and 0 <= timings["resume"] <= ms
@@ -88,7 +82,7 @@ def test_what_the_loop_cannot_do_without_waiting_is_declined_untouched(
 
     with process_runtime.records.locked(shadow.id):  # a call (a release, a freeze) holds it
         assert asyncio.run(process_runtime.activate_on_loop(shadow.id)) is None
-    assert _process_state(shadow.details["pid"]) == "T"
+    assert kernel_state(shadow.details["pid"]) == "T"
     for member in (active, cold):
         assert asyncio.run(process_runtime.activate_on_loop(member.id)) is None
     assert asyncio.run(process_runtime.activate_on_loop("prewarm-nobody-00000000")) is None
@@ -105,7 +99,7 @@ def test_a_dead_worker_is_declined_and_left_for_a_call_to_settle(
     doomed = process_runtime.create(make_spec("shadow"))
     kept = process_runtime.create(make_spec("shadow"))
     os.kill(doomed.details["pid"], signal.SIGKILL)
-    _wait_until(lambda: _process_state(doomed.details["pid"]) in (None, "Z"))
+    wait_until(lambda: kernel_state(doomed.details["pid"]) in (None, "Z"))
     labels = {LABEL_PLAN: doomed.plan_id}
 
     assert asyncio.run(process_runtime.activate_on_loop(doomed.id)) is None
@@ -133,31 +127,39 @@ def test_a_listing_on_the_loop_does_not_stop_an_interrupted_spawn(
     assert record is not None and record.endpoint is None
 
 
-def test_no_health_answer_stops_the_worker_as_activate_does(
+@pytest.fixture
+def unanswering(
     process_state: Path, make_spec: SpecMaker, silent_endpoint: str
-) -> None:
+) -> Iterator[tuple[ProcessRuntime, Member]]:
+    """A runtime with a short health timeout, and a shadow whose record points at a silent
+    endpoint (its worker, once resumed, never answers there); released afterwards."""
     runtime = ProcessRuntime(process_state, grace_s=0.5, health_timeout_s=0.3)
     shadow = runtime.create(make_spec("shadow"))
-    pid = shadow.details["pid"]
     _point_at(runtime, shadow.id, silent_endpoint)
+    yield runtime, shadow
+    runtime.release(shadow.id)
+
+
+def test_no_health_answer_stops_the_worker_as_activate_does(
+    unanswering: tuple[ProcessRuntime, Member],
+) -> None:
+    runtime, shadow = unanswering
+    pid = shadow.details["pid"]
 
     with pytest.raises(ActivationTimeout, match="worker log"):
         asyncio.run(runtime.activate_on_loop(shadow.id))
 
-    assert _process_state(pid) is None
+    assert kernel_state(pid) is None
     record = runtime.records.read(shadow.id)
     assert record is not None and (record.pid, record.endpoint) == (None, None)
     assert [m.tier for m in runtime.list({LABEL_PLAN: shadow.plan_id})] == ["cold"]
-    runtime.release(shadow.id)
 
 
 def test_a_cancelled_request_keeps_the_lock_until_its_worker_is_stopped(
-    process_state: Path, make_spec: SpecMaker, silent_endpoint: str
+    unanswering: tuple[ProcessRuntime, Member],
 ) -> None:
-    runtime = ProcessRuntime(process_state, grace_s=0.5, health_timeout_s=0.3)
-    shadow = runtime.create(make_spec("shadow"))
+    runtime, shadow = unanswering
     pid = shadow.details["pid"]
-    _point_at(runtime, shadow.id, silent_endpoint)
     seen_at_cancel: list[object] = []
 
     async def cancel_in_the_thread_fallback() -> None:
@@ -168,12 +170,11 @@ def test_a_cancelled_request_keeps_the_lock_until_its_worker_is_stopped(
             await task
         record = runtime.records.read(shadow.id)
         seen_at_cancel.append(record.pid if record is not None else "gone")
-        seen_at_cancel.append(_process_state(pid))
+        seen_at_cancel.append(kernel_state(pid))
 
     asyncio.run(cancel_in_the_thread_fallback())
 
     assert seen_at_cancel == [None, None]  # the record was cold, the worker gone, by then
-    runtime.release(shadow.id)
 
 
 def test_the_pending_request_gives_up_on_names_and_silence() -> None:
@@ -218,11 +219,3 @@ def test_only_a_200_answer_is_ok() -> None:
     assert asyncio.run(ask(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")) is True
     assert asyncio.run(ask(b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n")) is False
     assert asyncio.run(ask(b"not http at all")) is False
-
-
-def _wait_until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
