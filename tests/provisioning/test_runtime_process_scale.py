@@ -26,7 +26,8 @@ from provisioning.runtime.base import LABEL_CLIENT, LABEL_PLAN, ContainerSpec, p
 from provisioning.runtime.process_records import _Record
 from provisioning.runtime.process_runtime import ProcessRuntime
 from provisioning.runtime.process_state import STATE_VERSION
-from tests.provisioning.test_runtime_process import REPO, _running, _wait_until
+from tests.provisioning.processes import running, wait_until
+from tests.provisioning.test_runtime_process import REPO
 
 SpecMaker = Callable[..., ContainerSpec]
 
@@ -87,7 +88,7 @@ def test_creates_of_different_members_wait_for_health_all_at_once(
     n = 4
     with _threads(gate, n) as threads:
         creates = [threads.submit(gated.create, make_spec("shadow")) for _ in range(n)]
-        assert _wait_until(_waiting_for_health(gated, n), timeout_s=30)
+        assert wait_until(_waiting_for_health(gated, n), timeout_s=30)
         assert not any(create.done() for create in creates)  # all n in their health wait
 
         # Neither waits for those calls: a listing, which shows no member until its create
@@ -117,7 +118,7 @@ def test_another_prewarm_works_on_its_members_while_one_call_waits_for_health(
         text=True,
     )
     try:
-        assert _wait_until(_waiting_for_health(gated, 1), timeout_s=30)
+        assert wait_until(_waiting_for_health(gated, 1), timeout_s=30)
 
         # Every call on other members completes while that process's create waits.
         cold = process_runtime.create(make_spec("cold"))
@@ -157,7 +158,7 @@ def test_a_release_waits_for_the_activation_of_its_member(
     cold = gated.create(make_spec("cold"))
     with _threads(gate, 2) as threads:
         activation = threads.submit(gated.activate, cold.id)
-        assert _wait_until(_waiting_for_health(gated, 1), timeout_s=30)
+        assert wait_until(_waiting_for_health(gated, 1), timeout_s=30)
         release = threads.submit(gated.release, cold.id)
         # A listing meanwhile shows the member as it was before its activation.
         assert [(m.tier, m.endpoint) for m in gated.list({LABEL_PLAN: plan_id})] == [("cold", None)]
@@ -167,7 +168,7 @@ def test_a_release_waits_for_the_activation_of_its_member(
         member, _ = activation.result(timeout=60)
         release.result(timeout=60)
     assert member.tier == "active"
-    assert _wait_until(lambda: not _running(member.details["pid"]))
+    assert wait_until(lambda: not running(member.details["pid"]))
     assert gated.list({LABEL_PLAN: plan_id}) == [] and gated.records.read_all() == []
 
 
@@ -179,7 +180,7 @@ def test_a_call_racing_a_release_of_its_member_leaves_nothing_behind(
         member = process_runtime.create(make_spec("shadow"))
         _race(getattr(process_runtime, call), process_runtime.release, member.id)
 
-        assert _wait_until(lambda: not _running(member.details["pid"]))  # noqa: B023
+        assert wait_until(lambda: not running(member.details["pid"]))  # noqa: B023
         assert process_runtime.records.read(member.id) is None  # never brought back
     assert process_runtime.list({LABEL_PLAN: plan_id}) == []
 
@@ -270,7 +271,7 @@ def test_a_version_1_state_file_is_migrated_on_first_use(
         process_runtime.records.discard(member["id"])
     process_state.write_text(json.dumps({"version": 1, "members": members}, indent=1))
     subprocess.run(["kill", "-9", str(doomed.details["pid"])], check=True)
-    assert _wait_until(lambda: not _running(doomed.details["pid"]))
+    assert wait_until(lambda: not running(doomed.details["pid"]))
 
     upgraded = ProcessRuntime(process_state, grace_s=0.5)  # a new prewarm on the old file
     listed = {m.id: m.tier for m in upgraded.list({LABEL_PLAN: plan_id})}
@@ -293,7 +294,7 @@ def test_a_listing_drops_a_dead_worker_and_rewrites_nothing_else(
     kept_file = process_runtime.records.directory / f"{kept.id}.json"
     before = kept_file.stat().st_mtime_ns
     subprocess.run(["kill", "-9", str(doomed.details["pid"])], check=True)
-    assert _wait_until(lambda: not _running(doomed.details["pid"]))
+    assert wait_until(lambda: not running(doomed.details["pid"]))
 
     assert [m.id for m in process_runtime.list({LABEL_PLAN: plan_id})] == [kept.id]
     assert [r.id for r in process_runtime.records.read_all()] == [kept.id]
