@@ -183,6 +183,22 @@ class Server:
     url: str
     host: str
     port: int
+    pid: int
+
+    def cpu_s(self) -> tuple[float, float]:
+        """CPU seconds used so far by the API process, and by its children (the outcome
+        writer), from /proc: (api, writer)."""
+        children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
+        return _cpu_s(self.pid), sum(_cpu_s(int(child)) for child in children)
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _free_port() -> int:
@@ -211,7 +227,7 @@ def serve(config: dict[str, Any]) -> Iterator[Server]:
                 if time.monotonic() > deadline:
                     raise RuntimeError("the API did not start within 60 s") from None
                 time.sleep(0.05)
-        yield Server(f"http://127.0.0.1:{port}", "127.0.0.1", port)
+        yield Server(f"http://127.0.0.1:{port}", "127.0.0.1", port, process.pid)
     finally:
         process.send_signal(signal.SIGINT)
         try:
@@ -443,9 +459,11 @@ def run_process(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             profile = bench_reads(
                 server, keys, "/v1/clients/{c}/profile", args.profile_requests, args.concurrency
             )
+            cpu_before = server.cpu_s()
             activate = bench_warm_activations(
                 server, keys, members, runtime, leases, args.activate_requests
             )
+            cpu_after = server.cpu_s()
         alone = bench_runtime_alone(members, runtime, args.activate_requests)
         # The server stopped gracefully: every activation it answered must have its row.
         answered = args.concurrency + args.activate_requests
@@ -457,6 +475,13 @@ def run_process(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "activate": activate,
         "health": health,
         "runtime_alone": alone,
+        # CPU a warm activation costs the API process, and its outcome writer, in ms.
+        "cpu_ms_per_activation": {
+            name: round((after - before) * 1000.0 / args.activate_requests, 3)
+            for name, before, after in zip(
+                ("api", "outcome_writer"), cpu_before, cpu_after, strict=True
+            )
+        },
         "rows": {"activations_answered": answered, "activation_rows": recorded},
     }
 
@@ -666,6 +691,7 @@ def main() -> None:
                 "p50": round(statistics.median(quiet["runtime_alone"].runtime_ms), 3)
             },
             "activation_ms_in_answers_p50": round(statistics.median(quiet_activate.runtime_ms), 3),
+            "cpu_ms_per_activation": quiet["cpu_ms_per_activation"],
         },
         "measured_at": datetime.now().isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
@@ -682,6 +708,7 @@ def main() -> None:
             results["activate_warm"]["p99_ms"] - percentile(alone.runtime_ms, 99), 3
         ),
         "activation_ms_in_answers_p50": round(statistics.median(activate.runtime_ms), 3),
+        "cpu_ms_per_activation": process["cpu_ms_per_activation"],
         # The runtime called directly, the same rounds at the same concurrency.
         "runtime_alone_activate_call": summary(alone.ms, alone.wall_s),
         "errors": {
