@@ -93,9 +93,8 @@ SERVER = """
 import json, sys
 from pathlib import Path
 
-import uvicorn
-
 from api.app import create_app
+from api.server import serve
 from provisioning.runtime.leases import LeaseBook
 
 config = json.loads(sys.argv[1])
@@ -109,7 +108,7 @@ app = create_app(
     Path(config["warehouse"]), lambda: runtime, config["scope"],
     leases=LeaseBook(Path(config["leases"])), **config["knobs"],
 )
-uvicorn.run(app, host="127.0.0.1", port=config["port"], log_level="warning")
+serve(app, "127.0.0.1", config["port"])  # as `prewarm api` runs it
 """
 
 

@@ -24,6 +24,15 @@ def api(
         str, typer.Option(help="Interface to bind (loopback by default).")
     ] = "127.0.0.1",
     port: Annotated[int | None, typer.Option(help="Port (default PREWARM_API_PORT, 8000).")] = None,
+    access_log: Annotated[
+        bool,
+        typer.Option(
+            "--access-log/--no-access-log",
+            help="Print a line per request (off by default: every activation is already "
+            "recorded in pool_events, and under `prewarm up` this output is a log file "
+            "that is not rotated).",
+        ),
+    ] = False,
 ) -> None:
     """Serve the client API (FastAPI; OpenAPI docs at /docs) until interrupted."""
     settings = load_settings()
@@ -45,7 +54,7 @@ def api(
         max_clients=settings.api_max_clients,
         max_queued_outcomes=settings.api_max_queued_outcomes,
     )
-    serve(app_, host=host, port=port or settings.api_port)
+    serve(app_, host=host, port=port or settings.api_port, access_log=access_log)
 
 
 def up(
