@@ -125,7 +125,7 @@ def activate_or_cold_start(
         claimed = _claim(request, members)
         return claimed if claimed is not None else _cold_start(request, cold_start_inputs)
     if members is None:
-        members = runtime.list({LABEL_MANAGED: "1", **scope, LABEL_CLIENT: client_id})
+        members = runtime.list(_client_members(scope, client_id))
     # Checked after the listing: a member it holds that a cold start of this client created
     # may not be leased yet while that cold start holds the lock. Claimed here, it would
     # serve two requests; the path below waits for the lock and lists again.
@@ -140,7 +140,7 @@ def activate_or_cold_start(
         )
     try:
         # Listed again: the cold start this one waited for (or the reconciler) changed them.
-        current = runtime.list({LABEL_MANAGED: "1", **scope, LABEL_CLIENT: client_id})
+        current = runtime.list(_client_members(scope, client_id))
         claimed = _claim(request, current)
         if claimed is not None:
             return claimed
@@ -179,7 +179,7 @@ async def claim_warm_on_loop(
     member's health answer, is awaited."""
     if not isinstance(runtime, LoopActivation):
         return None
-    members = runtime.list_on_loop({LABEL_MANAGED: "1", **scope, LABEL_CLIENT: client_id})
+    members = runtime.list_on_loop(_client_members(scope, client_id))
     if cap.lock.locked():  # after the listing, for the reason `activate_or_cold_start` says
         return None
     candidates = route_candidates(
@@ -209,6 +209,11 @@ async def claim_warm_on_loop(
         candidates.give_back(member.id, joined)
         return None
     return ActivationOutcome(activated[0], activated[1], cold_start=False, tier_before="shadow")
+
+
+def _client_members(scope: Mapping[str, str], client_id: str) -> dict[str, str]:
+    """The labels that select one client's managed members in the pool `scope` names."""
+    return {LABEL_MANAGED: "1", **scope, LABEL_CLIENT: client_id}
 
 
 @dataclass(frozen=True)

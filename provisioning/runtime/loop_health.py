@@ -80,10 +80,6 @@ class LoopPendingRequest:
             self._sock.close()
         return answer_status(bytes(answer)) == 200
 
-    def close(self) -> None:
-        """Drop the request unanswered."""
-        self._sock.close()
-
 
 def _sent_at_once(sock: socket.socket, address: tuple[str, int], request: bytes) -> bool:
     """Connect and send without the loop, when the kernel allows it at once: True once

@@ -163,11 +163,7 @@ class ProcessRuntime:
             started = time.perf_counter()
             resume_ms, resumed_at = self._resume(record, from_tier)
             elapsed = ms_since(started)
-            record.timings_ms = {
-                "resume": resume_ms,
-                "resume_returned": (resumed_at - started) * 1000.0,
-                "first_answer": elapsed,
-            }
+            record.timings_ms = _activation_timings(started, resume_ms, resumed_at, elapsed)
             record.labels[LABEL_TIER] = "active"
         log.info("activated %s from %s in %.1f ms", member_id, from_tier, elapsed)
         return self._member(record), elapsed
@@ -235,11 +231,8 @@ class ProcessRuntime:
                 # In a thread, under this lock: it must not end before the thread does.
                 await _to_the_end(asyncio.to_thread(self._health_or_stop, record))
             elapsed = ms_since(started)
-            record.timings_ms = {
-                "resume": (resumed - began) * 1000.0,
-                "resume_returned": (resumed - started) * 1000.0,
-                "first_answer": elapsed,
-            }
+            resume_ms = (resumed - began) * 1000.0
+            record.timings_ms = _activation_timings(started, resume_ms, resumed, elapsed)
             record.labels[LABEL_TIER] = "active"
             member = self._member(record)
         log.info("activated %s from shadow in %.1f ms (on the loop)", member_id, elapsed)
@@ -545,6 +538,18 @@ async def _to_the_end(work: Awaitable[None]) -> None:
         with suppress(Exception):
             await task
         raise
+
+
+def _activation_timings(
+    started: float, resume_ms: float, resumed_at: float, elapsed_ms: float
+) -> dict[str, float]:
+    """What an activation reports in `details["timings_ms"]`: the resume step, when it
+    returned (from `started`, a perf_counter reading) and the first health answer, in ms."""
+    return {
+        "resume": resume_ms,
+        "resume_returned": (resumed_at - started) * 1000.0,
+        "first_answer": elapsed_ms,
+    }
 
 
 def _tier_of(record: _Record, stat: _ProcStat | None) -> Tier:
