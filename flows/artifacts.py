@@ -119,7 +119,7 @@ def cycle_markdown(summary: Any, hosts: pl.DataFrame | None = None) -> str:
         f"| clock | {summary.clock} |",
         f"| watermark | {summary.watermark or '-'} |",
         f"| ingested rows | {summary.ingested_rows} |",
-        f"| predicted | {'yes' if summary.predicted else 'no: no new data or model'} |",
+        f"| predicted | {summary.prediction_text()} |",
         f"| plan | `{summary.plan_id}`, first window {summary.first_window} |",
         f"| runtime actions | {actions} (failed {summary.failed_actions}, "
         f"drained {summary.drained}) |",

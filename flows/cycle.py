@@ -46,6 +46,7 @@ from flows.clock import clock_rate, expected_lead_seconds
 from flows.feed import complete_feed, ingest_feed
 from flows.locks import warehouse_session, warehouse_write
 from flows.predict import predict_and_write
+from flows.predict_budget import clients_to_predict
 from flows.provision import PlannedPool, action_counts, apply_targets, make_plan, record_plan
 from flows.scoring import record_drift, score_buckets
 from flows.settings import Settings
@@ -84,6 +85,8 @@ class CycleSummary:
     lead_s: float = 0.0
     ingested_rows: int = 0
     predicted: bool = False
+    predicted_clients: int = 0  # clients whose forecasts this cycle refreshed
+    predict_left: int = 0  # clients with a model left for later cycles (over the budget)
     plan_id: str | None = None
     first_window: str | None = None
     runtime: str | None = None
@@ -100,6 +103,17 @@ class CycleSummary:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    def prediction_text(self) -> str:
+        """What the predict step did, for people (the CLI, the cycle's artifact)."""
+        if not self.predicted:
+            return "no new data or model: forecasts current"
+        if not self.predict_left:
+            return f"predicted {self.predicted_clients} clients"
+        return (
+            f"predicted {self.predicted_clients} clients, the oldest forecasts first; "
+            f"{self.predict_left} keep theirs until their turn (PREWARM_PREDICT_CLIENTS_PER_CYCLE)"
+        )
 
 
 @contextmanager
@@ -340,7 +354,14 @@ def _run(
         due, models = _prediction_due(settings, mark)
     summary.watermark = mark.isoformat() if mark else None
     if due:
-        predict_and_write(settings)
+        choice = clients_to_predict(settings)
+        budget = settings.predict_clients_per_cycle
+        get_run_logger().info("predicting %s", choice.describe(budget))
+        horizon = settings.horizon_steps * settings.freq_seconds
+        if too_old := choice.too_old_for(budget, settings.cycle_seconds, horizon):
+            get_run_logger().warning(too_old)
+        summary.predicted_clients = predict_and_write(settings, choice.clients).clients
+        summary.predict_left = choice.left_for_later
     summary.predicted = due
     step("predict")
     if _stopped_by_cancel(summary, before="plan"):

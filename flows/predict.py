@@ -33,7 +33,7 @@ from flows.settings import Settings
 from flows.task_inputs import unwalked
 from models.forecaster.scored_origins import ScoredOrigins
 from models.prediction import Predictions, predict_clients
-from models.registry import CHALLENGER, CHAMPION, current_aliases, load_forecaster_version
+from models.registry import current_aliases, load_forecaster_version, serving_version
 from warehouse.clients import read_clients
 from warehouse.predictions import has_model_runs, write_predictions
 from warehouse.usage import read_calendar, read_recent_usage
@@ -147,12 +147,11 @@ def predict_and_write(settings: Settings, client_ids: list[str] | None = None) -
         group = group.drop("freq_seconds")
         histories, models = {}, {}
         for (cid,), history in group.partition_by("client_id", as_dict=True).items():
-            known = aliases.get(cid, {})
-            alias = CHAMPION if CHAMPION in known else CHALLENGER if CHALLENGER in known else None
-            if alias is None:
+            serving = serving_version(aliases.get(cid, {}))
+            if serving is None:
                 summary.without_model.append(cid)
                 continue
-            histories[cid], models[cid] = history, (alias, known[alias])
+            histories[cid], models[cid] = history, serving
         if not models:
             continue
         predicted = predict_group(

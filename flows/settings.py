@@ -186,6 +186,14 @@ class Settings(BaseSettings):
         le=1_000_000,
         description="client views the API keeps in memory (least recently used dropped first)",
     )
+    predict_clients_per_cycle: int = Field(
+        default=2_000,
+        ge=1,
+        le=1_000_000,
+        description="clients a cycle predicts at most (~20 ms of CPU each); past it the"
+        " oldest forecasts are refreshed first and every client within ceil(clients / this)"
+        " cycles",
+    )
     predict_cache_clients: int = Field(
         default=3_000,
         ge=0,

@@ -97,6 +97,24 @@ def prune_predictions(path: Path, before: datetime) -> int:
 _OF_LATEST_RUN = "JOIN latest_runs USING (client_id, generated_at) WHERE generated_at >= ?"
 
 
+def read_latest_runs(path: Path) -> pl.DataFrame:
+    """Each client's latest prediction run: `client_id`, `generated_at` and the
+    `model_version` its forecasts came from (null when the run wrote no forecast rows)."""
+    with connect(path, read_only=True) as con:
+        oldest = fetch_value(con, "SELECT min(generated_at) FROM latest_runs")
+        return fetch_frame(
+            con,
+            """
+            SELECT l.client_id, l.generated_at, any_value(f.model_version) AS model_version
+            FROM latest_runs l LEFT JOIN forecasts f
+              ON f.client_id = l.client_id AND f.generated_at = l.generated_at
+             AND f.generated_at >= ?
+            GROUP BY l.client_id, l.generated_at
+            """,
+            [oldest],
+        )
+
+
 def read_latest_forecasts(path: Path) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """Each client's latest prediction run: concurrency quantiles, exceedance, profiles."""
     with connect(path, read_only=True) as con:

@@ -261,7 +261,7 @@ def cycle(
     console.print(
         f"Cycle {summary.cycle_id} on feed {summary.feed}, clock {summary.clock}: "
         f"watermark {summary.watermark or '-'}, {summary.ingested_rows:,} rows ingested, "
-        f"{'predicted' if summary.predicted else 'no new data or model: forecasts current'}."
+        f"{summary.prediction_text()}."
     )
     console.print(
         f"Plan {summary.plan_id} from {summary.first_window}; runtime actions on "

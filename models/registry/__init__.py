@@ -33,6 +33,7 @@ from models.registry.store import (
     current_aliases,
     ensure_experiment,
     model_name,
+    serving_version,
 )
 from models.registry.versions import (
     ModelCard,
@@ -63,6 +64,7 @@ __all__ = [
     "model_name",
     "prune_registry",
     "register_forecaster",
+    "serving_version",
     "shared_runs_to_remove",
     "versions_to_prune",
 ]

@@ -173,6 +173,16 @@ def current_aliases(tracking_uri: str, models_expected: bool = False) -> dict[st
     return aliases
 
 
+def serving_version(aliases: dict[str, str]) -> tuple[str, str] | None:
+    """(alias, version) a client's predictions come from, given its {alias: version}: its
+    champion, else its challenger (a client's first model before any promotion); None
+    without either."""
+    for alias in (CHAMPION, CHALLENGER):
+        if alias in aliases:
+            return alias, aliases[alias]
+    return None
+
+
 def _aliases_through_api(tracking_uri: str) -> dict[str, dict[str, str]]:
     client = mlflow_client(tracking_uri)
     models = all_pages(

@@ -190,10 +190,11 @@ def test_a_cycle_cancelled_during_prediction_stops_before_its_plan(world, monkey
     the cycle asks before planning and stops there, nothing planned or applied."""
     predict = cycle_module.predict_and_write
 
-    def cancelled_meanwhile(settings: Settings) -> None:
-        predict(settings)
+    def cancelled_meanwhile(settings: Settings, client_ids: list[str] | None) -> object:
+        predicted = predict(settings, client_ids)
         with get_client(sync_client=True) as client:  # what the UI's Cancel does
             client.set_flow_run_state(UUID(prefect_runtime.flow_run.id), Cancelling())
+        return predicted
 
     monkeypatch.setattr(cycle_module, "predict_and_write", cancelled_meanwhile)
     summary = prewarm_cycle()

@@ -308,3 +308,38 @@ def test_profiles_reach_a_day_ahead_with_windows_where_demand_turns_busy(trained
             assert not after or busy[min(after)] is False
             checked += 1
     assert checked >= 2
+
+
+def test_over_the_budget_a_cycle_predicts_new_clients_new_models_then_the_oldest(
+    trained, monkeypatch
+):
+    from flows.predict_budget import clients_to_predict
+    from warehouse.predictions import read_latest_runs
+
+    monkeypatch.setenv("PREWARM_PREDICT_CLIENTS_PER_CYCLE", "3")
+    settings = Settings()
+
+    def predict_one_cycle() -> list[str]:
+        choice = clients_to_predict(settings)
+        assert choice.with_model == 4 and choice.clients is not None
+        assert predict_profiles(choice.clients).clients == len(choice.clients) == 3
+        return choice.clients
+
+    # Nobody has a forecast: by client id. Then the one still without, then the oldest.
+    assert predict_one_cycle() == ["c0000", "c0001", "c0002"]
+    assert predict_one_cycle() == ["newbie", "c0000", "c0001"]
+    # c0000 gets a new champion (a version over the same files): it goes first though its
+    # forecast is among the newest; then c0002, the oldest.
+    mlflow_client = _client(settings)
+    name = "forecaster-c0000"
+    old = mlflow_client.get_model_version(name, "1")
+    new = mlflow_client.create_model_version(name, old.source, old.run_id, tags=old.tags)
+    mlflow_client.set_registered_model_alias(name, "champion", new.version)
+    assert predict_one_cycle() == ["c0000", "c0002", "c0001"]
+    latest = dict(
+        read_latest_runs(settings.warehouse_path).select("client_id", "model_version").iter_rows()
+    )
+    assert latest == {"c0000": str(new.version), "c0001": "1", "c0002": "1", "newbie": "1"}
+    # Up to the budget, everyone.
+    monkeypatch.setenv("PREWARM_PREDICT_CLIENTS_PER_CYCLE", "4")
+    assert clients_to_predict(Settings()).clients is None
