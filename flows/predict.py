@@ -33,7 +33,13 @@ from flows.settings import Settings
 from flows.task_inputs import unwalked
 from models.forecaster.scored_origins import ScoredOrigins
 from models.prediction import Predictions, predict_clients
-from models.registry import current_aliases, load_forecaster_version, serving_version
+from models.registry import (
+    StoredVersion,
+    current_aliases,
+    load_forecaster_version,
+    locate_versions,
+    serving_version,
+)
 from warehouse.clients import read_clients
 from warehouse.predictions import has_model_runs, write_predictions
 from warehouse.usage import read_calendar, read_recent_usage
@@ -62,17 +68,22 @@ class PredictSummary:
 
 
 def _forecaster(
-    client_id: str, alias: str, version: str, tracking_uri: str, max_clients: int
+    client_id: str,
+    alias: str,
+    version: str,
+    tracking_uri: str,
+    max_clients: int,
+    stored: StoredVersion | None = None,
 ) -> Any:
     """The client's model at `version`, loaded once per process for the first
     `max_clients` clients (later ones load it every run); one version per client is kept (a
-    retrained client's older one is dropped)."""
+    retrained client's older one is dropped). `stored`: where its file is, when known."""
     with _CACHE_LOCK:
         cached = _CACHE.get(client_id)
         if cached is not None and cached[0] == version:
             return cached[1]
     try:
-        loaded = load_forecaster_version(client_id, version, tracking_uri)
+        loaded = load_forecaster_version(client_id, version, tracking_uri, stored)
     except MlflowException as error:  # deleted meanwhile: the next run sees the new aliases
         log.warning(
             "forecaster %s version %s (%s) could not be loaded: %s",
@@ -110,9 +121,18 @@ def predict_group(
     clients' models and scored origins are kept for the next run in this process."""
     _SCORED.max_clients = cache_clients
     loaded = {}
+    with _CACHE_LOCK:
+        to_load = {
+            client_id: version
+            for client_id, (_, version) in models.items()
+            if _CACHE.get(client_id, ("", None))[0] != version
+        }
+    stored = locate_versions(tracking_uri, to_load) if to_load else {}
     bar = tracker("Loading forecasters")
     for done, (client_id, (alias, version)) in enumerate(models.items(), start=1):
-        forecaster = _forecaster(client_id, alias, version, tracking_uri, cache_clients)
+        forecaster = _forecaster(
+            client_id, alias, version, tracking_uri, cache_clients, stored.get(client_id)
+        )
         if forecaster is not None:
             loaded[client_id] = (forecaster, version)
         if bar:

@@ -38,8 +38,10 @@ from models.registry.store import (
 from models.registry.versions import (
     ModelCard,
     Registration,
+    StoredVersion,
     load_forecaster,
     load_forecaster_version,
+    locate_versions,
     register_forecaster,
 )
 
@@ -53,6 +55,7 @@ __all__ = [
     "PruneReport",
     "PrunedVersion",
     "Registration",
+    "StoredVersion",
     "RegistryUnavailable",
     "current_aliases",
     "ensure_experiment",
@@ -60,6 +63,7 @@ __all__ = [
     "load_exceedance",
     "load_forecaster",
     "load_forecaster_version",
+    "locate_versions",
     "log_exceedance",
     "model_name",
     "prune_registry",

@@ -6,14 +6,18 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import sqlalchemy as sa
 from mlflow import MlflowClient
+from mlflow.entities.model_registry.model_version_stages import STAGE_DELETED_INTERNAL
 from mlflow.exceptions import MlflowException
 from mlflow.store.model_registry.dbmodels.models import (
+    SqlModelVersion,
+    SqlModelVersionTag,
     SqlRegisteredModel,
     SqlRegisteredModelAlias,
 )
@@ -222,4 +226,66 @@ def _aliases_in_database(tracking_uri: str) -> dict[str, dict[str, str]]:
             mine = found.setdefault(name.removeprefix(PREFIX), {})
             if alias is not None:
                 mine[alias] = str(version)
+    return found
+
+
+@dataclass(frozen=True)
+class VersionRow:
+    """A model version as MLflow's `get_model_version` and `get_model_version_download_uri`
+    would give it: where its files are, and the tags asked for."""
+
+    location: str
+    tags: dict[str, str]
+
+
+def versions_in_database(
+    tracking_uri: str, wanted: dict[str, str], tag_keys: tuple[str, ...]
+) -> dict[str, VersionRow] | None:
+    """For `wanted` (registered model name -> version), each live version found, read in a
+    query per 500 names on MLflow's own mapped tables; None when the registry is not an
+    SQLite file that exists (ask the API then).
+
+    MLflow's API takes two ORM lookups (~15 ms) to say where one version's files are, and
+    prediction asks for every model it loads: thousands a cycle past the model cache.
+    """
+    path = _sqlite_file(tracking_uri)
+    if path is None or _sqlite_file_problem(path):
+        return None
+    versions, tags = SqlModelVersion, SqlModelVersionTag
+    names = list(wanted)
+    found: dict[str, VersionRow] = {}
+    engine = sa.create_engine(tracking_uri, poolclass=sa.pool.NullPool)
+    try:
+        with LOCK, readable_registry(tracking_uri), engine.connect() as connection:
+            for start in range(0, len(names), 500):
+                chunk = names[start : start + 500]
+                query: Any = (
+                    sa.select(
+                        versions.name,
+                        versions.version,
+                        sa.func.coalesce(versions.storage_location, versions.source),
+                        tags.key,
+                        tags.value,
+                    )
+                    .outerjoin(
+                        tags,
+                        (tags.name == versions.name)
+                        & (tags.version == versions.version)
+                        & (tags.workspace == versions.workspace)
+                        & tags.key.in_(tag_keys),
+                    )
+                    .where(
+                        versions.workspace == DEFAULT_WORKSPACE_NAME,
+                        versions.name.in_(chunk),
+                        versions.current_stage != STAGE_DELETED_INTERNAL,
+                    )
+                )
+                for name, version, location, key, value in connection.execute(query):
+                    if str(version) != wanted[name] or location is None:
+                        continue
+                    row = found.setdefault(name, VersionRow(location, {}))
+                    if key is not None:
+                        row.tags[key] = value
+    finally:
+        engine.dispose()
     return found

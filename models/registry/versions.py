@@ -15,6 +15,8 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import mlflow
 import mlflow.pyfunc
@@ -43,6 +45,7 @@ from models.registry.store import (
     mlflow_client,
     model_name,
     use_registry,
+    versions_in_database,
 )
 
 FORMAT_TAG = "artifact_format"  # on a version: how its forecaster is stored (none: a pickle)
@@ -177,9 +180,50 @@ def load_forecaster(
     return load_forecaster_version(client_id, version, tracking_uri), version
 
 
-def load_forecaster_version(client_id: str, version: str, tracking_uri: str) -> Any:
+@dataclass(frozen=True)
+class StoredVersion:
+    """A compact forecaster version whose file is on this machine: where, and the run of
+    the shared exceedance model it names."""
+
+    path: Path
+    exceedance_run_id: str | None
+
+
+def locate_versions(tracking_uri: str, wanted: dict[str, str]) -> dict[str, StoredVersion]:
+    """Where the forecaster files of `wanted` (client -> version) are, for the versions an
+    SQLite registry holds in the compact format with files on this machine, in one query
+    per 500 clients. The others (a tracking server, a version registered before the compact
+    format, files elsewhere) are left out: `load_forecaster_version` asks MLflow for them."""
+    names = {model_name(client): version for client, version in wanted.items()}
+    rows = versions_in_database(tracking_uri, names, (FORMAT_TAG, EXCEEDANCE_RUN_TAG))
+    stored = {}
+    for client in wanted:
+        row = (rows or {}).get(model_name(client))
+        if row is None or row.tags.get(FORMAT_TAG) != FORMAT:
+            continue
+        parsed = urlparse(row.location)
+        if parsed.scheme not in ("", "file") or parsed.netloc not in ("", "localhost"):
+            continue
+        folder = Path(url2pathname(parsed.path))
+        stored[client] = StoredVersion(
+            folder / "artifacts" / FORECASTER_FILE, row.tags.get(EXCEEDANCE_RUN_TAG)
+        )
+    return stored
+
+
+def load_forecaster_version(
+    client_id: str, version: str, tracking_uri: str, stored: StoredVersion | None = None
+) -> Any:
     """The forecaster registered as `forecaster-<id>` version `version` (not an alias, which
-    may move between reading it and loading it)."""
+    may move between reading it and loading it); read from `stored` (`locate_versions`)
+    when given and still there, without MLflow's lookups and copy."""
+    if stored is not None:
+        try:
+            data = stored.path.read_bytes()
+        except OSError:  # pruned or moved since it was located: MLflow says what happened
+            pass
+        else:
+            return read_forecaster(data, stored.exceedance_run_id, tracking_uri)
     name = model_name(client_id)
     with LOCK:
         client = mlflow_client(tracking_uri)

@@ -18,7 +18,7 @@ def loads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
     """The (client, version) pairs the stand-in loader was asked for; caches start empty."""
     asked: list[tuple[str, str]] = []
 
-    def load(client_id: str, version: str, tracking_uri: str) -> object:
+    def load(client_id: str, version: str, tracking_uri: str, stored: object = None) -> object:
         asked.append((client_id, version))
         return object()
 

@@ -22,11 +22,13 @@ from models.registry import (
     ForecasterPyfunc,
     ModelCard,
     RegistryUnavailable,
+    StoredVersion,
     current_aliases,
     exceedance_run_of,
     load_exceedance,
     load_forecaster,
     load_forecaster_version,
+    locate_versions,
     log_exceedance,
     prune_registry,
     register_forecaster,
@@ -304,3 +306,39 @@ def test_prune_refuses_a_registry_that_is_not_there_and_deletes_nothing(tmp_path
     with pytest.raises(RegistryUnavailable, match="is not an SQLite database"):
         prune_registry(f"sqlite:///{garbage}", keep=3)
     assert garbage.read_bytes() == b"not a database at all" * 100
+
+
+def test_versions_are_located_in_one_query_and_load_as_through_mlflow(
+    fitted, exceedance, batch, store
+):
+    uri, artifacts = store
+    shared = log_exceedance(exceedance, uri, artifacts)
+    for forecaster in fitted.values():
+        _register(forecaster, store, run=shared)
+    assert _register(fitted["c0000"], store, promote=False, run=shared) == "2"
+    _register_the_old_way(fitted["c0001"], exceedance, store)  # c0001 version 2: a pickle
+    client = MlflowClient(uri, registry_uri=uri)
+    api_location = client.get_model_version_download_uri("forecaster-c0000", "2")
+
+    located = locate_versions(uri, {"c0000": "2", "c0001": "2", "nobody": "1"})
+    # The pickled version and a model that does not exist are left to MLflow's API.
+    assert set(located) == {"c0000"}
+    assert located["c0000"].path.as_uri() == f"{api_location}/artifacts/forecaster.json.gz"
+    assert located["c0000"].exceedance_run_id == shared
+    history = _history(batch, "c0000")
+    loaded = load_forecaster_version("c0000", "2", uri, located["c0000"])
+    assert_frame_equal(loaded.predict(history), fitted["c0000"].predict(history), check_exact=True)
+    assert loaded.exceedance is load_exceedance(shared, uri)
+    # Version 1 asked for is version 1's file; a deleted version is not found.
+    assert locate_versions(uri, {"c0000": "1"})["c0000"].path != located["c0000"].path
+    client.delete_model_version("forecaster-c0000", "1")
+    assert locate_versions(uri, {"c0000": "1"}) == {}
+    # A located file gone meanwhile: MLflow's API is asked instead (and says why).
+    gone = StoredVersion(artifacts / "gone" / "forecaster.json.gz", shared)
+    assert (
+        load_forecaster_version("c0000", "2", uri, gone)
+        .predict(history)
+        .equals(loaded.predict(history))
+    )
+    # A tracking server is only asked through its API.
+    assert locate_versions("http://127.0.0.1:9/", {"c0000": "2"}) == {}
