@@ -57,7 +57,7 @@ from warehouse.inventory import read_inventory, store_inventory
 from warehouse.plans import read_applied_sizes, read_recent_sizes, read_recent_targets, write_plan
 from warehouse.pools import read_pool, write_pool_state
 from warehouse.predictions import read_latest_forecasts
-from warehouse.usage import read_recent_usage
+from warehouse.usage import read_recent_concurrency
 
 log = logging.getLogger(__name__)
 
@@ -292,7 +292,7 @@ def make_plan(
             clock,
             lead_seconds,
             timing,
-            usage=read_recent_usage(path, 7).filter(planned),
+            usage=read_recent_concurrency(path, 7).filter(planned),
             exceedance=exceedance.filter(planned),
             quantiles=quantiles,
             current_pool=current.filter(planned) if current is not None else None,

