@@ -6,19 +6,42 @@ bench/results/cycle.json.
 For each client count N: a warehouse of N synthetic clients x 14 days at 5 min that follows
 the synthetic feed, with one forecaster per client trained for real by the `train-forecasters`
 flow. That state is built once and cached under bench/.cache/cycle/N<N>/ (git-ignored; delete
-it to rebuild; `--rebuild` does): training 1,000 clients takes minutes, 10,000 about an hour.
+it to rebuild; `--rebuild` does): training costs ~2.1 s of a core per client (1,000 clients:
+36 minutes on 2 cores; 10,000: hours).
+
+`--models-from M` builds a missing cache of N > M clients without training: the warehouse is
+ingested from the synthetic feed as above, and each client's registered version is written
+from the trained N<M> cache's forecasters (bench/cycle_copies.py: ~0.15 s a client with its
+check, N3000 in 8 minutes; N10000 should take about 25).
+The first M clients are N<M>'s very clients (same ids, attributes and history: checked) and
+keep the forecasters trained on them; each other client gets a copy of the forecaster of an
+N<M> client of its archetype, with its own id, attributes and level (scales), registered as
+version 1 of its own model. The cycle's cost per client is the same as with trained models:
+each client loads its own registered version and scores its own history with it. But the
+copied clients' forecasts come from a model trained on another synthetic client, so their
+accuracy, and the pool sizes planned from them, are not what training would give: every
+run says what its models were (`models`: "1000 trained, 9000 copies of them").
+
 Each run copies the cached warehouse and registry database (the artifacts are read in
 place: a cycle never writes them) and runs the real `prewarm-cycle` flow on the process
 runtime, with an inventory of `--hosts` hosts of 32 cores and `--host-memory-gb` each (2 x 64
 GiB: several hundred members; process members are real processes of ~15 MB each, so an
 inventory of thousands would exhaust this machine's 24 GiB):
 
-  warm-up cycle   clock = the history's end: predicts every client, creates the pool
-                  (reported as `first_cycle_s`, not in the median: a pool is created once).
-  cycles 1..3     clock = 5, 10, 15 minutes later: each ingests the newest 5-minute bucket
-                  of every client from the feed, predicts, plans, applies (only what
-                  changed) and scores. `cycle_s` is their median, `steps` the median of
-                  each step, `ratio_to_interval` = cycle_s / 300 s.
+  warm-up cycles  clock = the history's end, then 5, 10, ... minutes later: until every
+                  client with a model has a forecast (`latest_runs`), at most
+                  ceil(N / budget) + 1 cycles, where the budget is
+                  PREWARM_PREDICT_CLIENTS_PER_CYCLE (a cycle predicts at most that many
+                  clients, the oldest forecasts first; without the setting, one cycle
+                  predicts every client). Each advances the clock: a cycle on the watermark
+                  and models of the last prediction predicts nothing. The first creates the
+                  pool. Reported apart, not in the median: `first_cycle_s` is their summed
+                  time, `warmup_cycles` their number (`warmup_cycles_s` each one's,
+                  `warmup_predicted` the clients with a forecast after each).
+  cycles 1..3     clock = 5, 10, 15 minutes after the last warm-up: each ingests the newest
+                  5-minute bucket of every client from the feed, predicts, plans, applies
+                  (only what changed) and scores. `cycle_s` is their median, `steps` the
+                  median of each step, `ratio_to_interval` = cycle_s / 300 s.
 
 `growth_exponent`: the slope of log(cycle_s) against log(clients) over the counts run (1 =
 linear). `peak_rss_mb`: the bench process's peak resident memory after the run (the cycle
@@ -66,6 +89,13 @@ def main() -> None:
     parser.add_argument("--host-memory-gb", type=int, default=64, help="memory of each host")
     parser.add_argument("--workers", type=int, default=2, help="training workers (cache)")
     parser.add_argument("--rebuild", action="store_true", help="retrain the cached models")
+    parser.add_argument(
+        "--models-from",
+        type=int,
+        metavar="M",
+        help="build a missing cache of more than M clients without training: its forecasters "
+        "are copies of the trained N<M> cache's (bench/cycle_copies.py); counts up to M train",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
         "--aged-runs",
@@ -87,7 +117,7 @@ def main() -> None:
             parser.error("--background takes one client count")
         with tempfile.TemporaryDirectory() as prefect_home:
             os.environ["PREFECT_HOME"] = prefect_home
-            cached = _cached_state(args.clients[0], args.workers, args.rebuild)
+            cached = _cached_state(args.clients[0], args.workers, args.rebuild, args.models_from)
             _run_until_stopped(args.clients[0], cached, args.hosts, args.host_memory_gb)
         return
 
@@ -95,7 +125,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as prefect_home:
         os.environ["PREFECT_HOME"] = prefect_home  # one temporary Prefect API for all runs
         for clients in args.clients:
-            cached = _cached_state(clients, args.workers, args.rebuild)
+            cached = _cached_state(clients, args.workers, args.rebuild, args.models_from)
             runs.append(_run(clients, cached, args.hosts, args.host_memory_gb, args.aged_runs))
             print(json.dumps(runs[-1], indent=2), flush=True)
     result = {
@@ -111,7 +141,8 @@ def main() -> None:
         print(
             f"{run['clients']:>6} clients: cycle {run['cycle_s']:.1f} s "
             f"({run['ratio_to_interval']:.2f} of {INTERVAL_S} s), steps {run['steps']}, "
-            f"peak RSS {run['peak_rss_mb']:.0f} MB"
+            f"warm-up {run['first_cycle_s']:.1f} s in {run['warmup_cycles']} cycles, "
+            f"peak RSS {run['peak_rss_mb']:.0f} MB; models: {run['models']}"
         )
     print(f"growth exponent {result['growth_exponent']}")
 
@@ -140,12 +171,19 @@ def _configure(env: dict[str, str]) -> Any:
     return settings
 
 
-def _cached_state(clients: int, workers: int, rebuild: bool) -> Path:
-    """The cached warehouse + registry of `clients` synthetic clients, built if missing."""
+def _cached_state(
+    clients: int, workers: int, rebuild: bool, models_from: int | None = None
+) -> Path:
+    """The cached warehouse + registry of `clients` synthetic clients, built if missing:
+    trained, or with `models_from` < `clients` copied from that trained cache (built first
+    if missing; `rebuild` rebuilds only this one)."""
     home = CACHE / f"N{clients}"
     done = home / "ready.json"
     if done.exists() and not rebuild:
         return home
+    source = None
+    if models_from is not None and models_from < clients:
+        source = _cached_state(models_from, workers, rebuild=False)
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
     env = _environment(home, clients, home / "artifacts")
@@ -160,18 +198,41 @@ def _cached_state(clients: int, workers: int, rebuild: bool) -> Path:
         settings.warehouse_path, complete_feed(parse_feed("synthetic"), settings), now=END
     )
     ingested = ingest_feed(settings, feed, END)
-    print(f"N={clients}: {ingested.rows_loaded:,} usage rows; training...", flush=True)
-    summary = train_flow(settings)()
-    meta = {
-        "clients": clients,
-        "registered": len(summary.registrations),
-        "failed": len(summary.failures),
-        "train_s": round(time.perf_counter() - started, 1),
-        "built_at": datetime.now().isoformat(timespec="seconds"),
-    }
+    ingest_s = round(time.perf_counter() - started, 1)
+    if source is None:
+        print(f"N={clients}: {ingested.rows_loaded:,} usage rows; training...", flush=True)
+        summary = train_flow(settings)()
+        meta: dict[str, Any] = {
+            "clients": clients,
+            "registered": len(summary.registrations),
+            "failed": len(summary.failures),
+            "train_s": round(time.perf_counter() - started, 1),
+        }
+    else:
+        from cycle_copies import copy_models
+
+        print(
+            f"N={clients}: {ingested.rows_loaded:,} usage rows in {ingest_s} s; copying the "
+            f"forecasters of {source}...",
+            flush=True,
+        )
+        meta = {"clients": clients, "ingest_s": ingest_s, **copy_models(settings, source)}
+        meta["build_s"] = round(time.perf_counter() - started, 1)
+    meta["built_at"] = datetime.now().isoformat(timespec="seconds")
     done.write_text(json.dumps(meta, indent=2) + "\n")
     print(f"N={clients}: cached in {home} ({meta})", flush=True)
     return home
+
+
+def _models_note(cached: Path) -> str:
+    """What the cache's forecasters are: trained, or copies (`--models-from`)."""
+    meta = json.loads((cached / "ready.json").read_text())
+    if meta.get("models_from"):
+        return (
+            f"{meta['trained']} trained, {meta['copied']} copies of them (forecasters of "
+            f"N{meta['models_from']}, see bench/cycle_copies.py)"
+        )
+    return f"{meta.get('registered', '?')} trained"
 
 
 def _inventory(path: Path, hosts: int, memory_gb: int) -> Path:
@@ -230,13 +291,14 @@ def _run(
         from flows.pool_admin import release_everything
 
         try:
-            first = _timed_cycle(prewarm_cycle, END)
+            warmup = _warm_up(prewarm_cycle, settings)
             timed = [
                 _timed_cycle(prewarm_cycle, END + timedelta(seconds=INTERVAL_S * k))
-                for k in range(1, CYCLES + 1)
+                for k in range(len(warmup), len(warmup) + CYCLES)
             ]
             members, members_rss = _members(settings)
-            reasons = _reasons(settings)[1:]  # the timed cycles' (the warm-up's is all creates)
+            # The timed cycles' (the warm-up's are mostly creates).
+            reasons = _reasons(settings, [c["plan_id"] for c in timed])
         finally:
             release_everything(settings)
     steps = {
@@ -246,15 +308,19 @@ def _run(
     cycle_s = round(statistics.median(c["seconds"] for c in timed), 2)
     return {
         "clients": clients,
+        "models": _models_note(cached),
         "aged_runs": aged_runs,
         "cycle_s": cycle_s,
         "steps": steps,
         "ratio_to_interval": round(cycle_s / INTERVAL_S, 3),
         "cycles_s": [c["seconds"] for c in timed],
-        "first_cycle_s": first["seconds"],
-        "first_cycle_steps": first["steps"],
+        "first_cycle_s": round(sum(c["seconds"] for c in warmup), 2),
+        "warmup_cycles": len(warmup),
+        "warmup_cycles_s": [c["seconds"] for c in warmup],
+        "warmup_predicted": [c["forecast_clients"] for c in warmup],
+        "first_cycle_steps": _summed(c["steps"] for c in warmup),
         "actions": [c["actions"] for c in timed],
-        "first_cycle_actions": first["actions"],
+        "first_cycle_actions": _summed(c["actions"] for c in warmup),
         "reasons": reasons,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "members": members,
@@ -263,7 +329,7 @@ def _run(
 
 
 def _run_until_stopped(clients: int, cached: Path, hosts: int, memory_gb: int) -> None:
-    """The warm-up cycle, READY on stdout, then cycles 5 minutes of clock apart until
+    """The warm-up cycles, READY on stdout, then cycles 5 minutes of clock apart until
     SIGUSR1 (or SIGTERM) or until the process that started it is gone; the pool is released
     either way (a cycle under way is finished first)."""
     # At the priority `prewarm up` runs its flows at: below the API the benchmark measures.
@@ -283,9 +349,8 @@ def _run_until_stopped(clients: int, cached: Path, hosts: int, memory_gb: int) -
         from flows.pool_admin import release_everything
 
         try:
-            _timed_cycle(prewarm_cycle, END)
+            k = len(_warm_up(prewarm_cycle, settings)) - 1
             print("READY", flush=True)
-            k = 0
             while not stop.is_set() and os.getppid() == parent:
                 k += 1
                 done = _timed_cycle(prewarm_cycle, END + timedelta(seconds=INTERVAL_S * k))
@@ -303,25 +368,75 @@ def _timed_cycle(prewarm_cycle: Any, clock: datetime) -> dict[str, Any]:
         "seconds": round(summary.seconds, 2),
         "steps": summary.step_seconds,
         "actions": summary.actions,
+        "plan_id": summary.plan_id,
     }
 
 
-def _reasons(settings: Any) -> list[dict[str, int]]:
-    """Each cycle's applied actions by why the reconciler took them ("release: scale down"),
-    in cycle order: what the churn is made of."""
+def _warm_up(prewarm_cycle: Any, settings: Any) -> list[dict[str, Any]]:
+    """Cycles 5 minutes of clock apart from END until every client with a model has a
+    forecast, at most ceil(clients / budget) + 1 of them: a cycle predicts at most
+    PREWARM_PREDICT_CLIENTS_PER_CYCLE clients (`predict_clients_per_cycle`; every client
+    where the setting does not exist). Each advances the clock: a cycle on the watermark
+    and models of the last prediction predicts nothing (`flows.cycle._prediction_due`)."""
+    from models.registry import current_aliases
+
+    with_model = sum(
+        1
+        for known in current_aliases(settings.mlflow_tracking_uri).values()
+        if {"champion", "challenger"} & set(known)
+    )
+    budget = getattr(settings, "predict_clients_per_cycle", None) or max(with_model, 1)
+    limit = math.ceil(with_model / budget) + 1
+    cycles: list[dict[str, Any]] = []
+    while len(cycles) < limit:
+        cycle = _timed_cycle(prewarm_cycle, END + timedelta(seconds=INTERVAL_S * len(cycles)))
+        cycle["forecast_clients"] = _forecast_clients(settings)
+        cycles.append(cycle)
+        print(
+            f"warm-up {len(cycles)}: {cycle['seconds']} s, {cycle['forecast_clients']} of "
+            f"{with_model} clients with a model have a forecast",
+            flush=True,
+        )
+        if cycle["forecast_clients"] >= with_model:
+            return cycles
+    raise RuntimeError(
+        f"after {limit} warm-up cycles {cycles[-1]['forecast_clients']} of {with_model} "
+        f"clients with a model have a forecast (budget {budget} a cycle)"
+    )
+
+
+def _forecast_clients(settings: Any) -> int:
+    """How many clients have a forecast (a latest prediction run)."""
+    from warehouse.db import connect, fetch_value
+
+    with connect(settings.warehouse_path, read_only=True) as con:
+        return int(fetch_value(con, "SELECT count(*) FROM latest_runs") or 0)
+
+
+def _summed(parts: Iterator[dict[str, Any]]) -> dict[str, Any]:
+    """Per key, the sum over the warm-up cycles (their steps' seconds, their actions)."""
+    total: dict[str, Any] = {}
+    for part in parts:
+        for key, value in part.items():
+            total[key] = round(total.get(key, 0) + value, 3)
+    return total
+
+
+def _reasons(settings: Any, plan_ids: list[str | None]) -> list[dict[str, int]]:
+    """Each of the given plans' applied actions by why the reconciler took them ("release:
+    scale down"), in their order (an empty one for a plan that did nothing): what the churn
+    is made of."""
     from warehouse.db import connect, fetch_frame
 
     with connect(settings.warehouse_path, read_only=True) as con:
         rows = fetch_frame(
             con,
-            "SELECT plan_id, action || ': ' || coalesce(reason, '') AS why, count(*) AS n,"
-            " min(happened_at) AS at FROM pool_events WHERE ok AND plan_id IS NOT NULL"
-            " GROUP BY plan_id, why",
+            "SELECT plan_id, action || ': ' || coalesce(reason, '') AS why, count(*) AS n"
+            " FROM pool_events WHERE ok AND plan_id IS NOT NULL GROUP BY plan_id, why",
         )
-    order = rows.group_by("plan_id").agg(pl.col("at").min()).sort("at")["plan_id"]
     return [
         {r["why"]: r["n"] for r in rows.filter(pl.col("plan_id") == plan).sort("why").to_dicts()}
-        for plan in order
+        for plan in plan_ids
     ]
 
 
