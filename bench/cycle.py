@@ -31,8 +31,8 @@ inventory of thousands would exhaust this machine's 24 GiB):
   warm-up cycles  clock = the history's end, then 5, 10, ... minutes later: until every
                   client with a model has a forecast (`latest_runs`), at most
                   ceil(N / budget) + 1 cycles, where the budget is
-                  PREWARM_PREDICT_CLIENTS_PER_CYCLE (a cycle predicts at most that many
-                  clients, the oldest forecasts first; without the setting, one cycle
+                  PREWARM_PREDICT_CLIENTS_PER_CYCLE (default 2,000: a cycle predicts at
+                  most that many clients, the oldest forecasts first; up to it, one cycle
                   predicts every client). Each advances the clock: a cycle on the watermark
                   and models of the last prediction predicts nothing. The first creates the
                   pool. Reported apart, not in the median: `first_cycle_s` is their summed
@@ -44,9 +44,10 @@ inventory of thousands would exhaust this machine's 24 GiB):
                   median of each step, `ratio_to_interval` = cycle_s / 300 s.
 
 `growth_exponent`: the slope of log(cycle_s) against log(clients) over the counts run (1 =
-linear). `peak_rss_mb`: the bench process's peak resident memory after the run (the cycle
-runs in it; members are processes of their own: `members` and `members_rss_mb` say what
-they held). Every member is released at the end of a run, also on failure.
+linear). `peak_rss_mb`: the peak resident memory of the run's process (each count runs in
+a process of its own; the cycle runs in it; members are processes of their own: `members`
+and `members_rss_mb` say what they held). Every member is released at the end of a run,
+also on failure.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ import resource
 import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -121,12 +123,17 @@ def main() -> None:
             _run_until_stopped(args.clients[0], cached, args.hosts, args.host_memory_gb)
         return
 
-    runs = []
-    with tempfile.TemporaryDirectory() as prefect_home:
-        os.environ["PREFECT_HOME"] = prefect_home  # one temporary Prefect API for all runs
-        for clients in args.clients:
+    if len(args.clients) > 1:
+        # A process per count: prediction's model cache lives as long as its process (keyed
+        # by client and version, which a count shares with the smaller ones), and the peak
+        # RSS reported is the process's.
+        runs = [_run_in_child(clients, sys.argv[1:]) for clients in args.clients]
+    else:
+        with tempfile.TemporaryDirectory() as prefect_home:
+            os.environ["PREFECT_HOME"] = prefect_home
+            clients = args.clients[0]
             cached = _cached_state(clients, args.workers, args.rebuild, args.models_from)
-            runs.append(_run(clients, cached, args.hosts, args.host_memory_gb, args.aged_runs))
+            runs = [_run(clients, cached, args.hosts, args.host_memory_gb, args.aged_runs)]
             print(json.dumps(runs[-1], indent=2), flush=True)
     result = {
         "runs": runs,
@@ -145,6 +152,26 @@ def main() -> None:
             f"peak RSS {run['peak_rss_mb']:.0f} MB; models: {run['models']}"
         )
     print(f"growth exponent {result['growth_exponent']}")
+
+
+def _run_in_child(clients: int, argv: list[str]) -> dict[str, Any]:
+    """One count's run by this script in a process of its own (`argv`: this run's options,
+    whose --clients and --out are replaced)."""
+    kept, skipping = [], False
+    for arg in argv:
+        if arg in ("--clients", "--out"):
+            skipping = True
+            continue
+        if skipping and not arg.startswith("--"):
+            continue
+        skipping = False
+        kept.append(arg)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run.json"
+        command = [sys.executable, __file__, *kept, "--clients", str(clients), "--out", str(out)]
+        subprocess.run(command, check=True)
+        run: dict[str, Any] = json.loads(out.read_text())["runs"][0]
+        return run
 
 
 def _environment(home: Path, clients: int, artifacts: Path) -> dict[str, str]:
