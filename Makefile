@@ -82,7 +82,7 @@ bench-accuracy: $(STAMP)
 
 # One full cycle at 1,000 / 3,000 / 10,000 clients (issue 16); models cached in bench/.cache/cycle.
 bench-cycle: $(STAMP)
-	$(BIN)/python bench/cycle.py
+	$(BIN)/python bench/cycle.py --clients 1000 3000 10000 --models-from 1000
 
 # Refresh the README's pictures: the e2e browser test writes them to docs/img.
 screenshots: $(STAMP)
