@@ -67,6 +67,13 @@ class PredictSummary:
     seconds: float = 0.0
 
 
+def _cached(client_id: str, version: str) -> Any:
+    """The client's loaded model at `version` if this process keeps it, else None."""
+    with _CACHE_LOCK:
+        cached = _CACHE.get(client_id)
+    return cached[1] if cached is not None and cached[0] == version else None
+
+
 def _forecaster(
     client_id: str,
     alias: str,
@@ -78,10 +85,9 @@ def _forecaster(
     """The client's model at `version`, loaded once per process for the first
     `max_clients` clients (later ones load it every run); one version per client is kept (a
     retrained client's older one is dropped). `stored`: where its file is, when known."""
-    with _CACHE_LOCK:
-        cached = _CACHE.get(client_id)
-        if cached is not None and cached[0] == version:
-            return cached[1]
+    cached = _cached(client_id, version)
+    if cached is not None:
+        return cached
     try:
         loaded = load_forecaster_version(client_id, version, tracking_uri, stored)
     except MlflowException as error:  # deleted meanwhile: the next run sees the new aliases
@@ -121,12 +127,11 @@ def predict_group(
     clients' models and scored origins are kept for the next run in this process."""
     _SCORED.max_clients = cache_clients
     loaded = {}
-    with _CACHE_LOCK:
-        to_load = {
-            client_id: version
-            for client_id, (_, version) in models.items()
-            if _CACHE.get(client_id, ("", None))[0] != version
-        }
+    to_load = {
+        client_id: version
+        for client_id, (_, version) in models.items()
+        if _cached(client_id, version) is None
+    }
     stored = locate_versions(tracking_uri, to_load) if to_load else {}
     bar = tracker("Loading forecasters")
     for done, (client_id, (alias, version)) in enumerate(models.items(), start=1):

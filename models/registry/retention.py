@@ -16,8 +16,6 @@ import os
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
@@ -32,6 +30,7 @@ from models.registry.store import (
     PREFIX,
     all_pages,
     current_aliases,
+    local_path,
     mlflow_client,
     readable_registry,
     use_registry,
@@ -244,7 +243,7 @@ def _remove_files(client: MlflowClient, location: str) -> None:
     call under LOCK."""
     use_registry(client.tracking_uri)  # a tracking server's artifact URIs resolve against it
     get_artifact_repository(location).delete_artifacts()
-    local = _local_path(location)
+    local = local_path(location)
     if local is not None and local.parent.is_dir() and not any(local.parent.iterdir()):
         local.parent.rmdir()
 
@@ -253,18 +252,9 @@ def _size(locations: Iterable[str]) -> int | None:
     """Bytes of the files under these artifact locations (None if one is not local)."""
     total = 0
     for location in locations:
-        local = _local_path(location)
+        local = local_path(location)
         if local is None:
             return None
         for folder, _, files in os.walk(local):
             total += sum(os.path.getsize(os.path.join(folder, f)) for f in files)
     return total
-
-
-def _local_path(location: str) -> Path | None:
-    parsed = urlparse(location)
-    if parsed.scheme == "file":
-        return Path(unquote(parsed.path))
-    if parsed.scheme == "":
-        return Path(location)
-    return None

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 import mlflow
 import sqlalchemy as sa
@@ -213,13 +214,8 @@ def _aliases_in_database(tracking_uri: str) -> dict[str, dict[str, str]]:
         .outerjoin(aliases, (aliases.name == models.name) & (aliases.workspace == models.workspace))
         .where(models.workspace == DEFAULT_WORKSPACE_NAME)
     )
-    # NullPool: a connection per call, so a registry file replaced on disk is read anew.
-    engine = sa.create_engine(tracking_uri, poolclass=sa.pool.NullPool)
-    try:
-        with engine.connect() as connection:
-            rows = connection.execute(query).all()
-    finally:
-        engine.dispose()
+    with _registry_connection(tracking_uri) as connection:
+        rows = connection.execute(query).all()
     found: dict[str, dict[str, str]] = {}
     for name, alias, version in rows:
         if name.startswith(PREFIX):
@@ -254,38 +250,57 @@ def versions_in_database(
     versions, tags = SqlModelVersion, SqlModelVersionTag
     names = list(wanted)
     found: dict[str, VersionRow] = {}
+    with LOCK, readable_registry(tracking_uri), _registry_connection(tracking_uri) as connection:
+        for start in range(0, len(names), 500):
+            chunk = names[start : start + 500]
+            query: Any = (
+                sa.select(
+                    versions.name,
+                    versions.version,
+                    sa.func.coalesce(versions.storage_location, versions.source),
+                    tags.key,
+                    tags.value,
+                )
+                .outerjoin(
+                    tags,
+                    (tags.name == versions.name)
+                    & (tags.version == versions.version)
+                    & (tags.workspace == versions.workspace)
+                    & tags.key.in_(tag_keys),
+                )
+                .where(
+                    versions.workspace == DEFAULT_WORKSPACE_NAME,
+                    versions.name.in_(chunk),
+                    versions.current_stage != STAGE_DELETED_INTERNAL,
+                )
+            )
+            for name, version, location, key, value in connection.execute(query):
+                if str(version) != wanted[name] or location is None:
+                    continue
+                row = found.setdefault(name, VersionRow(location, {}))
+                if key is not None:
+                    row.tags[key] = value
+    return found
+
+
+@contextmanager
+def _registry_connection(tracking_uri: str) -> Iterator[sa.Connection]:
+    """A connection to the registry's database, its engine disposed after: NullPool, a
+    connection per call, so a registry file replaced on disk is read anew."""
     engine = sa.create_engine(tracking_uri, poolclass=sa.pool.NullPool)
     try:
-        with LOCK, readable_registry(tracking_uri), engine.connect() as connection:
-            for start in range(0, len(names), 500):
-                chunk = names[start : start + 500]
-                query: Any = (
-                    sa.select(
-                        versions.name,
-                        versions.version,
-                        sa.func.coalesce(versions.storage_location, versions.source),
-                        tags.key,
-                        tags.value,
-                    )
-                    .outerjoin(
-                        tags,
-                        (tags.name == versions.name)
-                        & (tags.version == versions.version)
-                        & (tags.workspace == versions.workspace)
-                        & tags.key.in_(tag_keys),
-                    )
-                    .where(
-                        versions.workspace == DEFAULT_WORKSPACE_NAME,
-                        versions.name.in_(chunk),
-                        versions.current_stage != STAGE_DELETED_INTERNAL,
-                    )
-                )
-                for name, version, location, key, value in connection.execute(query):
-                    if str(version) != wanted[name] or location is None:
-                        continue
-                    row = found.setdefault(name, VersionRow(location, {}))
-                    if key is not None:
-                        row.tags[key] = value
+        with engine.connect() as connection:
+            yield connection
     finally:
         engine.dispose()
-    return found
+
+
+def local_path(location: str) -> Path | None:
+    """The folder of an artifact location on this machine (a file: URI or a plain path);
+    None for any other store."""
+    parsed = urlparse(location)
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.path))
+    if parsed.scheme == "":
+        return Path(location)
+    return None

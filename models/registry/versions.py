@@ -15,8 +15,6 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
-from urllib.request import url2pathname
 
 import mlflow
 import mlflow.pyfunc
@@ -42,6 +40,7 @@ from models.registry.store import (
     LOCK,
     ensure_sqlite_dir,
     experiment_id,
+    local_path,
     mlflow_client,
     model_name,
     use_registry,
@@ -201,10 +200,9 @@ def locate_versions(tracking_uri: str, wanted: dict[str, str]) -> dict[str, Stor
         row = (rows or {}).get(model_name(client))
         if row is None or row.tags.get(FORMAT_TAG) != FORMAT:
             continue
-        parsed = urlparse(row.location)
-        if parsed.scheme not in ("", "file") or parsed.netloc not in ("", "localhost"):
+        folder = local_path(row.location)
+        if folder is None:
             continue
-        folder = Path(url2pathname(parsed.path))
         stored[client] = StoredVersion(
             folder / "artifacts" / FORECASTER_FILE, row.tags.get(EXCEEDANCE_RUN_TAG)
         )
