@@ -4,7 +4,9 @@ No training here: each client's champion (or, before any champion exists, its la
 challenger) predicts from its recent history. Loaded models are cached per process by
 version, so a served deployment running every few minutes pays MLflow's load cost once,
 and so are the recent origins they scored (`models.forecaster.scored_origins`): each run
-scores only the origins that came in since the last.
+scores only the origins that came in since the last. The two have bounds of their own: a
+model is ~1.8 MB and saves a load (~15 ms), a client's scored origins ~0.3 MB and save
+rescoring them (~40 ms), so past the model cache a client still keeps its origins.
 
 One task per bucket width, not one per client: a Prefect task run costs tens of
 milliseconds of its own, more than a client's prediction (`models.prediction` does the
@@ -46,12 +48,12 @@ from warehouse.usage import read_calendar, read_recent_usage
 
 log = logging.getLogger(__name__)
 
-# Both bounded by PREWARM_PREDICT_CACHE_CLIENTS, keeping the first clients they meet: a
-# cycle predicts every client in the same order, so evicting the least recent would miss
-# on every client once the bound is below the client count.
+# Bounded by PREWARM_PREDICT_CACHE_CLIENTS and PREWARM_PREDICT_SCORED_CLIENTS, each keeping
+# the first clients it meets: cycles predict clients in the same order, so evicting the
+# least recent would miss on every client once the bound is below the client count.
 _CACHE: dict[str, tuple[str, Any]] = {}  # client -> (version, loaded forecaster)
 _CACHE_LOCK = threading.Lock()
-# Recent origins the cached forecasters scored: a run scores only the origins it adds.
+# Recent origins scored per client and model version: a run scores only the origins it adds.
 _SCORED = ScoredOrigins()
 _FULL_SAID = threading.Event()  # the cache being full is said once per process
 
@@ -121,11 +123,13 @@ def predict_group(
     freq_seconds: int,
     generated_at: datetime,
     cache_clients: int,
+    scored_clients: int,
 ) -> Predictions | None:
     """Forecasts, exceedance and profiles of clients of one bucket width, each from its
     registered model (`models`: client -> (alias, version)); the first `cache_clients`
-    clients' models and scored origins are kept for the next run in this process."""
-    _SCORED.max_clients = cache_clients
+    clients' models, and the first `scored_clients` clients' scored origins, are kept for
+    the next run in this process."""
+    _SCORED.max_clients = scored_clients
     loaded = {}
     to_load = {
         client_id: version
@@ -187,6 +191,7 @@ def predict_and_write(settings: Settings, client_ids: list[str] | None = None) -
             int(freq),
             generated_at,
             settings.predict_cache_clients,
+            settings.predict_scored_clients,
         )
         if predicted is None:
             continue

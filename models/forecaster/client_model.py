@@ -56,6 +56,10 @@ class ClientForecaster:
     # model and holdout report; None without one (too little history, or an older model).
     reach: dict[str, MetricModel] | None = None
     reach_holdout: dict[str, dict[str, float | None]] | None = None
+    # The registry version it was read from (set by `models.registry` when loading); None
+    # for one fresh from training. What tells two loads of one model apart from two models
+    # (`scored_origins`), without keeping either loaded.
+    registered_version: str | None = None
 
     def predict(
         self,

@@ -15,16 +15,18 @@ a later run starts later, which moves rolling sums and smoothed levels in their 
 (tests/models/test_scored_origins.py bounds the difference). Rows that arrive late for a
 bucket already scored, or a calendar event added for it, reach only origins scored after
 them; remembered ones age out of the window within `recalibration_days`. A new model
-version starts afresh: outcomes are kept per forecaster object, and `flows.predict` loads a
-new one for each version. Clients whose scale is measured on the history at each run (a
-global-model client that joined after training) are never remembered: their scaled
-outcomes would drift with it.
+version starts afresh: outcomes are kept per model, told apart by the registry version a
+forecaster was loaded from (`registered_version`), so a client whose model was loaded again
+(one past prediction's model cache) keeps them, and the entry does not keep the model in
+memory; a forecaster that was not loaded from the registry is told apart by identity.
+Clients whose scale is measured on the history at each run (a global-model client that
+joined after training) are never remembered: their scaled outcomes would drift with it.
 
 Bounded: a client keeps the origins from its window's start on (two interleaved strides'
-worth at most, about 150 origins of 12 rows per metric, four numbers a row: ~350 KB a
-client at six metrics), one entry per client, replaced with its model, for at most `max_clients`
-clients: the first ones seen are kept and later ones are scored in full every run (a
-cycle predicts every client in the same order, so evicting the least recent would miss on
+worth at most: measured, 133 origins of 12 rows per metric, four numbers a row, ~300 KB a
+client at six metrics), one entry per client, replaced with its model, for at most
+`max_clients` clients: the first ones seen are kept and later ones are scored in full every
+run (cycles predict clients in the same order, so evicting the least recent would miss on
 every client once the cache is too small).
 """
 
@@ -44,11 +46,19 @@ if TYPE_CHECKING:
 
 @dataclass
 class _Remembered:
-    """One client's scored recent origins under one forecaster."""
+    """One client's scored recent origins under one model: a registry version, or (for a
+    forecaster not loaded from the registry, `version` None) the forecaster itself."""
 
-    forecaster: ClientForecaster
+    version: str | None
+    forecaster: ClientForecaster | None
     origins: set[int] = field(default_factory=set)
     errors: dict[str, RecentErrors] = field(default_factory=dict)  # per metric
+
+    def scored_with(self, forecaster: ClientForecaster) -> bool:
+        """Whether these outcomes are `forecaster`'s model's."""
+        if forecaster.registered_version is None:
+            return self.forecaster is forecaster
+        return self.version == forecaster.registered_version
 
 
 class ScoredOrigins:
@@ -66,7 +76,7 @@ class ScoredOrigins:
         """The `origins` not yet scored with this forecaster."""
         with self._lock:
             entry = self._clients.get(forecaster.client_id)
-        if entry is None or entry.forecaster is not forecaster:
+        if entry is None or not entry.scored_with(forecaster):
             return origins
         return [o for o in origins if o not in entry.origins]
 
@@ -104,8 +114,10 @@ class ScoredOrigins:
             entry = self._clients.get(forecaster.client_id)
             if entry is None and len(self._clients) >= self.max_clients:
                 return None
-            if entry is None or entry.forecaster is not forecaster:
-                entry = self._clients[forecaster.client_id] = _Remembered(forecaster)
+            if entry is None or not entry.scored_with(forecaster):
+                version = forecaster.registered_version
+                kept = forecaster if version is None else None
+                entry = self._clients[forecaster.client_id] = _Remembered(version, kept)
             return entry
 
 

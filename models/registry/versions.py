@@ -215,6 +215,14 @@ def load_forecaster_version(
     """The forecaster registered as `forecaster-<id>` version `version` (not an alias, which
     may move between reading it and loading it); read from `stored` (`locate_versions`)
     when given and still there, without MLflow's lookups and copy."""
+    forecaster = _read_version(client_id, version, tracking_uri, stored)
+    forecaster.registered_version = version
+    return forecaster
+
+
+def _read_version(
+    client_id: str, version: str, tracking_uri: str, stored: StoredVersion | None
+) -> Any:
     if stored is not None:
         try:
             data = stored.path.read_bytes()

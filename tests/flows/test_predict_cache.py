@@ -52,7 +52,10 @@ def test_a_kept_clients_new_version_replaces_its_old_one(loads: list[tuple[str, 
 
 
 @pytest.mark.parametrize("value", ["-1", "2000000", "lots"])
-def test_the_bound_is_range_checked(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
-    monkeypatch.setenv("PREWARM_PREDICT_CACHE_CLIENTS", value)
-    with pytest.raises(ValueError, match="predict_cache_clients"):
+@pytest.mark.parametrize("name", ["predict_cache_clients", "predict_scored_clients"])
+def test_the_bounds_are_range_checked(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(f"PREWARM_{name.upper()}", value)
+    with pytest.raises(ValueError, match=name):
         Settings()

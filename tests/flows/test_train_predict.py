@@ -343,3 +343,33 @@ def test_over_the_budget_a_cycle_predicts_new_clients_new_models_then_the_oldest
     # Up to the budget, everyone.
     monkeypatch.setenv("PREWARM_PREDICT_CLIENTS_PER_CYCLE", "4")
     assert clients_to_predict(Settings()).clients is None
+
+
+def test_past_the_model_cache_a_client_keeps_its_scored_origins(trained, monkeypatch):
+    """No model kept (PREWARM_PREDICT_CACHE_CLIENTS=0): each run loads every model again from
+    the registry, and still scores only the recent origins it has not scored with that
+    version (kept per version, without the model)."""
+    from flows import predict
+    from models.forecaster.scored_origins import ScoredOrigins
+
+    monkeypatch.setenv("PREWARM_PREDICT_CACHE_CLIENTS", "0")
+    monkeypatch.setattr(predict, "_CACHE", {})
+    monkeypatch.setattr(predict, "_SCORED", ScoredOrigins())
+    champion = _client(trained).get_model_version_by_alias("forecaster-c0000", "champion")
+    unscored: list[int] = []
+    original = ScoredOrigins.unscored
+
+    def counted(self, forecaster, origins):
+        fresh = original(self, forecaster, origins)
+        if forecaster.client_id == "c0000":
+            unscored.append(len(fresh))
+        return fresh
+
+    monkeypatch.setattr(ScoredOrigins, "unscored", counted)
+    predict_profiles()
+    predict_profiles()
+    assert predict._CACHE == {}
+    entry = predict._SCORED._clients["c0000"]
+    assert entry.version == str(champion.version) and entry.forecaster is None
+    # The first run scores every recent origin; the second, on the same history, none.
+    assert unscored[0] > 50 and unscored[1] == 0

@@ -1,10 +1,14 @@
 """Recent origins remembered between prediction runs (`ScoredOrigins`): a run scores only the
 origins that came in since the last, its forecasts stay those of scoring every origin (bit
 for bit on a first run, within the rounding of rolling sums after), memory stays within the
-recalibration window, and nothing is remembered that could drift."""
+recalibration window, a registered model loaded again keeps its origins without being kept
+in memory, and nothing is remembered that could drift."""
 
 from __future__ import annotations
 
+import gc
+import weakref
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 import numpy as np
@@ -18,6 +22,7 @@ from models.forecaster import (
     fit_global_forecaster,
     forecast_latest,
 )
+from models.forecaster.artifact import forecaster_from_bytes, forecaster_to_bytes
 from models.forecaster.calibration import Outcomes, RecentErrors
 from models.forecaster.prediction import _recent_origins
 from models.forecaster.scored_origins import ScoredOrigins
@@ -117,6 +122,41 @@ def test_a_new_model_of_the_client_starts_afresh(batch, fitted):
         batch.rows.filter(pl.col("client_id") == "c0000"), CONFIG, batch.calendar
     )
     assert scored.unscored(retrained, recent) == recent
+
+
+def _loaded(forecaster, version: str):
+    """`forecaster` as the registry's loader gives it back: read from its file, with the
+    version it was read from."""
+    loaded = forecaster_from_bytes(forecaster_to_bytes(forecaster))
+    loaded.registered_version = version
+    return loaded
+
+
+def test_a_registered_model_loaded_again_keeps_its_origins_without_being_kept(batch, fitted):
+    """Prediction's model cache holds fewer clients than it predicts: a client past it loads
+    its model every run. Its scored origins are the version's, not the loaded object's."""
+    scored = ScoredOrigins()
+    first = _loaded(fitted["c0000"], "3")
+    histories = _histories(batch, fitted, back=20)
+    forecast_latest({"c0000": first}, histories, batch.calendar, scored=scored)
+    recent = _recent_origins([_last_step(histories["c0000"])], first.config)
+    gone = weakref.ref(first)
+    del first
+    gc.collect()
+    assert gone() is None  # the entry does not keep the model in memory
+
+    again = _loaded(fitted["c0000"], "3")
+    assert scored.unscored(again, recent) == []
+    later = _histories(batch, fitted, back=17)
+    newer = _recent_origins([_last_step(later["c0000"])], again.config)
+    kept = forecast_latest({"c0000": again}, later, batch.calendar, scored=scored)
+    every = forecast_latest({"c0000": _loaded(fitted["c0000"], "3")}, later, batch.calendar)
+    a, b = (f.select("p10", "p50", "p90").to_numpy() for f in (kept, every))
+    assert np.allclose(a, b, rtol=1e-2, atol=1e-9)
+    assert scored.unscored(again, newer) == []
+    # Another version of the same client's model starts afresh.
+    assert scored.unscored(_loaded(fitted["c0000"], "4"), newer) == newer
+    assert scored.unscored(replace(again, registered_version=None), newer) == newer
 
 
 def test_a_client_whose_scales_are_measured_each_run_is_never_remembered(batch, fitted):
