@@ -322,13 +322,14 @@ def apply_on(runtime: ContainerRuntime, settings: Settings, planned: PlannedPool
     sweep = getattr(runtime, "sweep_strays", None)
     if callable(sweep) and (swept := sweep()):
         log.warning("stopped %d stray workers no record owned: %s", len(swept), swept)
-    specs = {cid: cfg for cid, cfg in planned.configs.items() if cid not in planned.untouchable}
+    untouchable = planned.untouchable  # a filter of the plan: computed once, not per client
+    specs = {cid: cfg for cid, cfg in planned.configs.items() if cid not in untouchable}
     bar = tracker("Applying pool changes")
     result = reconcile_once(
         runtime,
         targets_as_desired(planned.targets),
         specs,
-        planned.untouchable,
+        untouchable,
         planned.plan.plan_id,
         scope=settings.pool_scope,
         hold=targets_hold(planned.targets),

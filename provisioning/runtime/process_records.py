@@ -64,8 +64,11 @@ def records_dir(state_path: Path) -> Path:
 _SETTLED_NS = 3_000_000_000
 # Parsed records kept (by the same rule, per file): an activation reads its member's record
 # twice (listing, then the call), and parsing one costs more than the rest of the reads.
-# At most this many (~1-2 KB each); past it, all are dropped and kept again as read.
-_MAX_PARSED = 20_000
+# At most this many (~1-2 KB each): past it, the ones kept stay and the others are parsed
+# on every read. (Dropping all and keeping again as read re-parsed every record of every
+# listing once the pool outgrew the bound: 25,000 members at 10,000 clients did.) A whole
+# listing forgets the records of released members, so the bound holds the pool as it is.
+_MAX_PARSED = 50_000
 
 
 @dataclass(frozen=True)
@@ -96,7 +99,10 @@ class MemberRecords(MemberLocks):
         The directory's names are kept until it changes (its mtime): an API activation lists
         its client's records, and reading the whole directory cost ~0.5 us a member of the
         pool (1.6 ms at 2,000 members) for the few of one client."""
-        names = (name for name in self._names(prefix) if name.endswith(".json"))
+        names = [name for name in self._names(prefix) if name.endswith(".json")]
+        if not prefix and self._parsed:
+            listed = set(names)
+            self._parsed = {n: kept for n, kept in self._parsed.items() if n in listed}
         return [record for record in map(self._read, names) if record is not None]
 
     def _read(self, name: str) -> _Record | None:
@@ -115,9 +121,11 @@ class MemberRecords(MemberLocks):
         if kept is not None and kept[0] == signature:
             return _copy(kept[1])
         record = _load(path)
-        if record is not None and time.time_ns() - stat.st_mtime_ns >= _SETTLED_NS:
-            if len(self._parsed) >= _MAX_PARSED:
-                self._parsed = {}
+        if (
+            record is not None
+            and time.time_ns() - stat.st_mtime_ns >= _SETTLED_NS
+            and (name in self._parsed or len(self._parsed) < _MAX_PARSED)
+        ):
             # Read after the stat: at worst newer than its signature, never older.
             self._parsed[name] = (signature, _copy(record))
         return record

@@ -165,3 +165,34 @@ def test_a_record_released_elsewhere_is_not_read_from_memory(tmp_path: Path) -> 
 
     assert records.read("prewarm-a-01") is None
     assert _ids(records) == []
+
+
+def test_past_the_bound_the_records_kept_stay_kept_and_released_ones_are_forgotten(
+    tmp_path: Path, parses: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pool larger than the bound keeps parsing only what is past it (it once dropped every
+    record kept and parsed the whole pool on every listing), and a whole listing forgets
+    released members, so the bound is spent on the pool as it is."""
+    monkeypatch.setattr(process_records, "_MAX_PARSED", 3)
+    records = MemberRecords(tmp_path / "members")
+    ids = [f"prewarm-a-{i:02d}" for i in range(5)]
+    for member_id in ids:
+        records.write(_record(member_id, "a"))
+        _settle(records, member_id)
+
+    assert _ids(records) == ids
+    assert _ids(records) == ids
+    # The first three stay kept; the two past the bound are parsed on every listing.
+    assert parses == [f"{m}.json" for m in ids] + [f"{m}.json" for m in ids[3:]]
+
+    other = MemberRecords(records.directory)
+    for member_id in ids[:2]:  # released by another process
+        with other.locked(member_id):
+            other.discard(member_id)
+    parses.clear()
+    assert _ids(records) == ids[2:]
+    # The two released were forgotten: the records past the bound are kept now.
+    assert set(records._parsed) == {f"{m}.json" for m in ids[2:]}
+    parses.clear()
+    assert _ids(records) == ids[2:]
+    assert parses == []
