@@ -31,6 +31,7 @@ would exceed a host's memory, the largest first (the plan's own demand wins).
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
@@ -239,10 +240,14 @@ def _with_floor(
         return targets
     rows = {(r["client_id"], r["host"]): r for r in targets.iter_rows(named=True)}
     room = _Room(clients, inventory, rows.values())
+    # Summed once, not per client over every row (quadratic in the clients): a client's
+    # rows change only while it is topped up below.
+    warm: dict[str, int] = defaultdict(int)
+    for (c, _), r in rows.items():
+        warm[c] += r["active"] + r["shadow"]
     for client_id in sorted(need):
         host = home[client_id]
-        warm = sum(r["active"] + r["shadow"] for (c, _), r in rows.items() if c == client_id)
-        missing = need[client_id] - warm
+        missing = need[client_id] - warm[client_id]
         row = rows.setdefault(
             (client_id, host),
             {
