@@ -15,7 +15,9 @@ import bisect
 import json
 import logging
 import os
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -69,6 +71,36 @@ _SETTLED_NS = 3_000_000_000
 # listing once the pool outgrew the bound: 25,000 members at 10,000 clients did.) A whole
 # listing forgets the records of released members, so the bound holds the pool as it is.
 _MAX_PARSED = 50_000
+# Directories whose parsed records a process keeps (the least recently opened forgotten).
+_MAX_DIRECTORIES = 8
+
+
+class _Parsed:
+    """One directory's parsed records, shared by every `MemberRecords` of it in this
+    process: a cycle opens the runtime anew for its plan and for its apply, and each parsed
+    the whole pool again (25,000 records, ~4 s of a 10,000-client cycle). Safe to share: a
+    record is used only while its file's (inode, mtime, size) is the one it was read at."""
+
+    def __init__(self) -> None:
+        # file name -> ((inode, mtime ns, size) when read, the record parsed)
+        self.kept: dict[str, tuple[tuple[int, int, int], _Record]] = {}
+
+
+_SHARED: OrderedDict[str, _Parsed] = OrderedDict()
+_SHARED_LOCK = threading.Lock()
+
+
+def _parsed_of(directory: Path) -> _Parsed:
+    """The parsed records this process keeps for `directory`."""
+    key = str(directory.resolve())
+    with _SHARED_LOCK:
+        found = _SHARED.get(key)
+        if found is None:
+            found = _SHARED[key] = _Parsed()
+            while len(_SHARED) > _MAX_DIRECTORIES:
+                _SHARED.popitem(last=False)
+        _SHARED.move_to_end(key)
+        return found
 
 
 @dataclass(frozen=True)
@@ -86,8 +118,7 @@ class MemberRecords(MemberLocks):
 
     def __init__(self, directory: Path) -> None:
         super().__init__(directory)
-        # file name -> ((inode, mtime ns, size) when read, the record parsed)
-        self._parsed: dict[str, tuple[tuple[int, int, int], _Record]] = {}
+        self._parsed = _parsed_of(directory)
 
     def read(self, member_id: str) -> _Record | None:
         """The member's record, or None when there is none (or it cannot be read)."""
@@ -100,9 +131,10 @@ class MemberRecords(MemberLocks):
         its client's records, and reading the whole directory cost ~0.5 us a member of the
         pool (1.6 ms at 2,000 members) for the few of one client."""
         names = [name for name in self._names(prefix) if name.endswith(".json")]
-        if not prefix and self._parsed:
+        if not prefix and self._parsed.kept:
             listed = set(names)
-            self._parsed = {n: kept for n, kept in self._parsed.items() if n in listed}
+            kept = self._parsed.kept
+            self._parsed.kept = {n: record for n, record in kept.items() if n in listed}
         return [record for record in map(self._read, names) if record is not None]
 
     def _read(self, name: str) -> _Record | None:
@@ -114,20 +146,20 @@ class MemberRecords(MemberLocks):
         try:
             stat = os.stat(path)
         except FileNotFoundError:  # released since it was listed
-            self._parsed.pop(name, None)
+            self._parsed.kept.pop(name, None)
             return None
         signature = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
-        kept = self._parsed.get(name)
+        kept = self._parsed.kept.get(name)
         if kept is not None and kept[0] == signature:
             return _copy(kept[1])
         record = _load(path)
         if (
             record is not None
             and time.time_ns() - stat.st_mtime_ns >= _SETTLED_NS
-            and (name in self._parsed or len(self._parsed) < _MAX_PARSED)
+            and (name in self._parsed.kept or len(self._parsed.kept) < _MAX_PARSED)
         ):
             # Read after the stat: at worst newer than its signature, never older.
-            self._parsed[name] = (signature, _copy(record))
+            self._parsed.kept[name] = (signature, _copy(record))
         return record
 
     def _names(self, prefix: str) -> list[str]:
@@ -155,7 +187,7 @@ class MemberRecords(MemberLocks):
     def discard(self, member_id: str) -> None:
         """Delete the member's record and its lock file; only while holding that lock."""
         (self.directory / f"{member_id}.json").unlink(missing_ok=True)
-        self._parsed.pop(f"{member_id}.json", None)
+        self._parsed.kept.pop(f"{member_id}.json", None)
         self.remove(member_id)
 
     def write(self, record: _Record) -> None:

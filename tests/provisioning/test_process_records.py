@@ -192,7 +192,28 @@ def test_past_the_bound_the_records_kept_stay_kept_and_released_ones_are_forgott
     parses.clear()
     assert _ids(records) == ids[2:]
     # The two released were forgotten: the records past the bound are kept now.
-    assert set(records._parsed) == {f"{m}.json" for m in ids[2:]}
+    assert set(records._parsed.kept) == {f"{m}.json" for m in ids[2:]}
     parses.clear()
     assert _ids(records) == ids[2:]
     assert parses == []
+
+
+def test_records_parsed_by_one_runtime_are_not_parsed_again_by_the_next(
+    tmp_path: Path, parses: list[str]
+) -> None:
+    """A cycle opens the runtime anew for its plan and for its apply: the second does not
+    parse the pool again, and a record written since is parsed again by either."""
+    first = MemberRecords(tmp_path / "members")
+    for member_id in ("prewarm-a-01", "prewarm-b-01"):
+        first.write(_record(member_id, member_id[8]))
+        _settle(first, member_id)
+    assert _ids(first) == ["prewarm-a-01", "prewarm-b-01"]
+    assert len(parses) == 2
+
+    changed = _record("prewarm-b-01", "b")
+    changed.pid = 4242
+    first.write(changed)
+    _settle(first, "prewarm-b-01")
+    later = MemberRecords(tmp_path / "members")  # the next runtime opened on the same pool
+    assert [r.pid for r in later.read_all()] == [None, 4242]
+    assert parses == ["prewarm-a-01.json", "prewarm-b-01.json", "prewarm-b-01.json"]
