@@ -42,6 +42,19 @@ class Predictions:
     exceedance: pl.DataFrame | None
     profiles: pl.DataFrame
 
+    @staticmethod
+    def joined(parts: list[Predictions]) -> Predictions | None:
+        """The predictions of several groups of clients as one (None for none): each
+        client's rows come from its own group alone."""
+        if not parts:
+            return None
+        exceedance = [p.exceedance for p in parts if p.exceedance is not None]
+        return Predictions(
+            pl.concat([p.forecasts for p in parts]),
+            pl.concat(exceedance) if exceedance else None,
+            pl.concat([p.profiles for p in parts]),
+        )
+
 
 def predict_clients(
     histories: dict[str, pl.DataFrame],

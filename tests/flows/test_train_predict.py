@@ -373,3 +373,41 @@ def test_past_the_model_cache_a_client_keeps_its_scored_origins(trained, monkeyp
     assert entry.version == str(champion.version) and entry.forecaster is None
     # The first run scores every recent origin; the second, on the same history, none.
     assert unscored[0] > 50 and unscored[1] == 0
+
+
+def test_clients_predicted_a_chunk_at_a_time_predict_as_all_at_once(trained, monkeypatch):
+    """A run loads and predicts CLIENTS_PER_LOAD clients at a time (the models past the cache
+    dropped after their chunk): one client a chunk writes what one chunk of all writes."""
+    from flows import predict
+    from models.forecaster.scored_origins import ScoredOrigins
+
+    runs = []
+    for per_load in (1, 1000):
+        monkeypatch.setattr(predict, "CLIENTS_PER_LOAD", per_load)
+        monkeypatch.setattr(predict, "_CACHE", {})
+        monkeypatch.setattr(predict, "_SCORED", ScoredOrigins())  # both score every origin
+        assert predict_profiles().clients == 4
+    with connect(trained.warehouse_path, read_only=True) as con:
+        stamps = [
+            r[0]
+            for r in con.execute(
+                "SELECT DISTINCT generated_at FROM forecasts ORDER BY 1"
+            ).fetchall()
+        ]
+        assert len(stamps) == 2
+        for table, key in (
+            ("forecasts", "client_id, metric, ts"),
+            ("forecast_exceedance", "client_id, ts, level"),
+            ("profiles", "client_id, window_start"),
+        ):
+            runs = [
+                fetch_frame(
+                    con,
+                    f"SELECT * EXCLUDE (generated_at) FROM {table} WHERE generated_at = ?"
+                    f" ORDER BY {key}",
+                    [stamp],
+                )
+                for stamp in stamps
+            ]
+            assert runs[0].height > 0, table
+            assert runs[0].equals(runs[1]), table
