@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 import polars as pl
@@ -76,9 +77,10 @@ class PlannedPool:
     span: tuple[datetime, datetime]
     clock_rate: float = 1.0  # clock seconds per wall second (a trace replayed live)
 
-    @property
+    @cached_property
     def untouchable(self) -> set[str]:
-        """Forecast-only clients: planned and recorded, never touched."""
+        """Forecast-only clients: planned and recorded, never touched (a filter of the plan,
+        computed once: callers test every client against it)."""
         return set(
             self.plan.desired.filter(pl.col("mode") == "forecast-only")
             .get_column("client_id")
@@ -322,14 +324,13 @@ def apply_on(runtime: ContainerRuntime, settings: Settings, planned: PlannedPool
     sweep = getattr(runtime, "sweep_strays", None)
     if callable(sweep) and (swept := sweep()):
         log.warning("stopped %d stray workers no record owned: %s", len(swept), swept)
-    untouchable = planned.untouchable  # a filter of the plan: computed once, not per client
-    specs = {cid: cfg for cid, cfg in planned.configs.items() if cid not in untouchable}
+    specs = {cid: cfg for cid, cfg in planned.configs.items() if cid not in planned.untouchable}
     bar = tracker("Applying pool changes")
     result = reconcile_once(
         runtime,
         targets_as_desired(planned.targets),
         specs,
-        untouchable,
+        planned.untouchable,
         planned.plan.plan_id,
         scope=settings.pool_scope,
         hold=targets_hold(planned.targets),

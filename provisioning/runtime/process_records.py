@@ -15,10 +15,9 @@ import bisect
 import json
 import logging
 import os
-import threading
 import time
-from collections import OrderedDict
 from dataclasses import asdict, dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 
 from provisioning.runtime.member_files import MemberLocks, read_small
@@ -71,8 +70,6 @@ _SETTLED_NS = 3_000_000_000
 # listing once the pool outgrew the bound: 25,000 members at 10,000 clients did.) A whole
 # listing forgets the records of released members, so the bound holds the pool as it is.
 _MAX_PARSED = 50_000
-# Directories whose parsed records a process keeps (the least recently opened forgotten).
-_MAX_DIRECTORIES = 8
 
 
 class _Parsed:
@@ -86,21 +83,10 @@ class _Parsed:
         self.kept: dict[str, tuple[tuple[int, int, int], _Record]] = {}
 
 
-_SHARED: OrderedDict[str, _Parsed] = OrderedDict()
-_SHARED_LOCK = threading.Lock()
-
-
+@lru_cache(maxsize=8)  # directories (pools) a process keeps; the least recently opened go
 def _parsed_of(directory: Path) -> _Parsed:
-    """The parsed records this process keeps for `directory`."""
-    key = str(directory.resolve())
-    with _SHARED_LOCK:
-        found = _SHARED.get(key)
-        if found is None:
-            found = _SHARED[key] = _Parsed()
-            while len(_SHARED) > _MAX_DIRECTORIES:
-                _SHARED.popitem(last=False)
-        _SHARED.move_to_end(key)
-        return found
+    """The parsed records this process keeps for `directory` (resolved)."""
+    return _Parsed()
 
 
 @dataclass(frozen=True)
@@ -118,7 +104,7 @@ class MemberRecords(MemberLocks):
 
     def __init__(self, directory: Path) -> None:
         super().__init__(directory)
-        self._parsed = _parsed_of(directory)
+        self._parsed = _parsed_of(directory.resolve())
 
     def read(self, member_id: str) -> _Record | None:
         """The member's record, or None when there is none (or it cannot be read)."""
