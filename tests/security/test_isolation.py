@@ -17,6 +17,7 @@ from typing import Any
 import docker
 import pytest
 
+from provisioning.runtime import docker_network, docker_runtime
 from provisioning.runtime.base import LABEL_PLAN, ContainerSpec, Member, Tier, probe_once
 from provisioning.runtime.docker_network import members_network, remove_unused_networks
 from provisioning.runtime.docker_runtime import MEMBER_PIDS_LIMIT, DockerRuntime
@@ -43,6 +44,25 @@ def runtime(
         runtime.release(member.id)
     remove_test_containers(docker_client, {LABEL_PLAN: plan_id})
     remove_unused_networks(docker_client)
+
+
+@pytest.fixture
+def private_network(
+    monkeypatch: pytest.MonkeyPatch, docker_client: docker.DockerClient
+) -> Iterator[str]:
+    """A members network of this test's own (same settings, its own name).
+
+    Tests that remove the network or wait for it to go need to be its only user: on a
+    daemon shared with another run, that run's members would hold `prewarm-members`.
+    """
+    name = f"prewarm-members-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setattr(docker_network, "members_network", lambda reach="bridge": name)
+    monkeypatch.setattr(docker_runtime, "members_network", lambda reach="bridge": name)
+    yield name
+    for network in docker_client.api.networks(names=[name]):
+        for container in docker_client.api.containers(all=True, filters={"network": name}):
+            docker_client.api.remove_container(container["Id"], force=True)
+        docker_client.api.remove_network(network["Id"])
 
 
 @pytest.fixture
@@ -202,11 +222,14 @@ def test_a_member_runs_as_nobody_without_capabilities_or_new_privileges(
 
 
 def test_activation_still_works_and_the_network_goes_with_the_last_member(
-    runtime: DockerRuntime, docker_client: docker.DockerClient, make_spec: SpecMaker
+    runtime: DockerRuntime,
+    docker_client: docker.DockerClient,
+    make_spec: SpecMaker,
+    private_network: str,
 ) -> None:
     shadow = runtime.create(make_spec("warm", "shadow"))
     cold = runtime.create(make_spec("warm", "cold"))
-    network = members_network()
+    network = private_network
     assert shadow.endpoint is not None and not probe_once(shadow.endpoint, 0.3)  # frozen
 
     active, elapsed_ms = runtime.activate(shadow.id)
@@ -218,35 +241,39 @@ def test_activation_still_works_and_the_network_goes_with_the_last_member(
     runtime.release(shadow.id)
     assert docker_client.api.networks(names=[network])  # one member is still on it
     runtime.release(cold.id)
-    # Gone with the last member on it (another pool's members on this daemon keep it).
-    others = docker_client.api.containers(all=True, filters={"network": network})
-    assert bool(docker_client.api.networks(names=[network])) == bool(others)
+    assert not docker_client.api.networks(names=[network])  # gone with the last member
     runtime.release(cold.id)  # releasing again is still fine
 
 
 def test_a_cold_member_starts_even_when_its_network_was_removed_meanwhile(
-    runtime: DockerRuntime, docker_client: docker.DockerClient, make_spec: SpecMaker
+    runtime: DockerRuntime,
+    docker_client: docker.DockerClient,
+    make_spec: SpecMaker,
+    private_network: str,
 ) -> None:
     # A created container does not hold its network: another prewarm releasing the last
     # running member removes it. Activation re-creates it.
     cold = runtime.create(make_spec("late", "cold"))
-    docker_client.api.remove_network(members_network())
+    docker_client.api.remove_network(private_network)
 
     member, _ = runtime.activate(cold.id)
 
     assert member.tier == "active" and probe_once(member.endpoint or "", 2.0)
-    attrs = docker_client.api.inspect_network(members_network())
+    attrs = docker_client.api.inspect_network(private_network)
     assert attrs["Internal"] is True
 
 
 def test_a_runtime_creates_on_a_network_another_prewarm_removed_since(
-    runtime: DockerRuntime, docker_client: docker.DockerClient, make_spec: SpecMaker
+    runtime: DockerRuntime,
+    docker_client: docker.DockerClient,
+    make_spec: SpecMaker,
+    private_network: str,
 ) -> None:
     first = runtime.create(make_spec("churn"))
     DockerRuntime(docker_client).release(first.id)  # another prewarm: the network goes too
-    assert not docker_client.api.networks(names=[members_network()])
+    assert not docker_client.api.networks(names=[private_network])
 
     second = runtime.create(make_spec("churn"))  # this runtime still thinks it exists
 
     assert probe_once(second.endpoint or "", 2.0)
-    assert docker_client.api.inspect_network(members_network())["Internal"]
+    assert docker_client.api.inspect_network(private_network)["Internal"]
