@@ -57,8 +57,9 @@ _CACHE_LOCK = threading.Lock()
 _SCORED = ScoredOrigins()
 _FULL_SAID = threading.Event()  # the cache being full is said once per process
 # Clients whose models are loaded, then predicted, at a time: models past the cache are
-# dropped after their chunk, so a run holds at most this many of them (~1.8 MB each; all
-# 2,000 of a 10,000-client cycle were held at once, 3.6 GB above the cache).
+# dropped after their chunk, so a run holds at most this many of them (~0.35 MB each; all
+# 2,000 of a 10,000-client cycle were held at once, 3.6 GB above the cache when a loaded
+# model was 1.8 MB of LightGBM boosters).
 CLIENTS_PER_LOAD = 200
 
 
@@ -112,7 +113,7 @@ def _forecaster(
             _FULL_SAID.set()
             log.warning(
                 "prediction keeps %d clients' models in memory (PREWARM_PREDICT_CACHE_CLIENTS,"
-                " ~1.8 MB each); the others load theirs every run",
+                " ~0.35 MB each); the others load theirs every run",
                 max_clients,
             )
     return loaded

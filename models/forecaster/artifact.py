@@ -42,8 +42,10 @@ def forecaster_to_bytes(forecaster: ClientForecaster) -> bytes:
     )
 
 
-def forecaster_from_bytes(data: bytes) -> ClientForecaster:
-    """The forecaster `forecaster_to_bytes` stored, without an exceedance model."""
+def forecaster_from_bytes(data: bytes, forests: bool = False) -> ClientForecaster:
+    """The forecaster `forecaster_to_bytes` stored, without an exceedance model; with
+    `forests`, its boosters as the `Forest`s prediction scores with (it cannot be stored
+    again: `QuantileBoosters.from_model_texts`)."""
     doc = unpack(data, FORMAT)
     return ClientForecaster(
         client_id=doc["client_id"],
@@ -53,10 +55,10 @@ def forecaster_from_bytes(data: bytes) -> ClientForecaster:
         fallback=doc["fallback"],
         trained_until=datetime.fromisoformat(doc["trained_until"]),
         holdout=doc["holdout"],
-        models=_models(doc["models"]),
+        models=_models(doc["models"], forests),
         client=doc["client"],
         bias=doc["bias"],
-        reach=_models(doc["reach"]) if doc["reach"] is not None else None,
+        reach=_models(doc["reach"], forests) if doc["reach"] is not None else None,
         reach_holdout=doc["reach_holdout"],
     )
 
@@ -73,10 +75,12 @@ def _models_doc(models: dict[str, MetricModel]) -> dict[str, dict[str, Any]]:
     }
 
 
-def _models(doc: dict[str, dict[str, Any]]) -> dict[str, MetricModel]:
+def _models(doc: dict[str, dict[str, Any]], forests: bool) -> dict[str, MetricModel]:
     return {
         metric: MetricModel(
-            boosters=QuantileBoosters.from_model_texts(part["boosters"], part["horizon_scale"]),
+            boosters=QuantileBoosters.from_model_texts(
+                part["boosters"], part["horizon_scale"], forests
+            ),
             scale=part["scale"],
             calibration=Calibration(**as_tuples(part["calibration"])),
         )

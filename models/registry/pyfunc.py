@@ -32,8 +32,9 @@ _REQUIREMENTS = ("lightgbm", "polars", "pandas", "numpy", "pyarrow", "cloudpickl
 
 def read_forecaster(data: bytes, exceedance_run_id: str | None, tracking_uri: str) -> Any:
     """A forecaster file with its shared exceedance model attached. A shared model that
-    cannot be read leaves it without one (a warning): its forecasts still serve."""
-    forecaster: ClientForecaster = forecaster_from_bytes(data)
+    cannot be read leaves it without one (a warning): its forecasts still serve. Its
+    boosters are forests: what is read from the registry predicts, it is never stored again."""
+    forecaster: ClientForecaster = forecaster_from_bytes(data, forests=True)
     if exceedance_run_id:
         try:
             forecaster.exceedance = load_exceedance(exceedance_run_id, tracking_uri)

@@ -13,10 +13,11 @@ from flows.ingest import ingest_usage
 from flows.predict import predict_profiles
 from flows.settings import Settings
 from flows.train import train_flow
+from models.forecaster import forecaster_from_bytes
 from models.registry import (
     ModelCard,
     exceedance_run_of,
-    load_forecaster_version,
+    locate_versions,
     register_forecaster,
 )
 from warehouse.db import connect
@@ -50,7 +51,8 @@ def test_training_prunes_old_versions_and_predict_still_serves_every_client(
     client = MlflowClient(uri, registry_uri=uri)
     # Four more versions of c0000 naming the same shared model; v1 is the champion and v2
     # gets an alias of someone's own: old, and never pruned while an alias points at them.
-    first = load_forecaster_version("c0000", "1", uri)
+    # Read as boosters from its file: a version loaded for prediction is not stored again.
+    first = forecaster_from_bytes(locate_versions(uri, {"c0000": "1"})["c0000"].path.read_bytes())
     for _ in range(4):
         register_forecaster(
             first,

@@ -31,6 +31,7 @@ from models.forecaster import (
     forecaster_from_bytes,
     forecaster_to_bytes,
 )
+from models.forecaster.forest import Forest
 from warehouse.sources.synthetic import generate_synthetic
 
 END = datetime(2026, 1, 19)
@@ -91,6 +92,32 @@ def test_a_stored_forecaster_forecasts_bit_for_bit_as_the_fitted_one(fitted, his
     )
     # Stored again, it gives the same bytes: nothing is lost or reordered on the way.
     assert forecaster_to_bytes(loaded) == forecaster_to_bytes(fitted)
+
+
+def test_a_forecaster_read_as_forests_forecasts_bit_for_bit_and_is_not_stored_again(
+    fitted, history, batch
+):
+    stored = forecaster_to_bytes(fitted)
+    forests = forecaster_from_bytes(stored, forests=True)
+    assert isinstance(forests.models["requests"].boosters.boosters[1], Forest)
+    assert_frame_equal(
+        forests.predict(history, batch.calendar),
+        fitted.predict(history, batch.calendar),
+        check_exact=True,
+    )
+    assert_frame_equal(
+        forecast_latest({"c0000": forests}, {"c0000": history}, batch.calendar),
+        forecast_latest({"c0000": fitted}, {"c0000": history}, batch.calendar),
+        check_exact=True,
+    )
+    # Its identity is the stored text's: it groups with copies read as boosters.
+    booster_copy = forecaster_from_bytes(stored)
+    assert (
+        forests.models["requests"].boosters.fingerprint()
+        == booster_copy.models["requests"].boosters.fingerprint()
+    )
+    with pytest.raises(TypeError, match="keeps no model text"):
+        forecaster_to_bytes(forests)
 
 
 def test_global_model_views_stored_apart_still_forecast_together(batch):
