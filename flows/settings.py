@@ -206,7 +206,7 @@ class Settings(BaseSettings):
         ge=0,
         le=1_000_000,
         description="clients whose scored recent origins a process keeps between predictions"
-        " (~0.3 MB each; the rest score every recent origin each run, ~3x the CPU)",
+        " (~0.23 MB each; the rest score every recent origin each run, ~3x the CPU)",
     )
     api_max_queued_outcomes: int = Field(
         default=10_000,

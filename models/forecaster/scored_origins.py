@@ -23,11 +23,11 @@ Clients whose scale is measured on the history at each run (a global-model clien
 joined after training) are never remembered: their scaled outcomes would drift with it.
 
 Bounded: a client keeps the origins from its window's start on (two interleaved strides'
-worth at most: measured, 133 origins of 12 rows per metric, four numbers a row, ~300 KB a
-client at six metrics), one entry per client, replaced with its model, for at most
-`max_clients` clients: the first ones seen are kept and later ones are scored in full every
-run (cycles predict clients in the same order, so evicting the least recent would miss on
-every client once the cache is too small).
+worth at most: measured, 133 origins of 12 rows per metric, four numbers a row, two of them
+int32 steps, ~230 KB a client at six metrics), one entry per client, replaced with its
+model, for at most `max_clients` clients: the first ones seen are kept and later ones are
+scored in full every run (cycles predict clients in the same order, so evicting the least
+recent would miss on every client once the cache is too small).
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ class ScoredOrigins:
             # An origin scored again (a run that failed before `mark`) keeps its fresh rows.
             stale = (kept.step < first) | np.isin(kept.step, new.step)
             new = _joined(_where(kept, ~stale), new)
-        entry.errors[metric] = new
+        entry.errors[metric] = _compact(new)
         return _where(new, np.isin(new.step, wanted))
 
     def mark(self, forecaster: ClientForecaster, wanted: list[int]) -> None:
@@ -119,6 +119,15 @@ class ScoredOrigins:
                 kept = forecaster if version is None else None
                 entry = self._clients[forecaster.client_id] = _Remembered(version, kept)
             return entry
+
+
+def _compact(errors: RecentErrors) -> RecentErrors:
+    """`errors` with their steps as int32 when they fit (a quarter of what is kept: bucket
+    steps since 1970 fit until 2038 even at one-second buckets); the values are the same."""
+    if errors.known_at.size and int(errors.known_at.max()) >= 2**31:
+        return errors
+    e = errors
+    return RecentErrors(e.step.astype(np.int32), e.known_at.astype(np.int32), e.low, e.high)
 
 
 def _where(errors: RecentErrors, mask: np.ndarray) -> RecentErrors:

@@ -185,6 +185,9 @@ def test_memory_stays_within_the_recalibration_window(batch, fitted):
         # one row per (origin, horizon): none counted twice
         pairs = set(zip(errors.step.tolist(), errors.known_at.tolist(), strict=True))
         assert len(pairs) == len(errors.step), metric
+        # kept small: 24 bytes a row (two int32 steps, two float64 errors)
+        assert errors.step.dtype == errors.known_at.dtype == np.int32, metric
+        assert sum(a.nbytes for a in vars(errors).values()) == 24 * len(errors.step)
 
 
 def test_an_origin_scored_again_replaces_its_remembered_rows(fitted):
@@ -209,6 +212,19 @@ def test_an_origin_scored_again_replaces_its_remembered_rows(fitted):
     assert not np.array_equal(again.low[again.step == 12], first.low[first.step == 12])
     later = scored.errors(own, "requests", rows([16], 3.0), wanted=[14, 16])
     assert sorted(later.step.tolist()) == [14, 14, 16, 16]
+
+
+def test_steps_past_int32_are_kept_as_they_are(fitted):
+    # One-second buckets after 2038: a step no longer fits 32 bits and is not narrowed.
+    scored = ScoredOrigins()
+    own = fitted["c0000"]
+    late = 2**31 + 5
+    steps = np.asarray([late, late], dtype=np.int64)
+    fresh = Outcomes(np.full((2, 3), 1.0), np.asarray([1, 2]), steps, steps * 0.0)
+    errors = scored.errors(own, "requests", fresh, wanted=[late])
+    kept = scored._clients["c0000"].errors["requests"]
+    assert kept.step.dtype == np.int64 and kept.step.tolist() == [late, late]
+    assert errors.known_at.tolist() == [late + 1, late + 2]
 
 
 def test_past_max_clients_later_clients_are_scored_in_full_every_run(batch, fitted):
