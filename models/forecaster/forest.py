@@ -4,9 +4,9 @@ each loaded model.
 Why not the `lightgbm.Booster` itself: a cycle scores each client's 36 boosters (6 metrics,
 3 quantiles, the horizon and the reach) on a dozen rows each, and `Booster.predict` spends
 about 55 us per call setting up before it walks 14 rows (measured: 72 us a call, 17 of them
-walking the trees); a loaded booster also holds ~50 KB of C++ objects, 1.8 MB a client,
+walking the trees); a loaded booster also holds its trees as C++ objects, ~0.94 MB a client,
 which capped how many clients' models a process could keep between cycles. Here a call
-costs ~10 us and a client's boosters ~0.3 MB.
+costs ~10 us and a client's boosters ~0.35 MB.
 
 The walk is LightGBM's own (`Tree::GetLeaf`, `NumericalDecision` in its `tree.h`): a
 missing value takes the node's default side when its missing type says so, NaN is zero for
@@ -83,8 +83,6 @@ class Forest:
             leaf_value
         ) != int(leaves.sum()):
             raise ValueError("a LightGBM model text whose trees do not add up")
-        if np.any(decision & 1):
-            raise ValueError("categorical splits are not supported")
 
         def global_child(local: np.ndarray) -> np.ndarray:
             # Per-tree child indices to indices into the flat arrays (leaves stay `~leaf`).
