@@ -28,6 +28,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
 from core.errors import PrewarmError
+from core.memory import release_freed_memory
 from core.times import utc_now
 from flows.locks import warehouse_write
 from flows.progress import tracker
@@ -158,6 +159,8 @@ def predict_group(
         )
         if predicted is not None:
             chunks.append(predicted)
+        del loaded
+        release_freed_memory()  # the chunk's temporaries, between the models kept
         if bar:
             bar(min(start + CLIENTS_PER_LOAD, len(clients)), len(clients))
     return Predictions.joined(chunks)

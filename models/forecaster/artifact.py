@@ -67,7 +67,7 @@ def _models_doc(models: dict[str, MetricModel]) -> dict[str, dict[str, Any]]:
     return {
         metric: {
             "boosters": model.boosters.model_texts(),
-            "horizon_scale": model.boosters.horizon_scale,
+            "horizon_scale": model.boosters.horizon_scale.tolist(),
             "scale": model.scale,
             "calibration": asdict(model.calibration),
         }

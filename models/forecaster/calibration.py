@@ -158,7 +158,7 @@ class RecentErrors:
     def of(cls, model: MetricModel, outcomes: Outcomes) -> RecentErrors:
         horizon, target = outcomes.horizon, outcomes.target
         calibrated = _calibrated(outcomes.raw, model.calibration, horizon)
-        unit = np.asarray(model.boosters.horizon_scale)[horizon - 1]
+        unit = model.boosters.horizon_scale[horizon - 1]
         return cls(
             outcomes.step,
             outcomes.step + horizon,
@@ -209,7 +209,7 @@ def _recalibrated(
     out = _calibrated(raw, model.calibration, horizons)
     if recent is None or len(recent.low) == 0 or config.recalibration_weight == 0:
         return out
-    unit = np.asarray(model.boosters.horizon_scale)
+    unit = model.boosters.horizon_scale
     known_at = recent.known_at
     steps, at = np.unique(origins, return_inverse=True)
     window = round(config.recalibration_days * config.steps_per_day)

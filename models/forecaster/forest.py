@@ -38,20 +38,22 @@ _COLUMNS = re.compile(r"\nmax_feature_idx=(\d+)")
 _ZERO = float(np.float32(1e-35))
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, slots=True)
 class Forest:
     """The trees of one booster: internal nodes and leaves of all trees in flat arrays.
 
-    A child (and a root) is a node index when >= 0, else `~leaf` (a leaf index).
+    A child (and a root) is a node index when >= 0, else `~leaf` (a leaf index). Indices
+    are kept in the smallest type that holds them (`_index_type`): a client's 36 forests
+    are held for as long as its model is cached, 10,000 clients at a time.
     """
 
-    feature: np.ndarray  # int32, per node: the input column it splits on
+    feature: np.ndarray  # uint8 (int32 past 256 columns), per node: the column it splits on
     threshold: np.ndarray  # float64, per node: left when the value is <= it
     decision: np.ndarray  # uint8, per node: LightGBM's decision type bits
-    left: np.ndarray  # int32, per node
-    right: np.ndarray  # int32, per node
+    left: np.ndarray  # int16 (int32 past 32,767 nodes or leaves), per node
+    right: np.ndarray  # as `left`
     leaf_value: np.ndarray  # float64, per leaf
-    roots: np.ndarray  # int32, per tree, in order
+    roots: np.ndarray  # as `left`, per tree, in order
     columns: int  # input columns the booster was trained on
 
     @classmethod
@@ -84,20 +86,23 @@ class Forest:
         ) != int(leaves.sum()):
             raise ValueError("a LightGBM model text whose trees do not add up")
 
+        index = _index_type(max(nodes, len(leaf_value)))
+
         def global_child(local: np.ndarray) -> np.ndarray:
             # Per-tree child indices to indices into the flat arrays (leaves stay `~leaf`).
             node_base, leaf_base = node_start[tree_of_node], leaf_start[tree_of_node]
-            return np.where(local >= 0, local + node_base, ~(~local + leaf_base)).astype(np.int32)
+            return np.where(local >= 0, local + node_base, ~(~local + leaf_base)).astype(index)
 
+        columns_count = int(columns.group(1)) + 1
         return cls(
-            feature=fields["split_feature"].astype(np.int32),
+            feature=fields["split_feature"].astype(np.uint8 if columns_count <= 256 else np.int32),
             threshold=threshold,
             decision=decision.astype(np.uint8),
             left=global_child(fields["left_child"]),
             right=global_child(fields["right_child"]),
             leaf_value=leaf_value,
-            roots=np.where(inner > 0, node_start, ~leaf_start).astype(np.int32),
-            columns=int(columns.group(1)) + 1,
+            roots=np.where(inner > 0, node_start, ~leaf_start).astype(index),
+            columns=columns_count,
         )
 
     def predict(self, matrix: np.ndarray, num_threads: int = 1) -> np.ndarray:
@@ -129,6 +134,11 @@ class Forest:
             for a in (self.feature, self.threshold, self.decision, self.left, self.right)
             + (self.leaf_value, self.roots)
         )
+
+
+def _index_type(count: int) -> type:
+    """The smallest signed integer type for indices below `count` and their `~index`."""
+    return np.int16 if count <= 2**15 else np.int32
 
 
 @numba.njit(cache=True, nogil=True)

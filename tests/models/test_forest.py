@@ -75,8 +75,20 @@ def test_trees_of_a_single_leaf_score_their_constant():
 
 def test_a_forest_is_a_fraction_of_its_boosters_memory():
     forest = Forest.from_model_text(_fit(0.5, 30).model_to_string())
-    # 30 trees of at most 15 leaves: 21 bytes per node, 8 per leaf, 4 per root.
-    assert forest.nbytes <= 30 * (14 * 21 + 15 * 8 + 4)
+    # 30 trees of at most 15 leaves: 14 bytes per node (threshold 8, two 2-byte children,
+    # a 1-byte column and decision), 8 per leaf, 2 per root.
+    assert forest.nbytes <= 30 * (14 * 14 + 15 * 8 + 2)
+    assert (forest.left.dtype, forest.feature.dtype) == (np.int16, np.uint8)
+
+
+def test_a_forest_past_16_bit_indices_keeps_them_in_32():
+    # 40 trees of up to 1,000 leaves: more than 32,768 leaves in all.
+    booster = _fit(0.5, 40, num_leaves=1000, min_data_in_leaf=1, min_data_in_bin=1)
+    forest = Forest.from_model_text(booster.model_to_string())
+    assert len(forest.leaf_value) > 2**15
+    assert forest.left.dtype == forest.right.dtype == forest.roots.dtype == np.int32
+    rows = _inputs(np.random.default_rng(8), 3000)
+    assert np.array_equal(forest.predict(rows), booster.predict(rows, num_threads=1))
 
 
 def test_a_forest_refuses_what_it_cannot_score():
