@@ -58,12 +58,14 @@ from warehouse.inventory import read_inventory, store_inventory
 from warehouse.plans import read_applied_sizes, read_recent_sizes, read_recent_targets, write_plan
 from warehouse.pools import read_pool, write_pool_state
 from warehouse.predictions import read_latest_forecasts
-from warehouse.usage import read_recent_concurrency
+from warehouse.usage import read_need_levels, read_recent_concurrency
 
 log = logging.getLogger(__name__)
 
 # Planner settings a `[planner]` section may override; the window grid is the cycle's.
 _CYCLE_OWNED = ("tick_seconds", "windows", "buffer_seconds")
+# The planner's base rates: how often each client needed each level over its last week.
+BASE_RATE_DAYS = 7
 
 
 @dataclass
@@ -294,7 +296,10 @@ def make_plan(
             clock,
             lead_seconds,
             timing,
-            usage=read_recent_concurrency(path, 7).filter(planned),
+            levels=read_need_levels(path, BASE_RATE_DAYS, timing.exceedance_levels).filter(planned),
+            usage=read_recent_concurrency(path, BASE_RATE_DAYS, timing.floor_since(clock)).filter(
+                planned
+            ),
             exceedance=exceedance.filter(planned),
             quantiles=quantiles,
             current_pool=current.filter(planned) if current is not None else None,

@@ -58,6 +58,11 @@ class CycleTiming:
         scale-down delay of what it wanted."""
         return clock - timedelta(seconds=self.delay_seconds + self.cycle_seconds)
 
+    def floor_since(self, clock: datetime) -> datetime:
+        """The oldest bucket the floor and the hold read (`need_now`): one scale-down delay
+        and one bucket before the clock."""
+        return clock - timedelta(seconds=self.delay_seconds + self.tick_seconds)
+
 
 @dataclass(frozen=True)
 class CyclePlan:
@@ -75,14 +80,13 @@ def ceil_to_tick(moment: datetime, tick_seconds: int) -> datetime:
     return epoch + timedelta(seconds=math.ceil(seconds / tick_seconds - 1e-9) * tick_seconds)
 
 
-def need_now(usage: pl.DataFrame, clock: datetime, delay_s: int, freq_s: int) -> pl.DataFrame:
-    """Per client, the need of its newest bucket within the last delay (the floor) and the
-    most need within it (the hold): client_id, floor, recent."""
+def need_now(usage: pl.DataFrame, since: datetime, clock: datetime) -> pl.DataFrame:
+    """Per client, the need of its newest bucket from `since` (`CycleTiming.floor_since`) to
+    the clock (the floor) and the most need within it (the hold): client_id, floor, recent."""
     if usage.height == 0 or "concurrency" not in usage.columns:
         return pl.DataFrame(
             schema={"client_id": pl.String, "floor": pl.Float64, "recent": pl.Float64}
         )
-    since = clock - timedelta(seconds=delay_s + freq_s)
     recent = usage.filter((pl.col("ts") >= since) & (pl.col("ts") < clock)).drop_nulls(
         "concurrency"
     )
@@ -181,6 +185,7 @@ def plan_cycle(
     lead_seconds: float,
     timing: CycleTiming,
     *,
+    levels: pl.DataFrame,
     usage: pl.DataFrame,
     exceedance: pl.DataFrame | None,
     quantiles: pl.DataFrame | None,
@@ -194,7 +199,10 @@ def plan_cycle(
 
     Args:
         clients: the planner's client frame (client_id, tier, mode, container sizes, confidence).
-        usage: recent usage (client_id, ts, concurrency): base rates, floor and hold.
+        levels: the buckets of history at each level of need (`need_levels`: client_id, n,
+            buckets): the base rates.
+        usage: the newest usage (client_id, ts, concurrency), at least the last delay
+            before the clock: the floor and the hold.
         recent_targets: client_id, host, total of the plans applied in the last delay.
     Raises ValueError for a bad `[planner]` override (the message names the key).
     """
@@ -213,11 +221,7 @@ def plan_cycle(
             "buffer_seconds": (first_window - clock).total_seconds(),
         }
     )
-    priors = (
-        base_rates(usage.select("client_id", "concurrency"), max_level=timing.exceedance_levels)
-        if usage.height and "concurrency" in usage.columns
-        else None
-    )
+    priors = base_rates(levels, max_level=timing.exceedance_levels) if levels.height else None
 
     def plan_at(prices: CostModel) -> Plan:
         return plan_pools(
@@ -237,7 +241,7 @@ def plan_cycle(
     # What a more cautious plan keeps over the look-ahead holds members: releasing takes
     # a clearer "not needed" than creating takes "needed" (hysteresis against flapping).
     cautious = plan_at(_with_penalty_factor(costs, HOLD_PENALTY_FACTOR))
-    need = need_now(usage, clock, timing.delay_seconds, tick)
+    need = need_now(usage, timing.floor_since(clock), clock)
     targets = pool_targets(
         plan.desired,
         first_window,

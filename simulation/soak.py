@@ -41,6 +41,7 @@ from core.vocabulary import TierName
 from provisioning.costs import CostModel
 from provisioning.cycle_plan import CyclePlan, CycleTiming, plan_cycle, planner_clients
 from provisioning.member_size import member_sizes, resized_clients, upcoming
+from provisioning.planner import need_levels
 from provisioning.reconciler import LABEL_CONFIG_HASH, Action, diff
 from provisioning.runtime.base import LABEL_HOST, Member
 from provisioning.schema_checks import limits_from_inventory
@@ -259,6 +260,7 @@ def _plan(
         cycle.clock,
         cycle.lead_seconds,
         timing,
+        levels=need_levels(known, max_level=timing.exceedance_levels),
         usage=known,
         exceedance=exceedance,
         quantiles=quantiles,

@@ -100,6 +100,7 @@ from provisioning.planner.demand import (
     _demand_inputs,
     base_rates,
     exceedance_from_quantiles,
+    need_levels,
     quantile_upper,
 )
 from provisioning.planner.frames import _desired_frame, _totals, _unserved_frame, desired_members
@@ -117,6 +118,7 @@ __all__ = [
     "base_rates",
     "desired_members",
     "exceedance_from_quantiles",
+    "need_levels",
     "plan_pools",
     "planner_config_from_dict",
     "quantile_upper",

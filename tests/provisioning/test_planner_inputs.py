@@ -16,6 +16,7 @@ from provisioning.planner import (
     base_rates,
     desired_members,
     exceedance_from_quantiles,
+    need_levels,
     plan_pools,
     planner_config_from_dict,
 )
@@ -130,7 +131,7 @@ def test_demand_above_max_level_is_reported_unserved():
 
 def test_base_rates_from_history():
     usage = pl.DataFrame({"client_id": ["a"] * 4 + ["b"], "concurrency": [0.0, 1.0, 2.0, 0.5, 0.0]})
-    rates = base_rates(usage, max_level=2)
+    rates = base_rates(need_levels(usage, max_level=2), max_level=2)
     # a: ceil -> 0, 1, 2, 1: need >= 1 in 3 of 4, >= 2 in 1 of 4; b: never
     assert rates.to_dicts() == [
         {"client_id": "a", "level": 1, "p_exceed": 0.75},

@@ -240,21 +240,45 @@ def test_each_client_s_latest_run_says_which_model_version_made_it(warehouse_pat
     assert latest.rows() == [("a", late, "2"), ("b", early, None)]
 
 
-def test_the_planner_s_usage_is_the_recent_window_s_concurrency(warehouse_path):
-    from warehouse.usage import read_recent_concurrency, read_recent_usage
-
+def _ten_days_of_two_clients(warehouse_path) -> None:
     rows = []
+    levels = [0.0, 0.4, 1.0, 2.5, None, 7.0, 40.0]  # fractions round up; 40 is past the top
     for client, last in (("a", T0), ("b", T0 - timedelta(days=3))):  # b stopped 3 days ago
         for step in range(0, 10 * 288, 7):  # ten days, every 35 min
             ts = last - timedelta(minutes=5 * step)
-            rows.append((client, ts, 1.0, float(step % 5), 0.1, 64.0, 1.0, 2.0, "batch"))
+            need = levels[(step // 7) % len(levels)] if client == "a" else float(step % 5)
+            rows.append((client, ts, 1.0, need, 0.1, 64.0, 1.0, 2.0, "batch"))
     with connect(warehouse_path) as con:
         con.executemany("INSERT INTO usage VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
-    narrow = read_recent_concurrency(warehouse_path, 7).sort("client_id", "ts")
+
+
+def test_the_planner_s_usage_is_the_recent_window_s_concurrency(warehouse_path):
+    from warehouse.usage import read_recent_concurrency, read_recent_usage
+
+    _ten_days_of_two_clients(warehouse_path)
+    since = T0 - timedelta(days=8)
+    narrow = read_recent_concurrency(warehouse_path, 7, since).sort("client_id", "ts")
     whole = read_recent_usage(warehouse_path, 7).select("client_id", "ts", "concurrency")
     assert narrow.columns == ["client_id", "ts", "concurrency"]
-    assert narrow.equals(whole)
-    # Seven days back from each client's own newest bucket, b's too.
+    assert narrow.equals(whole.filter(pl.col("ts") >= since))
+    # Seven days back from each client's own newest bucket, b's too, and not before `since`.
     firsts = dict(narrow.group_by("client_id").agg(pl.col("ts").min()).iter_rows())
     assert T0 - timedelta(days=7) < firsts["a"] <= T0 - timedelta(days=7) + timedelta(minutes=35)
-    assert T0 - timedelta(days=10) < firsts["b"] <= T0 - timedelta(days=10) + timedelta(minutes=35)
+    assert since <= firsts["b"] <= since + timedelta(minutes=35)
+
+
+def test_the_planner_s_need_levels_are_counted_as_the_planner_counts_them(warehouse_path):
+    from provisioning.planner import base_rates, need_levels
+    from warehouse.usage import read_need_levels, read_recent_usage
+
+    _ten_days_of_two_clients(warehouse_path)
+    window = read_recent_usage(warehouse_path, 7)
+    counted = read_need_levels(warehouse_path, 7, max_level=16).sort("client_id", "n")
+    expected = need_levels(window, max_level=16).sort("client_id", "n")
+    assert counted.rows() == expected.rows()
+    # a's levels by hand: 0 and the missing bucket as 0, 0.4 -> 1, 2.5 -> 3, 40 -> 16.
+    assert {n for c, n, _ in counted.rows() if c == "a"} == {0, 1, 3, 7, 16}
+    assert sum(b for c, _, b in counted.rows() if c == "b") == window.filter(
+        pl.col("client_id") == "b"
+    ).height
+    assert base_rates(counted, 16).equals(base_rates(expected, 16))
