@@ -17,6 +17,9 @@ from warehouse.db import connect
 # the temp directory can no longer change once external access is off, and nothing at all
 # can change once the configuration is locked.
 _LOCK_DOWN = (
+    # DuckDB's own limit (80 % of the memory), not the flows' buffer bound: with no spilling
+    # below, a person's query should fail only when the machine cannot hold it.
+    "RESET memory_limit",
     "SET temp_directory = ''",  # no spilling: a huge query fails rather than fill the disk
     "SET enable_external_access = false",
     "SET autoinstall_known_extensions = false",
