@@ -58,7 +58,7 @@ _CACHE_LOCK = threading.Lock()
 _SCORED = ScoredOrigins()
 _FULL_SAID = threading.Event()  # the cache being full is said once per process
 # Clients whose models are loaded, then predicted, at a time: models past the cache are
-# dropped after their chunk, so a run holds at most this many of them (~0.35 MB each; all
+# dropped after their chunk, so a run holds at most this many of them (~0.3 MB each; all
 # 2,000 of a 10,000-client cycle were held at once, 3.6 GB above the cache when a loaded
 # model was 1.8 MB of LightGBM boosters).
 CLIENTS_PER_LOAD = 200
@@ -114,7 +114,7 @@ def _forecaster(
             _FULL_SAID.set()
             log.warning(
                 "prediction keeps %d clients' models in memory (PREWARM_PREDICT_CACHE_CLIENTS,"
-                " ~0.35 MB each); the others load theirs every run",
+                " ~0.3 MB each); the others load theirs every run",
                 max_clients,
             )
     return loaded

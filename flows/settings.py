@@ -199,7 +199,7 @@ class Settings(BaseSettings):
         ge=0,
         le=1_000_000,
         description="clients whose loaded models a process keeps between predictions"
-        " (~0.35 MB each; the rest load theirs every run, ~25 ms each)",
+        " (~0.3 MB each; the rest load theirs every run, ~25 ms each)",
     )
     predict_scored_clients: int = Field(
         default=10_000,
