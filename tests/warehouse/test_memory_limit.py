@@ -26,9 +26,10 @@ def test_connections_are_bound_to_the_setting(warehouse_path, monkeypatch):
 @pytest.mark.parametrize("value", ["lots", "0", "63", "2000000", "1.5"])
 def test_a_bad_value_is_refused_before_the_file_is_opened(warehouse_path, monkeypatch, value):
     monkeypatch.setenv("PREWARM_WAREHOUSE_MEMORY_MB", value)
-    with pytest.raises(PrewarmError, match="PREWARM_WAREHOUSE_MEMORY_MB must be a whole number"):
-        with connect(warehouse_path):
-            pass
+    refused = pytest.raises(PrewarmError, match="WAREHOUSE_MEMORY_MB must be a whole number")
+    with refused, connect(warehouse_path):
+        pass
+    assert not warehouse_path.exists()
 
 
 def test_ad_hoc_sql_is_not_bound_by_it(warehouse_path, monkeypatch):

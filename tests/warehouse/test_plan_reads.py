@@ -278,7 +278,8 @@ def test_the_planner_s_need_levels_are_counted_as_the_planner_counts_them(wareho
     assert counted.rows() == expected.rows()
     # a's levels by hand: 0 and the missing bucket as 0, 0.4 -> 1, 2.5 -> 3, 40 -> 16.
     assert {n for c, n, _ in counted.rows() if c == "a"} == {0, 1, 3, 7, 16}
-    assert sum(b for c, _, b in counted.rows() if c == "b") == window.filter(
-        pl.col("client_id") == "b"
-    ).height
+    assert (
+        sum(b for c, _, b in counted.rows() if c == "b")
+        == window.filter(pl.col("client_id") == "b").height
+    )
     assert base_rates(counted, 16).equals(base_rates(expected, 16))
