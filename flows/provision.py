@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Any
 
 import polars as pl
@@ -39,6 +39,7 @@ from flows.runtime import bound_runtime, open_pool_runtime, open_runtime_named
 from flows.settings import Settings
 from flows.task_inputs import unwalked
 from provisioning.apply import ApplyResult, members_frame, reconcile_once
+from provisioning.config_memo import ConfigMemo, inputs_key
 from provisioning.costs import CostModel, load_cost_model
 from provisioning.cycle_plan import CycleTiming, plan_cycle, planner_clients
 from provisioning.inventory import default_inventory, load_inventory
@@ -66,6 +67,10 @@ log = logging.getLogger(__name__)
 _CYCLE_OWNED = ("tick_seconds", "windows", "buffer_seconds")
 # The planner's base rates: how often each client needed each level over its last week.
 BASE_RATE_DAYS = 7
+# Composites and rendered configs of this process's plans, reused while their inputs are
+# equal: most clients' profiles are the same from one cycle to the next.
+_STATIC = ConfigMemo()
+_RENDERED = ConfigMemo()
 
 
 @dataclass
@@ -162,9 +167,12 @@ def _static_composites(
     composites = {}
     for row in clients.iter_rows(named=True):
         client_id = row["client_id"]
+        own, base = extensions.get(client_id, []), client_base(row)
         try:
-            composites[client_id] = compose_workload(
-                client_id, extensions.get(client_id, []), None, client_base(row), limits=limits
+            composites[client_id] = _STATIC.get(
+                client_id,
+                (inputs_key(own, base), limits),
+                partial(compose_workload, client_id, own, None, base, limits=limits),
             )
         except (SchemaError, SchemaRejected) as error:
             log.warning("client %s gets no members: its schema is refused: %s", client_id, error)
@@ -201,21 +209,39 @@ def _final_configs(
             anticipated = anticipated_from_profile(
                 next_window[client_id], pool_size.get(client_id, 0)
             )
-        base = {
-            k: v
-            for k, v in composite.items()
-            if k not in ("client_id", "extensions", "anticipated", "size")
-        }
-        full = compose_workload(
-            client_id, extensions.get(client_id, []), anticipated, base, limits=limits
-        )
         # Only a size the forecast moved is stated: a member at its declared size keeps
         # the config hash it had before sizing existed.
         size = sizes.get(client_id)
-        if size is not None and size != (composite["cpu"], composite["memory_mb"]):
-            full = {**full, "size": {"cpu": size[0], "memory_mb": size[1]}}
-        configs[client_id] = render_container_config(full)
+        if size == (composite["cpu"], composite["memory_mb"]):
+            size = None
+        own = extensions.get(client_id, [])
+        configs[client_id] = _RENDERED.get(
+            client_id,
+            (inputs_key(composite, own, anticipated, size), limits),
+            partial(_rendered, client_id, composite, own, anticipated, size, limits),
+        )
     return configs
+
+
+def _rendered(
+    client_id: str,
+    composite: dict,
+    extensions: list[dict],
+    anticipated: dict | None,
+    size: tuple[float, float] | None,
+    limits: SchemaLimits,
+) -> dict:
+    """The container config of a client's static `composite` with its anticipated section
+    and, when the forecast moved it, its size."""
+    base = {
+        k: v
+        for k, v in composite.items()
+        if k not in ("client_id", "extensions", "anticipated", "size")
+    }
+    full = compose_workload(client_id, extensions, anticipated, base, limits=limits)
+    if size is not None:
+        full = {**full, "size": {"cpu": size[0], "memory_mb": size[1]}}
+    return render_container_config(full)
 
 
 def _current_pool(settings: Settings) -> pl.DataFrame | None:
