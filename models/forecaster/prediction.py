@@ -352,14 +352,23 @@ def _origin_pairs(origins: list[_Origins]) -> pl.DataFrame:
 
 
 def _recent_origins(steps: list[int], config: ForecastConfig) -> list[int]:
-    """Past origins whose targets fall in the recalibration window of some requested origin."""
+    """Past origins whose targets fall in the recalibration window of some requested origin,
+    every `stride` steps, on a grid fixed in absolute steps (multiples of the stride).
+
+    Fixed, not counted back from each run's newest origin: with a stride of 2, origins
+    counted back from consecutive steps alternate between odd and even, so a run one step
+    after another shared none of its origins (`scored_origins` remembered nothing a next run
+    could use, and every other run scored all ~70 again). On the grid, a run scores only the
+    origins that came in since the last one it remembers.
+    """
     window = round(config.recalibration_days * config.steps_per_day)
     if window <= 0 or config.recalibration_weight == 0 or not steps:
         return []
     horizon = config.horizon_steps
     stride = max(1, math.ceil(window * horizon / config.max_eval_rows))
     first = steps[0] - window - horizon + 1
-    return list(range(steps[-1] - horizon, first - 1, -stride))[::-1]
+    newest = steps[-1] - horizon
+    return list(range(newest - newest % stride, first - 1, -stride))[::-1]
 
 
 def _prediction_scales(

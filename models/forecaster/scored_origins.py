@@ -1,8 +1,9 @@
 """Recent origins already scored, remembered between prediction runs of one process.
 
 Each run recalibrates a client's horizon on its model's errors at the recent origins of the
-last `recalibration_days` (`_recent_origins`): about 80 origins of 12 steps, 94 % of the rows
-a run scores, of which a five-minute cycle adds one. `ScoredOrigins` keeps each origin's
+last `recalibration_days` (`_recent_origins`): about 75 origins of 12 steps, 94 % of the rows
+a run scores, every second step on a grid fixed in absolute steps, of which a five-minute
+cycle adds one every other cycle. `ScoredOrigins` keeps each origin's
 errors once scored (`RecentErrors`: how far each target fell outside the calibrated
 interval, which depends on the model alone), so a run builds features, scores boosters and
 calibrates only at the origins it has not seen (measured: 40 % of a run's CPU at 100
@@ -22,9 +23,10 @@ memory; a forecaster that was not loaded from the registry is told apart by iden
 Clients whose scale is measured on the history at each run (a global-model client that
 joined after training) are never remembered: their scaled outcomes would drift with it.
 
-Bounded: a client keeps the origins from its window's start on (two interleaved strides'
-worth at most: measured, 133 origins of 12 rows per metric, four numbers a row, two of them
-int32 steps, ~230 KB a client at six metrics), one entry per client, replaced with its
+Bounded: a client keeps the origins from its window's start on (one window's worth on the
+grid: ~75 origins of 12 rows per metric, four numbers a row, two of them int32 steps,
+~130 KB a client at six metrics; 133 origins and ~230 KB when the grid moved with each run's
+step and both phases were kept), one entry per client, replaced with its
 model, for at most `max_clients` clients: the first ones seen are kept and later ones are
 scored in full every run (cycles predict clients in the same order, so evicting the least
 recent would miss on every client once the cache is too small).

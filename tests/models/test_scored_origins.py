@@ -7,6 +7,7 @@ in memory, and nothing is remembered that could drift."""
 from __future__ import annotations
 
 import gc
+import math
 import weakref
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -90,9 +91,34 @@ def test_later_runs_score_only_the_origins_that_came_in(batch, fitted):
         seen |= set(recent)
         assert scored.unscored(own, recent) == []
     stride = recent[1] - recent[0]
-    assert stride > 1  # the stride's phases interleave: each is scored once, then remembered
-    newest = _recent_origins([_last_step(_histories(batch, fitted, 11)["c0000"])], own.config)
-    assert scored.unscored(own, newest) == [newest[-1]]
+    assert stride > 1
+    # On the stride's fixed grid, the 8 runs after the first scored only the newest origins,
+    # one every `stride` steps, never a whole window of another phase.
+    assert len(seen) - len(recent) <= math.ceil((20 - 12) / stride)
+    assert all(o % stride == 0 for o in seen)
+    later = [
+        _recent_origins([_last_step(_histories(batch, fitted, back)["c0000"])], own.config)
+        for back in (11, 10)
+    ]
+    assert [len(scored.unscored(own, origins)) for origins in later] in ([1, 1], [0, 1], [1, 0])
+    assert set(later[1]) - set(later[0]) <= {later[1][-1]}
+
+
+def test_recent_origins_lie_on_a_grid_fixed_in_absolute_steps():
+    config = CONFIG
+    runs = [_recent_origins([step], config) for step in range(10_000, 10_010)]
+    stride = runs[0][1] - runs[0][0]
+    assert stride == 3  # 0.5 day of 5-minute buckets, 12 steps each, over 600 rows
+    for step, origins in zip(range(10_000, 10_010), runs, strict=True):
+        assert all(o % stride == 0 for o in origins)
+        assert origins == sorted(origins)
+        # The newest origin's targets are all known at the run's step; the oldest's still
+        # reach into the window (144 steps before it).
+        assert step - config.horizon_steps - stride < origins[-1] <= step - config.horizon_steps
+        assert origins[0] >= step - 144 - config.horizon_steps + 1
+        assert origins[0] - stride < step - 144 - config.horizon_steps + 1
+    for before, after in zip(runs, runs[1:], strict=False):
+        assert len(set(after) - set(before)) <= 1  # one step later: at most one new origin
 
 
 def test_remembered_origins_forecast_as_scoring_every_origin(batch, fitted):
