@@ -5,7 +5,7 @@ challenger) predicts from its recent history. Loaded models are cached per proce
 version, so a served deployment running every few minutes pays MLflow's load cost once,
 and so are the recent origins they scored (`models.forecaster.scored_origins`): each run
 scores only the origins that came in since the last. The two have bounds of their own: a
-model is ~1.8 MB and saves a load (~15 ms), a client's scored origins ~0.3 MB and save
+model is ~0.3 MB and saves a load (~20 ms), a client's scored origins ~0.12 MB and save
 rescoring them (~40 ms), so past the model cache a client still keeps its origins.
 
 One task per bucket width, not one per client: a Prefect task run costs tens of

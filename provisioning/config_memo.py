@@ -11,7 +11,9 @@ Pure and in memory; one entry per client and kind, so a memo holds at most `max_
 clients (the first ones past it are built every time, never kept). Builds that raise are
 never kept: a refused schema is refused, and said, on every cycle.
 
-What it hands out is shared between cycles: callers read it, never change it.
+What it hands out is shared between cycles: callers read it, never change it. Runs that
+overlap in one process may share a memo: a dict's get and set are atomic, so a race at worst
+builds one value twice.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Recent origins already scored, remembered between prediction runs of one process.
 
 Each run recalibrates a client's horizon on its model's errors at the recent origins of the
-last `recalibration_days` (`_recent_origins`): about 75 origins of 12 steps, 94 % of the rows
+last `recalibration_days` (`_recent_origins`): about 72 origins of 12 steps, 94 % of the rows
 a run scores, every second step on a grid fixed in absolute steps, of which a five-minute
 cycle adds one every other cycle. `ScoredOrigins` keeps each origin's
 errors once scored (`RecentErrors`: how far each target fell outside the calibrated
@@ -24,9 +24,9 @@ Clients whose scale is measured on the history at each run (a global-model clien
 joined after training) are never remembered: their scaled outcomes would drift with it.
 
 Bounded: a client keeps the origins from its window's start on (one window's worth on the
-grid: ~75 origins of 12 rows per metric, four numbers a row, two of them int32 steps,
-~130 KB a client at six metrics; 133 origins and ~230 KB when the grid moved with each run's
-step and both phases were kept), one entry per client, replaced with its
+grid: measured, 72 origins of 12 rows per metric, four numbers a row, two of them int32
+steps, 124 KB a client at six metrics; 133 origins and ~230 KB when the grid moved with each
+run's step and both phases were kept), one entry per client, replaced with its
 model, for at most `max_clients` clients: the first ones seen are kept and later ones are
 scored in full every run (cycles predict clients in the same order, so evicting the least
 recent would miss on every client once the cache is too small).
