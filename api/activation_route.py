@@ -7,6 +7,7 @@ bucket, the client's view: mode, planned members, routing, composite, host). The
 warm claim stays on the loop too (`claim_warm_on_loop`: an idle active member, or a shadow
 the process runtime resumes with its health answer awaited); the rest of the runtime's
 work (Docker's calls, a cold member, a busy one, a cold start) runs in a worker thread.
+Activations take turns on the loop (`api.turns`), so a burst is answered in arrival order.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from api.models import (
     ColdStarted,
 )
 from api.rate import retry_after
+from api.turns import Turn
 from api.views import ClientView
 from provisioning.runtime.base import LABEL_HOST, PrewarmRuntimeError, ms_since
 from provisioning.schema_model import Routing, SchemaError
@@ -79,12 +81,13 @@ class Refusal(Exception):
 
 
 async def activate_for_request(
-    ctx: AppContext, client_id: str, started: float, affinity_key: str | None = None
+    ctx: AppContext, client_id: str, started: float, turn: Turn, affinity_key: str | None = None
 ) -> ActivationOutcome:
     """Rate limit, runtime, mode, then a bounded activation; `Refusal` for every "no".
 
     Which warm member serves follows the client's routing section (from its view) and the
-    request's `affinity_key`."""
+    request's `affinity_key`. `turn` (`api.turns`) ends when the claim is decided, or as the
+    work goes to a thread."""
 
     def refuse(
         reason: str, status_code: int, detail: str, headers: Mapping[str, str] | None = None
@@ -147,6 +150,7 @@ async def activate_for_request(
         )
         if on_loop is not None:
             return on_loop
+        turn.end()  # the loop is free while the thread works
         return await run_in_threadpool(
             activate_or_cold_start,
             runtime,
@@ -182,12 +186,15 @@ async def answer_activation(
     started = time.perf_counter()
     outcome: ActivationOutcome | Activation
     response: Activated | JSONResponse
+    turn = await ctx.turns.take()
     try:
-        outcome = await activate_for_request(ctx, client_id, started, affinity_key)
+        outcome = await activate_for_request(ctx, client_id, started, turn, affinity_key)
     except Refusal as refusal:
         outcome, response = refusal.activation, refusal.response
     else:
         response = activation_response(outcome)
+    finally:
+        turn.end()  # the rest (outcome queued, answer built) does not yield the loop
     record_outcome(ctx, client_id, outcome)
     return response
 

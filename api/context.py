@@ -31,6 +31,7 @@ from api.outcome_writer import OutcomeWriter
 from api.rate import TokenBuckets
 from api.recorder import ActivationRecorder
 from api.stamp import WarehouseStamp
+from api.turns import ActivationTurns
 from api.views import DEFAULT_MAX_CLIENTS, ClientView, ClientViews, read_client_views
 from core.errors import PrewarmError
 from provisioning.runtime.base import ContainerRuntime
@@ -60,7 +61,8 @@ class WarehouseUnavailable(Exception):
 
 class AppContext:
     """What the routes share: the warehouse and its gate, the runtime, the pool scope, the
-    key snapshot, the client views, the activation limits and the outcome recorder."""
+    key snapshot, the client views, the activation limits and turns, and the outcome
+    recorder."""
 
     def __init__(
         self,
@@ -89,6 +91,7 @@ class AppContext:
         self.lease_seconds = lease_seconds
         self.burst_max = burst_max
         self.rate = rate
+        self.turns = ActivationTurns()  # activations in arrival order on the loop
         self.client_locks = ClientLocks()
         self.stamp = WarehouseStamp(self.warehouse_path)
         self.keys = KeyCache(lambda: self.warehouse(read_live_keys), version=self.stamp.version)

@@ -142,8 +142,10 @@ def test_the_answer_is_the_same_served_on_the_loop_or_in_a_thread(
 ) -> None:
     threaded = threading.Event()
     original = api.activation_route.activate_or_cold_start
+    turns_free_in_thread: list[int] = []
 
     def spy(*args: Any, **kwargs: Any) -> ActivationOutcome:
+        turns_free_in_thread.append(app.state.prewarm.turns.free)
         threaded.set()  # before the activation waits for the member's lock
         return original(*args, **kwargs)
 
@@ -170,6 +172,11 @@ def test_the_answer_is_the_same_served_on_the_loop_or_in_a_thread(
         caller.join(10)
         in_thread = result["answer"]
 
+    # The thread path gave its turn on the loop back before it ran (`api.turns`), and no
+    # request kept one.
+    turns = app.state.prewarm.turns
+    assert turns_free_in_thread == [turns.slots]
+    assert (turns.free, turns.waiting) == (turns.slots, 0)
     for answer in (on_loop, in_thread):
         assert answer.status_code == 200, answer.text
         body = answer.json()
