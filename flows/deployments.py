@@ -29,6 +29,7 @@ from datetime import timedelta
 from typing import Any
 
 from flows.settings import Settings
+from provisioning.runtime.spawn_priority import keep_spawn_priority
 
 DAILY_0200_UTC = "0 2 * * *"
 CYCLE = "prewarm-cycle"
@@ -111,7 +112,10 @@ def run_as_batch(nice: int) -> None:
     `nice` at least: the flows are batch work, and on a shared host the client API's
     requests should get the CPU first. The flows still take all of it when the API is idle.
     Beside a cycle at the same priority, the API's p99 warm activation was 26-48 ms; with
-    the cycle at 10, 18 ms (`make bench-api`, docs/BENCHMARKS.md)."""
+    the cycle at 10, 18 ms (`make bench-api`, docs/BENCHMARKS.md). The process runtime's
+    workers it spawns from now on start at the niceness it had before (`spawn_priority`):
+    they serve client requests."""
+    keep_spawn_priority()
     current = os.getpriority(os.PRIO_PROCESS, 0)
     if nice > current:
         os.setpriority(os.PRIO_PROCESS, 0, nice)

@@ -33,6 +33,7 @@ from pathlib import Path
 from provisioning.runtime.base import declared_ports
 from provisioning.runtime.process_control import _SPAWNED, _read_proc_stat
 from provisioning.runtime.process_records import _Record
+from provisioning.runtime.spawn_priority import at_spawn_priority
 
 # Logs as the process runtime, the name its records have always carried.
 log = logging.getLogger("provisioning.runtime.process_runtime")
@@ -75,21 +76,25 @@ def spawn_worker(
         save()  # endpoint without pid = "spawn under way" (see ProcessRuntime._settle)
         handed = [f"{port}={sockets[port].fileno()}" for port in others]
         with open(log_path, "ab") as log_file:
-            popen = subprocess.Popen(
-                [
-                    *(python, "-I", "-S", str(WORKER_SCRIPT)),
-                    *("--fd", str(sockets[first].fileno()), "--member", record.id),
-                    *(argument for pair in handed for argument in ("--port-fd", pair)),
-                    *("--data-dir", record.data_dir),
-                    *("--state", str(state_path.resolve())),
-                ],
-                pass_fds=[sock.fileno() for sock in sockets.values()],
-                # Own session and process group: outlives us, immune to our Ctrl-C.
-                start_new_session=True,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=log_file,
-                env=_worker_env(record),
+            command = [
+                *(python, "-I", "-S", str(WORKER_SCRIPT)),
+                *("--fd", str(sockets[first].fileno()), "--member", record.id),
+                *(argument for pair in handed for argument in ("--port-fd", pair)),
+                *("--data-dir", record.data_dir),
+                *("--state", str(state_path.resolve())),
+            ]
+            # Not at the batch priority of a cycle that spawns it (`spawn_priority`).
+            popen = at_spawn_priority(
+                lambda: subprocess.Popen(
+                    command,
+                    pass_fds=[sock.fileno() for sock in sockets.values()],
+                    # Own session and process group: outlives us, immune to our Ctrl-C.
+                    start_new_session=True,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=log_file,
+                    env=_worker_env(record),
+                )
             )
     _SPAWNED[popen.pid] = popen
     stat = _read_proc_stat(popen.pid)

@@ -46,3 +46,42 @@ def test_the_niceness_is_only_ever_lowered_never_raised() -> None:
     assert BASE <= 12, f"the suite itself runs at niceness {BASE}"
     # A second, smaller value (a priority raise) is ignored; 0 leaves the process as it was.
     assert _niceness_after(0, 12, 5) == [BASE, 12, 12, 12]
+
+
+# Lowers its niceness as `prewarm up` does, then starts a process-runtime worker (a real
+# member) and a plain child from the lowered thread; prints both children's niceness.
+SPAWN_PROBE = """
+import os, subprocess, sys
+from pathlib import Path
+from flows.deployments import run_as_batch
+from provisioning.runtime.base import ContainerSpec
+from provisioning.runtime.process_runtime import ProcessRuntime
+run_as_batch(10)
+runtime = ProcessRuntime(Path(sys.argv[1]), grace_s=0.5)
+member = runtime.create(ContainerSpec("acme", "plan-nice", "active", "img", 0.5, 64))
+plain = subprocess.Popen(["sleep", "30"])
+try:
+    print(os.getpriority(os.PRIO_PROCESS, member.details["pid"]))
+    print(os.getpriority(os.PRIO_PROCESS, plain.pid))
+finally:
+    plain.kill()
+    runtime.release(member.id)
+"""
+
+
+def test_workers_spawned_by_batch_work_serve_at_the_priority_it_had_before(
+    tmp_path: Path,
+) -> None:
+    assert BASE <= 10, f"the suite itself runs at niceness {BASE}"
+    done = subprocess.run(
+        [sys.executable, "-c", SPAWN_PROBE, str(tmp_path / "pool.json")],
+        env={"PATH": "/usr/bin:/bin"},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    worker, plain = map(int, done.stdout.split())
+    assert plain == 10  # what any child of the lowered thread gets
+    assert worker == BASE  # the member: at the priority the process had before
