@@ -33,21 +33,20 @@ DEFAULT_MAX_WAITING = 256
 
 
 class Turn:
-    """One request's turn; `end` gives it back (once, however often it is called)."""
+    """One request's turn (none when `turns` is None); `end` gives it back, once however
+    often it is called, and at the latest `turns.hold_s` after it began."""
 
-    def __init__(self, turns: ActivationTurns | None, hold_s: float = 0.0) -> None:
+    def __init__(self, turns: ActivationTurns | None) -> None:
         self._turns = turns
-        self._timer: asyncio.TimerHandle | None = None
-        if turns is not None:
-            self._timer = asyncio.get_running_loop().call_later(hold_s, self.end)
+        self._timer = (
+            None if turns is None else asyncio.get_running_loop().call_later(turns.hold_s, self.end)
+        )
 
     def end(self) -> None:
         turns, self._turns = self._turns, None
-        if turns is None:
-            return
-        if self._timer is not None:
+        if turns is not None and self._timer is not None:
             self._timer.cancel()
-        turns._give_back()
+            turns._give_back()
 
 
 class ActivationTurns:
@@ -82,7 +81,7 @@ class ActivationTurns:
         it; at once and without a turn when `max_waiting` already wait."""
         if self._free > 0:
             self._free -= 1
-            return Turn(self, self.hold_s)
+            return Turn(self)
         if self.waiting >= self.max_waiting:
             return Turn(None)
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -96,7 +95,7 @@ class ActivationTurns:
             else:
                 self._give_back()  # handed a turn just as it was cancelled: pass it on
             raise
-        return Turn(self, self.hold_s)  # handed over by `_give_back`, already counted
+        return Turn(self)  # handed over by `_give_back`, already counted
 
     def _give_back(self) -> None:
         """Hand the turn to the first request still waiting, else free it."""
