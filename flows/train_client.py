@@ -59,7 +59,7 @@ class FittedClient:
     client_id: str
     forecaster: ClientForecaster
     score: WindowScore | None
-    plot_png: bytes | None
+    plot_svg: bytes | None
     fit_seconds: float
     example_input: pl.DataFrame  # a small valid history slice, shown in the MLflow UI
     example_output: pl.DataFrame  # what the model predicts from it (the signature's output)
@@ -125,9 +125,6 @@ def start_worker(settings: Settings) -> int:
     """Load what a training task needs (libraries, the MLflow store) in a worker process
     while the flow reads usage and fits the shared models, so the first clients do not pay
     for it (about 5 s of a 2-minute run)."""
-    import matplotlib.dates  # noqa: F401 (models.plots imports it on first use)
-    import matplotlib.figure  # noqa: F401
-
     ensure_experiment(settings.mlflow_tracking_uri, settings.mlflow_artifacts_dir)
     return os.getpid()
 
@@ -286,7 +283,7 @@ def _model_card(
             "trigger": trigger,
             "weighting": weighting,
         },
-        plot_png=fitted.plot_png,
+        plot_svg=fitted.plot_svg,
         input_example=fitted.example_input.to_pandas(),
         output_example=fitted.example_output.to_pandas(),
     )

@@ -70,7 +70,7 @@ class ModelCard:
     params: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
-    plot_png: bytes | None = None
+    plot_svg: bytes | None = None
     input_example: pd.DataFrame | None = None
     output_example: pd.DataFrame | None = None
 
@@ -121,9 +121,9 @@ def register_forecaster(
             stored = Path(tmp) / FORECASTER_FILE
             stored.write_bytes(data)
             with mlflow.start_run(experiment_id=experiment, run_name=f"train-{client_id}") as run:
-                if card.plot_png:
-                    plot = Path(tmp) / "holdout_forecast.png"
-                    plot.write_bytes(card.plot_png)
+                if card.plot_svg:
+                    plot = Path(tmp) / "holdout_forecast.svg"
+                    plot.write_bytes(card.plot_svg)
                     mlflow.log_artifact(str(plot), artifact_path="plots")
                 # `tags` land on the logged model and on the new registered version alike.
                 info = Model.log(

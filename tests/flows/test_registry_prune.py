@@ -57,7 +57,7 @@ def test_training_prunes_old_versions_and_predict_still_serves_every_client(
         register_forecaster(
             first,
             "c0000",
-            ModelCard(plot_png=b"\x89PNG a plot"),
+            ModelCard(plot_svg=b"<svg>a plot</svg>"),
             False,
             "held back: test",
             uri,

@@ -104,7 +104,7 @@ def test_registered_run_has_metrics_params_plot_and_signature(trained):
     assert run.data.params["profile_steps"] == "288"  # a day: the profile's reach
     assert "reach.requests.wmape" in run.data.metrics  # judged on the same holdout
     artifacts = {a.path for a in client.list_artifacts(version.run_id, "plots")}
-    assert artifacts == {"plots/holdout_forecast.png"}
+    assert artifacts == {"plots/holdout_forecast.svg"}
     mlflow.set_tracking_uri(trained.mlflow_tracking_uri)
     mlflow.set_registry_uri(trained.mlflow_tracking_uri)
     info = mlflow.models.get_model_info("models:/forecaster-c0000/1")

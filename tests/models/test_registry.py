@@ -75,7 +75,7 @@ def _register(forecaster, store, promote=True, run=None) -> str:
     uri, artifacts = store
     example = EXAMPLES[forecaster.client_id]
     card = ModelCard(
-        plot_png=b"\x89PNG a plot",
+        plot_svg=b"<svg>a plot</svg>",
         input_example=example.to_pandas(),
         output_example=forecaster.predict(example).to_pandas(),
     )
