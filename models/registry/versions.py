@@ -137,7 +137,7 @@ def register_forecaster(
                     model_config={EXCEEDANCE_RUN_TAG: exceedance_run_id}
                     if exceedance_run_id
                     else None,
-                    pip_requirements=requirements(),
+                    pip_requirements=list(requirements()),
                     signature=signature,
                     input_example=card.input_example,
                     registered_model_name=name,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pickle
 from datetime import datetime, timedelta
+from importlib import metadata
 from pathlib import Path
 
 import mlflow
@@ -105,6 +106,14 @@ def test_versions_name_one_shared_exceedance_model_read_once(fitted, exceedance,
     assert sum(f.endswith("exceedance.json.gz") for f in files) == 1
     assert sum(f.endswith("forecaster.json.gz") for f in files) == 2
     assert not any(f.endswith(".pkl") and "forecaster" in f for f in files)
+    # Each version pins what trained it (read once a process, so equal for both).
+    pins = [
+        (artifacts / f).read_text().split()
+        for f in sorted(files)
+        if f.startswith("models/") and f.endswith("/requirements.txt")
+    ]
+    assert len(pins) == 2 and pins[0] == pins[1]
+    assert f"lightgbm=={metadata.version('lightgbm')}" in pins[0]
     assert exceedance_run_of("c0001", "1", uri) == shared
     a = load_forecaster_version("c0000", "1", uri)
     b, version = load_forecaster("c0001", uri)
