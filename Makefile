@@ -24,7 +24,10 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
 
-bench: bench-ingest bench-train bench-accuracy bench-activation bench-planner bench-replay bench-soak
+# Every benchmark this machine runs as it is; bench-fleet and bench-soak-docker need dockerd
+# and root (see their targets), bench-cycle trains 1,000 clients the first time (~15-30 min).
+bench: bench-ingest bench-train bench-accuracy bench-activation bench-planner bench-replay \
+	bench-soak bench-runtime-pool bench-warehouse-age bench-api bench-cycle
 
 bench-ingest: $(STAMP)
 	$(BIN)/python bench/ingest.py
