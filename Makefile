@@ -25,7 +25,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
 
 # Every benchmark this machine runs as it is; bench-fleet and bench-soak-docker need dockerd
-# and root (see their targets), bench-cycle trains 1,000 clients the first time (~15-30 min).
+# and root (see their targets); bench-cycle builds its model caches the first time (~1.5 h).
 bench: bench-ingest bench-train bench-accuracy bench-activation bench-planner bench-replay \
 	bench-soak bench-runtime-pool bench-warehouse-age bench-api bench-cycle
 
