@@ -363,7 +363,8 @@ def _run_until_stopped(clients: int, cached: Path, hosts: int, memory_gb: int) -
     from flows.deployments import run_as_batch
     from flows.settings import Settings
 
-    run_as_batch(Settings().batch_nice)
+    settings = Settings()
+    run_as_batch(settings.batch_nice, settings.batch_idle)
     stop = threading.Event()
     # SIGUSR1 is what a benchmark sends: a SIGTERM arriving while a flow runs goes to
     # Prefect's own handler instead of this one, and may be lost (seen once in five runs).

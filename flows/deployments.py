@@ -107,18 +107,26 @@ def build_deployments(settings: Settings) -> list[Any]:
     ]
 
 
-def run_as_batch(nice: int) -> None:
+def run_as_batch(nice: int, idle: bool = False) -> None:
     """Run this process (and the threads and processes it starts from now on) at niceness
     `nice` at least: the flows are batch work, and on a shared host the client API's
     requests should get the CPU first. The flows still take all of it when the API is idle.
     Beside a cycle at the same priority, the API's p99 warm activation was 26-48 ms; with
     the cycle at 10, 18 ms (`make bench-api`, docs/BENCHMARKS.md). The process runtime's
-    workers it spawns from now on start at the niceness it had before (`spawn_priority`):
-    they serve client requests."""
+    workers it spawns from now on start at the priority it had before (`spawn_priority`):
+    they serve client requests.
+
+    With `idle`, also under SCHED_IDLE: a core only when no other task wants one. Niceness
+    10 still leaves the flows ~10 % of a core another task keeps busy; SCHED_IDLE leaves
+    them ~0.3 %, so the API's slowest answers beside a cycle improve, and a host its members
+    keep busy stops the loop (`PREWARM_BATCH_IDLE`)."""
     keep_spawn_priority()
     current = os.getpriority(os.PRIO_PROCESS, 0)
     if nice > current:
         os.setpriority(os.PRIO_PROCESS, 0, nice)
+    if idle:
+        # The calling thread's policy, inherited by the threads and processes it starts.
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 
 
 def main() -> None:
@@ -131,7 +139,7 @@ def main() -> None:
     from flows.settings import configure_environment
 
     settings = Settings()
-    run_as_batch(settings.batch_nice)
+    run_as_batch(settings.batch_nice, settings.batch_idle)
     configure_environment(settings)
     hide_expected_tracebacks()
     deployments = build_deployments(settings)

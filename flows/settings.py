@@ -127,6 +127,13 @@ class Settings(BaseSettings):
         description="prewarm up: the niceness its flows (cycle, training, ingest) run at, so "
         "the client API gets the CPU first on a shared host (0: the API's own priority)",
     )
+    batch_idle: bool = Field(
+        default=False,
+        description="prewarm up: run its flows under Linux's SCHED_IDLE as well: they get a "
+        "core only when no other task wants it. The API's p99 beside a cycle improves, but a "
+        "host kept busy (members without CPU limits) starves the cycle entirely: only where "
+        "members are CPU-limited",
+    )
     pool: str = Field(
         default="default",
         pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$",

@@ -5,7 +5,8 @@ inherits the niceness of the thread that forks it: the process runtime's workers
 the cycle's apply step, would serve client requests at batch priority, behind the API and
 everything else at 0, and an unprivileged process cannot give them their priority back
 (lowering a niceness takes CAP_SYS_NICE). Linux keeps the niceness per thread, so a thread
-started before the process lowers its own keeps the old one: workers are forked there.
+started before the process lowers its own keeps the old one: workers are forked there. The
+same holds for the scheduling policy (SCHED_IDLE with `PREWARM_BATCH_IDLE`).
 """
 
 from __future__ import annotations

@@ -85,3 +85,49 @@ def test_workers_spawned_by_batch_work_serve_at_the_priority_it_had_before(
     worker, plain = map(int, done.stdout.split())
     assert plain == 10  # what any child of the lowered thread gets
     assert worker == BASE  # the member: at the priority the process had before
+
+
+# As SPAWN_PROBE with PREWARM_BATCH_IDLE: prints the policy of this thread, of a thread
+# started after, of a worker (a real member) and of a plain child.
+IDLE_PROBE = """
+import os, subprocess, sys, threading
+from pathlib import Path
+from flows.deployments import run_as_batch
+from provisioning.runtime.base import ContainerSpec
+from provisioning.runtime.process_runtime import ProcessRuntime
+run_as_batch(10, idle=True)
+seen = []
+thread = threading.Thread(target=lambda: seen.append(os.sched_getscheduler(0)))
+thread.start(); thread.join()
+runtime = ProcessRuntime(Path(sys.argv[1]), grace_s=0.5)
+member = runtime.create(ContainerSpec("acme", "plan-idle", "active", "img", 0.5, 64))
+plain = subprocess.Popen(["sleep", "30"])
+try:
+    for policy in (os.sched_getscheduler(0), seen[0],
+                   os.sched_getscheduler(member.details["pid"]), os.sched_getscheduler(plain.pid)):
+        print(policy)
+    print(os.getpriority(os.PRIO_PROCESS, member.details["pid"]))
+finally:
+    plain.kill()
+    runtime.release(member.id)
+"""
+
+
+def test_idle_batch_work_keeps_its_workers_at_the_normal_policy(tmp_path: Path) -> None:
+    assert BASE <= 10, f"the suite itself runs at niceness {BASE}"
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER, "the suite itself runs under another policy"
+    done = subprocess.run(
+        [sys.executable, "-c", IDLE_PROBE, str(tmp_path / "pool.json")],
+        env={"PATH": "/usr/bin:/bin"},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    flow, later_thread, worker, plain, worker_nice = map(int, done.stdout.split())
+    # The flows, their later threads and what they start plainly: idle.
+    assert flow == later_thread == plain == os.SCHED_IDLE
+    # The member serving requests: the policy and niceness the process had before.
+    assert worker == os.SCHED_OTHER
+    assert worker_nice == BASE
