@@ -131,8 +131,8 @@ class Settings(BaseSettings):
         default=False,
         description="prewarm up: run its flows under Linux's SCHED_IDLE as well: they get a "
         "core only when no other task wants it. The API's p99 beside a cycle improves, but a "
-        "host kept busy (members without CPU limits) starves the cycle entirely: only where "
-        "members are CPU-limited",
+        "host kept busy (members without CPU limits) leaves the cycle almost nothing: only "
+        "where members are CPU-limited",
     )
     pool: str = Field(
         default="default",
