@@ -22,8 +22,8 @@ _spawner: ThreadPoolExecutor | None = None
 
 
 def keep_spawn_priority() -> None:
-    """From now on, start workers from a thread at the calling thread's present niceness:
-    call it before lowering that."""
+    """From now on, start workers from a thread at the calling thread's present niceness
+    and scheduling policy: call it before lowering either."""
     global _spawner
     if _spawner is None:
         _spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prewarm-spawn")

@@ -48,76 +48,42 @@ def test_the_niceness_is_only_ever_lowered_never_raised() -> None:
     assert _niceness_after(0, 12, 5) == [BASE, 12, 12, 12]
 
 
-# Lowers its niceness as `prewarm up` does, then starts a process-runtime worker (a real
-# member) and a plain child from the lowered thread; prints both children's niceness.
+# Lowers its niceness as `prewarm up` does (with PREWARM_BATCH_IDLE when argv[2] is "idle"),
+# then starts a thread, a process-runtime worker (a real member) and a plain child; prints
+# the niceness and the scheduling policy of this thread, the later thread, the worker and
+# the plain child, one "name nice policy" line each.
 SPAWN_PROBE = """
-import os, subprocess, sys
-from pathlib import Path
-from flows.deployments import run_as_batch
-from provisioning.runtime.base import ContainerSpec
-from provisioning.runtime.process_runtime import ProcessRuntime
-run_as_batch(10)
-runtime = ProcessRuntime(Path(sys.argv[1]), grace_s=0.5)
-member = runtime.create(ContainerSpec("acme", "plan-nice", "active", "img", 0.5, 64))
-plain = subprocess.Popen(["sleep", "30"])
-try:
-    print(os.getpriority(os.PRIO_PROCESS, member.details["pid"]))
-    print(os.getpriority(os.PRIO_PROCESS, plain.pid))
-finally:
-    plain.kill()
-    runtime.release(member.id)
-"""
-
-
-def test_workers_spawned_by_batch_work_serve_at_the_priority_it_had_before(
-    tmp_path: Path,
-) -> None:
-    assert BASE <= 10, f"the suite itself runs at niceness {BASE}"
-    done = subprocess.run(
-        [sys.executable, "-c", SPAWN_PROBE, str(tmp_path / "pool.json")],
-        env={"PATH": "/usr/bin:/bin"},
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    worker, plain = map(int, done.stdout.split())
-    assert plain == 10  # what any child of the lowered thread gets
-    assert worker == BASE  # the member: at the priority the process had before
-
-
-# As SPAWN_PROBE with PREWARM_BATCH_IDLE: prints the policy of this thread, of a thread
-# started after, of a worker (a real member) and of a plain child.
-IDLE_PROBE = """
 import os, subprocess, sys, threading
 from pathlib import Path
 from flows.deployments import run_as_batch
 from provisioning.runtime.base import ContainerSpec
 from provisioning.runtime.process_runtime import ProcessRuntime
-run_as_batch(10, idle=True)
+run_as_batch(10, idle=sys.argv[2] == "idle")
+def priority(pid=0):
+    return os.getpriority(os.PRIO_PROCESS, pid), os.sched_getscheduler(pid)
 seen = []
-thread = threading.Thread(target=lambda: seen.append(os.sched_getscheduler(0)))
+thread = threading.Thread(target=lambda: seen.append(priority()))
 thread.start(); thread.join()
 runtime = ProcessRuntime(Path(sys.argv[1]), grace_s=0.5)
-member = runtime.create(ContainerSpec("acme", "plan-idle", "active", "img", 0.5, 64))
+member = runtime.create(ContainerSpec("acme", "plan-nice", "active", "img", 0.5, 64))
 plain = subprocess.Popen(["sleep", "30"])
 try:
-    for policy in (os.sched_getscheduler(0), seen[0],
-                   os.sched_getscheduler(member.details["pid"]), os.sched_getscheduler(plain.pid)):
-        print(policy)
-    print(os.getpriority(os.PRIO_PROCESS, member.details["pid"]))
+    found = {"flow": priority(), "thread": seen[0],
+             "worker": priority(member.details["pid"]), "plain": priority(plain.pid)}
+    for name, (nice, policy) in found.items():
+        print(name, nice, policy)
 finally:
     plain.kill()
     runtime.release(member.id)
 """
 
 
-def test_idle_batch_work_keeps_its_workers_at_the_normal_policy(tmp_path: Path) -> None:
+def _spawn_probe(tmp_path: Path, idle: bool) -> dict[str, tuple[int, int]]:
+    """SPAWN_PROBE's (niceness, policy) of the flow, a later thread, a worker, a child."""
     assert BASE <= 10, f"the suite itself runs at niceness {BASE}"
-    assert os.sched_getscheduler(0) == os.SCHED_OTHER, "the suite itself runs under another policy"
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER, "the suite runs under another policy"
     done = subprocess.run(
-        [sys.executable, "-c", IDLE_PROBE, str(tmp_path / "pool.json")],
+        [sys.executable, "-c", SPAWN_PROBE, str(tmp_path / "pool.json"), "idle" if idle else ""],
         env={"PATH": "/usr/bin:/bin"},
         cwd=REPO,
         capture_output=True,
@@ -125,9 +91,23 @@ def test_idle_batch_work_keeps_its_workers_at_the_normal_policy(tmp_path: Path) 
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    flow, later_thread, worker, plain, worker_nice = map(int, done.stdout.split())
+    lines = (line.split() for line in done.stdout.splitlines())
+    return {name: (int(nice), int(policy)) for name, nice, policy in lines}
+
+
+def test_workers_spawned_by_batch_work_serve_at_the_priority_it_had_before(
+    tmp_path: Path,
+) -> None:
+    found = _spawn_probe(tmp_path, idle=False)
+    # What any child of the lowered thread gets.
+    assert found["flow"] == found["thread"] == found["plain"] == (10, os.SCHED_OTHER)
+    # The member: at the priority the process had before.
+    assert found["worker"] == (BASE, os.SCHED_OTHER)
+
+
+def test_idle_batch_work_keeps_its_workers_at_the_normal_policy(tmp_path: Path) -> None:
+    found = _spawn_probe(tmp_path, idle=True)
     # The flows, their later threads and what they start plainly: idle.
-    assert flow == later_thread == plain == os.SCHED_IDLE
+    assert found["flow"] == found["thread"] == found["plain"] == (10, os.SCHED_IDLE)
     # The member serving requests: the policy and niceness the process had before.
-    assert worker == os.SCHED_OTHER
-    assert worker_nice == BASE
+    assert found["worker"] == (BASE, os.SCHED_OTHER)
